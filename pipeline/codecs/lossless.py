@@ -1,0 +1,51 @@
+"""The reference setting: x̃ = x.
+
+Its bitstream is the lossless WebP of the crop, which is also how shards store every clean
+crop: measured on Imagenette crops, WebP lossless at method 0 is 27% smaller than PNG at
+zlib level 1 (68 vs 92 KB) and faster to write and to read (see README, "Shard format").
+The manifest's bytes for this setting therefore tell what lossless transmission costs.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import PIL
+from PIL import Image, features
+
+from .base import Codec, register
+from .jpeg import _pil_decode
+
+
+def _is_webp(data: bytes) -> bool:
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+
+
+@register
+class LosslessCodec(Codec):
+    name = "lossless"
+    ext = "webp"
+    magics = ()
+    q_range = None
+    options_spec = {"method": (int, 0, "WebP lossless effort 0 (fast) .. 6 (smallest)")}
+
+    def encode(self, rgb: np.ndarray) -> bytes:
+        return encode_lossless(rgb, self.options["method"])
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return _pil_decode(data, "lossless WebP")
+
+    @classmethod
+    def sniff(cls, data: bytes) -> bool:
+        return _is_webp(data)
+
+    @classmethod
+    def versions(cls):
+        return {"pillow": PIL.__version__, "libwebp": str(features.version("webp"))}
+
+
+def encode_lossless(rgb: np.ndarray, method: int = 0) -> bytes:
+    """Exact (bit-for-bit) WebP of an RGB array."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "WEBP", lossless=True, method=method, quality=50, exact=True)
+    return buf.getvalue()
