@@ -1,0 +1,86 @@
+# Run `make help` for the targets.  Every target sets itself up: a fresh Debian machine with
+# Python 3.11 needs nothing else (system packages are installed when run as root).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# make shards CODEC=j2k Q=200 SRC=/data/imagenet SPLIT=val OUT=shards JOBS=2
+CODEC      ?= jpeg
+Q          ?=
+SRC        ?=
+SPLIT      ?= val
+OUT        ?= shards
+JOBS       ?= $(shell nproc 2>/dev/null || echo 1)
+SHARD_SIZE ?= 1000
+LIMIT      ?=
+OPTS       ?=
+# make demo DATA=/path/to/imagenet-style WEIGHTS=/path/to.pth ARCH=mobilenet_v2
+DATA    ?=
+WEIGHTS ?=
+ARCH    ?=
+PYTEST_ARGS ?=
+
+SYSTEM_PACKAGES := libopenjp2-7
+
+.PHONY: help install system-deps shards test test-fast bench demo report clean
+
+help: ## Show the targets and their variables
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@echo
+	@echo "  variables: CODEC=$(CODEC) Q=$(Q) SRC=$(SRC) SPLIT=$(SPLIT) OUT=$(OUT) JOBS=$(JOBS) SHARD_SIZE=$(SHARD_SIZE)"
+	@echo "             DATA=$(DATA) WEIGHTS=$(WEIGHTS) ARCH=$(ARCH)"
+
+system-deps: ## Install the system libraries (libopenjp2 for glymur; python3-venv on Debian)
+	@missing=""; \
+	ldconfig -p 2>/dev/null | grep -q libopenjp2 || missing="$$missing libopenjp2-7"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "error: missing system packages:$$missing"; \
+	    echo "       run: sudo apt-get install -y$$missing   (or the equivalent on your system)"; exit 1; \
+	  fi; \
+	fi
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## Create .venv and install the project (pinned versions)
+
+shards: install ## Build shards + manifest: make shards CODEC=j2k Q=200 SRC=/data/imagenet SPLIT=val
+	@test -n "$(SRC)" || { echo "error: set SRC=/path/to/images (SRC/<split>/<class>/<image>)"; exit 2; }
+	$(PY) -m pipeline shards --codec $(CODEC) $(if $(Q),--q $(Q)) --src $(SRC) $(if $(SPLIT),--split $(SPLIT)) \
+	  --out $(OUT) --jobs $(JOBS) --shard-size $(SHARD_SIZE) $(if $(LIMIT),--limit $(LIMIT)) $(foreach o,$(OPTS),-o $(o))
+
+test: install ## Run the test suite (CPU; tests that need ../shared skip without it)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install ## The test suite without the tests marked slow
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README tables
+	@mkdir -p bench-out
+	$(PY) benchmarks/bench_pipeline.py --markdown bench-out/pipeline.md
+	$(PY) benchmarks/readme_block.py README.md pipeline bench-out/pipeline.md
+	@if [ -f benchmarks/bench_bpg.py ]; then \
+	  $(PY) benchmarks/bench_bpg.py --markdown bench-out/bpg.md && \
+	  $(PY) benchmarks/readme_block.py README.md bpg bench-out/bpg.md; fi
+	@if [ -f benchmarks/bench_trainer.py ]; then \
+	  $(PY) benchmarks/bench_trainer.py --markdown bench-out/trainer.md && \
+	  $(PY) benchmarks/readme_block.py README.md trainer bench-out/trainer.md; fi
+
+demo: install ## The whole flow on the embedded default (or DATA=... WEIGHTS=... ARCH=...)
+	@echo "make demo is not ready yet (issue: make demo)"; exit 1
+
+clean: ## Remove outputs (shards/, runs/, bench-out/), keep .venv
+	rm -rf shards runs bench-out reports
