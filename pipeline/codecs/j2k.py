@@ -5,9 +5,9 @@ rate control targets W·H·3 / q bytes.  Reversible 5/3 wavelet, and — as in t
 multi-component (colour) transform by default (option ``mct``).
 
 Container: by default the raw codestream (``.j2k``, starting with the SOC marker), because
-that is what a camera would transmit; the JP2 box wrapper (option ``container=jp2``) adds
-about 85 bytes of boxes that carry nothing a receiver of 8-bit RGB needs.  ``bytes`` counts
-the whole file either way.
+that is what a camera would transmit; the JP2 box wrapper (option ``container=jp2``) spends
+part of the same byte budget (OpenJPEG's rate target covers the whole file) on boxes that
+carry nothing a receiver of 8-bit RGB needs.  ``bytes`` counts the whole file either way.
 
 glymur reads and writes files only, so each process encodes through one reusable file in
 a private temporary folder (on /dev/shm when there is one).  Decoding uses Pillow's
