@@ -108,9 +108,9 @@ def read(path: str | Path) -> dict:
         raise ValueError(f"{p} is not valid JSON ({exc})") from None
 
 
-def print_summary(m: dict, file=sys.stdout) -> None:
+def print_summary(m: dict, file=None) -> None:
     mean = m["mean"]
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     print(f"{m['split']}/{m['setting']}: {m['count']} images in {len(m['shards'])} shards, "
           f"{len(m['failed'])} failed | bytes {fmt(mean['bytes'], '.0f')}  bpp {fmt(mean['bpp'], '.3f')}  "
-          f"PSNR {fmt(mean['psnr'], '.2f')} dB  SSIM {fmt(mean['ssim'], '.3f')}", file=file)
+          f"PSNR {fmt(mean['psnr'], '.2f')} dB  SSIM {fmt(mean['ssim'], '.3f')}", file=file or sys.stdout)
