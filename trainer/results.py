@@ -1,0 +1,298 @@
+"""Load what the pipeline and the trainer wrote (manifests, eval results, run folders) into
+plain rows that the report and the recommender share.
+
+Inputs (contracts of the other modules):
+
+- ``SHARDS/<split>/<setting>/manifest.json``: per-setting rate and quality (``mean`` bytes,
+  bpp, PSNR, SSIM);
+- ``results.json`` from ``trainer.eval``: a list of rows (one per model x evaluated setting);
+- ``runs/<name>/args.json`` from ``trainer.run``: which method / labels each run used.
+
+A *model* is identified by (arch, method, labels, trained_on); ``method_key`` folds the
+labels into the method so that an expert trained on teacher labels is reported as its own
+method ("expert (teacher labels)") and never mixed with the dataset-labelled expert.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+# Methods in the paper's column order; anything else is appended alphabetically.
+METHODS = ("pretrained", "stability", "finetune", "expert")
+METHOD_NAMES = {"pretrained": "pretrained", "stability": "stability", "finetune": "fine-tune",
+                "expert": "expert"}
+TEACHER_SUFFIX = "+teacher"
+# Lossless first (the reference), then the paper's codecs, then anything new alphabetically.
+CODEC_ORDER = ("lossless", "jpeg", "j2k", "bpg")
+
+REQUIRED_RESULT_KEYS = ("arch", "method", "setting", "top1")
+
+
+class ResultsError(ValueError):
+    """A results / manifest file that cannot be used (the message names the file)."""
+
+
+# --------------------------------------------------------------------------- settings
+
+def parse_setting(setting: str) -> tuple[str, float | None]:
+    """``"jpeg-10"`` -> ("jpeg", 10); ``"lossless"`` -> ("lossless", None)."""
+    codec, sep, q = setting.rpartition("-")
+    if not sep:
+        return setting, None
+    try:
+        return codec, _number(float(q))
+    except ValueError:
+        return setting, None
+
+
+def _number(x: float) -> float | int:
+    """10.0 -> 10 so settings print as the pipeline names them."""
+    return int(x) if float(x).is_integer() else x
+
+
+def codec_rank(codec: str) -> tuple[int, str]:
+    return (CODEC_ORDER.index(codec), "") if codec in CODEC_ORDER else (len(CODEC_ORDER), codec)
+
+
+def method_key(method: str, labels: str | None = None) -> str:
+    return method + TEACHER_SUFFIX if labels == "teacher" else method
+
+
+def method_name(key: str) -> str:
+    """Display name: "fine-tune", "expert (teacher labels)"."""
+    base, teacher = (key[: -len(TEACHER_SUFFIX)], True) if key.endswith(TEACHER_SUFFIX) else (key, False)
+    name = METHOD_NAMES.get(base, base)
+    return f"{name} (teacher labels)" if teacher else name
+
+
+def method_rank(key: str) -> tuple[int, int, str]:
+    """Paper order first, the teacher-label variant right after its method's block."""
+    teacher = key.endswith(TEACHER_SUFFIX)
+    base = key[: -len(TEACHER_SUFFIX)] if teacher else key
+    pos = METHODS.index(base) if base in METHODS else len(METHODS)
+    return (int(teacher), pos, base)
+
+
+def finite(x: Any) -> float | None:
+    """JSON number or None; NaN / inf / missing become None (a blank cell)."""
+    if x is None:
+        return None
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------- manifests
+
+@dataclass
+class SettingStats:
+    """Rate and quality of one setting on the evaluation split (from its manifest)."""
+    setting: str
+    codec: str
+    q: float | int | None
+    bytes: float | None = None
+    bpp: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    count: int | None = None
+    source: str = ""
+
+
+def load_manifests(shards: str | Path | None, split: str = "val") -> dict[str, SettingStats]:
+    """``shards/<split>/*/manifest.json`` -> {setting: stats}.  Missing folder -> {}."""
+    if shards is None:
+        return {}
+    base = Path(shards) / split
+    out: dict[str, SettingStats] = {}
+    for path in sorted(base.glob("*/manifest.json")):
+        stats = _manifest_stats(path)
+        out[stats.setting] = stats
+    return out
+
+
+def _manifest_stats(path: Path) -> SettingStats:
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: not a readable manifest ({exc})") from exc
+    setting = m.get("setting") or path.parent.name
+    codec, q = parse_setting(setting)
+    mean = m.get("mean") or {}
+    return SettingStats(setting=setting, codec=m.get("codec") or codec,
+                        q=_number(m["q"]) if m.get("q") is not None else q,
+                        bytes=finite(mean.get("bytes")), bpp=finite(mean.get("bpp")),
+                        psnr=finite(mean.get("psnr")), ssim=finite(mean.get("ssim")),
+                        count=m.get("count"), source=str(path))
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass
+class Result:
+    """One evaluation: a model (arch, method, labels, trained_on) on one setting."""
+    arch: str
+    method: str
+    labels: str
+    trained_on: str | None
+    setting: str
+    codec: str
+    q: float | int | None
+    top1: float
+    top5: float | None = None
+    count: int | None = None
+    bytes: float | None = None
+    bpp: float | None = None
+    checkpoint: str | None = None
+    weights: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mkey(self) -> str:
+        return method_key(self.method, self.labels)
+
+    @property
+    def model_key(self) -> tuple:
+        return (self.arch, self.mkey, self.trained_on)
+
+    @property
+    def matched(self) -> bool:
+        """True for the paper's Table 1 cells: a model evaluated on the setting it was trained
+        on, or the pretrained model on any setting."""
+        return self.method == "pretrained" or self.trained_on == self.setting
+
+
+def load_results(paths: str | Path | Iterable[str | Path] | None) -> list[Result]:
+    """Rows of one or more results.json files (a missing file is an error, an empty list not)."""
+    if paths is None:
+        return []
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    rows: list[Result] = []
+    for path in paths:
+        rows.extend(_results_file(Path(path)))
+    return rows
+
+
+def _results_file(path: Path) -> list[Result]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such results file (write it with python -m trainer.eval)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{path}: not a readable results file ({exc})") from exc
+    if isinstance(data, dict) and isinstance(data.get("results"), list):
+        data = data["results"]  # tolerate a wrapped list
+    if not isinstance(data, list):
+        raise ResultsError(f"{path}: expected a JSON list of result rows, got {type(data).__name__}")
+    return [_result_row(path, i, row) for i, row in enumerate(data)]
+
+
+def _result_row(path: Path, index: int, row: dict) -> Result:
+    missing = [k for k in REQUIRED_RESULT_KEYS if row.get(k) is None]
+    if missing:
+        raise ResultsError(f"{path}: row {index} lacks {', '.join(missing)}")
+    setting = str(row["setting"])
+    codec, q = parse_setting(setting)
+    known = {"arch", "method", "labels", "trained_on", "setting", "codec", "q", "top1", "top5",
+             "count", "mean_bytes", "mean_bpp", "checkpoint", "weights"}
+    return Result(
+        arch=str(row["arch"]), method=str(row["method"]), labels=str(row.get("labels") or "dataset"),
+        trained_on=row.get("trained_on"), setting=setting, codec=row.get("codec") or codec,
+        q=_number(row["q"]) if finite(row.get("q")) is not None else q,
+        top1=float(row["top1"]), top5=finite(row.get("top5")), count=row.get("count"),
+        bytes=finite(row.get("mean_bytes")), bpp=finite(row.get("mean_bpp")),
+        checkpoint=row.get("checkpoint"), weights=row.get("weights"),
+        extra={k: v for k, v in row.items() if k not in known})
+
+
+def best_per_cell(results: Iterable[Result]) -> tuple[dict[tuple, Result], dict[tuple, int]]:
+    """One result per (arch, method key, trained_on, setting): the highest top-1.
+
+    Several runs of one configuration (e.g. the paper's "best of three learning rates") give
+    several rows; the report shows the best and says how many there were (second dict)."""
+    best: dict[tuple, Result] = {}
+    counts: dict[tuple, int] = {}
+    for r in results:
+        key = (*r.model_key, r.setting)
+        counts[key] = counts.get(key, 0) + 1
+        if key not in best or r.top1 > best[key].top1:
+            best[key] = r
+    return best, counts
+
+
+# --------------------------------------------------------------------------- runs
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    method: str | None
+    arch: str | None
+    labels: str | None
+    args: dict
+    has_best: bool
+
+
+def load_runs(runs: str | Path | None) -> list[Run]:
+    """``runs/<name>/args.json`` -> runs; folders without args.json are not runs."""
+    if runs is None or not Path(runs).is_dir():
+        return []
+    out = []
+    for args_path in sorted(Path(runs).glob("*/args.json")):
+        try:
+            args = json.loads(args_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            args = {}
+        folder = args_path.parent
+        out.append(Run(name=folder.name, path=folder, method=args.get("method"), arch=args.get("arch"),
+                       labels=args.get("labels"), args=args, has_best=(folder / "best.pth").exists()))
+    return out
+
+
+def unevaluated_runs(runs: list[Run], results: list[Result]) -> list[Run]:
+    """Runs none of whose checkpoints appears in the results (they need trainer.eval)."""
+    seen = {Path(r.checkpoint).resolve().parent for r in results if r.checkpoint}
+    return [run for run in runs if run.path.resolve() not in seen]
+
+
+# --------------------------------------------------------------------------- joins
+
+def setting_order(settings: Iterable[str], stats: dict[str, SettingStats],
+                  results: Iterable[Result] = ()) -> list[str]:
+    """Settings ordered by codec, then by decreasing bytes (highest quality first, as in the
+    paper's Table 1); settings with no known rate go last within their codec, by name."""
+    rate = {s: st.bytes for s, st in stats.items()}
+    for r in results:
+        rate.setdefault(r.setting, r.bytes)
+        if rate[r.setting] is None:
+            rate[r.setting] = r.bytes
+
+    def key(s: str):
+        codec, q = parse_setting(s)
+        b = rate.get(s)
+        return (codec_rank(stats[s].codec if s in stats else codec), b is None, -(b or 0), s)
+
+    return sorted(set(settings), key=key)
+
+
+def rate_of(r: Result, stats: dict[str, SettingStats], x: str = "bytes") -> float | None:
+    """Bytes (or bpp) per image of a result: what eval measured, else the manifest's mean."""
+    own = r.bytes if x == "bytes" else r.bpp
+    if own is not None:
+        return own
+    st = stats.get(r.setting)
+    return None if st is None else getattr(st, x)
+
+
+def fmt(x: Any, digits: int = 2) -> str:
+    """Number for a table cell; None -> "" (a blank cell)."""
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
