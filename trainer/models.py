@@ -172,6 +172,7 @@ def classifier_head(model: nn.Module) -> nn.Module:
     """The final classifier layers: ``fc`` (ResNet, RegNet, GoogLeNet, ShuffleNet, ...),
     ``classifier`` (MobileNet, MnasNet, EfficientNet, DenseNet, VGG, ConvNeXt, ...),
     ``heads`` (ViT), ``head`` (Swin, MaxViT), ``_fc`` (efficientnet_lite)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
     net = model.net if isinstance(model, Classifier) else model
     for name in HEAD_ATTRS:
         m = getattr(net, name, None)
