@@ -278,8 +278,7 @@ def plot_cross_eval(ce: CrossEval, path: Path, title: str = ""):
     label_in = 0.07 * max((len(r) for r in ce.rows), default=8)
     fig, ax = plt.subplots(figsize=(label_in + 2.2 + 0.8 * max(len(ce.columns), 1),
                                     1.8 + 0.45 * max(len(ce.rows), 1)), dpi=120)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(ce.columns)), ce.columns, rotation=45, ha="right")
     ax.set_yticks(range(len(ce.rows)), ce.rows)
