@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model, meta = load_model(c)
         rows += evaluate_model(model, meta, settings, a.batch_size, a.workers, d.device, a.amp, a.limit, d, a.progress)
     for w in a.weights:
-        model, meta = load_model(w, arch=a.arch, num_classes=a.num_classes or settings[0].num_classes)
+        model, meta = load_model(w, arch=a.arch, num_classes=a.num_classes)
         rows += evaluate_model(model, meta, settings, a.batch_size, a.workers, d.device, a.amp, a.limit, d, a.progress)
     if d.main:
         jp, cp = write_results(a.out, rows, merge=not a.overwrite)

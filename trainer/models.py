@@ -148,9 +148,10 @@ def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
     else:
         if arch is None:
             raise ValueError("a weights name needs an arch")
-        model = build_model(arch, path_or_weights, num_classes or 1000)
+        n = num_classes or 1000
+        model = build_model(arch, path_or_weights, n)
     meta = {"checkpoint": None, "weights": str(path_or_weights), "arch": arch,
-            "num_classes": num_classes or 1000, "method": "pretrained", "trained_on": None,
+            "num_classes": n, "method": "pretrained", "trained_on": None,
             "labels": "dataset", "epoch": None, "args": {}}
     return model, meta
 
