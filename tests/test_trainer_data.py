@@ -1,0 +1,91 @@
+"""Streaming loader: equal batches, rank splits, decoding choices, determinism."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.test_trainer_common import build_shards
+from trainer.data import LoaderSpec, group_settings, make_eval_loader, make_train_loader
+from trainer.utils import expand_braces, expand_shards
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    # 8 samples per setting, 4 shards of 2
+    return build_shards(tmp_path_factory.mktemp("data"), per_class=4, shard_size=2)
+
+
+def keys(loader):
+    return [k for b in loader for k in b["key"]]
+
+
+def test_group_settings_and_patterns(shards):
+    ss = group_settings(str(shards / "train" / "*" / "*.tar"))
+    assert [s.name for s in ss] == ["jpeg-10", "lossless"]
+    assert [s.count for s in ss] == [8, 8] and ss[0].codec == "jpeg" and ss[0].q == 10 and ss[1].lossless
+    brace = str(shards / "train" / "jpeg-10" / "shard-{000000..000001}.tar")
+    assert len(expand_shards(brace)) == 2
+    one = group_settings(brace)[0]
+    assert one.count == 4  # counted from the manifest's per-shard counts
+    assert expand_braces("a{x,y}b{1..2}") == ["axb1", "axb2", "ayb1", "ayb2"]
+    with pytest.raises(FileNotFoundError):
+        expand_shards(str(shards / "nothing" / "*.tar"))
+
+
+def test_train_batches_equal_and_decoding_choices(shards):
+    ss = group_settings(str(shards / "train" / "jpeg-10" / "*.tar"))
+    loader, n = make_train_loader(ss, LoaderSpec(batch_size=3, workers=0, shuffle_buffer=4), epoch=0)
+    batches = list(loader)
+    assert n == 8 // 3 == len(batches)
+    assert all(b["comp"].shape == (3, 3, 224, 224) and b["comp"].dtype == torch.uint8 for b in batches)
+    assert "clean" not in batches[0]  # clean crop not decoded when not needed
+    assert set(batches[0]["label"].tolist()) <= {0, 217}
+    loader, _ = make_train_loader(ss, LoaderSpec(batch_size=3, workers=0), epoch=0, need_clean=True, need_comp=False)
+    b = next(iter(loader))
+    assert "comp" not in b and b["clean"].shape == (3, 3, 224, 224)
+
+
+def test_lossless_input_is_clean_crop(shards):
+    ss = group_settings(str(shards / "train" / "lossless" / "*.tar"))
+    b = next(iter(make_eval_loader(ss, 4, need_clean=True)))
+    assert torch.equal(b["comp"], b["clean"])
+
+
+def test_epoch_order_is_seeded(shards):
+    ss = group_settings(str(shards / "train" / "jpeg-10" / "*.tar"))
+    spec = LoaderSpec(batch_size=2, workers=2, shuffle_buffer=4, seed=1)
+    a = keys(make_train_loader(ss, spec, epoch=0)[0])
+    b = keys(make_train_loader(ss, spec, epoch=0)[0])
+    c = keys(make_train_loader(ss, spec, epoch=1)[0])
+    assert a == b and len(a) == 8 and a != c
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ranks_see_disjoint_data_and_equal_batches(shards, workers):
+    ss = group_settings(str(shards / "train" / "jpeg-10" / "*.tar"))
+    spec = LoaderSpec(batch_size=2, workers=workers, shuffle_buffer=2)
+    per_rank = [list(make_train_loader(ss, spec, epoch=0, rank=r, world=2)[0]) for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1]) == 8 // (2 * 2)
+    k0 = {k for b in per_rank[0] for k in b["key"]}
+    k1 = {k for b in per_rank[1] for k in b["key"]}
+    assert k0 and k1 and not (k0 & k1)
+    # eval: every sample exactly once over the ranks
+    ev = [k for r in range(2) for k in keys(make_eval_loader(ss, 3, rank=r, world=2, workers=workers))]
+    assert sorted(ev) == sorted(set(ev)) and len(ev) == 8
+
+
+def test_too_few_shards_for_ranks_is_an_error_unless_resampled(shards):
+    ss = group_settings(str(shards / "train" / "jpeg-10" / "shard-000000.tar"))
+    with pytest.raises(ValueError, match="resampled"):
+        make_train_loader(ss, LoaderSpec(batch_size=1, workers=0), epoch=0, rank=0, world=2)
+    loader, n = make_train_loader(ss, LoaderSpec(batch_size=1, workers=0, resampled=True), epoch=0, rank=1, world=2)
+    assert len(list(loader)) == n == 1
+
+
+def test_limit_caps_the_epoch(shards):
+    ss = group_settings(str(shards / "train" / "jpeg-10" / "*.tar"))
+    loader, n = make_train_loader(ss, LoaderSpec(batch_size=2, workers=0), epoch=0, limit=4)
+    assert n == 2 == len(list(loader))
+    assert len(keys(make_eval_loader(ss, 2, limit=3))) == 3
