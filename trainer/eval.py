@@ -50,6 +50,7 @@ def evaluate_model(model, meta: dict, settings, batch_size: int = 64, workers: i
         rows.append({"checkpoint": meta.get("checkpoint"), "weights": meta.get("weights"), "arch": meta.get("arch"),
                      "method": meta.get("method"), "trained_on": meta.get("trained_on"),
                      "labels": meta.get("labels") or "dataset", "setting": s.name, "codec": s.codec, "q": s.q,
+                     "split": s.manifest.get("split"), "shards_dir": s.dir,
                      "top1": r["top1"], "top5": r["top5"], "count": r["count"], "labelled": r["labelled"],
                      "loss": r["loss"], "mean_bytes": mean.get("bytes"), "mean_bpp": mean.get("bpp"),
                      "mean_psnr": mean.get("psnr"), "mean_ssim": mean.get("ssim"), "epoch": meta.get("epoch")})
@@ -61,7 +62,7 @@ def evaluate_model(model, meta: dict, settings, batch_size: int = 64, workers: i
 
 def _row_id(r: dict) -> tuple:
     return (r.get("checkpoint"), r.get("weights") if r.get("checkpoint") is None else None, r.get("arch"),
-            r.get("setting"))
+            r.get("setting"), r.get("shards_dir"))
 
 
 def write_results(path: str | os.PathLike, rows: list[dict], merge: bool = True) -> tuple[Path, Path]:

@@ -1,0 +1,209 @@
+"""Training runs on tiny shards (CPU): methods, frozen teacher, cache, resume, labels, eval."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import synthetic_rgb
+from tests.test_trainer_common import build_shards
+from trainer import engine, run
+from trainer import eval as teval
+from trainer.cache_teacher import cache_path, resolve_caches, validate
+from trainer.data import LoaderSpec, group_settings, make_eval_loader, make_train_loader
+from trainer.losses import ExpertLoss
+from trainer.models import build_model, state_dict_hash
+
+torch.set_num_threads(1)
+ARCH = "mobilenet_v3_small"
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return build_shards(tmp_path_factory.mktemp("train"), codecs=(("jpeg", 10),), per_class=4, shard_size=2,
+                        splits=("train", "val"))
+
+
+def base_args(shards, out, *extra):
+    return ["--shards", str(shards / "train" / "jpeg-10" / "*.tar"), "--arch", ARCH, "--num-classes", "1000",
+            "--batch-size", "4", "--workers", "0", "--shuffle-buffer", "4", "--no-progress", "--out", str(out),
+            "--seed", "3", *extra]
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_alpha_zero_expert_equals_finetune(shards, tmp_path):
+    run.main(base_args(shards, tmp_path / "ft", "--method", "finetune", "--epochs", "1", "--lr", "1e-3"))
+    run.main(base_args(shards, tmp_path / "ex", "--method", "expert", "--alpha", "0", "--epochs", "1", "--lr", "1e-3",
+                       "--teacher-cache", "off"))
+    a, b = weights(tmp_path / "ft" / "last.pth"), weights(tmp_path / "ex" / "last.pth")
+    assert same_weights(a, b)
+
+
+def _batch(shards, need_clean=True, caches=None, bs=4):
+    ss = group_settings(str(shards / "train" / "jpeg-10" / "*.tar"))
+    loader, _ = make_train_loader(ss, LoaderSpec(batch_size=bs, workers=0, shuffle_buffer=1), epoch=0,
+                                  need_clean=need_clean, caches=caches)
+    return next(iter(loader))
+
+
+def test_teacher_frozen_and_few_steps_reduce_loss(shards):
+    torch.manual_seed(0)
+    model = build_model(ARCH, None, 1000)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    t_before = copy.deepcopy(teacher.state_dict())
+    cfg = engine.StepConfig(method="expert", criterion=ExpertLoss(1e-2), teacher=teacher)
+    batch = _batch(shards)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.99))
+    model.train()
+    losses = []
+    for _ in range(8):
+        terms = engine.compute_loss(model, batch, cfg)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert all(torch.equal(t_before[k], v) for k, v in teacher.state_dict().items())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert not same_weights(t_before, model.state_dict())
+
+
+def test_teacher_cache_gives_the_live_loss(shards, tmp_path):
+    torch.manual_seed(1)
+    model = build_model(ARCH, None, 1000).eval()
+    teacher = copy.deepcopy(model).requires_grad_(False)
+    ss = group_settings(str(shards / "train" / "jpeg-10" / "*.tar"))
+    caches = resolve_caches(ss, teacher, ARCH, None, mode=str(tmp_path / "cache"))
+    p = cache_path(ss[0], ARCH, state_dict_hash(teacher), tmp_path / "cache")
+    assert p.exists() and validate(p, ss[0], ARCH, state_dict_hash(teacher)) is None
+    assert validate(p, ss[0], "resnet18", state_dict_hash(teacher)) is not None
+    assert validate(p, ss[0], ARCH, "0" * 16) is not None
+    batch = _batch(shards, need_clean=True, caches=caches)
+    assert batch["teacher"].dtype == torch.float16 and batch["teacher"].shape == (4, 1000)
+    crit = ExpertLoss(0.5)
+    with torch.no_grad():
+        cached = engine.compute_loss(model, batch, engine.StepConfig(method="expert", criterion=crit))
+        live_batch = {k: v for k, v in batch.items() if k != "teacher"}
+        live = engine.compute_loss(model, live_batch, engine.StepConfig(method="expert", criterion=crit, teacher=teacher))
+    for k in ("loss", "ce", "kl"):
+        assert cached[k].item() == pytest.approx(live[k].item(), rel=2e-3, abs=2e-4), k
+    # trainer.run with --teacher-cache auto builds the cache beside the shards, then skips clean.* decoding
+    cfg = engine.StepConfig(method="expert")
+    assert cfg.needs_clean(cached_teacher=True) is False and cfg.needs_clean(cached_teacher=False) is True
+
+
+def test_resume_gives_identical_weights(shards, tmp_path, monkeypatch):
+    args = ["--method", "expert", "--epochs", "3", "--lr", "1e-3", "--lr-patience", "1",
+            "--val-shards", str(shards / "val" / "jpeg-10" / "*.tar")]
+    run.main(base_args(shards, tmp_path / "full", *args))
+    real = engine.train_one_epoch
+    calls = {"n": 0}
+
+    def dies_in_epoch_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_one_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(base_args(shards, tmp_path / "cut", *args))
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=False)["epoch"] == 1
+    run.main(base_args(shards, tmp_path / "cut", *args, "--resume", "auto"))
+    assert same_weights(weights(tmp_path / "full" / "last.pth"), weights(tmp_path / "cut" / "last.pth"))
+    full = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    cut = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in cut] == [0, 1, 2]
+    for a, b in zip(full, cut):
+        assert a["train_loss"] == b["train_loss"] and a["val_top1"] == b["val_top1"] and a["lr"] == b["lr"]
+    ck = torch.load(tmp_path / "cut" / "best.pth", weights_only=False)
+    assert set(ck) >= {"model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric"}
+    assert (tmp_path / "cut" / "summary.csv").read_text().count("\n") == 4
+    assert json.loads((tmp_path / "cut" / "args.json").read_text())["alpha"] == 1e-2
+
+
+@pytest.fixture(scope="module")
+def unlabelled_shards(tmp_path_factory):
+    from pipeline.build import build_setting
+    root = tmp_path_factory.mktemp("unlab")
+    d = root / "src" / "train"
+    d.mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(synthetic_rgb(240, 250, seed=50 + i)).save(d / f"img{i}.jpg", quality=95)
+    build_setting(src=root / "src", split="train", codec="jpeg", q=10, out=root / "shards", shard_size=2, jobs=1,
+                  progress=False)
+    return root / "shards"
+
+
+def test_labels_teacher_trains_on_unlabelled_images(unlabelled_shards, tmp_path):
+    ss = group_settings(str(unlabelled_shards / "train" / "jpeg-10" / "*.tar"))
+    b = next(iter(make_eval_loader(ss, 8, need_clean=True)))
+    assert (b["label"] == -1).all()
+    torch.manual_seed(0)
+    model = build_model(ARCH, None, 1000).eval()
+    teacher = copy.deepcopy(model).requires_grad_(False)
+    cfg = engine.StepConfig(method="expert", criterion=ExpertLoss(0.1), teacher=teacher, labels="teacher")
+    with torch.no_grad():
+        terms = engine.compute_loss(model, b, cfg)
+        t = teacher(b["clean"].float() / 255)
+        ref = ExpertLoss(0.1)(model(b["comp"].float() / 255), t, t.argmax(1))
+    assert terms["ce"].item() == pytest.approx(ref["ce"].item(), rel=1e-5) and terms["ce"].item() > 0
+    # dataset labels on unlabelled data: the CE term is empty
+    cfg.labels = "dataset"
+    with torch.no_grad():
+        assert engine.compute_loss(model, b, cfg)["ce"].item() == 0.0
+    res = run.main(["--shards", str(unlabelled_shards / "train" / "jpeg-10" / "*.tar"), "--arch", ARCH,
+                    "--batch-size", "4", "--workers", "0", "--no-progress", "--epochs", "1", "--lr", "1e-3",
+                    "--labels", "teacher", "--out", str(tmp_path / "lt")])
+    args = json.loads((tmp_path / "lt" / "args.json").read_text())
+    assert args["labels"] == "teacher" and args["teacher_cached"] is True
+    assert res["rows"][0]["train_ce"] > 0
+    assert list((unlabelled_shards / "train" / "jpeg-10").glob("teacher-*.npy"))
+
+
+def test_stability_trains_the_head_only(shards, tmp_path):
+    run.main(base_args(shards, tmp_path / "st", "--method", "stability", "--epochs", "1", "--lr", "1e-2",
+                       "--sigma", "0.05"))
+    torch.manual_seed(3)
+    init = build_model(ARCH, None, 1000).net.state_dict()
+    after = weights(tmp_path / "st" / "last.pth")
+    changed = {k for k in init if not torch.equal(init[k], after[k])}
+    assert changed and all(k.startswith("classifier.") for k in changed), changed
+    args = json.loads((tmp_path / "st" / "args.json").read_text())
+    assert args["alpha"] == 5e-3 and args["sigma"] == 0.05
+
+
+def test_eval_rows(shards, tmp_path):
+    run.main(base_args(shards, tmp_path / "r", "--method", "finetune", "--epochs", "1", "--steps-per-epoch", "1"))
+    m = build_model(ARCH, None, 1000)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in m.net.state_dict().items()}, tmp_path / "w.pth")
+    out = tmp_path / "res" / "results.json"
+    rows = teval.main(["--checkpoint", str(tmp_path / "r" / "best.pth"), "--arch", ARCH, "--weights",
+                       str(tmp_path / "w.pth"), "--shards", str(shards / "val" / "*" / "*.tar"),
+                       str(shards / "train" / "jpeg-10" / "*.tar"), "--out", str(out), "--workers", "0",
+                       "--no-progress"])
+    saved = json.loads(out.read_text())
+    assert len(saved) == len(rows) == 4
+    need = {"checkpoint", "weights", "arch", "method", "trained_on", "setting", "codec", "q", "top1", "top5", "count",
+            "mean_bytes", "mean_bpp", "labels"}
+    for r in saved:
+        assert need <= set(r)
+        assert r["setting"] == "jpeg-10" and r["codec"] == "jpeg" and r["q"] == 10 and r["count"] == 8
+        assert 0 <= r["top1"] <= r["top5"] <= 100 and r["mean_bytes"] > 0
+    ck = [r for r in saved if r["checkpoint"]]
+    pw = [r for r in saved if not r["checkpoint"]]
+    assert {r["method"] for r in ck} == {"finetune"} and {r["trained_on"] for r in ck} == {"jpeg-10"}
+    assert {r["method"] for r in pw} == {"pretrained"} and all(r["trained_on"] is None for r in pw)
+    assert out.with_suffix(".csv").read_text().count("\n") == 5
