@@ -23,10 +23,11 @@ DATA    ?=
 WEIGHTS ?=
 ARCH    ?=
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 SYSTEM_PACKAGES := libopenjp2-7
 
-.PHONY: help install system-deps shards test test-fast bench demo report clean
+.PHONY: help install system-deps shards test test-fast bench demo demo-docs report clean
 
 help: ## Show the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -80,7 +81,10 @@ bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README
 	  $(PY) benchmarks/readme_block.py README.md trainer bench-out/trainer.md; fi
 
 demo: install ## The whole flow on the embedded default (or DATA=... WEIGHTS=... ARCH=...)
-	@echo "make demo is not ready yet (issue: make demo)"; exit 1
+	$(PY) -m demo $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(ARCH),--arch $(ARCH)) $(DEMO_ARGS)
+
+demo-docs: install ## Run the embedded demo and refresh its table and plot in README.md
+	$(PY) -m demo --readme $(DEMO_ARGS)
 
 clean: ## Remove outputs (shards/, runs/, bench-out/), keep .venv
 	rm -rf shards runs bench-out reports

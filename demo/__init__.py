@@ -1,0 +1,1 @@
+"""`make demo`: the whole flow on an embedded default (see demo/__main__.py)."""
