@@ -1,0 +1,92 @@
+"""Command line, flags as bpgenc/bpgdec:
+
+    python -m tools.bpg enc in.png -o out.bpg -q 41 -m 9 -f 420
+    python -m tools.bpg dec out.bpg -o out.png
+    python -m tools.bpg info out.bpg
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+import numpy as np
+
+
+@click.group()
+def main():
+    """BPG encoder/decoder over x265 and FFmpeg (PyAV), compatible with BPG 0.9.8."""
+
+
+@main.command()
+@click.argument("infile", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "outfile", default="out.bpg", show_default=True, help="output .bpg file")
+@click.option("-q", "qp", type=click.IntRange(0, 51), default=29, show_default=True,
+              help="quantizer (smaller is better quality), as bpgenc")
+@click.option("-m", "level", type=click.IntRange(1, 9), default=8, show_default=True,
+              help="compression level: x265 preset index (9 = placebo, the paper's setting)")
+@click.option("-f", "cfmt", type=click.Choice(["420", "444", "gray"]), default=None,
+              help="chroma format [default: 420; gray for grayscale input]")
+@click.option("-b", "bit_depth", type=int, default=8, show_default=True, help="bit depth (only 8)")
+@click.option("-c", "color_space", default="ycbcr", show_default=True, help="colour space (only ycbcr)")
+def enc(infile, outfile, qp, level, cfmt, bit_depth, color_space):
+    """Encode a PNG/JPEG/... image to BPG."""
+    from PIL import Image
+
+    from . import encode
+
+    if bit_depth != 8:
+        raise click.BadParameter(f"only -b 8 is supported, got {bit_depth}", param_hint="-b")
+    if color_space != "ycbcr":
+        raise click.BadParameter(f"only -c ycbcr is supported, got {color_space!r}", param_hint="-c")
+    with Image.open(infile) as img:
+        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+            raise click.ClickException(f"{infile}: alpha channels are not supported; flatten the image first")
+        gray = img.mode in ("1", "L", "I", "I;16")
+        if cfmt is None:
+            cfmt = "gray" if gray else "420"
+        arr = np.asarray(img.convert("L" if gray and cfmt == "gray" else "RGB"))
+    data = encode(arr, q=qp, effort=level, chroma=cfmt)
+    with open(outfile, "wb") as f:
+        f.write(data)
+
+
+@main.command()
+@click.argument("infile", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "outfile", default="out.png", show_default=True,
+              help="output image (.png or .ppm, by extension)")
+def dec(infile, outfile):
+    """Decode a BPG file to PNG/PPM."""
+    from PIL import Image
+
+    from . import BpgError, decode
+
+    with open(infile, "rb") as f:
+        data = f.read()
+    try:
+        rgb = decode(data)
+    except BpgError as exc:
+        raise click.ClickException(f"{infile}: {exc}") from None
+    Image.fromarray(rgb).save(outfile)
+
+
+@main.command()
+@click.argument("infile", type=click.Path(exists=True, dir_okay=False))
+def info(infile):
+    """Print the header fields of a BPG file."""
+    from . import BpgError, read_header
+
+    with open(infile, "rb") as f:
+        data = f.read()
+    try:
+        header = read_header(data)
+    except BpgError as exc:
+        raise click.ClickException(f"{infile}: {exc}") from None
+    click.echo(f"file: {infile} ({len(data)} bytes, HEVC data {len(data) - header.data_offset} bytes)")
+    for key, value in header.fields().items():
+        if key == "extensions":
+            value = [(tag, len(payload)) for tag, payload in value]
+        click.echo(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
