@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The paper's comparison on real ImageNet images (Imagenette, 10 classes, 1000-way models):
+# pretrained vs stability vs fine-tune vs expert on harsh settings of two codecs, the same
+# budget for every trained method, several seeds; mean ± spread in the summary.
+#
+#   experiments/imagenette.sh                       # defaults below; ../shared data
+#   SEEDS="0 1 2" EPOCHS=3 TRAIN_LIMIT=9469 experiments/imagenette.sh
+#
+# Every step reuses finished work (shards, complete runs), so the script can be re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SRC=${SRC:-../shared/imagenette}
+WEIGHTS=${WEIGHTS:-../shared/weights/mobilenet_v2_imagenet.pth}
+ARCH=${ARCH:-mobilenet_v2}
+SETTINGS=${SETTINGS:-"jpeg-10 j2k-200"}
+SEEDS=${SEEDS:-"0 1 2"}
+EPOCHS=${EPOCHS:-2}
+TRAIN_LIMIT=${TRAIN_LIMIT:-2000}      # samples per epoch (the shuffle draws from all train shards)
+VAL_LIMIT=${VAL_LIMIT:-}              # empty = the whole val split (3925)
+BATCH=${BATCH:-32}
+LR=${LR:-1e-4}
+ALPHA=${ALPHA:-1e-2}
+STAB_LR=${STAB_LR:-1e-4}              # stability: classifier layers only
+STAB_ALPHA=${STAB_ALPHA:-5e-3}
+STAB_SIGMA=${STAB_SIGMA:-4e-2}
+OUT=${OUT:-runs/imagenette}
+SHARDS=${SHARDS:-shards}
+JOBS=${JOBS:-$(nproc)}
+PY=${PY:-.venv/bin/python}
+DEVICE=${DEVICE:-auto}
+
+[ -x "$PY" ] || make install
+[ -d "$SRC/train" ] || { echo "no $SRC/train: set SRC=/path/to/imagenette" >&2; exit 2; }
+mkdir -p "$OUT"
+limit_val=${VAL_LIMIT:+--limit $VAL_LIMIT}
+
+for setting in $SETTINGS; do
+  codec=${setting%-*}; q=${setting##*-}
+  for split in train val; do
+    $PY -m pipeline shards --codec "$codec" --q "$q" --src "$SRC" --split $split --out "$SHARDS" --jobs "$JOBS" --shard-size 500
+  done
+done
+
+val_globs=()
+for setting in $SETTINGS; do val_globs+=("$SHARDS/val/$setting/shard-*.tar"); done
+
+# the pretrained model on every setting
+$PY -m trainer.eval --arch "$ARCH" --weights "$WEIGHTS" --shards "${val_globs[@]}" --out "$OUT/results.json" \
+    --device "$DEVICE" $limit_val --no-progress
+
+checkpoints=()
+for seed in $SEEDS; do
+  for setting in $SETTINGS; do
+    for method in stability finetune expert; do
+      run="$OUT/runs/$method-$setting-s$seed"
+      extra=(--lr "$LR" --alpha "$ALPHA")
+      [ "$method" = stability ] && extra=(--lr "$STAB_LR" --alpha "$STAB_ALPHA" --sigma "$STAB_SIGMA")
+      if [ ! -f "$run/best.pth" ] || [ "$(wc -l < "$run/metrics.jsonl" 2>/dev/null || echo 0)" -lt "$EPOCHS" ]; then
+        $PY -m trainer.run --shards "$SHARDS/train/$setting/shard-*.tar" --val-shards "$SHARDS/val/$setting/shard-*.tar" \
+            --method $method --arch "$ARCH" --weights "$WEIGHTS" "${extra[@]}" --epochs "$EPOCHS" \
+            --train-limit "$TRAIN_LIMIT" ${VAL_LIMIT:+--val-limit $VAL_LIMIT} --batch-size "$BATCH" \
+            --seed "$seed" --out "$run" --resume auto --device "$DEVICE" --no-progress
+      fi
+      checkpoints+=("$run/best.pth")
+    done
+  done
+done
+
+$PY -m trainer.eval --checkpoint "${checkpoints[@]}" --shards "${val_globs[@]}" --out "$OUT/results.json" \
+    --device "$DEVICE" $limit_val --no-progress
+$PY -m trainer.report --results "$OUT/results.json" --shards "$SHARDS" --runs "$OUT/runs" --out "$OUT/reports"
+$PY experiments/summarize.py "$OUT/results.json" | tee "$OUT/summary.md"
