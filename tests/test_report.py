@@ -43,7 +43,7 @@ def row(method, trained_on, setting, top1, arch="resnet50", labels="dataset", nb
     mb = nbytes if nbytes is not None else mb
     return {"checkpoint": None if method == "pretrained" else f"runs/{arch}-{method}-{trained_on}/best.pth",
             "weights": "IMAGENET1K_V1", "arch": arch, "method": method, "trained_on": trained_on,
-            "setting": setting, "codec": setting.split("-")[0], "q": q, "top1": top1, "top5": top1 + 10,
+            "setting": setting, "codec": setting.split("-")[0], "q": q, "top1": top1, "top5": None if top1 is None else top1 + 10,
             "count": 4, "mean_bytes": mb, "mean_bpp": bpp(mb), "labels": labels}
 
 
@@ -167,9 +167,10 @@ def test_unevaluated_runs_are_listed(measured):
     tmp_path, shards, results = measured
     run = tmp_path / "runs" / "r50-jpeg20"
     run.mkdir(parents=True)
-    (run / "args.json").write_text(json.dumps({"method": "expert", "arch": "resnet50"}))
+    (run / "args.json").write_text(json.dumps({"method": "expert", "arch": "resnet50", "trained_on": "jpeg-20"}))
     out = run_report(tmp_path, shards, results, "--runs", str(tmp_path / "runs"))
-    assert "run `r50-jpeg20` (expert, resnet50) has no evaluation results" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "run `r50-jpeg20` (expert, resnet50, trained on jpeg-20) has no evaluation results" in text
 
 
 # --------------------------------------------------------------------------- figures
@@ -225,3 +226,22 @@ def test_fig5_heatmap_is_the_csv(measured):
         for j, s in enumerate(ce.columns):
             cell = num(r[s])
             assert (cell is None and bool(image.mask[i, j])) or math.isclose(float(image[i, j]), cell)
+
+
+def test_trainer_eval_row_details(tmp_path, capsys):
+    """Rows as trainer.eval writes them: null top-1 (unlabelled images) is skipped, PSNR/SSIM
+    recorded in the row fill in for a missing manifest, several splits are not mixed."""
+    rows = [dict(row("pretrained", None, "jpeg-10", 49.6), mean_psnr=25.3, mean_ssim=0.74, split="val"),
+            dict(row("expert", "jpeg-10", "jpeg-10", None), split="val"),
+            dict(row("expert", "jpeg-10", "jpeg-10", 99.0), split="train"),
+            dict(row("expert", "jpeg-10,jpeg-75", "jpeg-10", 68.0), split="val")]  # multi-setting model
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(rows))
+    assert [r.top1 for r in load_results(results)] == [49.6, 99.0, 68.0]
+    out = run_report(tmp_path, tmp_path / "no-shards", results)
+    assert "results of split(s) train left out" in capsys.readouterr().err
+    (jpeg10,) = [r for r in read_csv(out / "table1.csv") if r["setting"] == "jpeg-10"]
+    assert num(jpeg10["psnr"]) == 25.3 and num(jpeg10["ssim"]) == 0.74 and num(jpeg10["bytes"]) == 3018.0
+    assert jpeg10["top1_expert"] == ""  # neither the train-split row nor the multi-setting model
+    fig5 = {r["trained_on"]: r for r in read_csv(out / "fig5_cross_eval.csv")}
+    assert num(fig5["jpeg-10,jpeg-75"]["jpeg-10"]) == 68.0

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import click
 
-from trainer.results import (Result, ResultsError, SettingStats, codec_rank, load_manifests,
-                             load_results, method_name, method_rank, rate_of)
+from trainer.results import (Result, ResultsError, SettingStats, load_manifests, load_results, method_name,
+                             quality_of, rate_of, single_split)
 
 UNITS = {"bytes": "bytes/image", "bpp": "bpp"}
 
@@ -78,11 +78,10 @@ class Option:
 def options_from(results: list[Result], stats: dict[str, SettingStats]) -> list[Option]:
     out = []
     for r in results:
-        st = stats.get(r.setting)
         out.append(Option(arch=r.arch, method=r.mkey, trained_on=r.trained_on, setting=r.setting,
                           codec=r.codec, q=r.q, top1=r.top1, bytes=rate_of(r, stats, "bytes"),
-                          bpp=rate_of(r, stats, "bpp"), psnr=st.psnr if st else None,
-                          ssim=st.ssim if st else None, checkpoint=r.checkpoint or r.weights))
+                          bpp=rate_of(r, stats, "bpp"), psnr=quality_of(r, stats, "psnr"),
+                          ssim=quality_of(r, stats, "ssim"), checkpoint=r.checkpoint or r.weights))
     return out
 
 
@@ -290,7 +289,10 @@ def cli(results_paths, budget, bpp, min_top1, manifests, split, archs, methods, 
         raise click.UsageError("give --budget (bytes/image) or --bpp, not both")
     x, limit = ("bpp", bpp) if bpp is not None else ("bytes", budget)
     try:
-        options = options_from(load_results(results_paths), stats_from(manifests, split))
+        results, dropped = single_split(load_results(results_paths), split)
+        if dropped:
+            click.echo(f"warning: results of split(s) {', '.join(dropped)} left out (--split {split})", err=True)
+        options = options_from(results, stats_from(manifests, split))
     except ResultsError as exc:
         raise click.ClickException(str(exc)) from exc
     options = [o for o in options if (not archs or o.arch in archs) and (not methods or o.method in methods)]

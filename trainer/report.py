@@ -29,8 +29,8 @@ from pathlib import Path
 import click
 
 from trainer.results import (METHODS, Result, ResultsError, SettingStats, best_per_cell, codec_rank,
-                             finite, fmt, load_manifests, load_results, load_runs, method_name,
-                             method_rank, parse_setting, rate_of, setting_order, unevaluated_runs)
+                             finite, load_manifests, load_results, load_runs, method_name, method_rank,
+                             parse_setting, rate_of, setting_order, single_split, unevaluated_runs)
 
 GAIN = "expert - finetune"
 
@@ -73,9 +73,11 @@ def build_table1(results: list[Result], stats: dict[str, SettingStats], arch: st
     rows = []
     for s in settings:
         st = stats.get(s)
-        row = {"setting": s, "psnr": st and st.psnr, "ssim": st and st.ssim,
-               "bytes": st.bytes if st else _eval_rate(mine, s, "bytes"),
-               "bpp": st.bpp if st else _eval_rate(mine, s, "bpp")}
+        row = {k: st and getattr(st, k) for k in ("psnr", "ssim", "bytes", "bpp")}
+        row["setting"] = s
+        for k in ("psnr", "ssim", "bytes", "bpp"):
+            if row[k] is None:  # no manifest: what trainer.eval recorded for the setting
+                row[k] = _eval_value(results, s, k)
         for m in methods:
             cell = _cell(best, arch, m, s)
             row[f"top1_{m}"] = cell.top1 if cell else None
@@ -91,12 +93,9 @@ def _cell(best: dict, arch: str | None, mkey: str, setting: str) -> Result | Non
     return best.get((arch, mkey, trained_on, setting))
 
 
-def _eval_rate(results: list[Result], setting: str, x: str) -> float | None:
-    """Rate measured by trainer.eval when the setting has no manifest."""
-    for r in results:
-        if r.setting == setting and rate_of(r, {}, x) is not None:
-            return rate_of(r, {}, x)
-    return None
+def _eval_value(results: list[Result], setting: str, attr: str) -> float | None:
+    """Rate or quality recorded by trainer.eval when the setting has no manifest."""
+    return next((getattr(r, attr) for r in results if r.setting == setting and getattr(r, attr) is not None), None)
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -384,11 +383,12 @@ def _duplicates_note(results: list[Result], arch: str | None) -> str:
 def _missing_note(results: list[Result], stats: dict[str, SettingStats], runs: list) -> str:
     lines = ["## Still missing\n"]
     pending = unevaluated_runs(runs, results)
-    lines += [f"- run `{run.name}` ({run.method or '?'}, {run.arch or '?'}) has no evaluation results: "
+    lines += [f"- run `{run.name}` ({run.method or '?'}, {run.arch or '?'}, trained on {run.trained_on or '?'}) "
+              "has no evaluation results: "
               f"run `python -m trainer.eval` on `{run.path / 'best.pth'}`" for run in pending]
     no_manifest = sorted({r.setting for r in results} - set(stats))
     if no_manifest:
-        lines.append(f"- no manifest for {', '.join(no_manifest)} (PSNR/SSIM blank; bytes from the evaluation)")
+        lines.append(f"- no manifest for {', '.join(no_manifest)} (rate and quality as recorded by the evaluation)")
     return "\n".join(lines) + "\n" if len(lines) > 1 else ""
 
 
@@ -421,6 +421,9 @@ def cli(results_paths, shards, split, runs, out, x, archs, paper, paper_arch):
         stats = load_manifests(shards, split)
         if archs:
             results = [r for r in results if r.arch in archs]
+        results, dropped = single_split(results, split)
+        if dropped:
+            click.echo(f"warning: results of split(s) {', '.join(dropped)} left out: the report is on {split}", err=True)
         if not results and not stats:
             raise click.ClickException("nothing to report: no results rows and no manifests "
                                        f"(looked for {', '.join(map(str, results_paths))} and {shards}/{split}/*/manifest.json)")

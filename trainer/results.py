@@ -147,6 +147,9 @@ class Result:
     count: int | None = None
     bytes: float | None = None
     bpp: float | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    split: str | None = None
     checkpoint: str | None = None
     weights: str | None = None
     extra: dict = field(default_factory=dict)
@@ -167,7 +170,10 @@ class Result:
 
 
 def load_results(paths: str | Path | Iterable[str | Path] | None) -> list[Result]:
-    """Rows of one or more results.json files (a missing file is an error, an empty list not)."""
+    """Rows of one or more results.json files (a missing file is an error, an empty list not).
+
+    Rows whose top-1 is null are left out: trainer.eval writes null when the evaluated images
+    carry no labels, which is a measurement of nothing."""
     if paths is None:
         return []
     if isinstance(paths, (str, Path)):
@@ -189,23 +195,29 @@ def _results_file(path: Path) -> list[Result]:
         data = data["results"]  # tolerate a wrapped list
     if not isinstance(data, list):
         raise ResultsError(f"{path}: expected a JSON list of result rows, got {type(data).__name__}")
-    return [_result_row(path, i, row) for i, row in enumerate(data)]
+    rows = [_result_row(path, i, row) for i, row in enumerate(data)]
+    return [r for r in rows if r is not None]
 
 
-def _result_row(path: Path, index: int, row: dict) -> Result:
+def _result_row(path: Path, index: int, row: dict) -> Result | None:
+    if not isinstance(row, dict):
+        raise ResultsError(f"{path}: row {index} is not an object")
+    if "top1" in row and finite(row["top1"]) is None:
+        return None
     missing = [k for k in REQUIRED_RESULT_KEYS if row.get(k) is None]
     if missing:
         raise ResultsError(f"{path}: row {index} lacks {', '.join(missing)}")
     setting = str(row["setting"])
     codec, q = parse_setting(setting)
     known = {"arch", "method", "labels", "trained_on", "setting", "codec", "q", "top1", "top5",
-             "count", "mean_bytes", "mean_bpp", "checkpoint", "weights"}
+             "count", "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "split", "checkpoint", "weights"}
     return Result(
         arch=str(row["arch"]), method=str(row["method"]), labels=str(row.get("labels") or "dataset"),
         trained_on=row.get("trained_on"), setting=setting, codec=row.get("codec") or codec,
         q=_number(row["q"]) if finite(row.get("q")) is not None else q,
         top1=float(row["top1"]), top5=finite(row.get("top5")), count=row.get("count"),
         bytes=finite(row.get("mean_bytes")), bpp=finite(row.get("mean_bpp")),
+        psnr=finite(row.get("mean_psnr")), ssim=finite(row.get("mean_ssim")), split=row.get("split"),
         checkpoint=row.get("checkpoint"), weights=row.get("weights"),
         extra={k: v for k, v in row.items() if k not in known})
 
@@ -234,6 +246,7 @@ class Run:
     method: str | None
     arch: str | None
     labels: str | None
+    trained_on: str | None
     args: dict
     has_best: bool
 
@@ -250,7 +263,7 @@ def load_runs(runs: str | Path | None) -> list[Run]:
             args = {}
         folder = args_path.parent
         out.append(Run(name=folder.name, path=folder, method=args.get("method"), arch=args.get("arch"),
-                       labels=args.get("labels"), args=args, has_best=(folder / "best.pth").exists()))
+                       labels=args.get("labels"), trained_on=args.get("trained_on"), args=args, has_best=(folder / "best.pth").exists()))
     return out
 
 
@@ -281,18 +294,30 @@ def setting_order(settings: Iterable[str], stats: dict[str, SettingStats],
 
 
 def rate_of(r: Result, stats: dict[str, SettingStats], x: str = "bytes") -> float | None:
-    """Bytes (or bpp) per image of a result: what eval measured, else the manifest's mean."""
-    own = r.bytes if x == "bytes" else r.bpp
+    """Bytes (or bpp) per image of a result: what eval recorded, else the manifest's mean."""
+    return _own_or_manifest(r, stats, x)
+
+
+def quality_of(r: Result, stats: dict[str, SettingStats], what: str) -> float | None:
+    """PSNR or SSIM of a result's setting: the manifest's mean, else what eval recorded."""
+    st = stats.get(r.setting)
+    value = getattr(st, what) if st is not None else None
+    return value if value is not None else getattr(r, what)
+
+
+def _own_or_manifest(r: Result, stats: dict[str, SettingStats], attr: str) -> float | None:
+    own = getattr(r, attr)
     if own is not None:
         return own
     st = stats.get(r.setting)
-    return None if st is None else getattr(st, x)
+    return None if st is None else getattr(st, attr)
 
 
-def fmt(x: Any, digits: int = 2) -> str:
-    """Number for a table cell; None -> "" (a blank cell)."""
-    if x is None:
-        return ""
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
+def single_split(results: list[Result], split: str) -> tuple[list[Result], list[str]]:
+    """Results of one split only when several were evaluated (a cell must not mix splits);
+    returns (kept rows, the other splits that were dropped)."""
+    splits = {r.split for r in results if r.split}
+    if len(splits) <= 1:
+        return results, []
+    return [r for r in results if r.split in (None, split)], sorted(splits - {split})
+
