@@ -36,7 +36,7 @@ def check_available() -> None:
                           "which bundles it")
 
 
-def x265_params(q: int, effort: int, info: bool = False) -> str:
+def x265_params(q: int, effort: int, info: bool = False, min_side: int = 64) -> str:
     params = {
         "qp": q,                 # constant QP (CQP); x265 codes the I slice at qp - 3 (ipratio)
         "aq-mode": 0,            # bpgenc: AQ off
@@ -53,6 +53,12 @@ def x265_params(q: int, effort: int, info: bool = False) -> str:
         "pools": 1,
         "log-level": "error",
     }
+    if min_side < 64:
+        # x265 shrinks the CTU to fit small pictures but then rejects the slow presets'
+        # transform depth; pick both explicitly (the header records whatever the SPS says)
+        ctu = 32 if min_side >= 32 else 16
+        depth = 4 if ctu == 32 else 3
+        params.update({"ctu": ctu, "tu-intra-depth": depth, "tu-inter-depth": depth})
     return ":".join(f"{k}={v}" for k, v in params.items())
 
 
@@ -68,12 +74,15 @@ def encode_planes(planes: list[np.ndarray], chroma_format_idc: int, q: int, effo
     """Encode padded 8-bit planes (Y[, Cb, Cr]) as one IDR picture; returns Annex-B bytes."""
     av = _av()
     height, width = planes[0].shape
+    if min(height, width) < 16:
+        raise ValueError(f"x265 cannot encode a {width}x{height} picture: BPG over x265 needs "
+                         f"images of at least 9x9 pixels (coded size padded to 16x16)")
     ctx = av.CodecContext.create("libx265", "w")
     ctx.width, ctx.height = width, height
     ctx.pix_fmt = PIX_FMT[chroma_format_idc]
     ctx.time_base = Fraction(1, 25)
     ctx.gop_size = 1
-    ctx.options = {"preset": PRESETS[effort], "tune": "ssim", "x265-params": x265_params(q, effort, info)}
+    ctx.options = {"preset": PRESETS[effort], "tune": "ssim", "x265-params": x265_params(q, effort, info, min(height, width))}
     frame = av.VideoFrame(width, height, PIX_FMT[chroma_format_idc])
     _fill_frame(frame, planes)
     frame.pts = 0
@@ -108,7 +117,7 @@ def decode_annexb(stream: bytes) -> list[np.ndarray]:
 def x265_version() -> str:
     """x265's version, read from the info SEI of a tiny test encode (PyAV does not expose it)."""
     try:
-        stream = encode_planes([np.zeros((16, 16), np.uint8)], 0, 30, 0, info=True)
+        stream = encode_planes([np.zeros((16, 16), np.uint8)], 0, 30, 1, info=True)
     except Exception as exc:  # pragma: no cover - only when the encoder is broken
         return f"unknown ({exc})"
     m = re.search(rb"x265 \(build \d+\) - ([^:\s]+)", stream)
@@ -120,6 +129,7 @@ def library_versions() -> dict[str, str]:
     libs = av.library_versions
     return {
         "x265": x265_version(),
+        "ffmpeg": str(getattr(av, "ffmpeg_version_info", "unknown")),
         "libavcodec": ".".join(map(str, libs.get("libavcodec", ()))),
         "pyav": av.__version__,
     }
