@@ -87,10 +87,9 @@ def compute_loss(model: nn.Module, batch: dict, cfg: StepConfig) -> dict[str, to
         x = to_input(batch["clean"] if cfg.stability_input == "clean" else batch["comp"], cfg)
         x_noisy = x + cfg.sigma * torch.randn_like(x)
         with autocast(cfg):
-            if cfg.head_only:  # backbone frozen in eval mode: one forward for both
-                out, out_noisy = model(torch.cat([x, x_noisy])).chunk(2)
-            else:
-                out, out_noisy = model(x), model(x_noisy)
+            # one forward for x and x' (one DDP forward per backward; with the default head-only
+            # training the frozen backbone is in eval mode, so this equals two separate passes)
+            out, out_noisy = model(torch.cat([x, x_noisy])).chunk(2)
         return cfg.criterion(out, out_noisy, y)
     raise ValueError(f"unknown method {cfg.method!r}")
 
