@@ -23,20 +23,31 @@ _RGB_TO_YCC = np.array([
 _RGB_TO_YCC_FIXED = np.rint(_RGB_TO_YCC * _ENC_MULT).astype(np.int64)
 
 
+# per-value products as int32 lookup tables: every sum below stays under 2**31 (as in the
+# reference's int arithmetic), and table look-ups are much faster than int64 multiplies
+_V = np.arange(256, dtype=np.int64)
+_ENC_LUT = (_RGB_TO_YCC_FIXED[:, :, None] * _V).astype(np.int32)  # [out, in channel, value]
+
+
+def _convert_row(rgb: np.ndarray, k: int) -> np.ndarray:
+    lut = _ENC_LUT[k]
+    acc = lut[0][rgb[..., 0]] + lut[1][rgb[..., 1]]
+    acc += lut[2][rgb[..., 2]]
+    acc += 1 << (_ENC_SHIFT - 1)
+    acc >>= _ENC_SHIFT
+    if k:
+        acc += 128
+    return np.clip(acc, 0, 255).astype(np.uint8)
+
+
 def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
     """H×W×3 uint8 RGB -> 3×H×W uint8 (Y, Cb, Cr), full range, chroma centred on 128."""
-    x = rgb.astype(np.int64)
-    acc = np.einsum("hwc,kc->khw", x, _RGB_TO_YCC_FIXED) + (1 << (_ENC_SHIFT - 1))
-    out = acc >> _ENC_SHIFT
-    out[1:] += 128
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return np.stack([_convert_row(rgb, k) for k in range(3)])
 
 
 def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
     """The Y plane alone (what a gray BPG of a colour image stores)."""
-    x = rgb.astype(np.int64)
-    acc = x @ _RGB_TO_YCC_FIXED[0] + (1 << (_ENC_SHIFT - 1))
-    return np.clip(acc >> _ENC_SHIFT, 0, 255).astype(np.uint8)
+    return _convert_row(rgb, 0)
 
 
 # -- chroma down-sampling (bpgenc, phase 0.5) -------------------------------------------
@@ -51,7 +62,7 @@ def _decimate_axis(x: np.ndarray, axis: int) -> np.ndarray:
     pad = [(0, 0)] * x.ndim
     pad[axis] = (4, 6)  # taps reach 4 before 2i and 5 after; +1 so odd sizes pair up
     xp = np.pad(x, pad, mode="edge")
-    acc = np.zeros(x.shape[:axis] + (n2,) + x.shape[axis + 1:], dtype=np.int64)
+    acc = np.zeros(x.shape[:axis] + (n2,) + x.shape[axis + 1:], dtype=np.int32)
 
     def take(start):
         sl = [slice(None)] * x.ndim
@@ -69,7 +80,7 @@ def downsample_420(plane: np.ndarray) -> np.ndarray:
     Horizontal first; bpgenc keeps the horizontal result at x64 (>>1 with rounding),
     the vertical pass then shifts by 13 with rounding and clips.
     """
-    h = (_decimate_axis(plane.astype(np.int64), 1) + 1) >> 1
+    h = (_decimate_axis(plane.astype(np.int32), 1) + 1) >> 1
     v = (_decimate_axis(h, 0) + (1 << 12)) >> 13
     return np.clip(v, 0, 255).astype(np.uint8)
 
@@ -88,7 +99,7 @@ def _interp_axis(x: np.ndarray, axis: int, n_out: int) -> np.ndarray:
     xp = np.pad(x, pad, mode="edge")
     out_shape = list(x.shape)
     out_shape[axis] = 2 * n
-    out = np.zeros(out_shape, dtype=np.int64)
+    out = np.empty(out_shape, dtype=np.int32)
 
     def take(k):
         sl = [slice(None)] * x.ndim
@@ -114,7 +125,7 @@ def upsample_420(plane: np.ndarray, height: int, width: int) -> np.ndarray:
     bpgdec interpolates vertically first and keeps the x64 result, then horizontally, with a
     single rounding (>>12) and clip at the end.
     """
-    v = _interp_axis(plane.astype(np.int64), 0, height)
+    v = _interp_axis(plane.astype(np.int32), 0, height)
     hv = _interp_axis(v, 1, width)
     return np.clip((hv + (1 << 11)) >> 12, 0, 255).astype(np.uint8)
 
@@ -129,17 +140,25 @@ _C_G_CR = int(np.rint(2 * KR * (1 - KR) / (1 - KB - KR) * _DEC_MULT))
 _C_B_CB = int(np.rint(2 * (1 - KB) * _DEC_MULT))
 
 
+_Y_LUT = (_V * _Y_ONE + (1 << (_DEC_SHIFT - 1))).astype(np.int32)
+_R_CR_LUT = (_C_R_CR * (_V - 128)).astype(np.int32)
+_G_CB_LUT = (-_C_G_CB * (_V - 128)).astype(np.int32)
+_G_CR_LUT = (-_C_G_CR * (_V - 128)).astype(np.int32)
+_B_CB_LUT = (_C_B_CB * (_V - 128)).astype(np.int32)
+
+
 def ycbcr_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> np.ndarray:
-    """Full-size Y, Cb, Cr uint8 planes -> H×W×3 uint8 RGB (bpgdec's fixed point)."""
-    yv = y.astype(np.int64) * _Y_ONE + (1 << (_DEC_SHIFT - 1))
-    cbv = cb.astype(np.int64) - 128
-    crv = cr.astype(np.int64) - 128
-    rgb = np.stack([
-        yv + _C_R_CR * crv,
-        yv - _C_G_CB * cbv - _C_G_CR * crv,
-        yv + _C_B_CB * cbv,
-    ], axis=-1) >> _DEC_SHIFT
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    """Full-size Y, Cb, Cr uint8 planes -> H×W×3 uint8 RGB (bpgdec's fixed point).
+
+    Sums stay within int32 for 8-bit input, as in bpgdec's own int arithmetic.
+    """
+    yv = _Y_LUT[y]
+    out = np.empty(y.shape + (3,), dtype=np.uint8)
+    for k, acc in enumerate((yv + _R_CR_LUT[cr], yv + _G_CB_LUT[cb] + _G_CR_LUT[cr], yv + _B_CB_LUT[cb])):
+        acc >>= _DEC_SHIFT
+        np.clip(acc, 0, 255, out=acc)
+        out[..., k] = acc
+    return out
 
 
 def pad_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
