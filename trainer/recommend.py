@@ -248,9 +248,11 @@ def describe(o: Option, x: str) -> str:
 
 
 def describe_estimate(o: Option) -> str:
+    todo = ("make its shards and evaluate" if o.method == "pretrained"
+            else f"make its shards, train {method_name(o.method)} on it and evaluate")
     return (f"  INTERPOLATED (not measured, not a real setting yet): {o.codec} q≈{o.q:g} with {o.arch} "
             f"{method_name(o.method)}: est. top-1 {o.top1:.2f} % at ~{_num(o.bytes, 0)} bytes/image "
-            f"({_num(o.bpp, 3)} bpp), between {o.between[0]} and {o.between[1]}")
+            f"({_num(o.bpp, 3)} bpp), between {o.between[0]} and {o.between[1]}; to use it: {todo}")
 
 
 def stats_from(manifests: Path | None, split: str) -> dict[str, SettingStats]:
@@ -330,8 +332,7 @@ def print_human(options, front, choice, estimates, x, limit, min_top1) -> None:
         click.echo(f"\nBest measured choice {' and '.join(w for w in what if w)}:")
         click.echo(describe(choice, x))
     if estimates:
-        click.echo("\nInterpolated between measured settings (log-linear in rate; encode, train and "
-                   "evaluate this q before relying on it):")
+        click.echo("\nInterpolated between measured settings (log-linear in rate; estimates, not results):")
         for o in estimates[:5]:
             click.echo(describe_estimate(o))
         if choice is not None and estimates[0].top1 > choice.top1:
