@@ -86,5 +86,9 @@ demo: install ## The whole flow on the embedded default (or DATA=... WEIGHTS=...
 demo-docs: install ## Run the embedded demo and refresh its table and plot in README.md
 	$(PY) -m demo --readme $(DEMO_ARGS)
 
+report: install ## Table 1, Fig. 4/5 from runs/, shards/ and reports/results.json (PAPER=paper_table1.json to compare)
+	$(PY) -m trainer.report --runs runs/ --shards $(OUT) --results reports/results.json --out reports/ \
+	  $(if $(PAPER),--paper $(PAPER)) $(if $(PAPER_ARCH),--paper-arch $(PAPER_ARCH))
+
 clean: ## Remove outputs (shards/, runs/, bench-out/), keep .venv
 	rm -rf shards runs bench-out reports

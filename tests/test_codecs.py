@@ -97,6 +97,13 @@ def test_registry_lists_codecs():
     assert create("j2k", 200).setting == "j2k-200" and create("lossless").setting == "lossless"
 
 
+def test_png_is_recognised_as_lossless(crop):
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, "PNG")
+    assert detect(buf.getvalue()) is get("lossless")
+    np.testing.assert_array_equal(decode_any(buf.getvalue()), crop)
+
+
 @pytest.mark.parametrize("data", [b"", b"hello world", b"\xff\xd8\xff" + b"\x00" * 20])
 def test_undecodable_data_gives_codec_error(data):
     with pytest.raises(CodecError):

@@ -81,7 +81,10 @@ def build_table1(results: list[Result], stats: dict[str, SettingStats], arch: st
         for m in methods:
             cell = _cell(best, arch, m, s)
             row[f"top1_{m}"] = cell.top1 if cell else None
+        # same labels on both sides: dataset labels when both ran, else the label-free pair
         row["gain"] = _diff(row.get("top1_expert"), row.get("top1_finetune"))
+        if row["gain"] is None:
+            row["gain"] = _diff(row.get("top1_expert+teacher"), row.get("top1_finetune+teacher"))
         if paper_rows is not None:
             row.update(_paper_cells(paper_rows.get(parse_setting(s))))
         rows.append(row)

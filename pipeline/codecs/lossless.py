@@ -17,6 +17,9 @@ from .base import Codec, register
 from .jpeg import _pil_decode
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
 def _is_webp(data: bytes) -> bool:
     return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
 
@@ -37,7 +40,8 @@ class LosslessCodec(Codec):
 
     @classmethod
     def sniff(cls, data: bytes) -> bool:
-        return _is_webp(data)
+        # PNG too: a receiver may get lossless images in either format; Pillow decodes both
+        return _is_webp(data) or data.startswith(PNG_MAGIC)
 
     @classmethod
     def versions(cls):
