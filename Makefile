@@ -75,7 +75,8 @@ bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README
 	$(PY) benchmarks/readme_block.py README.md pipeline bench-out/pipeline.md
 	@if [ -f benchmarks/bench_bpg.py ]; then \
 	  $(PY) benchmarks/bench_bpg.py --markdown bench-out/bpg.md && \
-	  $(PY) benchmarks/readme_block.py README.md bpg bench-out/bpg.md; fi
+	  $(PY) benchmarks/readme_block.py README.md bpg bench-out/bpg.md && \
+	  $(PY) benchmarks/readme_block.py tools/bpg/README.md bpg-bench bench-out/bpg.md; fi
 	@if [ -f benchmarks/bench_trainer.py ]; then \
 	  $(PY) benchmarks/bench_trainer.py --markdown bench-out/trainer.md && \
 	  $(PY) benchmarks/readme_block.py README.md trainer bench-out/trainer.md; fi
