@@ -41,8 +41,10 @@ def parse_args(argv):
     ap.add_argument("--lr", type=float, default=1e-4, help="higher than the paper's 1e-5: the demo trains minutes, not days")
     ap.add_argument("--alpha", type=float, default=1e-2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     ap.add_argument("--steps-per-epoch", type=int, default=None)
     ap.add_argument("--per-photo", type=int, default=24, help="views per embedded photo")
+    ap.add_argument("--photos", type=int, default=None, help="use only the first N embedded photos (quick runs)")
     ap.add_argument("--limit", type=int, default=None, help="images per split (quick runs)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workers", type=int, default=2, help="loader processes")
@@ -80,10 +82,11 @@ def prepare_data(a, teacher_model) -> tuple[Path, str]:
             if not (root / split).is_dir():
                 raise SystemExit(f"--data {root}: expected {root}/train and {root}/val (ImageNet-style folders)")
         return root, "dataset"
-    from demo.embedded import label_by_model, make_views
+    from demo.embedded import PHOTOS, label_by_model, make_views
 
     data = a.out / "data"
-    train, val_unlabelled = make_views(data / "views", per_photo=a.per_photo, seed=a.seed)
+    train, val_unlabelled = make_views(data / "views", per_photo=a.per_photo, seed=a.seed,
+                                       photos=list(PHOTOS)[: a.photos] if a.photos else None)
     src = data / "src"
     stamp = src / ".labelled"
     if not stamp.exists():
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
     from trainer import run as trainer_run
     from trainer.models import build_model
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(a.threads or max(1, os.cpu_count() or 1))
     arch = a.arch or ("efficientnet_lite0" if not a.weights or not a.data else "mobilenet_v2")
     weights = a.weights or "DEFAULT"
     a.out.mkdir(parents=True, exist_ok=True)
