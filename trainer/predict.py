@@ -26,6 +26,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from trainer.clitools import run_click
+
 CROP = 224
 
 
@@ -202,16 +204,7 @@ def cli(files, model_path, arch, weights, k, batch_size, device, as_json):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point callable from tests: returns the exit status instead of exiting."""
-    try:
-        return cli.main(args=argv, prog_name="python -m trainer.predict", standalone_mode=False) or 0
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.Abort:
-        click.echo("aborted", err=True)
-        return 1
+    return run_click(cli, argv, "python -m trainer.predict")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import click
 
+from trainer.clitools import run_click
+
 from trainer.results import (Result, ResultsError, SettingStats, load_manifests, load_results, method_name,
                              quality_of, rate_of, single_split)
 
@@ -342,16 +344,7 @@ def print_human(options, front, choice, estimates, x, limit, min_top1) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point callable from tests: returns the exit status instead of exiting."""
-    try:
-        return cli.main(args=argv, prog_name="python -m trainer.recommend", standalone_mode=False) or 0
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.Abort:
-        click.echo("aborted", err=True)
-        return 1
+    return run_click(cli, argv, "python -m trainer.recommend")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import click
 
+from trainer.clitools import run_click
+
 from trainer.results import (METHODS, Result, ResultsError, SettingStats, best_per_cell, codec_rank,
                              finite, load_manifests, load_results, load_runs, method_name, method_rank,
                              parse_setting, rate_of, setting_order, single_split, unevaluated_runs)
@@ -442,16 +444,7 @@ def cli(results_paths, shards, split, runs, out, x, archs, paper, paper_arch):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point callable from tests: returns the exit status instead of exiting."""
-    try:
-        return cli.main(args=argv, prog_name="python -m trainer.report", standalone_mode=False) or 0
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.Abort:
-        click.echo("aborted", err=True)
-        return 1
+    return run_click(cli, argv, "python -m trainer.report")
 
 
 if __name__ == "__main__":
