@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_classes = a.num_classes or train_settings[0].num_classes
     a.num_classes = n_classes
     a.trained_on = ",".join(sorted({s.name for s in train_settings}))
+    classes = train_settings[0].manifest.get("classes")
+    a.classes = classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes) else None
     a.world_size = d.world
     if d.main:
         log.info("train: %s", settings_summary(train_settings))
