@@ -125,8 +125,8 @@ class TeacherCache:
                            "(python -m trainer.cache_teacher)") from None
 
     def __getstate__(self):
-        return {"npy": self.npy, "meta_path": self.meta_path, "_logits": None, "_index": None,
-                "_meta": self._meta}
+        # workers re-open the files lazily (the key list can be large: don't pickle it)
+        return {"npy": self.npy, "meta_path": self.meta_path, "_logits": None, "_index": None, "_meta": None}
 
 
 # -- stages -------------------------------------------------------------------------------------
