@@ -71,7 +71,7 @@ test-fast: install ## The test suite without the tests marked slow
 
 bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README tables
 	@mkdir -p bench-out
-	$(PY) benchmarks/bench_pipeline.py --markdown bench-out/pipeline.md
+	$(PY) benchmarks/bench_pipeline.py --images 96 --markdown bench-out/pipeline.md
 	$(PY) benchmarks/readme_block.py README.md pipeline bench-out/pipeline.md
 	@if [ -f benchmarks/bench_bpg.py ]; then \
 	  $(PY) benchmarks/bench_bpg.py --markdown bench-out/bpg.md && \
