@@ -68,7 +68,7 @@ def available_settings(wanted: str) -> list[tuple[str, object]]:
         name, _, q = s.strip().partition("-")
         try:
             codec = create(name, (float(q) if "." in q else int(q)) if q else None)
-            X
+            codec.encode(np.zeros((224, 224, 3), np.uint8))  # its library works here, at crop size
         except (CodecError, ImportError, OSError, RuntimeError) as exc:
             print(f"   skipping {s}: {exc}")
             continue
