@@ -29,6 +29,8 @@ SHARDS=${SHARDS:-shards}
 JOBS=${JOBS:-$(nproc)}
 PY=${PY:-.venv/bin/python}
 DEVICE=${DEVICE:-auto}
+VAL_DURING=${VAL_DURING:-1}           # 0: no per-epoch validation (the lr schedule then follows the train loss)
+CROSS=${CROSS:-1}                     # 0: evaluate each model only on the setting it was trained on
 
 [ -x "$PY" ] || make install
 [ -d "$SRC/train" ] || { echo "no $SRC/train: set SRC=/path/to/imagenette" >&2; exit 2; }
@@ -57,7 +59,8 @@ for seed in $SEEDS; do
       extra=(--lr "$LR" --alpha "$ALPHA")
       [ "$method" = stability ] && extra=(--lr "$STAB_LR" --alpha "$STAB_ALPHA" --sigma "$STAB_SIGMA")
       if [ ! -f "$run/best.pth" ] || [ "$(wc -l < "$run/metrics.jsonl" 2>/dev/null || echo 0)" -lt "$EPOCHS" ]; then
-        $PY -m trainer.run --shards "$SHARDS/train/$setting/shard-*.tar" --val-shards "$SHARDS/val/$setting/shard-*.tar" \
+        val_arg=(); [ "$VAL_DURING" = 1 ] && val_arg=(--val-shards "$SHARDS/val/$setting/shard-*.tar")
+        $PY -m trainer.run --shards "$SHARDS/train/$setting/shard-*.tar" "${val_arg[@]}" \
             --method $method --arch "$ARCH" --weights "$WEIGHTS" "${extra[@]}" --epochs "$EPOCHS" \
             --train-limit "$TRAIN_LIMIT" ${VAL_LIMIT:+--val-limit $VAL_LIMIT} --batch-size "$BATCH" \
             --seed "$seed" --out "$run" --resume auto --device "$DEVICE" --no-progress
@@ -67,7 +70,15 @@ for seed in $SEEDS; do
   done
 done
 
-$PY -m trainer.eval --checkpoint "${checkpoints[@]}" --shards "${val_globs[@]}" --out "$OUT/results.json" \
-    --device "$DEVICE" $limit_val --no-progress
+if [ "$CROSS" = 1 ]; then
+  $PY -m trainer.eval --checkpoint "${checkpoints[@]}" --shards "${val_globs[@]}" --out "$OUT/results.json" \
+      --device "$DEVICE" $limit_val --no-progress
+else
+  for setting in $SETTINGS; do
+    mine=(); for c in "${checkpoints[@]}"; do case "$c" in *-"$setting"-s*) mine+=("$c");; esac; done
+    $PY -m trainer.eval --checkpoint "${mine[@]}" --shards "$SHARDS/val/$setting/shard-*.tar" --out "$OUT/results.json" \
+        --device "$DEVICE" $limit_val --no-progress
+  done
+fi
 $PY -m trainer.report --results "$OUT/results.json" --shards "$SHARDS" --runs "$OUT/runs" --out "$OUT/reports"
 $PY experiments/summarize.py "$OUT/results.json" | tee "$OUT/summary.md"
