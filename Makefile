@@ -73,6 +73,8 @@ bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README
 	@mkdir -p bench-out
 	$(PY) benchmarks/bench_pipeline.py --images 96 --markdown bench-out/pipeline.md
 	$(PY) benchmarks/readme_block.py README.md pipeline bench-out/pipeline.md
+	$(PY) benchmarks/bench_pipeline.py --images 96 --storage-only --markdown bench-out/storage.md
+	$(PY) benchmarks/readme_block.py README.md storage bench-out/storage.md
 	@if [ -f benchmarks/bench_bpg.py ]; then \
 	  $(PY) benchmarks/bench_bpg.py --markdown bench-out/bpg.md && \
 	  $(PY) benchmarks/readme_block.py README.md bpg bench-out/bpg.md && \

@@ -71,12 +71,56 @@ def pipeline_ms(src, split, name, q, out, n, jobs, shard_size) -> tuple[float, d
     return 1e3 * (time.perf_counter() - t) / n, m
 
 
+def storage_rows(paths) -> list[str]:
+    """Why the clean crop is stored as lossless WebP and x̃ as its bitstream: write/read
+    cost and size of the candidate formats on the same crops."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    crops = [load_crop(p) for p in paths]
+
+    def save(fmt, **kw):
+        def f(x):
+            buf = io.BytesIO()
+            Image.fromarray(x).save(buf, fmt, **kw)
+            return buf.getvalue()
+        return f
+
+    candidates = {"WebP lossless, method 0 (chosen)": save("WEBP", lossless=True, method=0, quality=50, exact=True),
+                  "PNG, zlib level 1": save("PNG", compress_level=1),
+                  "PNG, zlib level 6 (Pillow default)": save("PNG", compress_level=6),
+                  "raw RGB": lambda x: x.tobytes()}
+    rows = []
+    for name, enc in candidates.items():
+        enc(crops[0])  # warm-up: library initialisation
+        t = time.perf_counter()
+        blobs = [enc(x) for x in crops]
+        t_enc = 1e3 * (time.perf_counter() - t) / len(crops)
+        if name == "raw RGB":
+            t_dec = 0.0
+        else:
+            t = time.perf_counter()
+            for b in blobs:
+                np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+            t_dec = 1e3 * (time.perf_counter() - t) / len(crops)
+        rows.append(f"| {name} | {t_enc:.2f} | {t_dec:.2f} | {np.mean([len(b) for b in blobs]) / 1e3:.1f} |")
+    return rows
+
+
+def storage_table(rows: list[str], n: int, label: str) -> str:
+    return "\n".join([f"Storing the clean 224² crop ({n} images from {label}, one core; `make bench`):", "",
+                      "| format | write ms | read ms | KB |", "|---|---:|---:|---:|", *rows])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=160)
     ap.add_argument("--settings", default=DEFAULT_SETTINGS)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--storage-only", action="store_true", help="only the clean-crop storage comparison")
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -97,6 +141,13 @@ def main(argv=None):
         d.mkdir(parents=True, exist_ok=True)
         os.symlink(p, d / p.name)
 
+    if args.storage_only:
+        table = storage_table(storage_rows(paths), n, label)
+        print(table)
+        if args.markdown:
+            args.markdown.write_text(table + "\n")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     rows = []
     for setting in args.settings.split(","):
         name, q = parse_setting(setting)
@@ -117,6 +168,7 @@ def main(argv=None):
         print(f"{r['setting']:>9}: base {base:6.2f} ms  pipeline {one:6.2f} ms/img (ratio {r['ratio']:.2f})  "
               f"{1e3 / one:6.1f} img/s on 1 core, {1e3 / many:6.1f} img/s on {args.jobs} "
               f"(x{r['speedup']:.2f})  {r['disk_kb']:.1f} KB/sample", flush=True)
+    storage = storage_rows(paths)
     shutil.rmtree(tmp, ignore_errors=True)
 
     lines = [
@@ -132,7 +184,8 @@ def main(argv=None):
                      f"| {1e3 / r['many']:.1f} | {r['speedup']:.2f}x | {r['bytes']:.0f} | {r['disk_kb']:.1f} |")
     lines += ["", "Per-image stage times inside the pipeline (ms, mean): "
               + "; ".join(f"{r['setting']}: " + ", ".join(f"{k[:-3]} {v:.2f}" for k, v in r["timing"].items())
-                          for r in rows) + " (other = SSIM + PSNR + lossless WebP of the clean crop)."]
+                          for r in rows) + " (other = SSIM + PSNR + lossless WebP of the clean crop).",
+              "", storage_table(storage, n, label)]
     table = "\n".join(lines)
     print("\n" + table)
     if args.markdown:
