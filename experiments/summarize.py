@@ -11,13 +11,13 @@ from collections import defaultdict
 METHODS = ("pretrained", "stability", "finetune", "expert")
 
 
-def summarize(rows: list[dict]) -> str:
+def summarize(rows: list[dict], metric: str = "top1") -> str:
     acc: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
-        if r["method"] == "pretrained" or r.get("trained_on") == r["setting"]:
-            acc[(r["setting"], r["method"])].append(r["top1"])
+        if (r["method"] == "pretrained" or r.get("trained_on") == r["setting"]) and r.get(metric) is not None:
+            acc[(r["setting"], r["method"])].append(r[metric])
     settings = sorted({s for s, _ in acc})
-    lines = ["| setting | " + " | ".join(f"{m} top-1" for m in METHODS) + " | expert − fine-tune |",
+    lines = [f"{metric}:", "", "| setting | " + " | ".join(f"{m}" for m in METHODS) + " | expert − fine-tune |",
              "|---|" + "---:|" * (len(METHODS) + 1)]
     for s in settings:
         cells = []
@@ -32,4 +32,8 @@ def summarize(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    print(summarize(json.load(open(sys.argv[1]))))
+    rows = json.load(open(sys.argv[1]))
+    print(summarize(rows, "top1"))
+    if any(r.get("top1_present") is not None for r in rows):
+        print("\n" + summarize(rows, "top1_present")
+              + "\n(top1_present: arg-max over the classes present in the data only, e.g. Imagenette's 10)")

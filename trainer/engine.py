@@ -143,12 +143,16 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, cfg: StepConfig, d: Dist | None = None, progress: bool = False,
-             desc: str = "eval") -> dict[str, Any]:
+             desc: str = "eval", present: list[int] | None = None) -> dict[str, Any]:
     """CE loss, top-1 and top-5 (percent) of model(x~) over the labelled samples (label >= 0),
-    summed over all ranks."""
+    summed over all ranks.  ``present``: the class indices that occur in the data (e.g. the
+    10 Imagenette classes of a 1000-way model); ``top1_present`` is then the top-1 with the
+    arg-max taken over those classes only, which separates robustness to the input from
+    learning which classes occur."""
     d = d or Dist()
     model.eval()
-    loss_sum, c1, c5, n, total = 0.0, 0, 0, 0, 0
+    loss_sum, c1, c5, n, total, cp = 0.0, 0, 0, 0, 0, 0
+    subset = torch.tensor(sorted(present), device=cfg.device) if present else None
     bar = None
     if progress and d.main:
         from tqdm import tqdm
@@ -170,15 +174,18 @@ def evaluate(model: nn.Module, loader, cfg: StepConfig, d: Dist | None = None, p
             c1 += int(hit[:, 0].sum())
             c5 += int(hit.any(1).sum())
             n += int(yv.numel())
+            if subset is not None:
+                cp += int((subset[o[:, subset].argmax(1)] == yv).sum())
         if bar is not None:
             bar.update(int(y.numel()))
     if bar is not None:
         bar.close()
-    loss_sum, c1, c5, n, total = all_reduce_sum([loss_sum, c1, c5, n, total], d)
+    loss_sum, c1, c5, n, total, cp = all_reduce_sum([loss_sum, c1, c5, n, total, cp], d)
     dt = time.perf_counter() - t0
     nan = float("nan")
     return {"loss": loss_sum / n if n else nan, "top1": 100.0 * c1 / n if n else nan,
             "top5": 100.0 * c5 / n if n else nan, "count": int(total), "labelled": int(n),
+            "top1_present": 100.0 * cp / n if n and subset is not None else None,
             "seconds": dt}
 
 

@@ -45,13 +45,17 @@ def evaluate_model(model, meta: dict, settings, batch_size: int = 64, workers: i
     for s in settings:
         loader = make_eval_loader([s], batch_size, workers=workers, rank=d.rank, world=d.world, limit=limit,
                                   pin_memory=device.type == "cuda")
-        r = engine.evaluate(model, loader, cfg, d, progress=progress, desc=s.name)
+        present = sorted(set((s.manifest.get("class_index") or {}).values()))
+        n_out = s.manifest.get("num_classes") or 0
+        r = engine.evaluate(model, loader, cfg, d, progress=progress, desc=s.name,
+                            present=present if 1 < len(present) < n_out else None)
         mean = s.manifest.get("mean") or {}
         rows.append({"checkpoint": meta.get("checkpoint"), "weights": meta.get("weights"), "arch": meta.get("arch"),
                      "method": meta.get("method"), "trained_on": meta.get("trained_on"),
                      "labels": meta.get("labels") or "dataset", "setting": s.name, "codec": s.codec, "q": s.q,
                      "split": s.manifest.get("split"), "shards_dir": s.dir,
-                     "top1": r["top1"], "top5": r["top5"], "count": r["count"], "labelled": r["labelled"],
+                     "top1": r["top1"], "top5": r["top5"], "top1_present": r["top1_present"],
+                     "count": r["count"], "labelled": r["labelled"],
                      "loss": r["loss"], "mean_bytes": mean.get("bytes"), "mean_bpp": mean.get("bpp"),
                      "mean_psnr": mean.get("psnr"), "mean_ssim": mean.get("ssim"), "epoch": meta.get("epoch")})
         if d.main:
