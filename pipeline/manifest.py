@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from . import __version__
@@ -69,7 +70,7 @@ def build(codec: Codec, split: str, source, records: list[dict], extra: dict | N
         "source": str(source.root),
         "source_digest": source.digest(),
         "versions": {"pipeline": __version__, "python": platform.python_version(),
-                     "numpy": np.__version__, **codec.versions()},
+                     "numpy": np.__version__, "opencv": cv2.__version__, **codec.versions()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if extra:

@@ -10,11 +10,20 @@ image), and averaged over pixels and channels.  This equals scikit-image's
 ``structural_similarity(x, y, channel_axis=-1, gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=255)`` and pytorch_msssim's ``ssim(win_size=11,
 win_sigma=1.5)``; a test checks the first.
+
+Speed matters here: on JPEG settings SSIM was the largest cost of the whole pipeline (more
+than loading, cropping, encoding and decoding together).  OpenCV's separable filter does
+the four Gaussian blurs about 5x faster than NumPy shifted sums, and every intermediate
+lives in a per-thread workspace that is reused from image to image, because allocating
+fresh arrays (page faults) cost as much as the arithmetic.  Measured on Imagenette crops:
+2.3 ms per 224² image instead of 7.6 ms (see README, "Benchmarks").
 """
 from __future__ import annotations
 
 import math
+import threading
 
+import cv2
 import numpy as np
 
 SIGMA = 1.5
@@ -25,51 +34,76 @@ _C1, _C2 = (K1 * PEAK) ** 2, (K2 * PEAK) ** 2
 _taps = np.exp(-0.5 * (np.arange(-RADIUS, RADIUS + 1) / SIGMA) ** 2)
 WINDOW = (_taps / _taps.sum()).astype(np.float32)
 
+# The pipeline runs one worker process per core: OpenCV's own thread pool would only
+# oversubscribe the cores.
+cv2.setNumThreads(1)
+_F32 = cv2.CV_32F
+_MAX_CV_CHANNELS = 4
+_local = threading.local()
+
 
 def psnr(x: np.ndarray, y: np.ndarray) -> float:
-    diff = x.astype(np.int32) - y.astype(np.int32)
-    mse = float(np.mean(diff * diff))
-    return math.inf if mse == 0 else 10.0 * math.log10(PEAK * PEAK / mse)
+    if x.shape != y.shape:
+        raise ValueError(f"PSNR of images of different shapes {x.shape} and {y.shape}")
+    sse = cv2.norm(_as_u8(x), _as_u8(y), cv2.NORM_L2SQR)
+    return math.inf if sse == 0 else 10.0 * math.log10(PEAK * PEAK * x.size / sse)
 
 
-def _blur_valid(image: np.ndarray, rows: np.ndarray, tmp: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Separable Gaussian blur of one H×W float32 map into ``out``, keeping only the
-    positions the window fully covers.  Map by map, with preallocated buffers, so the
-    eleven shifted multiply-adds per axis stay in cache: about 2x faster than blurring a
-    stack of maps at once, and 2.5x faster than scipy.ndimage.correlate1d (which also
-    filters the borders we would throw away)."""
-    h, w = out.shape
-    np.multiply(image[:, :w], WINDOW[0], out=rows)
-    for k in range(1, 2 * RADIUS + 1):
-        rows += np.multiply(image[:, k:k + w], WINDOW[k], out=tmp)
-    np.multiply(rows[:h], WINDOW[0], out=out)
-    t = tmp[:h]
-    for k in range(1, 2 * RADIUS + 1):
-        out += np.multiply(rows[k:k + h], WINDOW[k], out=t)
-    return out
+def _as_u8(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8:
+        raise TypeError(f"metrics take uint8 images, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] > _MAX_CV_CHANNELS:
+        raise ValueError(f"metrics take at most {_MAX_CV_CHANNELS} channels, got {image.shape[2]}")
+    return image
+
+
+def _workspace(shape: tuple) -> list[np.ndarray]:
+    ws = getattr(_local, "ws", None)
+    if ws is None or ws[0] != shape:
+        ws = (shape, [np.empty(shape, np.float32) for _ in range(6)])
+        _local.ws = ws
+    return ws[1]
+
+
+def _blur(src: np.ndarray, dst: np.ndarray) -> None:
+    cv2.sepFilter2D(src, _F32, WINDOW, WINDOW, dst=dst)
 
 
 def ssim(x: np.ndarray, y: np.ndarray) -> float:
-    """Mean SSIM of two H×W×C (or H×W) uint8 images, convention above."""
+    """Mean SSIM of two H×W×C (C ≤ 4) or H×W uint8 images, convention above."""
     if x.shape != y.shape:
         raise ValueError(f"SSIM of images of different shapes {x.shape} and {y.shape}")
     if min(x.shape[:2]) < 2 * RADIUS + 1:
         raise ValueError(f"SSIM needs images of at least {2 * RADIUS + 1}² pixels, got {x.shape[:2]}")
-    a = np.ascontiguousarray(np.moveaxis(x.reshape(x.shape[0], x.shape[1], -1), -1, 0), dtype=np.float32)
-    b = np.ascontiguousarray(np.moveaxis(y.reshape(y.shape[0], y.shape[1], -1), -1, 0), dtype=np.float32)
-    h, w = a.shape[1] - 2 * RADIUS, a.shape[2] - 2 * RADIUS
-    rows, tmp = np.empty((a.shape[1], w), np.float32), np.empty((a.shape[1], w), np.float32)
-    mu_a, mu_b, sq, ab = (np.empty((h, w), np.float32) for _ in range(4))
-    total = 0.0
-    for ca, cb in zip(a, b):
-        # SSIM needs var_a + var_b, never each alone, so E[a²+b²] is blurred as one map
-        _blur_valid(ca, rows, tmp, mu_a)
-        _blur_valid(cb, rows, tmp, mu_b)
-        _blur_valid(ca * ca + cb * cb, rows, tmp, sq)
-        _blur_valid(ca * cb, rows, tmp, ab)
-        mu_ab = mu_a * mu_b
-        mu_sq = mu_a * mu_a + mu_b * mu_b
-        num = (2 * mu_ab + _C1) * (2 * (ab - mu_ab) + _C2)
-        den = (mu_sq + _C1) * (sq - mu_sq + _C2)
-        total += float(np.sum(num / den, dtype=np.float64))
-    return total / (a.shape[0] * h * w)
+    x, y = _as_u8(x), _as_u8(y)
+    if x.ndim == 3 and x.shape[2] == 1:
+        x, y = x[:, :, 0], y[:, :, 0]
+    p, q, mu_a, mu_b, ab, sq = _workspace(x.shape)
+    _blur(x, mu_a)
+    _blur(y, mu_b)
+    cv2.multiply(x, y, dst=p, dtype=_F32)
+    _blur(p, ab)
+    # SSIM needs var_a + var_b, never each alone, so E[a²+b²] is blurred as one map
+    cv2.multiply(x, x, dst=p, dtype=_F32)
+    cv2.multiply(y, y, dst=q, dtype=_F32)
+    cv2.add(p, q, dst=p)
+    _blur(p, sq)
+    # The borders were filtered with padding; keep the windows that stay inside the image.
+    valid = (slice(RADIUS, -RADIUS), slice(RADIUS, -RADIUS))
+    mu_a, mu_b, ab, sq, mu_ab, mu_sq = mu_a[valid], mu_b[valid], ab[valid], sq[valid], p[valid], q[valid]
+    np.multiply(mu_a, mu_b, out=mu_ab)
+    np.multiply(mu_a, mu_a, out=mu_a)
+    np.multiply(mu_b, mu_b, out=mu_b)
+    np.add(mu_a, mu_b, out=mu_sq)
+    ab -= mu_ab          # covariance
+    ab *= 2
+    ab += _C2
+    sq -= mu_sq          # var_a + var_b
+    sq += _C2
+    mu_ab *= 2
+    mu_ab += _C1
+    mu_sq += _C1
+    mu_ab *= ab          # numerator
+    mu_sq *= sq          # denominator
+    np.divide(mu_ab, mu_sq, out=mu_ab)
+    return float(mu_ab.sum(dtype=np.float64)) / mu_ab.size

@@ -35,7 +35,7 @@ from .sources import Item
 
 log = logging.getLogger("pipeline")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: clean crops written with WebP quality 0 (same pixels, new bytes)
 
 
 @dataclass

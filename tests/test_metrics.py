@@ -54,3 +54,24 @@ def test_ssim_orders_distortions():
 def test_ssim_rejects_shape_mismatch():
     with pytest.raises(ValueError, match="different shapes"):
         ssim(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 31, 3), np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(223, 149), (40, 57, 1), (64, 48, 4), (31, 200, 3)])
+def test_ssim_other_shapes_match_skimage(shape):
+    """Gray, odd sizes and 4 channels go through the same filters (and the reused workspace
+    must not leak between shapes)."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(0, 256, shape, dtype=np.uint8)
+    y = np.clip(x.astype(int) + rng.integers(-30, 31, shape), 0, 255).astype(np.uint8)
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)
+    if len(shape) == 3:
+        ref = structural_similarity(x, y, channel_axis=-1, **kw)
+    else:
+        ref = structural_similarity(x, y, **kw)
+    assert ssim(x, y) == pytest.approx(ref, abs=2e-5)
+    assert psnr(x, y) == pytest.approx(peak_signal_noise_ratio(x, y, data_range=255), abs=1e-9)
+
+
+def test_metrics_reject_non_uint8():
+    with pytest.raises(TypeError, match="uint8"):
+        ssim(np.zeros((32, 32, 3), np.float32), np.zeros((32, 32, 3), np.float32))

@@ -49,7 +49,12 @@ class LosslessCodec(Codec):
 
 
 def encode_lossless(rgb: np.ndarray, method: int = 0) -> bytes:
-    """Exact (bit-for-bit) WebP of an RGB array."""
+    """Exact (bit-for-bit) WebP of an RGB array.
+
+    In lossless mode WebP's ``quality`` is a second effort knob, not a fidelity one.  At
+    method 0, quality 0 writes about 20% faster than quality 50 for files 0.2% larger
+    (Imagenette crops), so the effort goes up with ``method`` only."""
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "WEBP", lossless=True, method=method, quality=50, exact=True)
+    quality = 0 if method == 0 else 50
+    Image.fromarray(rgb).save(buf, "WEBP", lossless=True, method=method, quality=quality, exact=True)
     return buf.getvalue()
