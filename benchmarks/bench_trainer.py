@@ -51,15 +51,23 @@ def loader_for(mode, settings, bs, workers, caches, epoch=0):
                              caches=caches if mode == "expert-cached" else None)
 
 
-def cfg_for(mode, teacher, alpha):
+def cfg_for(mode, teacher, alpha, device):
+    cuda = device.type == "cuda"  # the trainer's defaults on a GPU: bf16 autocast, channels_last
+    common = dict(device=device, amp=cuda, channels_last=cuda)
     if mode == "finetune":
-        return engine.StepConfig(method="finetune", criterion=ExpertLoss(0.0))
+        return engine.StepConfig(method="finetune", criterion=ExpertLoss(0.0), **common)
     return engine.StepConfig(method="expert", criterion=ExpertLoss(alpha),
-                             teacher=teacher if mode == "expert-live" else None)
+                             teacher=teacher if mode == "expert-live" else None, **common)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def time_steps(model, opt, batches, cfg, steps):
     model.train()
+    sync(cfg.device)
     t0 = time.perf_counter()
     n = 0
     for i in range(steps):
@@ -69,6 +77,7 @@ def time_steps(model, opt, batches, cfg, steps):
         terms["loss"].backward()
         opt.step()
         n += b["label"].shape[0]
+    sync(cfg.device)
     return n / (time.perf_counter() - t0)
 
 
@@ -83,17 +92,21 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     ap.add_argument("--shards", default=None, help="use these shards instead of synthetic ones")
     ap.add_argument("--markdown", default=None, help="write the table as markdown to this path")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (bf16 autocast and channels_last on cuda)")
     a = ap.parse_args(argv)
+    device = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     tmp = tempfile.TemporaryDirectory(prefix="bench-trainer-")
     pattern = a.shards or make_shards(Path(tmp.name), a.images)
     settings = group_settings(pattern)
-    model = build_model(a.arch, None, 1000)
+    model = build_model(a.arch, None, 1000).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     t0 = time.perf_counter()
     caches = resolve_caches(settings, teacher, a.arch, None, mode=str(Path(tmp.name) / "cache"),
-                            batch_size=a.batch_size)
+                            batch_size=a.batch_size, device=device, amp=device.type == "cuda")
     cache_s = time.perf_counter() - t0
     count = sum(s.count for s in settings)
 
@@ -111,11 +124,12 @@ def main(argv=None):
             # training step only
             model.load_state_dict(init)
             opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.5, 0.99))
-            cfg = cfg_for(m, teacher, 1e-2)
+            cfg = cfg_for(m, teacher, 1e-2, device)
             time_steps(model, opt, pre[m], cfg, 1)  # warm-up
             res[m]["step"].append(time_steps(model, opt, pre[m], cfg, a.steps))
             # end to end
             loader, n_b = loader_for(m, settings, a.batch_size, a.workers, caches, epoch=r)
+            sync(device)
             t = time.perf_counter()
             n = 0
             for i, b in zip(range(a.steps), loader):
@@ -124,11 +138,12 @@ def main(argv=None):
                 terms["loss"].backward()
                 opt.step()
                 n += b["label"].shape[0]
+            sync(device)
             res[m]["e2e"].append(n / (time.perf_counter() - t))
     med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in res.items()}
     base = med["finetune"]
     lines = [f"Trainer throughput ({a.arch}, batch {a.batch_size}, 224x224 jpeg-10 shards, {count} images, "
-             f"CPU {a.threads} thread(s), {a.workers} loader worker(s), median of {a.rounds} rounds; "
+             f"{device_name(device, a.threads)}, {a.workers} loader worker(s), median of {a.rounds} rounds; "
              f"teacher cache built in {cache_s:.1f} s)", "",
              "| mode | loader only (img/s) | training step (img/s) | end to end (img/s) | step cost vs fine-tuning | end-to-end cost vs fine-tuning |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -147,6 +162,12 @@ def main(argv=None):
         Path(a.markdown).write_text(text + "\n")
     tmp.cleanup()
     return med
+
+
+def device_name(device, threads):
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, bf16 autocast, channels_last"
+    return f"CPU {threads} thread(s)"
 
 
 if __name__ == "__main__":

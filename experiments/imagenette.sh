@@ -5,6 +5,7 @@
 #
 #   experiments/imagenette.sh                       # defaults below; ../shared data
 #   SEEDS="0 1 2" EPOCHS=3 TRAIN_LIMIT=9469 experiments/imagenette.sh
+#   PARALLEL_SEEDS=1 WORKERS=4 experiments/imagenette.sh   # seeds side by side on one GPU
 #
 # Every step reuses finished work (shards, complete runs), so the script can be re-run.
 set -euo pipefail
@@ -31,6 +32,8 @@ PY=${PY:-.venv/bin/python}
 DEVICE=${DEVICE:-auto}
 VAL_DURING=${VAL_DURING:-1}           # 0: no per-epoch validation (the lr schedule then follows the train loss)
 CROSS=${CROSS:-1}                     # 0: evaluate each model only on the setting it was trained on
+PARALLEL_SEEDS=${PARALLEL_SEEDS:-0}   # 1: train the seeds at the same time (one big GPU, many cores)
+WORKERS=${WORKERS:-}                  # loader processes per run (trainer default 4)
 
 [ -x "$PY" ] || make install
 [ -d "$SRC/train" ] || { echo "no $SRC/train: set SRC=/path/to/imagenette" >&2; exit 2; }
@@ -51,8 +54,8 @@ for setting in $SETTINGS; do val_globs+=("$SHARDS/val/$setting/shard-*.tar"); do
 $PY -m trainer.eval --arch "$ARCH" --weights "$WEIGHTS" --shards "${val_globs[@]}" --out "$OUT/results.json" \
     --device "$DEVICE" $limit_val --no-progress
 
-checkpoints=()
-for seed in $SEEDS; do
+train_seed() {
+  local seed=$1 setting method run extra val_arg
   for setting in $SETTINGS; do
     for method in stability finetune expert; do
       run="$OUT/runs/$method-$setting-s$seed"
@@ -63,12 +66,28 @@ for seed in $SEEDS; do
         $PY -m trainer.run --shards "$SHARDS/train/$setting/shard-*.tar" "${val_arg[@]}" \
             --method $method --arch "$ARCH" --weights "$WEIGHTS" "${extra[@]}" --epochs "$EPOCHS" \
             --train-limit "$TRAIN_LIMIT" ${VAL_LIMIT:+--val-limit $VAL_LIMIT} --batch-size "$BATCH" \
-            --seed "$seed" --out "$run" --resume auto --device "$DEVICE" --no-progress
+            --seed "$seed" --out "$run" --resume auto --device "$DEVICE" --no-progress ${WORKERS:+--workers $WORKERS}
       fi
-      checkpoints+=("$run/best.pth")
     done
   done
+}
+
+checkpoints=()
+for seed in $SEEDS; do
+  if [ "$PARALLEL_SEEDS" = 1 ]; then
+    train_seed "$seed" > "$OUT/train-s$seed.log" 2>&1 &
+  else
+    train_seed "$seed"
+  fi
+  for setting in $SETTINGS; do
+    for method in stability finetune expert; do checkpoints+=("$OUT/runs/$method-$setting-s$seed/best.pth"); done
+  done
 done
+if [ "$PARALLEL_SEEDS" = 1 ]; then
+  failed=0
+  for job in $(jobs -p); do wait "$job" || failed=1; done
+  [ "$failed" = 0 ] || { echo "a seed failed: see $OUT/train-s*.log" >&2; tail -n 20 "$OUT"/train-s*.log >&2; exit 1; }
+fi
 
 if [ "$CROSS" = 1 ]; then
   $PY -m trainer.eval --checkpoint "${checkpoints[@]}" --shards "${val_globs[@]}" --out "$OUT/results.json" \

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import nullcontext
 import logging
 import os
 import sys
@@ -83,8 +84,8 @@ def build_cache(setting: Setting, teacher: torch.nn.Module, arch: str, weights: 
         bar = tqdm(total=full.count, desc=f"teacher {setting.name}", unit="img", leave=False)
     for batch in loader:
         x = batch["clean"].to(device).float().div_(255)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else torch.no_grad()
-        with ctx:
+        amp_ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else nullcontext()
+        with torch.no_grad(), amp_ctx:
             out = teacher(x).float()
         rows.append(out.cpu().numpy().astype(np.float16))
         keys.extend(batch["key"])
