@@ -35,7 +35,7 @@ CROSS=${CROSS:-1}                     # 0: evaluate each model only on the setti
 PARALLEL_SEEDS=${PARALLEL_SEEDS:-0}   # 1: train the seeds at the same time (one big GPU, many cores)
 WORKERS=${WORKERS:-}                  # loader processes per run (trainer default 4)
 
-[ -x "$PY" ] || make install
+[ -x "$PY" ] || command -v "$PY" >/dev/null || make install
 [ -d "$SRC/train" ] || { echo "no $SRC/train: set SRC=/path/to/imagenette" >&2; exit 2; }
 mkdir -p "$OUT"
 limit_val=${VAL_LIMIT:+--limit $VAL_LIMIT}
