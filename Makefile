@@ -27,7 +27,7 @@ DEMO_ARGS ?=
 
 SYSTEM_PACKAGES := libopenjp2-7
 
-.PHONY: help install system-deps shards test test-fast bench demo demo-docs report clean
+.PHONY: help install system-deps shards test test-fast bench bench-gpu demo demo-docs report clean
 
 help: ## Show the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -82,6 +82,13 @@ bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README
 	@if [ -f benchmarks/bench_trainer.py ]; then \
 	  $(PY) benchmarks/bench_trainer.py --markdown bench-out/trainer.md && \
 	  $(PY) benchmarks/readme_block.py README.md trainer bench-out/trainer.md; fi
+
+bench-gpu: install ## Trainer throughput on a CUDA GPU (resnet50, mobilenet_v2); refreshes the README table
+	@mkdir -p bench-out
+	$(PY) benchmarks/bench_trainer.py --device cuda --arch resnet50 --batch-size 64 --images 512 --workers 6 --steps 30 --rounds 3 --markdown bench-out/trainer-gpu-r50.md
+	$(PY) benchmarks/bench_trainer.py --device cuda --arch mobilenet_v2 --batch-size 64 --images 512 --workers 6 --steps 30 --rounds 3 --markdown bench-out/trainer-gpu-mnv2.md
+	cat bench-out/trainer-gpu-r50.md <(echo) bench-out/trainer-gpu-mnv2.md > bench-out/trainer-gpu.md
+	$(PY) benchmarks/readme_block.py README.md trainer-gpu bench-out/trainer-gpu.md
 
 demo: install ## The whole flow on the embedded default (or DATA=... WEIGHTS=... ARCH=...)
 	$(PY) -m demo $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(ARCH),--arch $(ARCH)) $(DEMO_ARGS)
