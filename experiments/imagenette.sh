@@ -15,6 +15,7 @@ SRC=${SRC:-../shared/imagenette}
 WEIGHTS=${WEIGHTS:-../shared/weights/mobilenet_v2_imagenet.pth}
 ARCH=${ARCH:-mobilenet_v2}
 SETTINGS=${SETTINGS:-"jpeg-10 j2k-200"}
+METHODS=${METHODS:-"stability finetune expert"}   # also expert-teacher: label-free expert (--labels teacher)
 SEEDS=${SEEDS:-"0 1 2"}
 EPOCHS=${EPOCHS:-2}
 TRAIN_LIMIT=${TRAIN_LIMIT:-2000}      # samples per epoch (the shuffle draws from all train shards)
@@ -57,14 +58,15 @@ $PY -m trainer.eval --arch "$ARCH" --weights "$WEIGHTS" --shards "${val_globs[@]
 train_seed() {
   local seed=$1 setting method run extra val_arg
   for setting in $SETTINGS; do
-    for method in stability finetune expert; do
+    for method in $METHODS; do
       run="$OUT/runs/$method-$setting-s$seed"
-      extra=(--lr "$LR" --alpha "$ALPHA")
-      [ "$method" = stability ] && extra=(--lr "$STAB_LR" --alpha "$STAB_ALPHA" --sigma "$STAB_SIGMA")
+      extra=(--method "${method%-teacher}" --lr "$LR" --alpha "$ALPHA")
+      [ "$method" = stability ] && extra=(--method stability --lr "$STAB_LR" --alpha "$STAB_ALPHA" --sigma "$STAB_SIGMA")
+      [ "$method" = expert-teacher ] && extra+=(--labels teacher)
       if [ ! -f "$run/best.pth" ] || [ "$(wc -l < "$run/metrics.jsonl" 2>/dev/null || echo 0)" -lt "$EPOCHS" ]; then
         val_arg=(); [ "$VAL_DURING" = 1 ] && val_arg=(--val-shards "$SHARDS/val/$setting/shard-*.tar")
         $PY -m trainer.run --shards "$SHARDS/train/$setting/shard-*.tar" "${val_arg[@]}" \
-            --method $method --arch "$ARCH" --weights "$WEIGHTS" "${extra[@]}" --epochs "$EPOCHS" \
+            --arch "$ARCH" --weights "$WEIGHTS" "${extra[@]}" --epochs "$EPOCHS" \
             --train-limit "$TRAIN_LIMIT" ${VAL_LIMIT:+--val-limit $VAL_LIMIT} --batch-size "$BATCH" \
             --seed "$seed" --out "$run" --resume auto --device "$DEVICE" --no-progress ${WORKERS:+--workers $WORKERS}
       fi
@@ -80,7 +82,7 @@ for seed in $SEEDS; do
     train_seed "$seed"
   fi
   for setting in $SETTINGS; do
-    for method in stability finetune expert; do checkpoints+=("$OUT/runs/$method-$setting-s$seed/best.pth"); done
+    for method in $METHODS; do checkpoints+=("$OUT/runs/$method-$setting-s$seed/best.pth"); done
   done
 done
 if [ "$PARALLEL_SEEDS" = 1 ]; then

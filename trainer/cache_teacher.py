@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import nullcontext
 import logging
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np

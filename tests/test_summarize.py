@@ -1,0 +1,44 @@
+"""experiments/summarize.py: mean ± std over seeds, own-setting rows only, label-free apart."""
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import summarize  # noqa: E402
+
+
+def _row(method, setting, top1, trained_on=None, labels="dataset", nbytes=700.0):
+    return {"method": method, "setting": setting, "trained_on": trained_on, "labels": labels,
+            "top1": top1, "top1_present": top1 + 10, "mean_bytes": nbytes}
+
+
+def test_mean_std_own_setting_and_label_free_column():
+    rows = [_row("pretrained", "j2k-200", 9.0),
+            _row("expert", "j2k-200", 70.0, "j2k-200"), _row("expert", "j2k-200", 74.0, "j2k-200"),
+            _row("expert", "jpeg-10", 1.0, "j2k-200", nbytes=2900.0),        # cross-setting: ignored
+            _row("finetune", "j2k-200", 75.0, "j2k-200"), _row("finetune", "j2k-200", 77.0, "j2k-200"),
+            _row("expert", "j2k-200", 60.0, "j2k-200", labels="teacher")]
+    table = summarize.summarize(rows, "top1")
+    line = next(l for l in table.splitlines() if l.startswith("| j2k-200"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    header = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    got = dict(zip(header, cells))
+    assert got["bytes/img"] == "700"
+    assert got["pretrained"] == "9.00"
+    assert got["expert"] == f"72.00 ± {statistics.stdev([70.0, 74.0]):.2f}"
+    assert got["fine-tune"] == f"76.00 ± {statistics.stdev([75.0, 77.0]):.2f}"
+    assert got["expert, label-free"] == "60.00"
+    assert got["expert − fine-tune"] == "-4.00"
+    assert "stability" not in header            # no stability run: no empty column
+    assert not any(l.startswith("| jpeg-10") for l in table.splitlines())
+
+
+def test_readme_block_written(tmp_path):
+    import json
+    res = tmp_path / "results.json"
+    res.write_text(json.dumps([_row("pretrained", "jpeg-10", 50.0)]))
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- imagenette:start -->\nold\n<!-- imagenette:end -->\nafter\n")
+    summarize.main([str(res), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "old" not in text and "| jpeg-10 | 700 | 50.00 |" in text and text.endswith("after\n")
