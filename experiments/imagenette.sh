@@ -55,11 +55,13 @@ for setting in $SETTINGS; do val_globs+=("$SHARDS/val/$setting/shard-*.tar"); do
 $PY -m trainer.eval --arch "$ARCH" --weights "$WEIGHTS" --shards "${val_globs[@]}" --out "$OUT/results.json" \
     --device "$DEVICE" $limit_val --no-progress
 
+run_dir() { echo "$OUT/runs/$1-$2-s$3"; }   # method, setting, seed
+
 train_seed() {
   local seed=$1 setting method run extra val_arg
   for setting in $SETTINGS; do
     for method in $METHODS; do
-      run="$OUT/runs/$method-$setting-s$seed"
+      run=$(run_dir "$method" "$setting" "$seed")
       extra=(--method "${method%-teacher}" --lr "$LR" --alpha "$ALPHA")
       [ "$method" = stability ] && extra=(--method stability --lr "$STAB_LR" --alpha "$STAB_ALPHA" --sigma "$STAB_SIGMA")
       [ "$method" = expert-teacher ] && extra+=(--labels teacher)
@@ -82,7 +84,7 @@ for seed in $SEEDS; do
     train_seed "$seed"
   fi
   for setting in $SETTINGS; do
-    for method in $METHODS; do checkpoints+=("$OUT/runs/$method-$setting-s$seed/best.pth"); done
+    for method in $METHODS; do checkpoints+=("$(run_dir "$method" "$setting" "$seed")/best.pth"); done
   done
 done
 if [ "$PARALLEL_SEEDS" = 1 ]; then

@@ -17,13 +17,13 @@ import logging
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .data import Setting, TeacherCache, group_settings, make_eval_loader
+from .engine import amp_context
 from .models import build_model, state_dict_hash
 from .utils import Dist, atomic_write_text, barrier
 
@@ -84,8 +84,7 @@ def build_cache(setting: Setting, teacher: torch.nn.Module, arch: str, weights: 
         bar = tqdm(total=full.count, desc=f"teacher {setting.name}", unit="img", leave=False)
     for batch in loader:
         x = batch["clean"].to(device).float().div_(255)
-        amp_ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else nullcontext()
-        with torch.no_grad(), amp_ctx:
+        with torch.no_grad(), amp_context(device, amp):
             out = teacher(x).float()
         rows.append(out.cpu().numpy().astype(np.float16))
         keys.extend(batch["key"])

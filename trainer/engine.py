@@ -54,10 +54,15 @@ def to_input(x: torch.Tensor, cfg: StepConfig) -> torch.Tensor:
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 
-def autocast(cfg: StepConfig):
-    if cfg.amp and cfg.device.type == "cuda":
+def amp_context(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when asked; nothing elsewhere."""
+    if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def autocast(cfg: StepConfig):
+    return amp_context(cfg.device, cfg.amp)
 
 
 def teacher_logits(batch: dict, cfg: StepConfig) -> torch.Tensor | None:
