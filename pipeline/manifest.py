@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -23,6 +24,7 @@ import numpy as np
 
 from . import __version__
 from .codecs import Codec
+from .setting import Setting, SettingError
 
 METRICS = ("bytes", "bpp", "psnr", "ssim")
 TIMINGS = ("load_ms", "enc_ms", "dec_ms", "other_ms")
@@ -96,17 +98,94 @@ def write(out_dir: Path, manifest: dict, records: list[dict]) -> Path:
     return path
 
 
-def read(path: str | Path) -> dict:
+class ManifestError(ValueError):
+    """A manifest that is missing or malformed (the message names the file)."""
+
+
+SHARD_NAME = re.compile(r"shard-\d{6}\.tar")
+
+
+class Manifest(dict):
+    """A manifest as read from disk: the JSON object, checked, with typed views of the keys
+    other modules rely on.  Everything in it came from a file, so names are validated
+    before anyone can turn them into paths (the setting name, the shard names)."""
+
+    folder: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Manifest":
+        """``manifest.json``, or the manifest of a shard folder."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "manifest.json"
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ManifestError(f"no manifest at {p}; build the shards with `make shards`") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{p} is not a readable manifest ({exc})") from None
+        return cls.from_dict(data, p.parent, source=str(p))
+
+    @classmethod
+    def from_dict(cls, data: dict, folder: str | Path | None = None, source: str = "manifest") -> "Manifest":
+        if not isinstance(data, dict):
+            raise ManifestError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        m = cls(data)
+        m.folder = Path(folder) if folder is not None else None
+        try:
+            setting = m.setting
+            if data.get("codec") not in (None, setting.codec):
+                raise ManifestError(f"codec {data.get('codec')!r} does not match setting {setting.name!r}")
+            count = data.get("count")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ManifestError(f"count {count!r} is not a whole number >= 0")
+            shards = data.get("shards", [])
+            if not isinstance(shards, list):
+                raise ManifestError("shards is not a list")
+            for e in shards:
+                if not (isinstance(e, dict) and isinstance(e.get("name"), str) and SHARD_NAME.fullmatch(e["name"])
+                        and isinstance(e.get("count"), int) and e["count"] >= 0):
+                    raise ManifestError(f"bad shard entry {e!r} (expected name shard-NNNNNN.tar and a count)")
+            n = data.get("num_classes")
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+                raise ManifestError(f"num_classes {n!r} is not a whole number")
+        except SettingError as exc:
+            raise ManifestError(f"{source}: {exc}") from None
+        except ManifestError as exc:
+            raise ManifestError(f"{source}: {exc}") from None
+        return m
+
+    @property
+    def setting(self) -> Setting:
+        name = self.get("setting")
+        if name is None:  # manifests written before the name was stored
+            return Setting(self["codec"], self.get("q"))
+        return Setting.parse(name)
+
+    @property
+    def name(self) -> str:
+        return self.setting.name
+
+    @property
+    def codec(self) -> str:
+        return self.setting.codec
+
+    @property
+    def q(self):
+        return self.setting.q
+
+    @property
+    def split(self) -> str | None:
+        return self.get("split")
+
+    @property
+    def shard_counts(self) -> dict[str, int]:
+        return {e["name"]: e["count"] for e in self.get("shards", [])}
+
+
+def read(path: str | Path) -> Manifest:
     """Read a manifest.json (or the manifest of a shard folder)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "manifest.json"
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no manifest at {p}; build the shards with `make shards`") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p} is not valid JSON ({exc})") from None
+    return Manifest.load(path)
 
 
 def print_summary(m: dict, file=None) -> None:

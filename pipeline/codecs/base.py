@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..setting import Setting
+
 
 class CodecError(ValueError):
     """Bad codec setting or undecodable bitstream (the message says which)."""
@@ -77,7 +79,7 @@ class Codec(abc.ABC):
     @property
     def setting(self) -> str:
         """Folder name of this setting: ``<codec>-<q>`` (``lossless`` when there is no q)."""
-        return self.name if self.q is None else f"{self.name}-{self.q:g}"
+        return Setting(self.name, self.q).name
 
     @abc.abstractmethod
     def encode(self, rgb: np.ndarray) -> bytes:
