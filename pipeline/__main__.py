@@ -1,14 +1,30 @@
-"""Command line: ``python -m pipeline shards --codec j2k --q 200 --src DIR --split val``."""
+"""Command line: ``python -m pipeline shards --codec j2k --q 200 --src DIR --split val``.
+
+Every user error (bad value, missing folder, locked folder, full disk, ...) ends with one
+line ``Error: <input>: <reason>`` and a non-zero status, never a traceback (``-vv`` shows
+tracebacks of skipped images in the log).
+"""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 
 import click
 
 from . import manifest as manifest_mod
+from .atomic import AtomicWriteError, LockedError
+from .backends import BACKENDS, BackendError
 from .codecs import CodecError, available, get
+from .limits import DEFAULT_MAX_PIXELS, PixelBudgetError
+from .plan import DEFAULT_ORDER, DEFAULT_SEED, ORDERS
+from .setting import Setting, SettingError
+from .shards import LAYOUTS, PAIR
+
+#: errors that are the user's input or environment, not a bug: one line, exit 1
+USER_ERRORS = (CodecError, SettingError, FileNotFoundError, NotADirectoryError, ValueError, LockedError,
+               AtomicWriteError, BackendError, PixelBudgetError, manifest_mod.ManifestError)
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:
@@ -21,41 +37,147 @@ def _parse_options(pairs: tuple[str, ...]) -> dict:
     return options
 
 
+def _parse_q(q: str | None):
+    if q in (None, ""):
+        return None
+    try:
+        value = float(q)
+    except ValueError:
+        raise click.BadParameter(f"{q!r} is not a number", param_hint="--q") from None
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{q!r} is not a finite number", param_hint="--q")
+    return q
+
+
+def _settings(codec: str | None, q: str | None, settings: str | None) -> list:
+    if settings and (codec or q):
+        raise click.UsageError("give either --settings or --codec/--q, not both")
+    if settings:
+        try:
+            return Setting.parse_list(settings)
+        except SettingError as exc:
+            raise click.BadParameter(str(exc), param_hint="--settings") from None
+    if not codec:
+        raise click.UsageError("give --codec (and --q), or --settings jpeg-10,j2k-200,...")
+    get(codec)  # unknown codec: one line naming the codecs
+    return [(codec, _parse_q(q))]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for tracebacks of skipped files).")
 def cli(verbose: int) -> None:
-    """Pre-compression pipeline: image folder -> 224² crops -> codec -> metrics -> WebDataset shards."""
+    """Pre-compression pipeline: image folder -> 224² crops -> codecs -> metrics -> WebDataset shards."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose + 1, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
 
 
 @cli.command()
-@click.option("--codec", required=True, help=f"Codec name ({', '.join(available())}).")
+@click.option("--codec", default=None, help=f"Codec name ({', '.join(available())}).")
 @click.option("--q", default=None, help="Quality value (JPEG quality, J2K compression ratio, BPG -q); none for lossless.")
+@click.option("--settings", default=None, metavar="NAMES",
+              help="Several settings in one pass, e.g. lossless,jpeg-10,j2k-200,bpg-41 (instead of --codec/--q).")
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Image root: SRC/<split>/<class>/<image>.")
 @click.option("--split", default=None, help="Sub-folder of SRC to process (train, val, ...); omit to use SRC itself.")
 @click.option("--out", default="shards", show_default=True, type=click.Path(file_okay=False), help="Output root.")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=PAIR, show_default=True,
+              help="pair: each sample holds x and x̃; split: x once per split in OUT/<split>/lossless.")
+@click.option("--order", type=click.Choice(ORDERS), default=DEFAULT_ORDER, show_default=True,
+              help="mixed: a seeded permutation (batches mix classes); sorted: class by class.")
+@click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int, help="Seed of the mixed order.")
 @click.option("--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1), help="Parallel worker processes.")
 @click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(1), help="Samples per shard.")
 @click.option("--classes", "classes_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Class table overriding the folder rule: one folder name per line, or 'index<TAB>name'.")
-@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N images (quick runs).")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N images of the order (quick runs).")
+@click.option("--max-pixels", default=None, type=click.IntRange(1),
+              help=f"Pixel budget of a source image [default: {DEFAULT_MAX_PIXELS:,} or $M2M_MAX_PIXELS].")
+@click.option("--max-failed", default=0.01, show_default=True, type=click.FloatRange(0, 1),
+              help="Exit with an error when more than this fraction of the inputs failed (the manifest is still written).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True,
+              help="local worker processes, or a Dask cluster (--scheduler).")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler, e.g. tcp://HOST:8786.")
+@click.option("--num-nodes", default=1, show_default=True, type=click.IntRange(1),
+              help="Split the shards over N independent runs (e.g. a Slurm array) ...")
+@click.option("--node-rank", default=0, show_default=True, type=click.IntRange(0),
+              help="... of which this is run R (0..N-1): it builds shards R, R+N, R+2N, ...")
+@click.option("--verify/--no-verify", default=False, show_default=True,
+              help="Re-hash every existing tar against its record before trusting it.")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Codec option, e.g. -o mct=1 (j2k), -o effort=5 (bpg). See `python -m pipeline codecs`.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def shards(codec, q, src, split, out, jobs, shard_size, classes_file, limit, options, progress):
-    """Build the shards and manifest of one codec setting."""
-    from .build import build_setting
+def shards(codec, q, settings, src, split, out, layout, order, seed, jobs, shard_size, classes_file, limit, max_pixels,
+           max_failed, backend, scheduler, num_nodes, node_rank, verify, options, progress):
+    """Build the shards and manifests of one split for one or several codec settings."""
+    from .build import build
 
+    wanted = _settings(codec, q, settings)
+    if node_rank >= num_nodes:
+        raise click.BadParameter(f"{node_rank} is not below --num-nodes {num_nodes}", param_hint="--node-rank")
     try:
-        m = build_setting(src, split, codec, None if q in (None, "") else q, out, shard_size, jobs,
-                          _parse_options(options), classes_file, limit, progress)
-    except (CodecError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    manifest_mod.print_summary(m)
-    if m["failed"]:
-        click.echo(f"{len(m['failed'])} input(s) skipped; see 'failed' in the manifest, e.g. "
+        manifests = build(src, split, wanted, out, shard_size=shard_size, jobs=jobs, codec_options=_parse_options(options),
+                          classes_file=classes_file, limit=limit, progress=progress, layout=layout, order=order,
+                          seed=seed, backend=backend, scheduler=scheduler, num_nodes=num_nodes, node_rank=node_rank,
+                          pixel_budget=max_pixels, verify=verify)
+    except USER_ERRORS as exc:
+        raise click.ClickException(_one_line(exc)) from None
+    worst = None
+    for name, m in manifests.items():
+        if m is None:
+            click.echo(f"{split or 'all'}/{name}: rank {node_rank} of {num_nodes} done; the manifest is written by "
+                       f"the last rank to finish (or: python -m pipeline manifest {os.path.join(out, split or 'all', name)})")
+            continue
+        manifest_mod.print_summary(m)
+        total = m["count"] + len(m["failed"])
+        frac = len(m["failed"]) / total if total else 0.0
+        if m["failed"] and (worst is None or frac > worst[0]):
+            worst = (frac, name, m)
+    if worst is not None:
+        frac, name, m = worst
+        click.echo(f"{len(m['failed'])} input(s) skipped in {name}; see 'failed' in its manifest, e.g. "
                    f"{m['failed'][0]['path']}: {m['failed'][0]['reason']}", err=True)
+        if frac > max_failed:
+            raise click.ClickException(f"{name}: {len(m['failed'])} of {m['count'] + len(m['failed'])} inputs failed "
+                                       f"({100 * frac:.1f}%), more than --max-failed {max_failed:g}; the manifest "
+                                       "lists them")
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--verify/--no-verify", default=False, show_default=True, help="Re-hash every tar against its record.")
+def manifest(folders, verify):
+    """Write the manifest of setting folders from their shard records (after --node-rank runs)."""
+    from .build import write_manifest
+
+    for folder in folders:
+        try:
+            m = write_manifest(folder, verify=verify)
+        except USER_ERRORS as exc:
+            raise click.ClickException(_one_line(exc)) from None
+        manifest_mod.print_summary(m)
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--deep/--no-deep", default=False, show_default=True,
+              help="Also compare the keys of every shard from the records.")
+def check(folders, deep):
+    """Check that split-layout setting folders pair with their reference folder."""
+    from .layout import check_reference
+
+    for folder in folders:
+        try:
+            pairing = check_reference(folder, deep=deep)
+        except USER_ERRORS as exc:
+            raise click.ClickException(_one_line(exc)) from None
+        if pairing is None:
+            click.echo(f"{folder}: self-contained (pair layout or lossless)")
+        else:
+            click.echo(f"{folder}: pairs with {pairing.reference}, {len(pairing.shards)} shard(s)"
+                       + ("" if pairing.exact else f", {pairing.unpaired} reference sample(s) without a bitstream"))
 
 
 @cli.command()
@@ -74,7 +196,11 @@ def codecs():
 def summary(folders):
     """One line per manifest: images, bytes, bpp, PSNR, SSIM."""
     for folder in folders:
-        manifest_mod.print_summary(manifest_mod.read(folder))
+        try:
+            m = manifest_mod.read(folder)
+        except USER_ERRORS as exc:
+            raise click.ClickException(_one_line(exc)) from None
+        manifest_mod.print_summary(m)
 
 
 def main(argv=None):

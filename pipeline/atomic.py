@@ -24,6 +24,15 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 class AtomicWriteError(OSError):
     """Writing an output failed; the message names it and says nothing was committed."""
 
@@ -44,6 +53,8 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Fa
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp makes the file private (0600); outputs get the mode open() would give them
+        os.fchmod(fd, 0o666 & ~_UMASK)
     except OSError as exc:
         raise AtomicWriteError(exc.errno, f"cannot write {path}: {_reason(exc)}; nothing was committed") from exc
     try:

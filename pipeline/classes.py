@@ -45,14 +45,22 @@ def imagenet_name(index: int) -> str:
     return imagenet_classes()[index].name
 
 
-def class_index(folders: list[str], classes_file: str | Path | None = None) -> tuple[dict[str, int], int, list[str]]:
+class LabelSpaceError(ValueError):
+    """Class folders whose label space is ambiguous (the message names them)."""
+
+
+def class_index(folders: list[str], classes_file: str | Path | None = None,
+                where: str = "the source") -> tuple[dict[str, int], int, list[str]]:
     """Map class folder names to indices.
 
     Returns (folder -> index, number of classes of the label space, class names by index).
     Rule: ``classes_file`` (one folder name per line, index = line number, or
-    ``index<TAB>name`` lines) overrides; else, when every folder is an ImageNet wnid, the
+    ``index<TAB>name`` lines) overrides; else, when every folder is an ImageNet-1k wnid, the
     ImageNet-1k index (so a subset such as Imagenette is labelled like 1000-class models);
-    else the position in the sorted folder list (torchvision's ImageFolder rule).
+    else, when no folder is one, the position in the sorted folder list (torchvision's
+    ImageFolder rule).  Folders of both kinds are an error naming the odd ones: one stray
+    folder (an output folder, ``lost+found``) must never switch a whole split from ImageNet
+    indices to folder order, which would silently relabel every image.
     """
     if classes_file is not None:
         mapping: dict[str, int] = {}
@@ -66,16 +74,22 @@ def class_index(folders: list[str], classes_file: str | Path | None = None) -> t
                 mapping[parts[0].strip()] = lineno
         missing = sorted(set(folders) - set(mapping))
         if missing:
-            raise ValueError(f"{classes_file}: no index for class folder(s) {', '.join(missing[:5])}")
+            raise LabelSpaceError(f"{classes_file}: no index for class folder(s) {', '.join(missing[:5])}"
+                                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
         n = max(mapping.values()) + 1
         names = [""] * n
         for k, v in mapping.items():
             names[v] = k
         return {f: mapping[f] for f in folders}, n, names
-    if folders and all(WNID.match(f) for f in folders):
-        table = wnid_to_index()
-        unknown = [f for f in folders if f not in table]
-        if not unknown:
-            return {f: table[f] for f in folders}, 1000, [c.name for c in imagenet_classes()]
+    table = wnid_to_index()
+    known = [f for f in folders if f in table]
+    if folders and len(known) == len(folders):
+        return {f: table[f] for f in folders}, 1000, [c.name for c in imagenet_classes()]
+    if known:
+        odd = sorted(f for f in folders if f not in table)
+        listed = ", ".join(repr(f) for f in odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+        raise LabelSpaceError(
+            f"{where}: folder(s) {listed} are not ImageNet-1k wnids while the {len(known)} other class folder(s) are; "
+            "their labels would be ambiguous. Move them out of the split, or give --classes FILE to set the label space")
     ordered = sorted(folders)
     return {f: i for i, f in enumerate(ordered)}, len(ordered), ordered

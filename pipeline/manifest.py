@@ -1,17 +1,23 @@
 """The per-setting manifest that users and the trainer read, rebuilt from shard records.
 
-Fixed keys (other tools rely on them): ``codec`` (str), ``q`` (number or null), ``split``,
-``count`` (int), ``mean`` and ``median`` (each ``{"bytes", "bpp", "psnr", "ssim"}``),
-``shards`` (list of ``{"name", "count"}``), ``classes`` (names), ``failed`` (list of
-``{"path", "reason"}``).  PSNR statistics are over images with finite PSNR; images
-reconstructed exactly are counted in ``psnr_infinite`` (all of them in ``lossless``,
-where psnr is null).
+Fixed keys (other tools rely on them): ``codec`` (str), ``q`` (number or null), ``setting``,
+``split``, ``count`` (int), ``mean`` and ``median`` (each ``{"bytes", "bpp", "psnr", "ssim"}``),
+``shards`` (list of ``{"name", "count", "keys", "bytes", "sha256"}``: ``keys`` is a digest
+of the shard's sample keys in order, ``bytes`` and ``sha256`` describe the tar), ``classes``
+(names), ``num_classes``, ``failed`` (list of ``{"path", "reason"}``).  PSNR statistics are
+over images with finite PSNR; images reconstructed exactly are counted in
+``psnr_infinite`` (all of them in ``lossless``, where psnr is null).
+
+The plan's identity (see :mod:`pipeline.plan` and :mod:`pipeline.shards`): ``format``,
+``layout`` (``pair`` or ``split``), ``reference`` (null, or ``{"setting": "lossless",
+"plan_id"}`` for a split-layout setting), ``order``, ``seed``, ``shard_size``, ``limit``,
+``source_digest`` and ``plan_id`` (one hash of split, order, seed, shard size, limit and
+source digest: equal for every setting that can be paired).
 """
 from __future__ import annotations
 
 import csv
 import json
-import os
 import platform
 import re
 import statistics
@@ -23,12 +29,15 @@ import cv2
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_output, atomic_write_json
 from .codecs import Codec
 from .setting import Setting, SettingError
 
 METRICS = ("bytes", "bpp", "psnr", "ssim")
 TIMINGS = ("load_ms", "enc_ms", "dec_ms", "other_ms")
 CSV_FIELDS = ("key", "path", "label", "shard", "bytes", "bpp", "psnr", "ssim") + TIMINGS
+#: keys that differ between two builds of the same bytes (when and how fast it ran)
+VOLATILE = ("created", "timing_ms_mean")
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -38,64 +47,66 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return float(np.mean(values)), float(statistics.median(values))
 
 
-def build(codec: Codec, split: str, source, records: list[dict], extra: dict | None = None) -> dict:
+def build(codec: Codec, plan: dict, records: list[dict]) -> dict:
+    """The manifest of one setting from its plan document (plan.json) and its shard records."""
     samples = [dict(s, shard=r["shard"]) for r in records for s in r["samples"]]
     mean, median = {}, {}
     for m in METRICS:
         mean[m], median[m] = _stats([s[m] for s in samples])
     timing = {t: _stats([s[t] for s in samples])[0] for t in TIMINGS}
-    failed = list(source.rejected) + [
+    source = plan["source"]
+    failed = list(source["rejected"]) + [
         {"path": f["path"], "reason": f["reason"]} for r in records for f in r["failed"]]
-    manifest = {
+    fields = plan["sample_fields"]
+    return {
         "codec": codec.name,
         "q": codec.q,
         "setting": codec.setting,
-        "split": split,
+        "split": plan["split"],
         "count": len(samples),
         "mean": mean,
         "median": median,
         "psnr_infinite": sum(1 for s in samples if s["psnr"] is None),
-        "shards": [{"name": r["shard"], "count": r["count"]} for r in records],
+        "shards": [{"name": r["shard"], "count": r["count"], "keys": r["keys"], "bytes": r["tar"]["size"],
+                    "sha256": r["tar"]["sha256"]} for r in records],
         # the classes present, in folder order; labels index the whole label space
-        "classes": [source.class_names[source.index[f]] for f in source.folders],
-        "class_folders": source.folders,
-        "class_index": source.index,
-        "num_classes": source.num_classes,
+        "classes": source["classes"],
+        "class_folders": source["folders"],
+        "class_index": source["class_index"],
+        "num_classes": source["num_classes"],
         "failed": failed,
         "codec_params": codec.params(),
-        "bitstream": f"comp.{codec.ext}" if codec.name != "lossless" else None,
-        "sample_fields": ["clean.webp"] + ([f"comp.{codec.ext}"] if codec.name != "lossless" else [])
-                         + ["cls", "json"],
+        "bitstream": next((f for f in fields if f.startswith("comp.")), None),
+        "sample_fields": fields,
+        "format": plan["format"],
+        "layout": plan["layout"],
+        "reference": plan["reference"],
+        "order": plan["order"],
+        "seed": plan["seed"],
+        "shard_size": plan["shard_size"],
+        "limit": plan["limit"],
+        "plan_id": plan["plan_id"],
         "crop": {"resize": 256, "interpolation": "bicubic", "center_crop": 224},
         "ssim_convention": "Gaussian 11x11 sigma 1.5, K=(0.01,0.03), per RGB channel, valid region, mean",
         "timing_ms_mean": timing,
-        "source": str(source.root),
-        "source_digest": source.digest(),
+        "source": source["root"],
+        "source_digest": plan["source_digest"],
         "versions": {"pipeline": __version__, "python": platform.python_version(),
                      "numpy": np.__version__, "opencv": cv2.__version__, **codec.versions()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if extra:
-        manifest.update(extra)
-    return manifest
 
 
 def write(out_dir: Path, manifest: dict, records: list[dict]) -> Path:
-    """manifest.json (summary) and manifest.csv (one row per sample), each written atomically."""
-    path = out_dir / "manifest.json"
-    tmp = path.with_name(".manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    csv_path = out_dir / "manifest.csv"
-    tmp = csv_path.with_name(".manifest.csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    """manifest.json (summary) and manifest.csv (one row per sample), each written atomically
+    (csv first: a manifest.json that exists always has its csv)."""
+    with atomic_output(out_dir / "manifest.csv", "w") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         for r in records:
             for s in r["samples"]:
                 w.writerow({**s, "shard": r["shard"]})
-    os.replace(tmp, csv_path)
-    return path
+    return atomic_write_json(out_dir / "manifest.json", manifest)
 
 
 class ManifestError(ValueError):
@@ -189,8 +200,8 @@ def read(path: str | Path) -> Manifest:
 
 
 def print_summary(m: dict, file=None) -> None:
-    mean = m["mean"]
+    mean = m.get("mean") or {}
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"{m['split']}/{m['setting']}: {m['count']} images in {len(m['shards'])} shards, "
-          f"{len(m['failed'])} failed | bytes {fmt(mean['bytes'], '.0f')}  bpp {fmt(mean['bpp'], '.3f')}  "
-          f"PSNR {fmt(mean['psnr'], '.2f')} dB  SSIM {fmt(mean['ssim'], '.3f')}", file=file or sys.stdout)
+    print(f"{m.get('split')}/{m.get('setting')}: {m.get('count')} images in {len(m.get('shards') or [])} shards, "
+          f"{len(m.get('failed') or [])} failed | bytes {fmt(mean.get('bytes'), '.0f')}  bpp {fmt(mean.get('bpp'), '.3f')}  "
+          f"PSNR {fmt(mean.get('psnr'), '.2f')} dB  SSIM {fmt(mean.get('ssim'), '.3f')}", file=file or sys.stdout)
