@@ -182,8 +182,8 @@ def read_plan(folder: str | Path) -> dict:
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BuildError(f"{folder}: no {PLAN_FILE}; not a shard folder of this pipeline (or built by a version "
-                         "before 0.2): rebuild it") from None
+        raise BuildError(f"{folder}: no {PLAN_FILE}; not a shard folder of this pipeline (or one built by an older "
+                         "version): rebuild it") from None
     except (OSError, ValueError) as exc:
         raise BuildError(f"{p} is not readable ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
@@ -274,7 +274,7 @@ def build(src, split: str | None, settings: Iterable, out="shards", *, shard_siz
     split_name = split or "all"
     out_split = Path(out) / split_name
     if _inside(out_split, source.root):
-        raise BuildError(f"output folder {display(out_split)} is inside the source folder {display(source.root)}: "
+        raise BuildError(f"output folder {display(Path(out))} is inside the source folder {display(source.root)}: "
                          "a second run would read the shards as images; choose --out outside it")
     try:
         plan = make_plan(source, split_name, order, seed, shard_size, limit)

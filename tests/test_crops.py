@@ -89,3 +89,107 @@ def test_imagenette_files_match_torchvision():
     for f in files:
         with Image.open(f) as img:
             np.testing.assert_array_equal(load_crop(f), reference(img), err_msg=str(f))
+
+
+# -- odd aspect ratios, the pixel budget and the formats list (issue 11, items 6 and 17) -------------
+
+ODD = [(2000, 20), (20, 2000), (1000, 3), (3, 1000), (257, 3001), (4000, 223), (225, 224), (224, 225), (1, 1),
+       (1, 300), (300, 1), (511, 255)]
+
+
+@pytest.mark.parametrize("size", ODD)
+def test_odd_aspect_ratios_match_torchvision(size):
+    w, h = size
+    img = Image.fromarray(synthetic_rgb(h, w, seed=w + h))
+    np.testing.assert_array_equal(crop_image(img), reference(img))
+
+
+def _record_resizes(monkeypatch) -> list:
+    sizes = []
+    original = Image.Image.resize
+
+    def resize(self, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return original(self, size, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    return sizes
+
+
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (83, 531), (3000, 40), (7, 3000)])
+def test_over_budget_resizes_only_the_crop_region(size, monkeypatch):
+    """Below the budget the resize is torchvision's (checked above); above it only the crop's
+    region is resized: 224² pixels, within 2 levels of torchvision (measured: 0 on landscape,
+    up to 2 on ~20% of values in portrait shapes)."""
+    w, h = size
+    img = Image.fromarray(synthetic_rgb(h, w, seed=5))
+    expected = reference(img)
+    monkeypatch.setenv("M2M_MAX_PIXELS", "40000")   # every resize of these would exceed it
+    sizes = _record_resizes(monkeypatch)
+    got = crop_image(img)
+    assert sizes == [(224, 224)]
+    assert got.shape == (224, 224, 3)
+    assert np.abs(got.astype(int) - expected).max() <= 2
+
+
+def test_long_thin_jpeg_is_cropped_without_gigabytes(tmp_path):
+    """A 3 KB JPEG of 10000x2 took 1.4 GB (Resize(256) first makes it 1,280,000x256).  Peak
+    memory of a fresh process decoding and cropping it must stay far below that."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "thin.jpg"
+    Image.fromarray(synthetic_rgb(2, 10000, seed=1)).save(path, quality=90)
+    assert path.stat().st_size < 100_000   # a small file that announces a long picture
+    code = ("import resource, sys; from pipeline.crops import load_crop; "
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; x = load_crop(sys.argv[1]); "
+            "print(x.shape, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    shape, grew_kb = out.rsplit(" ", 1)
+    assert shape.strip() == "(224, 224, 3)"
+    assert int(grew_kb) < 100_000, f"cropping a 10000x2 JPEG grew the process by {int(grew_kb) // 1024} MB"
+
+
+def test_long_thin_crop_equals_the_exact_two_pass_resize():
+    """Pillow resizes in two 1-D passes (horizontal, then vertical), so for a landscape image
+    cutting the needed columns between the passes gives torchvision's pixels exactly, at a
+    fraction of the memory: an independent reference for the 10000x2 case."""
+    from pipeline.crops import center_crop_box, resized_size
+
+    img = Image.fromarray(synthetic_rgb(2, 10000, seed=1))
+    w2, h2 = resized_size(*img.size)
+    left, top, right, _ = center_crop_box(w2, h2)
+    strip = img.resize((w2, img.height), Image.BICUBIC).crop((left, 0, right, img.height))
+    exact = np.asarray(strip.resize((224, h2), Image.BICUBIC))[top:top + 224]
+    assert np.abs(crop_image(img).astype(int) - exact).max() <= 2
+
+
+def test_source_over_the_pixel_budget_is_refused_before_decoding(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    from pipeline.limits import PixelBudgetError
+
+    path = tmp_path / "big.png"
+    Image.fromarray(synthetic_rgb(1200, 1000)).save(path)
+    monkeypatch.setenv("M2M_MAX_PIXELS", "1000000")
+    loads = []
+    original = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(1) or original(self))
+    with pytest.raises(PixelBudgetError, match="1000x1200"):
+        load_crop(path)
+    assert loads == []
+    monkeypatch.setenv("M2M_MAX_PIXELS", "1200000")
+    assert load_crop(path).shape == (224, 224, 3) and loads
+
+
+def test_eps_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin, UnidentifiedImageError
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
+        RuntimeError("Ghostscript was started")))
+    path = tmp_path / "photo.jpg"        # the name says JPEG; the content is PostScript
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 300 300\n%%EndComments\n"
+                     b"newpath 0 0 moveto 300 300 lineto stroke\nshowpage\n%%EOF\n")
+    with pytest.raises(UnidentifiedImageError):
+        load_crop(path)
+    assert calls == []
