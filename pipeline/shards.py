@@ -8,26 +8,30 @@ shard must hold, so that any machine can check or finish the build) and ``record
 A shard is a plain tar (GNU format, members in a fixed order, mtime 0, no owner names):
 WebDataset reads it as is.  A sample is the members ``<key>.<field>``:
 
-==============  ===========  ==========  =============================================
-field           ``pair``     ``split``   content
-==============  ===========  ==========  =============================================
-``clean.webp``  yes          no          the clean 224² crop x, lossless WebP (bit-exact)
-``comp.<ext>``  yes          yes         the transmitted bitstream of x̃ (``jpg``, ``j2k``
-                                         or ``jp2``, ``bpg``)
-``cls``         yes          yes         class index as ASCII decimal (-1 = unlabelled)
-``json``        yes          yes         key, source path, label, codec, q, bytes, bpp,
-                                         psnr, ssim, width, height
-==============  ===========  ==========  =============================================
+==============  ========  =========  ================================================
+field           ``pair``  ``split``  content
+==============  ========  =========  ================================================
+``clean.webp``  yes       no         the clean 224² crop x, lossless WebP (bit-exact)
+``comp.<ext>``  yes       yes        the transmitted bitstream of x̃ (``jpg``, ``j2k``
+                                     or ``jp2``, ``bpg``); its length is ``bytes``
+``cls``         yes       yes        class index as ASCII decimal (-1 = unlabelled)
+``json``        yes       no         key, source path, label, codec, q, bytes, bpp,
+                                     psnr, ssim, width, height
+==============  ========  =========  ================================================
 
 Layouts (manifest key ``layout``):
 
 - ``pair`` (the default): every sample is self-contained, (x, x̃) together.
-- ``split``: a lossy setting's sample holds the bitstream, the label and the record only; x
-  is stored once per split in the reference folder ``OUT/<split>/lossless`` (manifest key
-  ``reference``: ``{"setting": "lossless", "plan_id": …}``).  Shard i of the setting pairs
-  with shard i of the reference: same shard names, and the setting's keys are the
-  reference's keys of that shard, in the same order (equal, unless the codec failed on an
-  image the reference holds).  :func:`pipeline.layout.check_reference` checks a pairing.
+- ``split``: a lossy setting's sample holds the bitstream and the label only; x is stored
+  once per split in the reference folder ``OUT/<split>/lossless`` (manifest key
+  ``reference``: ``{"setting": "lossless", "plan_id": …}``), and the per-sample record
+  (path, metrics) is in ``manifest.csv`` and ``records/`` and in the reference's ``json``.
+  Two members, because a tar member costs a 512-byte header plus padding to 512 bytes:
+  three members would cost about 2.8 KB per sample, more than a j2k-200 bitstream.
+  Shard i of the setting pairs with shard i of the reference: same shard names, and the
+  setting's keys are the reference's keys of that shard, in the same order (equal, unless
+  the codec failed on an image the reference holds).  :func:`pipeline.layout.check_reference`
+  checks a pairing.
 - The ``lossless`` setting is the same in both layouts: ``clean.webp`` (x, which is also
   x̃), ``cls``, ``json``.  It is every split-layout setting's reference.
 
@@ -83,7 +87,9 @@ def sample_fields(codec: str, ext: str, layout: str) -> list[str]:
     """The members of a sample, in the order they are written."""
     if codec == LOSSLESS:
         return [CLEAN, "cls", "json"]
-    return ([CLEAN] if layout == PAIR else []) + [f"comp.{ext}", "cls", "json"]
+    if layout == SPLIT:
+        return [f"comp.{ext}", "cls"]
+    return [CLEAN, f"comp.{ext}", "cls", "json"]
 
 
 @dataclass(frozen=True)
