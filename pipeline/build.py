@@ -30,7 +30,7 @@ from . import manifest as manifest_mod
 from .atomic import FolderLock, LockedError, atomic_write_json
 from .backends import check_backend, run_jobs
 from .codecs import Codec, CodecError, create, get
-from .limits import max_pixels, set_max_pixels
+from .limits import max_pixels
 from .manifest import Manifest
 from .plan import DEFAULT_ORDER, DEFAULT_SEED, ORDERS, SplitPlan, make_plan, owner, shard_plan
 from .setting import LOSSLESS, Setting
@@ -266,9 +266,10 @@ def build(src, split: str | None, settings: Iterable, out="shards", *, shard_siz
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise BuildError(f"jobs must be a whole number >= 1, got {jobs!r}")
     check_backend(backend, scheduler)
-    if pixel_budget is not None:
-        set_max_pixels(pixel_budget)
-    budget = max_pixels()
+    if pixel_budget is not None and (isinstance(pixel_budget, bool) or not isinstance(pixel_budget, int)
+                                     or pixel_budget < 1):
+        raise BuildError(f"the pixel budget must be a whole number >= 1, got {pixel_budget!r}")
+    budget = max_pixels() if pixel_budget is None else pixel_budget
     codecs = make_codecs(settings, codec_options)           # validates names, q and options up front
     source = list_source(src, split, classes_file)
     split_name = split or "all"
@@ -302,6 +303,7 @@ def build(src, split: str | None, settings: Iterable, out="shards", *, shard_siz
                                         budget))
         _run(pending, targets, split_name, n_shards, backend, jobs, scheduler, progress, num_nodes, node_rank)
         for t, _ in targets:
+            _clean(t.out_dir, n_shards, set(owned))   # leftovers of workers killed during this run
             manifests[t.setting] = _finish(t.out_dir, num_nodes)
     return manifests
 

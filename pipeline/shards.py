@@ -58,6 +58,7 @@ import io
 import json
 import logging
 import math
+import os
 import tarfile
 import time
 import traceback
@@ -68,7 +69,7 @@ from .atomic import atomic_output, atomic_write_json
 from .codecs import Codec, create
 from .codecs.lossless import encode_lossless
 from .crops import load_crop
-from .limits import set_max_pixels
+from .limits import ENV as LIMITS_ENV, set_max_pixels
 from .metrics import psnr, ssim
 from .setting import LOSSLESS
 from .sources import Item, display, safe_text
@@ -236,9 +237,30 @@ def run_shard(job: ShardJob, on_item=None) -> dict[str, dict]:
     WebP is made once and shared.  A bad image is recorded in ``failed`` (of every target
     when the source fails, of one target when its codec fails) and the shard goes on; an
     error writing the output stops the shard with nothing committed."""
+    with _pixel_budget(job.max_pixels):
+        return _run_shard(job, on_item)
+
+
+@contextlib.contextmanager
+def _pixel_budget(n: int | None):
+    """The job's pixel budget for the time of the job (a remote worker does not share the
+    client's environment; an in-process run must not change the caller's)."""
+    if n is None:
+        yield
+        return
+    previous = os.environ.get(LIMITS_ENV)
+    set_max_pixels(n)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(LIMITS_ENV, None)
+        else:
+            os.environ[LIMITS_ENV] = previous
+
+
+def _run_shard(job: ShardJob, on_item=None) -> dict[str, dict]:
     t_start = time.perf_counter()
-    if job.max_pixels is not None:
-        set_max_pixels(job.max_pixels)
     codecs = {t.setting: create(t.codec, t.q, **t.options) for t in job.targets}
     samples = {t.setting: [] for t in job.targets}
     failed = {t.setting: [] for t in job.targets}
