@@ -9,8 +9,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 # make shards CODEC=j2k Q=200 SRC=/data/imagenet SPLIT=val OUT=shards JOBS=2
+# make shards SETTINGS=jpeg-10,j2k-200 LAYOUT=split ...    (several settings in one pass)
+# make shards ... BACKEND=dask SCHEDULER=tcp://HOST:8786    (a Dask cluster)
+# make shards ... NUM_NODES=8 NODE_RANK=$$SLURM_ARRAY_TASK_ID (one rank of a batch array)
 CODEC      ?= jpeg
 Q          ?=
+SETTINGS   ?=
 SRC        ?=
 SPLIT      ?= val
 OUT        ?= shards
@@ -18,6 +22,21 @@ JOBS       ?= $(shell nproc 2>/dev/null || echo 1)
 SHARD_SIZE ?= 1000
 LIMIT      ?=
 OPTS       ?=
+LAYOUT     ?=
+ORDER      ?=
+SEED       ?=
+MAX_PIXELS ?=
+BACKEND    ?=
+SCHEDULER  ?=
+NUM_NODES  ?=
+NODE_RANK  ?=
+# the paper's nine settings and the reference (make shards-paper)
+PAPER_SETTINGS ?= lossless,jpeg-75,jpeg-10,jpeg-5,j2k-75,j2k-200,j2k-400,bpg-41,bpg-46,bpg-51
+SHARDS_ARGS = --src $(SRC) $(if $(SPLIT),--split $(SPLIT)) --out $(OUT) --jobs $(JOBS) --shard-size $(SHARD_SIZE) \
+  $(if $(LIMIT),--limit $(LIMIT)) $(if $(ORDER),--order $(ORDER)) $(if $(SEED),--seed $(SEED)) \
+  $(if $(MAX_PIXELS),--max-pixels $(MAX_PIXELS)) $(if $(BACKEND),--backend $(BACKEND)) \
+  $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(NUM_NODES),--num-nodes $(NUM_NODES)) \
+  $(if $(NODE_RANK),--node-rank $(NODE_RANK)) $(foreach o,$(OPTS),-o $(o))
 # make demo DATA=/path/to/imagenet-style WEIGHTS=/path/to.pth ARCH=mobilenet_v2
 DATA    ?=
 WEIGHTS ?=
@@ -27,12 +46,13 @@ DEMO_ARGS ?=
 
 SYSTEM_PACKAGES := libopenjp2-7
 
-.PHONY: help install system-deps shards test test-fast bench bench-gpu demo demo-docs report clean
+.PHONY: help install system-deps shards shards-paper test test-fast bench bench-gpu demo demo-docs report clean
 
 help: ## Show the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 	@echo
-	@echo "  variables: CODEC=$(CODEC) Q=$(Q) SRC=$(SRC) SPLIT=$(SPLIT) OUT=$(OUT) JOBS=$(JOBS) SHARD_SIZE=$(SHARD_SIZE)"
+	@echo "  variables: CODEC=$(CODEC) Q=$(Q) SETTINGS=$(SETTINGS) SRC=$(SRC) SPLIT=$(SPLIT) OUT=$(OUT) JOBS=$(JOBS) SHARD_SIZE=$(SHARD_SIZE)"
+	@echo "             LAYOUT ORDER SEED MAX_PIXELS BACKEND SCHEDULER NUM_NODES NODE_RANK LIMIT OPTS"
 	@echo "             DATA=$(DATA) WEIGHTS=$(WEIGHTS) ARCH=$(ARCH)"
 
 system-deps: ## Install the system libraries (libopenjp2 for glymur; python3-venv on Debian)
@@ -58,10 +78,14 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project (pinned versions)
 
-shards: install ## Build shards + manifest: make shards CODEC=j2k Q=200 SRC=/data/imagenet SPLIT=val
+shards: install ## Build shards + manifest: make shards CODEC=j2k Q=200 SRC=/data/imagenet SPLIT=val (or SETTINGS=a,b)
 	@test -n "$(SRC)" || { echo "error: set SRC=/path/to/images (SRC/<split>/<class>/<image>)"; exit 2; }
-	$(PY) -m pipeline shards --codec $(CODEC) $(if $(Q),--q $(Q)) --src $(SRC) $(if $(SPLIT),--split $(SPLIT)) \
-	  --out $(OUT) --jobs $(JOBS) --shard-size $(SHARD_SIZE) $(if $(LIMIT),--limit $(LIMIT)) $(foreach o,$(OPTS),-o $(o))
+	$(PY) -m pipeline shards $(if $(SETTINGS),--settings $(SETTINGS),--codec $(CODEC) $(if $(Q),--q $(Q))) \
+	  $(if $(LAYOUT),--layout $(LAYOUT)) $(SHARDS_ARGS)
+
+shards-paper: install ## The paper's nine settings + lossless in one pass, split layout: make shards-paper SRC=... SPLIT=train
+	@test -n "$(SRC)" || { echo "error: set SRC=/path/to/images (SRC/<split>/<class>/<image>)"; exit 2; }
+	$(PY) -m pipeline shards --settings $(PAPER_SETTINGS) --layout $(or $(LAYOUT),split) $(SHARDS_ARGS)
 
 test: install ## Run the test suite (CPU; tests that need ../shared skip without it)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -71,10 +95,14 @@ test-fast: install ## The test suite without the tests marked slow
 
 bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README tables
 	@mkdir -p bench-out
-	$(PY) benchmarks/bench_pipeline.py --images 96 --markdown bench-out/pipeline.md
+	$(PY) benchmarks/bench_pipeline.py --images 96 --markdown bench-out/pipeline.md --scale-images 32 --scale-markdown bench-out/scale.md
 	$(PY) benchmarks/readme_block.py README.md pipeline bench-out/pipeline.md
+	$(PY) benchmarks/readme_block.py README.md scale bench-out/scale.md
 	$(PY) benchmarks/bench_pipeline.py --images 96 --storage-only --markdown bench-out/storage.md
 	$(PY) benchmarks/readme_block.py README.md storage bench-out/storage.md
+	@if [ -d ../shared/imagenette/train ]; then \
+	  $(PY) benchmarks/bench_mixing.py --markdown bench-out/mixing.md && \
+	  $(PY) benchmarks/readme_block.py README.md mixing bench-out/mixing.md; fi
 	@if [ -f benchmarks/bench_bpg.py ]; then \
 	  $(PY) benchmarks/bench_bpg.py --markdown bench-out/bpg.md && \
 	  $(PY) benchmarks/readme_block.py README.md bpg bench-out/bpg.md && \
