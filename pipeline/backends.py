@@ -71,9 +71,23 @@ def dask_client(scheduler: str | None):
         client.close()
 
 
+#: what joblib and Dask raise when a worker process died (killed, out of memory) too often
+_WORKER_DIED = ("TerminatedWorkerError", "KilledWorker")
+
+
 def run_jobs(jobs: list[ShardJob], backend: str = "local", n_jobs: int = 1, scheduler: str | None = None,
              on_item: Callable[[], None] | None = None) -> Iterable[tuple[int, dict]]:
     """Yield (shard index, records by setting) as shards finish, in any order."""
+    try:
+        yield from _run_jobs(jobs, backend, n_jobs, scheduler, on_item)
+    except Exception as exc:
+        if type(exc).__name__ in _WORKER_DIED:
+            raise BackendError(f"a worker process died ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                               "complete shards are kept: run the same command again to finish") from None
+        raise
+
+
+def _run_jobs(jobs, backend, n_jobs, scheduler, on_item):
     check_backend(backend, scheduler)
     if backend == "dask":
         with dask_client(scheduler):

@@ -309,8 +309,10 @@ def build(src, split: str | None, settings: Iterable, out="shards", *, shard_siz
 
 
 def _run(pending, targets, split_name, n_shards, backend, jobs, scheduler, progress, num_nodes, node_rank) -> None:
-    names = ",".join(t.setting for t, _ in targets)
+    names = ",".join(t.setting for t, _ in targets) if len(targets) <= 3 else f"{len(targets)} settings"
     desc = f"{split_name}/{names}" + (f" rank {node_rank}/{num_nodes}" if num_nodes > 1 else "")
+    # without a progress bar (batch jobs, logs), one line per finished shard is the progress
+    shard_level = logging.DEBUG if progress else logging.INFO
     todo = sum(len(j.items) for j in pending)
     if pending:
         log.info("%s: %d shard job(s) of %d to make (%d images), backend %s", desc, len(pending), n_shards, todo,
@@ -325,7 +327,7 @@ def _run(pending, targets, split_name, n_shards, backend, jobs, scheduler, progr
             if not per_item:
                 bar.update(sizes[index])
             bar.set_postfix_str(f"{done}/{len(pending)} shards", refresh=False)
-            log.info("%s: %s done (%d/%d)", desc, shard_name(index), done, len(pending))
+            log.log(shard_level, "%s: %s done (%d/%d)", desc, shard_name(index), done, len(pending))
 
 
 def _finish(folder: Path, num_nodes: int) -> Manifest | None:

@@ -304,3 +304,14 @@ def test_readme_pairing_snippet(three_classes, tmp_path, monkeypatch):
         assert sample["__key__"] == clean["__key__"] == key
         assert clean["clean.webp"] == reference[key]["clean.webp"]
         assert sample["comp.j2k"][:4] in (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0c")
+
+
+def test_a_reference_folder_of_another_split_is_refused_at_build_time(three_classes, tmp_path):
+    src, split = three_classes
+    make_image_folder(src.parent / "src", classes=CLASSES, per_class=2, split="val", seed=3)
+    build_setting(src, split, "jpeg", 10, tmp_path, shard_size=5, layout="split", progress=False)
+    shutil.copytree(tmp_path / split / "lossless", tmp_path / "val" / "lossless")
+    before = _tars(tmp_path / "val" / "lossless")
+    with pytest.raises(BuildError, match="holds split 'train', not 'val'"):
+        build_setting(src, "val", "jpeg", 10, tmp_path, shard_size=5, layout="split", progress=False)
+    assert _tars(tmp_path / "val" / "lossless") == before and not (tmp_path / "val" / "jpeg-10").exists()
