@@ -273,7 +273,9 @@ def _run_shard(job: ShardJob, on_item=None) -> dict[str, dict]:
             t0 = time.perf_counter()
             try:
                 x = load_crop(item.path)
-                clean = encode_lossless(x) if need_clean else None
+                t1 = time.perf_counter()
+                clean = encode_lossless(x) if need_clean else None   # shared by the pair-layout targets
+                clean_ms = 1e3 * (time.perf_counter() - t1)
             except Exception as exc:  # one bad image never kills the run: record it and go on
                 reason = _reason(exc)
                 log.warning("skipped %s: %s", item.rel, reason)
@@ -282,7 +284,7 @@ def _run_shard(job: ShardJob, on_item=None) -> dict[str, dict]:
                     failed[t.setting].append({"path": display(item.path), "rel": item.rel, "key": item.key,
                                               "reason": reason})
             else:
-                load_ms = 1e3 * (time.perf_counter() - t0)
+                load_ms = 1e3 * (t1 - t0)
                 for t in job.targets:
                     try:
                         members, record, timings = encode_item(item, x, codecs[t.setting], t, clean)
@@ -294,6 +296,8 @@ def _run_shard(job: ShardJob, on_item=None) -> dict[str, dict]:
                         continue
                     for f, data in members.items():   # a write error is not the image's fault: it stops the shard
                         writers[t.setting].add(f"{item.key}.{f}", data)
+                    if t.layout == PAIR and t.codec != LOSSLESS:
+                        timings["other_ms"] += clean_ms    # what this setting costs when built on its own
                     samples[t.setting].append({**record, "load_ms": load_ms, **timings})
             if on_item:
                 on_item()
