@@ -216,16 +216,6 @@ def encode_item(item: Item, x, codec: Codec, target: Target, clean: bytes | None
     return members, record, timings
 
 
-def process_item(item: Item, codec: Codec, layout: str = PAIR) -> tuple[dict[str, bytes], dict, dict]:
-    """One image, one setting -> (tar members, record, timings).  Raises on bad input."""
-    t0 = time.perf_counter()
-    x = load_crop(item.path)
-    load_ms = 1e3 * (time.perf_counter() - t0)
-    target = Target(codec.setting, codec.name, codec.q, codec.options, Path("."), layout)
-    members, record, timings = encode_item(item, x, codec, target, None)
-    return members, record, {"load_ms": load_ms, **timings}
-
-
 def _reason(exc: BaseException) -> str:
     return safe_text(f"{type(exc).__name__}: {exc}".strip())
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import webdataset as wds
 from click.testing import CliRunner
 
 from pipeline.__main__ import cli

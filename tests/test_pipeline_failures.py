@@ -19,7 +19,7 @@ from pipeline.atomic import FolderLock
 from pipeline.build import BuildError, build_setting
 from pipeline.classes import LabelSpaceError
 from pipeline.shards import record_path
-from tests.conftest import make_image_folder, synthetic_rgb
+from tests.conftest import synthetic_rgb
 
 
 def _tars(folder: Path) -> dict[str, bytes]:

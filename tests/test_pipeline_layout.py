@@ -18,7 +18,7 @@ from pipeline.manifest import VOLATILE
 from pipeline.metrics import psnr
 from pipeline.plan import order_items
 from pipeline.sources import list_source
-from tests.conftest import ROOT, make_image_folder, synthetic_rgb
+from tests.conftest import ROOT, make_image_folder
 
 CLASSES = ("n01440764", "n02102040", "n02979186")
 
