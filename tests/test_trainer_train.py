@@ -35,7 +35,7 @@ def base_args(shards, out, *extra):
 
 
 def weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def same_weights(a, b):
@@ -120,7 +120,7 @@ def test_resume_gives_identical_weights(shards, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run.main(base_args(shards, tmp_path / "cut", *args))
     monkeypatch.setattr(engine, "train_one_epoch", real)
-    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "cut" / "last.pth", weights_only=True)["epoch"] == 1
     run.main(base_args(shards, tmp_path / "cut", *args, "--resume", "auto"))
     assert same_weights(weights(tmp_path / "full" / "last.pth"), weights(tmp_path / "cut" / "last.pth"))
     full = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
@@ -128,7 +128,7 @@ def test_resume_gives_identical_weights(shards, tmp_path, monkeypatch):
     assert [r["epoch"] for r in cut] == [0, 1, 2]
     for a, b in zip(full, cut):
         assert a["train_loss"] == b["train_loss"] and a["val_top1"] == b["val_top1"] and a["lr"] == b["lr"]
-    ck = torch.load(tmp_path / "cut" / "best.pth", weights_only=False)
+    ck = torch.load(tmp_path / "cut" / "best.pth", weights_only=True)
     assert set(ck) >= {"model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric"}
     assert (tmp_path / "cut" / "summary.csv").read_text().count("\n") == 4
     assert json.loads((tmp_path / "cut" / "args.json").read_text())["alpha"] == 1e-2
@@ -207,3 +207,39 @@ def test_eval_rows(shards, tmp_path):
     assert {r["method"] for r in ck} == {"finetune"} and {r["trained_on"] for r in ck} == {"jpeg-10"}
     assert {r["method"] for r in pw} == {"pretrained"} and all(r["trained_on"] is None for r in pw)
     assert out.with_suffix(".csv").read_text().count("\n") == 5
+
+
+class _Planted:
+    """A pickle that, when loaded without weights_only, creates a marker file (harmless
+    stand-in for os.system)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("how", ["file", "auto"])
+def test_resume_refuses_a_malicious_pickle(shards, tmp_path, how):
+    import subprocess
+    import sys
+    marker = tmp_path / "pwned"
+    out = tmp_path / "run"
+    out.mkdir()
+    evil = out / "last.pth" if how == "auto" else tmp_path / "evil.pth"
+    torch.save({"model": _Planted(marker), "arch": ARCH, "epoch": 1, "optimizer": {}, "scheduler": {}}, evil)
+    resume = "auto" if how == "auto" else str(evil)
+    cmd = [sys.executable, "-m", "trainer.run", *base_args(shards, out, "--method", "finetune", "--epochs", "1",
+                                                          "--resume", resume)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert not marker.exists(), "the checkpoint's pickle ran code"
+    assert p.returncode != 0
+    err = [l for l in p.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and str(evil) in err[0] and "refused" in err[0], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and "weights_only=False" not in p.stderr
+    # and in-process: the loader refuses it too
+    from trainer.checkpoint import CheckpointError, load
+    with pytest.raises(CheckpointError, match="refused"):
+        load(evil)
+    assert not marker.exists()

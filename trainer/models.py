@@ -65,7 +65,8 @@ def is_weights_file(weights: str | os.PathLike | None) -> bool:
 
 def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(state_dict with float tensors cast to float32, run-checkpoint dict or None)."""
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    from .checkpoint import load
+    obj = load(path, "weights file")
     ckpt = None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) and "arch" in obj:
         ckpt, sd = obj, obj["model"]

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from . import engine
+from . import checkpoint, engine
 from .cache_teacher import resolve_caches
 from .data import LoaderSpec, group_settings, make_eval_loader, make_train_loader, settings_summary
 from .models import build_model, freeze_all_but_head, load_state_dict_file
-from .utils import Dist, atomic_torch_save, atomic_write_text, barrier, init_distributed, mix_seed, seed_everything
+from .utils import Dist, atomic_write_text, barrier, init_distributed, mix_seed, seed_everything
 
 log = logging.getLogger("trainer.run")
 
@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if resume == "auto":
         resume = str(out / "last.pth") if (out / "last.pth").exists() else None
     if resume:
-        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        ckpt = checkpoint.load(resume)
+        if not isinstance(ckpt, dict) or not {"model", "optimizer", "scheduler", "epoch"} <= set(ckpt):
+            raise checkpoint.CheckpointError(f"{resume}: not a run checkpoint (no model/optimizer/scheduler/epoch)")
         if ckpt.get("arch") != a.arch:
             raise ValueError(f"{resume}: arch {ckpt.get('arch')} != --arch {a.arch}")
         model.net.load_state_dict(ckpt["model"])
@@ -264,11 +266,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _write_summary(out, rows)
             ckpt = {"model": model.net.state_dict(), "arch": a.arch, "num_classes": n_classes, "epoch": epoch + 1,
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "args": _jsonable(a), "best_metric": best, "metrics": row,
-                    "rng": {"torch": torch.get_rng_state()}}
-            atomic_torch_save(ckpt, out / "last.pth")
+                    "args": _jsonable(a), "best_metric": best, "metrics": row}
+            checkpoint.save(ckpt, out / "last.pth")
             if improved:
-                atomic_torch_save(ckpt, out / "best.pth")
+                checkpoint.save(ckpt, out / "best.pth")
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                       for k, v in row.items()))
         barrier(d)
@@ -283,5 +284,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except checkpoint.CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(0)
