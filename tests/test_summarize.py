@@ -27,7 +27,7 @@ def test_mean_std_own_setting_and_label_free_column():
     assert got["pretrained"] == "9.00"
     assert got["expert"] == f"72.00 ± {statistics.stdev([70.0, 74.0]):.2f}"
     assert got["fine-tune"] == f"76.00 ± {statistics.stdev([75.0, 77.0]):.2f}"
-    assert got["expert, label-free"] == "60.00"
+    assert got["expert (teacher labels)"] == "60.00"
     assert got["expert − fine-tune"] == "-4.00"
     assert "stability" not in header            # no stability run: no empty column
     assert not any(l.startswith("| jpeg-10") for l in table.splitlines())
@@ -39,6 +39,14 @@ def test_readme_block_written(tmp_path):
     res.write_text(json.dumps([_row("pretrained", "jpeg-10", 50.0)]))
     readme = tmp_path / "README.md"
     readme.write_text("before\n<!-- imagenette:start -->\nold\n<!-- imagenette:end -->\nafter\n")
-    summarize.main([str(res), "--readme", str(readme)])
+    assert summarize.main([str(res), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old" not in text and "| jpeg-10 | 700 | 50.00 |" in text and text.endswith("after\n")
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert summarize.main([str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: not a readable results file") and len(err.strip().splitlines()) == 1

@@ -23,8 +23,10 @@ import torch
 
 from pipeline.atomic import atomic_output
 
+from .clitools import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint or weights file that cannot be loaded safely (one line, names the file)."""
 
 
