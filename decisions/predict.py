@@ -60,19 +60,29 @@ def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     refused without blocking (O_NONBLOCK, then fstat on what was opened)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except IsADirectoryError:
+        raise InputError("a folder; refused") from None
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a pipe, socket or device)"
             raise InputError(f"{kind}; refused")
         if st.st_size > max_bytes:
             raise InputError(f"{st.st_size} bytes is over the input cap of {max_bytes} (--max-bytes)")
-        try:
-            data = f.read(max_bytes + 1)
-        except OSError as exc:
-            raise InputError(f"cannot read: {exc.strerror or exc}") from None
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise InputError(f"more than {max_bytes} bytes (--max-bytes)")
     return data
