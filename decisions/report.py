@@ -123,15 +123,22 @@ def load_paper(path: str | Path, arch: str) -> dict:
     """paper_table1.json -> {(codec, q): {"psnr", "ssim", "bytes", <method>: top-1}}."""
     import json
 
-    data = json.loads(Path(path).read_text())
-    archs = sorted({k for s in data["settings"] for k, v in s.items() if isinstance(v, dict)})
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        settings = data["settings"]
+        archs = sorted({k for s in settings for k, v in s.items() if isinstance(v, dict)})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ResultsError(f"{path}: not a paper table (a JSON object with a 'settings' list; {exc})") from None
     if arch not in archs:
         raise ResultsError(f"{path}: no architecture {arch!r} (the paper has {', '.join(archs)})")
     out = {}
-    for s in data["settings"]:
-        q = s.get("q")
-        key = (s["codec"], None if q is None else (int(q) if float(q).is_integer() else q))
-        out[key] = {"psnr": s.get("psnr"), "ssim": s.get("ssim"), "bytes": s.get("bytes"), **s[arch]}
+    for s in settings:
+        try:
+            setting = Setting(s["codec"], s.get("q"))
+        except (KeyError, ValueError) as exc:
+            raise ResultsError(f"{path}: bad setting entry {s!r} ({exc})") from None
+        out[(setting.codec, setting.q)] = {"psnr": s.get("psnr"), "ssim": s.get("ssim"), "bytes": s.get("bytes"),
+                                           **(s.get(arch) or {})}
     return out
 
 

@@ -21,7 +21,7 @@ def keys(loader):
     return [k for b in loader for k in b["key"]]
 
 
-def test_group_settings_and_patterns(shards):
+def test_group_shards_and_patterns(shards):
     ss = group_shards(str(shards / "train" / "*" / "*.tar"))
     assert [s.name for s in ss] == ["jpeg-10", "lossless"]
     assert [s.count for s in ss] == [8, 8] and ss[0].codec == "jpeg" and ss[0].q == 10 and ss[1].lossless
