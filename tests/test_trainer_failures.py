@@ -340,3 +340,30 @@ def test_outputs_do_not_use_fixed_temporary_names(shards, tmp_path, weights_file
     shutil.copyfile(weights_file, shards.parent / "w.pth")
     assert teval.main(eval_args(shards, res, "--limit", "2")) == 0
     assert res.with_suffix(".csv").read_text().count("\n") == 2
+
+
+def test_a_clean_crop_the_teacher_cache_could_not_read_is_skipped_and_counted(shards, tmp_path, capsys):
+    """The cache records what it skipped (and stays valid); training with it counts the sample
+    whose logits are missing instead of failing on a KeyError."""
+    from trainer.data import group_shards
+    from trainer.teacher_cache import TeacherCache
+
+    broken = "n02102040/n02102040_0001_JPEG"
+    for tar in (shards / "train" / "jpeg-10").glob("*.tar"):
+        rewrite_tar(tar, lambda name, data: b"RIFF\0\0\0\0WEBPjunk" if name == broken + ".clean.webp" else data)
+    root = tmp_path / "cache"
+    args = train_args(shards, tmp_path / "r", "--method", "expert", "--teacher-cache", str(root), "--max-skip", "0.5")
+    assert run.main(args) == 0
+    (npy,) = (root / "jpeg-10").glob("teacher-*.npy")
+    meta = TeacherCache(npy).meta
+    assert (meta["count"], meta["skipped"]) == (7, 1) and broken not in meta["keys"]
+    assert broken in meta["skip_reasons"][0]
+    rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train_skipped"] >= 1
+    # the default --max-skip refuses a cache that lost 1 of 8 crops, naming it
+    capsys.readouterr()
+    assert run.main(train_args(shards, tmp_path / "r2", "--method", "expert", "--teacher-cache",
+                               str(tmp_path / "cache2"))) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "teacher cache" in line and broken in line
+    assert group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))[0].count == 8
