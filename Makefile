@@ -69,14 +69,14 @@ system-deps: ## Install the system libraries (libopenjp2 for glymur; python3-ven
 	  fi; \
 	fi
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
-install: $(STAMP) ## Create .venv and install the project (pinned versions)
+install: $(STAMP) ## Create .venv and install the project (the versions of constraints.txt)
 
 shards: install ## Build shards + manifest: make shards CODEC=j2k Q=200 SRC=/data/imagenet SPLIT=val (or SETTINGS=a,b)
 	@test -n "$(SRC)" || { echo "error: set SRC=/path/to/images (SRC/<split>/<class>/<image>)"; exit 2; }
@@ -125,7 +125,7 @@ demo-docs: install ## Run the embedded demo and refresh its table and plot in RE
 	$(PY) -m demo --readme $(DEMO_ARGS)
 
 report: install ## Table 1, Fig. 4/5 from runs/, shards/ and reports/results.json (PAPER=paper_table1.json to compare)
-	$(PY) -m trainer.report --runs runs/ --shards $(OUT) --results reports/results.json --out reports/ \
+	$(PY) -m decisions.report --runs runs/ --shards $(OUT) --results reports/results.json --out reports/ \
 	  $(if $(PAPER),--paper $(PAPER)) $(if $(PAPER_ARCH),--paper-arch $(PAPER_ARCH))
 
 clean: ## Remove outputs (shards/, runs/, bench-out/), keep .venv

@@ -11,7 +11,6 @@ Goal: expert with cached teacher <= 1.05x the cost of fine-tuning.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import statistics
@@ -19,17 +18,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from trainer import engine  # noqa: E402
-from trainer.cache_teacher import resolve_caches  # noqa: E402
-from trainer.data import LoaderSpec, group_settings, make_train_loader  # noqa: E402
-from trainer.losses import ExpertLoss  # noqa: E402
+from pipeline.atomic import atomic_write  # noqa: E402
+from pipeline.markdown import table  # noqa: E402
+from trainer import TrainConfig, loop, methods  # noqa: E402
+from trainer.clitools import run_click  # noqa: E402
+from trainer.data import LoaderSpec, group_shards, make_train_loader  # noqa: E402
 from trainer.models import build_model  # noqa: E402
+from trainer.teacher_cache import resolve_caches  # noqa: E402
 
 MODES = ("finetune", "expert-live", "expert-cached")
 
@@ -51,13 +55,14 @@ def loader_for(mode, settings, bs, workers, caches, epoch=0):
                              caches=caches if mode == "expert-cached" else None)
 
 
-def cfg_for(mode, teacher, alpha, device):
-    cuda = device.type == "cuda"  # the trainer's defaults on a GPU: bf16 autocast, channels_last
-    common = dict(device=device, amp=cuda, channels_last=cuda)
-    if mode == "finetune":
-        return engine.StepConfig(method="finetune", criterion=ExpertLoss(0.0), **common)
-    return engine.StepConfig(method="expert", criterion=ExpertLoss(alpha),
-                             teacher=teacher if mode == "expert-live" else None, **common)
+def cfg_for(mode, arch, teacher, alpha, device):
+    """The trainer's Step for a mode (the trainer's defaults on a GPU: bf16 autocast, channels_last)."""
+    cuda = device.type == "cuda"
+    name = "finetune" if mode == "finetune" else "expert"
+    method = methods.create(TrainConfig(shards=["-"], out="-", method=name, arch=arch,
+                                        alpha=alpha if name == "expert" else None).resolved())
+    return loop.Step(method=method, teacher=teacher if mode == "expert-live" else None, device=device,
+                     amp=cuda, channels_last=cuda)
 
 
 def sync(device):
@@ -72,7 +77,7 @@ def time_steps(model, opt, batches, cfg, steps):
     n = 0
     for i in range(steps):
         b = batches[i % len(batches)]
-        terms = engine.compute_loss(model, b, cfg)
+        terms = cfg.method.loss(model, b, cfg)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         opt.step()
@@ -81,25 +86,33 @@ def time_steps(model, opt, batches, cfg, steps):
     return n / (time.perf_counter() - t0)
 
 
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--arch", default="mobilenet_v2", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=6, show_default=True, help="Timed steps per mode and round.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--images", type=click.IntRange(min=4), default=96, show_default=True, help="Synthetic images to shard.")
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=max(1, min(4, os.cpu_count() or 1)), show_default=True)
+@click.option("--shards", default=None, help="Use these shards instead of synthetic ones.")
+@click.option("--markdown", default=None, help="Write the table as Markdown to this path.")
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda (bf16 autocast and channels_last on cuda).")
+def cli(**params):
+    """Trainer throughput: fine-tuning vs expert (live / cached teacher), side by side."""
+    bench(SimpleNamespace(**params))
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="mobilenet_v2")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per mode and round")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--images", type=int, default=96, help="synthetic images to shard")
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
-    ap.add_argument("--shards", default=None, help="use these shards instead of synthetic ones")
-    ap.add_argument("--markdown", default=None, help="write the table as markdown to this path")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda (bf16 autocast and channels_last on cuda)")
-    a = ap.parse_args(argv)
+    return run_click(cli, argv, "benchmarks/bench_trainer.py")
+
+
+def bench(a):
     device = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     tmp = tempfile.TemporaryDirectory(prefix="bench-trainer-")
     pattern = a.shards or make_shards(Path(tmp.name), a.images)
-    settings = group_settings(pattern)
+    settings = group_shards(pattern)
     model = build_model(a.arch, None, 1000).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -124,7 +137,7 @@ def main(argv=None):
             # training step only
             model.load_state_dict(init)
             opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.5, 0.99))
-            cfg = cfg_for(m, teacher, 1e-2, device)
+            cfg = cfg_for(m, a.arch, teacher, 1e-2, device)
             time_steps(model, opt, pre[m], cfg, 1)  # warm-up
             res[m]["step"].append(time_steps(model, opt, pre[m], cfg, a.steps))
             # end to end
@@ -133,7 +146,7 @@ def main(argv=None):
             t = time.perf_counter()
             n = 0
             for i, b in zip(range(a.steps), loader):
-                terms = engine.compute_loss(model, b, cfg)
+                terms = cfg.method.loss(model, b, cfg)
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 opt.step()
@@ -142,15 +155,13 @@ def main(argv=None):
             res[m]["e2e"].append(n / (time.perf_counter() - t))
     med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in res.items()}
     base = med["finetune"]
+    header = ["mode", "loader only (img/s)", "training step (img/s)", "end to end (img/s)",
+              "step cost vs fine-tuning", "end-to-end cost vs fine-tuning"]
+    body = [[m, f"{v['loader']:.1f}", f"{v['step']:.1f}", f"{v['e2e']:.1f}", f"{base['step'] / v['step']:.3f}x",
+             f"{base['e2e'] / v['e2e']:.3f}x"] for m, v in ((m, med[m]) for m in MODES)]
     lines = [f"Trainer throughput ({a.arch}, batch {a.batch_size}, 224x224 jpeg-10 shards, {count} images, "
              f"{device_name(device, a.threads)}, {a.workers} loader worker(s), median of {a.rounds} rounds; "
-             f"teacher cache built in {cache_s:.1f} s)", "",
-             "| mode | loader only (img/s) | training step (img/s) | end to end (img/s) | step cost vs fine-tuning | end-to-end cost vs fine-tuning |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for m in MODES:
-        v = med[m]
-        lines.append(f"| {m} | {v['loader']:.1f} | {v['step']:.1f} | {v['e2e']:.1f} | "
-                     f"{base['step'] / v['step']:.3f}x | {base['e2e'] / v['e2e']:.3f}x |")
+             f"teacher cache built in {cache_s:.1f} s)", "", table(header, body)]
     ratio = base["step"] / med["expert-cached"]["step"]
     lines += ["", f"expert (cached teacher) / fine-tuning step cost: {ratio:.3f}x "
                   f"({'meets' if ratio <= 1.05 else 'misses'} the <= 1.05x goal); "
@@ -158,8 +169,7 @@ def main(argv=None):
     text = "\n".join(lines)
     print(text)
     if a.markdown:
-        Path(a.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.markdown).write_text(text + "\n")
+        atomic_write(a.markdown, text + "\n")
     tmp.cleanup()
     return med
 
@@ -171,4 +181,4 @@ def device_name(device, threads):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,17 +8,30 @@ import re
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipeline.atomic import atomic_write  # noqa: E402
+
+
+class BlockError(ValueError):
+    """The file has no such block."""
+
 
 def replace_block(text: str, name: str, content: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"no '{start}' ... '{end}' block in the file")
+        raise BlockError(f"no '{start}' ... '{end}' block in the file")
     return pattern.sub(lambda _: f"{start}\n{content.strip()}\n{end}", text)
 
 
 if __name__ == "__main__":
     target, name, source = sys.argv[1:4]
     path = Path(target)
-    path.write_text(replace_block(path.read_text(), name, Path(source).read_text()))
+    try:
+        atomic_write(path, replace_block(path.read_text(), name, Path(source).read_text()))
+    except (BlockError, OSError) as exc:
+        sys.exit(f"error: {target}: {exc}")
     print(f"{target}: block '{name}' updated from {source}")

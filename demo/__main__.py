@@ -7,72 +7,53 @@ Steps (each reuses what an earlier run already built):
  1. data      embedded: views of scikit-image's photos; train unlabelled, val labelled by the
               model's prediction on the clean crop.  --data: DATA/train and DATA/val.
  2. shards    lossless and one harsh setting per codec, train and val (pipeline)
- 3. baseline  the pretrained model on every val setting (trainer.eval)
- 4. train     expert and fine-tuning on one setting, same budget (trainer.run); label-free
+ 3. baseline  the pretrained model on every val setting (trainer.evaluate)
+ 4. train     expert and fine-tuning on one setting, same budget (trainer.train); label-free
               (--labels teacher) on the embedded data
  5. evaluate  both on every val setting
- 6. report    Table 1 (Markdown + CSV) and the rate-accuracy plot (trainer.report)
+ 6. report    Table 1 (Markdown + CSV) and the rate-accuracy plot (decisions.report)
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import click
 import numpy as np
+
+from pipeline.atomic import atomic_write, atomic_write_json
+from pipeline.setting import Setting, SettingError
+from trainer.clitools import UserError, run_click
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = "lossless,jpeg-10,j2k-200,bpg-46"
 
 
-def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None, help="ImageNet-style folder with train/ and val/ (default: embedded photos)")
-    ap.add_argument("--weights", default=None, help="pretrained weights: a file or a torchvision weights name "
-                                                    "(default: DEFAULT, the embedded EfficientNet-Lite0 file)")
-    ap.add_argument("--arch", default=None, help="architecture (default efficientnet_lite0)")
-    ap.add_argument("--out", default="runs/demo", type=Path)
-    ap.add_argument("--settings", default=DEFAULT_SETTINGS, help="comma-separated <codec>-<q> settings")
-    ap.add_argument("--train-setting", default="j2k-200", help="the setting the expert is trained for")
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-4, help="higher than the paper's 1e-5: the demo trains minutes, not days")
-    ap.add_argument("--alpha", type=float, default=1e-2)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    ap.add_argument("--steps-per-epoch", type=int, default=None)
-    ap.add_argument("--per-photo", type=int, default=24, help="views per embedded photo")
-    ap.add_argument("--photos", type=int, default=None, help="use only the first N embedded photos (quick runs)")
-    ap.add_argument("--limit", type=int, default=None, help="images per split (quick runs)")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--workers", type=int, default=2, help="loader processes")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--readme", action="store_true", help="also refresh the README's demo table and plot")
-    ap.add_argument("--no-progress", dest="progress", action="store_false")
-    return ap.parse_args(argv)
-
-
 def step(title: str) -> None:
-    print(f"\n== {title}", flush=True)
+    click.echo(f"\n== {title}")
 
 
-def available_settings(wanted: str) -> list[tuple[str, object]]:
+def available_settings(wanted: str) -> list[Setting]:
+    """The settings of ``wanted`` whose codec works here (its library may be missing)."""
     from pipeline.codecs import CodecError, create
 
+    try:
+        settings = Setting.parse_list(wanted)
+    except SettingError as exc:
+        raise UserError(f"--settings: {exc}") from None
     out = []
-    for s in wanted.split(","):
-        name, _, q = s.strip().partition("-")
+    for s in settings:
         try:
-            codec = create(name, (float(q) if "." in q else int(q)) if q else None)
+            codec = create(s.codec, s.q)
             codec.encode(np.zeros((224, 224, 3), np.uint8))  # its library works here, at crop size
         except (CodecError, ImportError, OSError, RuntimeError) as exc:
-            print(f"   skipping {s}: {exc}")
+            click.echo(f"   skipping {s.name}: {exc}")
             continue
-        out.append((name, codec.q))
+        out.append(s)
     return out
 
 
@@ -82,7 +63,7 @@ def prepare_data(a, teacher_model) -> tuple[Path, str]:
         root = Path(a.data)
         for split in ("train", "val"):
             if not (root / split).is_dir():
-                raise SystemExit(f"--data {root}: expected {root}/train and {root}/val (ImageNet-style folders)")
+                raise UserError(f"--data {root}: expected {root}/train and {root}/val (ImageNet-style folders)")
         return root, "dataset"
     from demo.embedded import PHOTOS, label_by_model, make_views
 
@@ -96,8 +77,8 @@ def prepare_data(a, teacher_model) -> tuple[Path, str]:
         (src / "train").parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(train, src / "train")
         counts = label_by_model(val_unlabelled, src / "val", teacher_model)
-        print(f"   val views labelled by the pretrained model on the clean crop: {len(counts)} classes, "
-              f"{sum(counts.values())} images")
+        click.echo(f"   val views labelled by the pretrained model on the clean crop: {len(counts)} classes, "
+                   f"{sum(counts.values())} images")
         stamp.touch()
     return src, "teacher"
 
@@ -108,15 +89,42 @@ def run_complete(folder: Path, epochs: int) -> bool:
         sum(1 for line in last.read_text().splitlines() if line.strip()) >= epochs
 
 
-def main(argv=None) -> int:
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", default=None, help="ImageNet-style folder with train/ and val/ (default: embedded photos).")
+@click.option("--weights", default=None, help="Pretrained weights: a file or a torchvision weights name "
+                                              "(default: DEFAULT, the embedded EfficientNet-Lite0 file).")
+@click.option("--arch", default=None, help="Architecture (default efficientnet_lite0).")
+@click.option("--out", default="runs/demo", type=click.Path(file_okay=False, path_type=Path), show_default=True)
+@click.option("--settings", default=DEFAULT_SETTINGS, show_default=True, help="Comma-separated setting names.")
+@click.option("--train-setting", default="j2k-200", show_default=True, help="The setting the expert is trained for.")
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True,
+              help="Higher than the paper's 1e-5: the demo trains minutes, not days.")
+@click.option("--alpha", type=float, default=1e-2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None)
+@click.option("--per-photo", type=click.IntRange(min=1), default=24, show_default=True, help="Views per embedded photo.")
+@click.option("--photos", type=click.IntRange(min=1), default=None, help="Only the first N embedded photos (quick runs).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Images per split (quick runs).")
+@click.option("--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Loader processes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--readme", is_flag=True, help="Also refresh the README's demo table and plot.")
+@click.option("--progress/--no-progress", default=True)
+def cli(**params):
+    """`make demo`: the whole flow, on the embedded default or on your data."""
+    run_demo(SimpleNamespace(**params))
+    return 0
+
+
+def run_demo(a) -> None:
     t_start = time.perf_counter()
-    a = parse_args(argv)
     import torch
 
+    from decisions.report import report
     from pipeline.build import build_setting
-    from trainer import eval as trainer_eval
-    from trainer import report as trainer_report
-    from trainer import run as trainer_run
+    from trainer import EvalConfig, TrainConfig, evaluate, train
     from trainer.models import build_model
 
     torch.set_num_threads(a.threads or max(1, os.cpu_count() or 1))
@@ -132,58 +140,55 @@ def main(argv=None) -> int:
 
     step("2/6 shards")
     settings = available_settings(a.settings)
-    for codec, q in settings:
+    if not settings:
+        raise UserError(f"--settings {a.settings}: no codec of these works here")
+    for s in settings:
         for split in ("train", "val"):
-            build_setting(src, split, codec, q, shards, shard_size=64, jobs=a.jobs, limit=a.limit, progress=a.progress)
-    names = [codec if q is None else f"{codec}-{q:g}" for codec, q in settings]
+            build_setting(src, split, s.codec, s.q, shards, shard_size=64, jobs=a.jobs, limit=a.limit,
+                          progress=a.progress)
+    names = [s.name for s in settings]
     train_setting = a.train_setting if a.train_setting in names else names[-1]
     val_globs = [str(shards / "val" / n / "shard-*.tar") for n in names]
-    common = ["--workers", str(a.workers)] + ([] if a.progress else ["--no-progress"])
-    if a.limit:
-        common += ["--limit", str(a.limit)]
+    common = dict(workers=a.workers, progress=a.progress, limit=a.limit)
 
     step("3/6 the pretrained model on every setting")
     shutil.rmtree(reports, ignore_errors=True)
     reports.mkdir(parents=True)
-    trainer_eval.main(["--arch", arch, "--weights", weights, "--shards", *val_globs, "--out", str(results),
-                       "--overwrite", *common])
+    evaluate(EvalConfig(arch=arch, weights=[weights], shards=val_globs, out=str(results), overwrite=True, **common))
 
     step(f"4/6 expert training and fine-tuning on {train_setting} (labels: {labels}), same budget")
     checkpoints = []
     for method in ("expert", "finetune"):
         out = runs / f"{method}-{train_setting}"
-        argv_run = ["--shards", str(shards / "train" / train_setting / "shard-*.tar"),
-                    "--val-shards", str(shards / "val" / train_setting / "shard-*.tar"),
-                    "--method", method, "--arch", arch, "--weights", weights, "--labels", labels,
-                    "--alpha", str(a.alpha), "--lr", str(a.lr), "--epochs", str(a.epochs),
-                    "--batch-size", str(a.batch_size), "--seed", str(a.seed), "--out", str(out),
-                    "--workers", str(a.workers), "--resume", "auto"]
-        if a.steps_per_epoch:
-            argv_run += ["--steps-per-epoch", str(a.steps_per_epoch)]
-        if not a.progress:
-            argv_run.append("--no-progress")
         if run_complete(out, a.epochs):
-            print(f"   {out} is complete: reused")
+            click.echo(f"   {out} is complete: reused")
         else:
-            trainer_run.main(argv_run)
+            train(TrainConfig(shards=[str(shards / "train" / train_setting / "shard-*.tar")],
+                              val_shards=[str(shards / "val" / train_setting / "shard-*.tar")],
+                              method=method, arch=arch, weights=weights, labels=labels, alpha=a.alpha, lr=a.lr,
+                              epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, out=str(out),
+                              workers=a.workers, resume="auto", steps_per_epoch=a.steps_per_epoch,
+                              progress=a.progress))
         checkpoints.append(str(out / "best.pth"))
 
     step("5/6 the trained models on every setting")
-    trainer_eval.main(["--checkpoint", *checkpoints, "--shards", *val_globs, "--out", str(results), *common])
+    evaluate(EvalConfig(checkpoints=checkpoints, shards=val_globs, out=str(results), **common))
 
     step("6/6 report")
-    trainer_report.main(["--results", str(results), "--shards", str(shards), "--runs", str(runs),
-                         "--out", str(reports)])
+    report([results], shards, reports, runs=runs)
     table = (reports / "table1.md").read_text()
     elapsed = time.perf_counter() - t_start
-    print("\n" + table)
+    click.echo("\n" + table)
     plot = next(iter(sorted(reports.glob("fig4_*.png"))), None)
-    print(f"plot: {plot}")
-    print(f"demo wall time: {elapsed / 60:.1f} min ({elapsed:.0f} s)")
-    (reports / "wall_time.json").write_text(json.dumps({"seconds": elapsed}) + "\n")
+    click.echo(f"plot: {plot}")
+    click.echo(f"demo wall time: {elapsed / 60:.1f} min ({elapsed:.0f} s)")
+    atomic_write_json(reports / "wall_time.json", {"seconds": elapsed})
     if a.readme:
         update_readme(plot, table, elapsed, a, arch, labels, train_setting)
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_click(cli, argv, "python -m demo")
 
 
 def update_readme(plot: Path, table: str, elapsed: float, a, arch: str, labels: str, train_setting: str) -> None:
@@ -191,15 +196,14 @@ def update_readme(plot: Path, table: str, elapsed: float, a, arch: str, labels: 
     from readme_block import replace_block
 
     docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copyfile(plot, docs / "demo_rate_accuracy.png")
+    atomic_write(docs / "demo_rate_accuracy.png", plot.read_bytes())
     block = (f"Generated by `make demo` ({arch}, expert and fine-tuning trained on `{train_setting}` for "
              f"{a.epochs} epochs, lr {a.lr:g}, α {a.alpha:g}, labels: {labels}; wall time "
              f"{elapsed / 60:.1f} min on {os.cpu_count()} CPU cores).\n\n{table.strip()}\n\n"
              f"![rate-accuracy](docs/demo_rate_accuracy.png)")
     readme = ROOT / "README.md"
-    readme.write_text(replace_block(readme.read_text(), "demo", block))
-    print(f"README.md demo block and docs/demo_rate_accuracy.png refreshed")
+    atomic_write(readme, replace_block(readme.read_text(), "demo", block))
+    click.echo("README.md demo block and docs/demo_rate_accuracy.png refreshed")
 
 
 if __name__ == "__main__":

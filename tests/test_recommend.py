@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from trainer import recommend
-from trainer.recommend import Option, choose, interpolate, pareto_front
+from decisions import recommend
+from decisions.recommend import Option, choose, interpolate, pareto_front
 
 
 def row(setting, top1, nbytes, method="expert", trained_on="same", arch="resnet50", labels="dataset"):

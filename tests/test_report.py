@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from trainer import report
-from trainer.results import load_manifests, load_results
+from decisions import report
+from decisions.results import load_manifests, load_results
 
 # setting -> (q, mean bytes, psnr, ssim)
 SETTINGS = {
@@ -198,7 +198,7 @@ def test_fig4_plots_the_csv(measured, x):
     assert len(lines) == len(series)
     plotted = sorted((line.get_label(), float(a), float(b))
                      for line in lines for a, b in zip(line.get_xdata(), line.get_ydata()))
-    from trainer.results import method_name
+    from trainer.methods import title as method_name
     in_csv = sorted((f"{r['codec']} · {r['method']}", float(r["rate"]), float(r["top1"])) for r in rows)
     assert [p[0] for p in plotted] == [c[0] for c in in_csv]
     assert [v for p in plotted for v in p[1:]] == pytest.approx([v for c in in_csv for v in c[1:]])

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tests.test_trainer_common import build_shards
-from trainer.data import LoaderSpec, group_settings, make_eval_loader, make_train_loader
-from trainer.utils import expand_braces, expand_shards
+from trainer.data import LoaderSpec, ShardError, group_shards, make_eval_loader, make_train_loader
+from trainer.data import expand_shards
 
 torch.set_num_threads(1)
 
@@ -21,21 +21,27 @@ def keys(loader):
     return [k for b in loader for k in b["key"]]
 
 
-def test_group_settings_and_patterns(shards):
-    ss = group_settings(str(shards / "train" / "*" / "*.tar"))
+def test_group_shards_and_patterns(shards):
+    ss = group_shards(str(shards / "train" / "*" / "*.tar"))
     assert [s.name for s in ss] == ["jpeg-10", "lossless"]
     assert [s.count for s in ss] == [8, 8] and ss[0].codec == "jpeg" and ss[0].q == 10 and ss[1].lossless
     brace = str(shards / "train" / "jpeg-10" / "shard-{000000..000001}.tar")
     assert len(expand_shards(brace)) == 2
-    one = group_settings(brace)[0]
+    one = group_shards(brace)[0]
     assert one.count == 4  # counted from the manifest's per-shard counts
-    assert expand_braces("a{x,y}b{1..2}") == ["axb1", "axb2", "ayb1", "ayb2"]
-    with pytest.raises(FileNotFoundError):
+    both = str(shards / "train" / "{jpeg-10,lossless}" / "shard-{000000..000001}.tar")
+    assert [p.split("/")[-2:] for p in expand_shards(both)] == [
+        ["jpeg-10", "shard-000000.tar"], ["jpeg-10", "shard-000001.tar"],
+        ["lossless", "shard-000000.tar"], ["lossless", "shard-000001.tar"]]
+    assert ss[0].setting.name == "jpeg-10" and ss[0].manifest.split == "train"
+    with pytest.raises(ShardError, match="no .tar shards match"):
         expand_shards(str(shards / "nothing" / "*.tar"))
+    with pytest.raises(ShardError, match="does not exist"):
+        expand_shards(str(shards / "train" / "jpeg-10" / "shard-{000000..000009}.tar"))
 
 
 def test_train_batches_equal_and_decoding_choices(shards):
-    ss = group_settings(str(shards / "train" / "jpeg-10" / "*.tar"))
+    ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
     loader, n = make_train_loader(ss, LoaderSpec(batch_size=3, workers=0, shuffle_buffer=4), epoch=0)
     batches = list(loader)
     assert n == 8 // 3 == len(batches)
@@ -47,14 +53,40 @@ def test_train_batches_equal_and_decoding_choices(shards):
     assert "comp" not in b and b["clean"].shape == (3, 3, 224, 224)
 
 
-def test_lossless_input_is_clean_crop(shards):
-    ss = group_settings(str(shards / "train" / "lossless" / "*.tar"))
-    b = next(iter(make_eval_loader(ss, 4, need_clean=True)))
-    assert torch.equal(b["comp"], b["clean"])
+def test_lossless_input_is_the_torchvision_crop_of_the_source(shards):
+    """x~ = x in the lossless setting: what the loader gives the model (without asking for the
+    clean crop) equals torchvision's Resize(256, bicubic) + CenterCrop(224) of the source image,
+    computed here independently from the source files the samples name."""
+    import json
+    import tarfile
+
+    from PIL import Image
+    from torchvision import transforms
+
+    ss = group_shards(str(shards / "train" / "lossless" / "*.tar"))
+    sources = {}
+    for shard in ss[0].shards:
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(m).read())
+                    sources[m.name[: -len(".json")]] = meta["path"]
+    rule = transforms.Compose([transforms.Resize(256, transforms.InterpolationMode.BICUBIC),
+                               transforms.CenterCrop(224), transforms.PILToTensor()])
+    seen = 0
+    for b in make_eval_loader(ss, 4, need_clean=False):
+        assert "clean" not in b
+        for key, comp in zip(b["key"], b["comp"]):
+            path = sources[key]
+            src = path if path.startswith("/") else str(shards.parent / "src" / "train" / path)
+            with Image.open(src) as im:
+                assert torch.equal(comp, rule(im.convert("RGB"))), key
+            seen += 1
+    assert seen == 8
 
 
 def test_epoch_order_is_seeded(shards):
-    ss = group_settings(str(shards / "train" / "jpeg-10" / "*.tar"))
+    ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
     spec = LoaderSpec(batch_size=2, workers=2, shuffle_buffer=4, seed=1)
     a = keys(make_train_loader(ss, spec, epoch=0)[0])
     b = keys(make_train_loader(ss, spec, epoch=0)[0])
@@ -64,7 +96,7 @@ def test_epoch_order_is_seeded(shards):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_ranks_see_disjoint_data_and_equal_batches(shards, workers):
-    ss = group_settings(str(shards / "train" / "jpeg-10" / "*.tar"))
+    ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
     spec = LoaderSpec(batch_size=2, workers=workers, shuffle_buffer=2)
     per_rank = [list(make_train_loader(ss, spec, epoch=0, rank=r, world=2)[0]) for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1]) == 8 // (2 * 2)
@@ -77,7 +109,7 @@ def test_ranks_see_disjoint_data_and_equal_batches(shards, workers):
 
 
 def test_too_few_shards_for_ranks_is_an_error_unless_resampled(shards):
-    ss = group_settings(str(shards / "train" / "jpeg-10" / "shard-000000.tar"))
+    ss = group_shards(str(shards / "train" / "jpeg-10" / "shard-000000.tar"))
     with pytest.raises(ValueError, match="resampled"):
         make_train_loader(ss, LoaderSpec(batch_size=1, workers=0), epoch=0, rank=0, world=2)
     loader, n = make_train_loader(ss, LoaderSpec(batch_size=1, workers=0, resampled=True), epoch=0, rank=1, world=2)
@@ -85,7 +117,7 @@ def test_too_few_shards_for_ranks_is_an_error_unless_resampled(shards):
 
 
 def test_limit_caps_the_epoch(shards):
-    ss = group_settings(str(shards / "train" / "jpeg-10" / "*.tar"))
+    ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
     loader, n = make_train_loader(ss, LoaderSpec(batch_size=2, workers=0), epoch=0, limit=4)
     assert n == 2 == len(list(loader))
     assert len(keys(make_eval_loader(ss, 2, limit=3))) == 3

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import ExpertLoss, StabilityLoss, kl_from_logits, masked_ce
+from trainer.losses import CrossEntropyLoss, ExpertLoss, LabelError, StabilityLoss, kl_from_logits, masked_ce
 from trainer.models import (Classifier, build_model, classifier_head, freeze_all_but_head, load_model,
                             state_dict_hash)
 
@@ -69,9 +69,25 @@ def test_kl_zero_for_identical_and_gradient_only_to_student():
     assert s.grad is not None and t.grad is None
 
 
-def test_alpha_zero_is_plain_cross_entropy():
-    s, t, y = torch.randn(4, 6), torch.randn(4, 6), torch.randint(0, 6, (4,))
-    assert ExpertLoss(0.0)(s, t, y)["loss"].item() == pytest.approx(F.cross_entropy(s, y).item())
+def test_alpha_weights_the_kl_term_and_zero_leaves_cross_entropy():
+    """The gradient of the expert loss is CE's plus alpha times KL's, computed here from
+    torch's own cross_entropy and kl_div (not from the loss classes)."""
+    t, y = torch.randn(4, 6), torch.randint(0, 6, (4,))
+    base = torch.randn(4, 6)
+
+    def grad(fn):
+        s = base.clone().requires_grad_(True)
+        fn(s).backward()
+        return s.grad
+
+    ce = lambda s: F.cross_entropy(s, y)  # noqa: E731
+    kl = lambda s: F.kl_div(F.log_softmax(s, 1), F.log_softmax(t, 1), reduction="sum", log_target=True)  # noqa: E731
+    for alpha in (0.0, 0.3):
+        got = grad(lambda s: ExpertLoss(alpha)(s, t, y)["loss"])
+        assert torch.allclose(got, grad(ce) + alpha * grad(kl), atol=1e-6), alpha
+    assert not torch.allclose(grad(ce), grad(ce) + 0.3 * grad(kl), atol=1e-4)  # the KL term matters
+    out = CrossEntropyLoss()(base, y)
+    assert out["loss"].item() == pytest.approx(F.cross_entropy(base, y).item()) and out["kl"].item() == 0.0
 
 
 def test_masked_ce_ignores_unlabelled():
@@ -79,6 +95,8 @@ def test_masked_ce_ignores_unlabelled():
     y = torch.tensor([1, -1, 2, -1])
     assert masked_ce(s, y).item() == pytest.approx(F.cross_entropy(s[[0, 2]], y[[0, 2]]).item(), rel=1e-6)
     assert masked_ce(s, torch.full((4,), -1)).item() == 0.0
+    with pytest.raises(LabelError, match="label 3 but the model has 3 outputs"):
+        masked_ce(s, torch.tensor([1, 3, 2, -1]))
 
 
 @pytest.mark.parametrize("detach", [False, True])
@@ -104,7 +122,7 @@ def test_kl_reduction_validated():
 def test_plateau_decays_after_three_bad_epochs():
     """'divide the lr by 5 when the val loss has not improved for 3 consecutive epochs'."""
     from types import SimpleNamespace
-    from trainer.run import make_scheduler
+    from trainer.training import make_scheduler
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([p], lr=1.0)
     sch = make_scheduler(opt, SimpleNamespace(lr_factor=0.2, lr_patience=3, min_lr=0.0))

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from trainer import engine
+from trainer import loop
 
 
 class Fixed(torch.nn.Module):
@@ -21,8 +21,8 @@ def test_top1_present_ignores_classes_absent_from_the_data():
                            [9.0, 1.0, 0.0, 5.0, 0.0],
                            [9.0, 5.0, 0.0, 1.0, 0.0]])
     batch = {"comp": torch.zeros(3, 3, 4, 4, dtype=torch.uint8), "label": torch.tensor([1, 3, 3])}
-    cfg = engine.StepConfig(device=torch.device("cpu"))
-    r = engine.evaluate(Fixed(logits), [batch], cfg, present=[1, 3])
+    cfg = loop.Step(device=torch.device("cpu"))
+    r = loop.evaluate(Fixed(logits), [batch], cfg, present=[1, 3])
     assert r["top1"] == 0.0
     assert math.isclose(r["top1_present"], 200 / 3)
-    assert engine.evaluate(Fixed(logits), [batch], cfg)["top1_present"] is None
+    assert loop.evaluate(Fixed(logits), [batch], cfg)["top1_present"] is None

@@ -1,1 +1,28 @@
-"""Streaming trainer for expert training (issue 4): models, losses, data, engine, run, eval."""
+"""Expert training on compressed shards: the Python API under the ``trainer.run`` and
+``trainer.eval`` commands.
+
+    from trainer import TrainConfig, EvalConfig, train, evaluate
+    result = train(TrainConfig(shards=["shards/train/j2k-200/*.tar"], arch="resnet50",
+                               weights="DEFAULT", out="runs/r50-j2k200"))
+    rows = evaluate(EvalConfig(checkpoints=[str(result.best)], shards=["shards/val/*/*.tar"]))
+
+Where things live: ``config.py`` (the typed configs), ``methods.py`` (one class per training
+method), ``losses.py``, ``loop.py`` (``train_one_epoch``, ``evaluate``), ``data.py`` (the
+streaming shard loader), ``teacher_cache.py``, ``models.py``, ``checkpoint.py``,
+``training.py`` / ``evaluation.py`` (a run, an evaluation), ``run.py`` / ``eval.py`` /
+``cache_teacher.py`` (the commands).
+"""
+from __future__ import annotations
+
+__all__ = ["TrainConfig", "EvalConfig", "TrainResult", "train", "evaluate"]
+
+_LAZY = {"TrainConfig": "config", "EvalConfig": "config", "TrainResult": "training", "train": "training",
+         "evaluate": "evaluation"}
+
+
+def __getattr__(name: str):
+    # imported on first use, so that `python -m trainer.report` & co. do not pay for torch
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'trainer' has no attribute {name!r}")

@@ -1,12 +1,63 @@
-"""Running a click command from tests: exit status returned, never ``sys.exit``."""
+"""What every command of the trainer and the decisions shares: user errors are one line,
+``main(argv)`` returns an exit status (console-script ready, and callable from tests).
+
+Exit status: 0 success, 1 a user error (bad input file, refused checkpoint, data loss ...;
+one line on stderr naming the input), 2 a usage error (click's), 130 interrupted.
+"""
 from __future__ import annotations
+
+import sys
+from typing import Iterable
 
 import click
 
+from pipeline.atomic import AtomicWriteError, LockedError
+from pipeline.limits import PixelBudgetError
+from pipeline.manifest import ManifestError
+from pipeline.setting import SettingError
 
-def run_click(cli: click.Command, argv: list[str] | None, prog_name: str) -> int:
+
+class UserError(Exception):
+    """Something the user can fix (a bad path, a refused file, data loss past --max-skip ...).
+    Its message is one line that names the input; commands print it without a traceback."""
+
+
+#: errors shown as one line: ours, and the pipeline's about files the user gave us
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, SettingError, ManifestError, AtomicWriteError,
+                                                LockedError, PixelBudgetError)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def spread_options(argv: list[str], names: Iterable[str]) -> list[str]:
+    """``--shards a b --x`` -> ``--shards a --shards b --x`` for the options in ``names``:
+    these took several values after one flag (argparse ``nargs='+'``) before the commands
+    moved to click, and scripts rely on it."""
+    names = set(names)
+    out: list[str] = []
+    current = None
+    for arg in argv:
+        if arg.startswith("-") and arg != "-":
+            flag = arg.split("=", 1)[0]
+            current = flag if flag in names and "=" not in arg else None
+            out.append(arg)
+            continue
+        if current is not None and out and out[-1] != current:
+            out.append(current)
+        out.append(arg)
+    return out
+
+
+def run_click(cli: click.Command, argv: list[str] | None, prog_name: str, multi: Iterable[str] = ()) -> int:
+    """Run a click command; return its exit status instead of exiting."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if multi:
+        args = spread_options(args, multi)
     try:
-        return cli.main(args=argv, prog_name=prog_name, standalone_mode=False) or 0
+        return cli.main(args=args, prog_name=prog_name, standalone_mode=False) or 0
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
@@ -14,4 +65,32 @@ def run_click(cli: click.Command, argv: list[str] | None, prog_name: str) -> int
         return exc.exit_code
     except click.Abort:
         click.echo("aborted", err=True)
+        return 130
+    except USER_ERRORS as exc:
+        click.echo(f"error: {one_line(exc)}", err=True)
         return 1
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is finite (click's FloatRange lets NaN through every bound)."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, min_open: bool = False, max: float | None = None):
+        self.min, self.min_open, self.max = min, min_open, max
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            x = value
+        else:
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if x != x or x in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and (x < self.min or (self.min_open and x == self.min)):
+            self.fail(f"{value!r} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
+        if self.max is not None and x > self.max:
+            self.fail(f"{value!r} must be <= {self.max:g}", param, ctx)
+        return x

@@ -1,24 +1,29 @@
-"""Streaming input pipeline over the pipeline's webdataset shards.
+"""Streaming input over the pipeline's webdataset shards.
 
-The pipeline is an explicit list of stages (open_clip style)::
+The loader is an explicit list of stages (open_clip style)::
 
     shard list -> shuffled shards (or resampled shards) -> split_by_node -> split_by_worker
-    -> [repeat shards, training only] -> tarfile_to_samples(handler=warn) -> shuffle buffer
-    -> decode (comp.* via pipeline.codecs.decode_any; clean.* only when needed)
-    -> to tensors (uint8 CHW; the model turns them into floats 0..1) -> batched
-    -> epoch (exactly manifest count // (world x batch) batches per rank)
+    -> [repeat shards, training only] -> tar samples (counted against the manifest)
+    -> shuffle buffer -> decode (comp.* via pipeline.codecs.decode_any; clean.* only when
+    needed) -> uint8 CHW tensors -> batched -> epoch (exactly count // (world x batch)
+    batches per rank) -> skip records attached to the batches
 
 Every stage is seeded from (seed, epoch, rank, worker), so an epoch's order depends on
 nothing else: a resumed run sees the same data as an uninterrupted one.  In training each
 worker cycles over its own shards until its quota of batches is produced, so all ranks run
 exactly the same number of equal-sized batches (no DDP hang); this needs at least
-``world`` shards (``resampled=True`` draws shards with replacement instead and has no such
-requirement).
+``world`` shards (``resampled=True`` draws shards with replacement instead).
+
+Nothing is lost silently.  A truncated or unreadable tar, a shard with fewer samples than
+its manifest lists, a sample without ``.cls`` or with an undecodable bitstream is skipped
+and recorded; each batch carries the records of what was skipped since the previous one
+(``batch["skips"]``: ``(count, reason)`` pairs; a batch with no samples may carry the last
+records).  The loop adds them up and :func:`check_skips` fails a run that loses more than
+``max_skip`` of its data.
 """
 from __future__ import annotations
 
-import io
-import json
+import glob
 import logging
 import math
 import os
@@ -26,107 +31,166 @@ import random
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import webdataset as wds
+from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .utils import expand_shards, mix_seed, read_json
+from pipeline.manifest import Manifest
+from pipeline.setting import Setting
+
+from .clitools import UserError
+from .distributed import mix_seed
+from .losses import LabelError
 
 log = logging.getLogger(__name__)
 
 
-# -- settings: shards grouped by folder --------------------------------------------------------
+class ShardError(UserError, FileNotFoundError):
+    """A shard pattern that matches nothing (the message names it)."""
+
+
+class LoaderError(UserError, ValueError):
+    """Shards that cannot feed the run as configured (too few for the ranks ...)."""
+
+
+class DataLossError(UserError, RuntimeError):
+    """More samples were skipped than ``max_skip`` allows (the message says which and why)."""
+
+
+# -- the shards of a setting --------------------------------------------------------------------
 @dataclass
-class Setting:
-    """The shards of one folder (= one setting) and its manifest."""
-    dir: str
+class ShardSet:
+    """The selected shards of one setting folder and the folder's manifest.
+
+    The setting itself (name, codec, q) is the manifest's :class:`pipeline.setting.Setting`;
+    ``count`` is the number of samples the manifest lists for the selected shards."""
+    folder: str
     shards: list[str]
-    manifest: dict
-    count: int  # samples in the selected shards
+    manifest: Manifest
+    count: int
+
+    @property
+    def setting(self) -> Setting:
+        return self.manifest.setting
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("setting") or Path(self.dir).name)
+        return self.manifest.name
 
     @property
-    def codec(self) -> str | None:
-        return self.manifest.get("codec")
+    def codec(self) -> str:
+        return self.manifest.codec
 
     @property
     def q(self):
-        return self.manifest.get("q")
+        return self.manifest.q
 
     @property
     def lossless(self) -> bool:
-        return self.codec == "lossless" or self.name == "lossless"
+        return self.setting.lossless
 
     @property
     def num_classes(self) -> int:
         return int(self.manifest.get("num_classes") or 1000)
 
+    @property
+    def max_label(self) -> int | None:
+        """The largest class index the manifest says its labels use (None: unknown)."""
+        index = self.manifest.get("class_index")
+        if isinstance(index, dict) and index:
+            values = [v for v in index.values() if isinstance(v, int)]
+            return max(values) if values else None
+        return None
 
-def group_settings(patterns: str | list[str]) -> list[Setting]:
-    """Expand shard patterns and group the shards by folder; read each folder's manifest.json."""
+    def expected(self) -> dict[str, int]:
+        """Shard path -> sample count, for the selected shards the manifest lists."""
+        counts = self.manifest.shard_counts
+        return {s: counts[os.path.basename(s)] for s in self.shards if os.path.basename(s) in counts}
+
+
+def expand_shards(patterns: str | list[str]) -> list[str]:
+    """Globs / brace patterns (``shard-{000000..000009}.tar``) / files / folders -> sorted
+    unique .tar paths (a folder means its *.tar).  Raises ShardError when nothing matches."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    found: list[str] = []
+    for pat in patterns:
+        for p in braceexpand(str(pat)):
+            if os.path.isdir(p):
+                found.extend(glob.glob(os.path.join(p, "*.tar")))
+            elif any(c in p for c in "*?["):
+                found.extend(glob.glob(p))
+            elif os.path.exists(p):
+                found.append(p)
+            else:
+                raise ShardError(f"shard {p} does not exist")
+    found = sorted(set(os.path.abspath(f) for f in found if f.endswith(".tar") and os.path.isfile(f)))
+    if not found:
+        raise ShardError(f"no .tar shards match {' '.join(map(str, patterns))}")
+    return found
+
+
+def group_shards(patterns: str | list[str]) -> list[ShardSet]:
+    """Expand shard patterns and group the shards by folder (one folder = one setting);
+    read and check each folder's manifest.json."""
     by_dir: dict[str, list[str]] = {}
     for s in expand_shards(patterns):
         by_dir.setdefault(os.path.dirname(s), []).append(s)
     out = []
     for d, shards in sorted(by_dir.items()):
-        mpath = os.path.join(d, "manifest.json")
-        if not os.path.exists(mpath):
-            raise FileNotFoundError(f"{mpath} is missing: shards must come with the pipeline's manifest")
-        m = read_json(mpath)
-        counts = {e["name"]: int(e["count"]) for e in m.get("shards", [])}
+        m = Manifest.load(d)
+        counts = m.shard_counts
         names = [os.path.basename(s) for s in shards]
-        if counts and all(n in counts for n in names):
-            count = sum(counts[n] for n in names)
-        else:
-            count = int(m["count"])
-        out.append(Setting(d, shards, m, count))
+        count = sum(counts[n] for n in names) if counts and all(n in counts for n in names) else int(m["count"])
+        out.append(ShardSet(d, shards, m, count))
     return out
 
 
-# -- teacher-logit caches ---------------------------------------------------------------------
-class TeacherCache:
-    """fp16 teacher logits (``.npy``, memory-mapped) + ``.json`` meta with the sample keys.
+def check_classes(sets: list[ShardSet], n_outputs: int, what: str = "the model") -> None:
+    """Refuse labels the model has no output for; warn when the class counts differ."""
+    for s in sets:
+        top = s.max_label
+        if top is not None and top >= n_outputs:
+            raise LabelError(f"{s.folder}: labels go up to {top} but {what} has {n_outputs} outputs "
+                             "(--num-classes)")
+        n = s.manifest.get("num_classes")
+        if isinstance(n, int) and n > 0 and n != n_outputs:
+            log.warning("%s: the shards have %d classes, %s %d outputs: scores are over all %d outputs "
+                        "(top1_present restricts the arg-max to the classes present)", s.name, n, what,
+                        n_outputs, n_outputs)
 
-    Opened lazily (in each loader worker)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.npy = str(path)
-        self.meta_path = str(Path(path).with_suffix(".json"))
-        self._logits = None
-        self._index: dict[str, int] | None = None
-        self._meta: dict | None = None
+def describe(sets: list[ShardSet]) -> str:
+    return ", ".join(f"{s.name} ({s.count} samples, {len(s.shards)} shards)" for s in sets)
 
-    @property
-    def meta(self) -> dict:
-        if self._meta is None:
-            self._meta = read_json(self.meta_path)
-        return self._meta
 
-    def _open(self):
-        if self._logits is None:
-            self._logits = np.load(self.npy, mmap_mode="r")
-            self._index = {k: i for i, k in enumerate(self.meta["keys"])}
+# -- skip records -------------------------------------------------------------------------------
+class SkipLog:
+    """What this process's copy of the pipeline skipped, waiting to ride on the next batch."""
 
-    def __len__(self) -> int:
-        return int(self.meta["count"])
+    def __init__(self):
+        self.pending: list[tuple[int, str]] = []
 
-    def lookup(self, key: str) -> np.ndarray:
-        self._open()
-        try:
-            return np.asarray(self._logits[self._index[key]])
-        except KeyError:
-            raise KeyError(f"sample {key!r} is not in the teacher cache {self.npy}: rebuild it "
-                           "(python -m trainer.cache_teacher)") from None
+    def add(self, count: int, reason: str) -> None:
+        log.warning("skipped %d sample(s): %s", count, reason)
+        self.pending.append((int(count), reason))
 
-    def __getstate__(self):
-        # workers re-open the files lazily (the key list can be large: don't pickle it)
-        return {"npy": self.npy, "meta_path": self.meta_path, "_logits": None, "_index": None, "_meta": None}
+    def drain(self) -> list[tuple[int, str]]:
+        out, self.pending = self.pending, []
+        return out
+
+
+def check_skips(skipped: int, seen: int, max_skip: float, what: str, reasons: list[str] = ()) -> None:
+    """Raise DataLossError when ``skipped / (seen + skipped)`` is above ``max_skip``."""
+    total = seen + skipped
+    if skipped and total and skipped / total > max_skip:
+        why = "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else "")
+        raise DataLossError(f"{what}: {skipped} of {total} samples skipped ({100 * skipped / total:.1f}% > "
+                            f"--max-skip {100 * max_skip:g}%): {why}")
 
 
 # -- stages -------------------------------------------------------------------------------------
@@ -147,7 +211,7 @@ class ShardList(IterableDataset):
 
 
 def shuffled_shards(seed: int | None):
-    """Permute the shard list with a seed shared by all ranks/workers (so the later splits
+    """Permute the shard list with a seed shared by all ranks and workers (so the later splits
     are disjoint); None: keep the order."""
     def stage(src):
         items = list(src)
@@ -169,14 +233,11 @@ def resampled_shards(seed: int, rank: int):
 
 
 def split_by_node(rank: int, world: int):
+    """webdataset's split_by_node reads the rank from torch.distributed; this one takes it
+    explicitly, so a rank's share can be computed (and tested) without a process group."""
     def stage(src):
         yield from islice(src, rank, None, world) if world > 1 else src
     return stage
-
-
-def split_by_worker(src):
-    w, n = _worker()
-    yield from islice(src, w, None, n) if n > 1 else src
 
 
 def repeat_shards(seed: int, rank: int):
@@ -193,25 +254,43 @@ def repeat_shards(seed: int, rank: int):
     return stage
 
 
+def tar_samples(expected: dict[str, int], skips: SkipLog):
+    """webdataset's tar reader, one shard at a time, so that what a shard loses is counted:
+    a shard that cannot be opened or read to the end, or holds fewer samples than its
+    manifest lists, records the missing samples in ``skips``."""
+    def stage(src):
+        for shard in src:
+            url = shard["url"]
+            want = expected.get(url)
+            got = 0
+            try:
+                for sample in wds.tarfile_samples(iter([dict(shard)])):
+                    got += 1
+                    yield sample
+            except Exception as exc:  # truncated / corrupt tar: the rest of the shard is lost
+                lost = max(1, want - got) if want is not None else 1
+                skips.add(lost, f"{os.path.basename(url)}: unreadable after {got} sample(s) "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
+                continue
+            if want is not None and got < want:
+                skips.add(want - got, f"{os.path.basename(url)}: {got} samples, the manifest lists {want}")
+    return stage
+
+
 def shuffle_buffer(bufsize: int, seed: int, rank: int):
-    """Reservoir shuffle with a (seed, rank, worker) generator."""
+    """webdataset's shuffle with a (seed, rank, worker) generator made in the worker."""
     def stage(src):
         if bufsize <= 1:
             yield from src
             return
         w, _ = _worker()
         rng = random.Random(mix_seed(seed, rank, w, 11))
-        buf: list = []
-        for s in src:
-            buf.append(s)
-            if len(buf) < bufsize:
-                continue
-            i = rng.randrange(len(buf))
-            buf[i], buf[-1] = buf[-1], buf[i]
-            yield buf.pop()
-        rng.shuffle(buf)
-        yield from buf
+        yield from wds.shuffle(bufsize, initial=bufsize, rng=rng)(src)
     return stage
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used (no label, undecodable bitstream ...)."""
 
 
 def _chw(a: np.ndarray) -> torch.Tensor:
@@ -220,56 +299,61 @@ def _chw(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a[:, :, :3], copy=True)).permute(2, 0, 1).contiguous()
 
 
-def _decode_image(data: bytes) -> np.ndarray:
+def _decode_image(data: bytes, what: str) -> torch.Tensor:
     from pipeline.codecs import decode_any
     try:
-        return decode_any(data)
-    except Exception:
-        from PIL import Image
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
+        return _chw(decode_any(data))
+    except MemoryError:
+        raise SampleError(f"{what}: out of memory while decoding") from None
+    except Exception as exc:
+        raise SampleError(f"{what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
-def decoder(need_comp: bool, need_clean: bool, caches: dict[str, TeacherCache] | None):
+def _label(value) -> int:
+    try:
+        return int(value.decode() if isinstance(value, (bytes, bytearray)) else value)
+    except (ValueError, UnicodeDecodeError):
+        raise SampleError(f"label {value!r} is not a class index") from None
+
+
+def decoder(need_comp: bool, need_clean: bool, caches: dict | None):
     """sample dict -> dict(key, comp, clean, label, teacher) with uint8 CHW tensors.
     ``caches``: setting folder -> TeacherCache (adds the teacher logits)."""
     def decode(sample: dict) -> dict:
         key = sample["__key__"]
+        if "cls" not in sample:
+            raise SampleError("no .cls member")
         clean_k = next((k for k in sample if k.startswith("clean.")), None)
         comp_k = next((k for k in sample if k.startswith("comp.")), None)
-        out: dict[str, Any] = {"key": key}
+        out: dict[str, Any] = {"key": key, "label": _label(sample["cls"])}
         clean = None
         if need_clean or (need_comp and comp_k is None):
             if clean_k is None:
-                raise ValueError(f"{key}: no clean.* member")
-            clean = _chw(_decode_image(sample[clean_k]))
+                raise SampleError("no clean.* member")
+            clean = _decode_image(sample[clean_k], clean_k)
         if need_comp:
-            out["comp"] = _chw(_decode_image(sample[comp_k])) if comp_k is not None else clean  # lossless: x~ = x
+            out["comp"] = _decode_image(sample[comp_k], comp_k) if comp_k is not None else clean  # lossless: x~ = x
         if need_clean:
             out["clean"] = clean
-        c = sample.get("cls")
-        out["label"] = int(c.decode() if isinstance(c, bytes) else c) if c is not None else -1
         if caches is not None:
-            d = os.path.dirname(sample.get("__url__", ""))
-            cache = caches.get(os.path.abspath(d)) if d else None
+            d = os.path.abspath(os.path.dirname(sample.get("__url__", "")))
+            cache = caches.get(d)
             if cache is None:
-                raise KeyError(f"no teacher cache for shards in {d!r}")
+                raise SampleError(f"no teacher cache for shards in {d}")
             out["teacher"] = torch.from_numpy(cache.lookup(key).astype(np.float16))
         return out
     return decode
 
 
-def decode_stage(fn, handler=wds.warn_and_continue):
+def decode_stage(fn, skips: SkipLog):
+    """Decode each sample; one that fails is skipped and recorded (never the whole run)."""
     def stage(src):
         for s in src:
             try:
                 yield fn(s)
-            except KeyError:
-                raise
-            except Exception as exn:  # a corrupt sample: warn and go on
-                if handler(exn):
-                    continue
-                break
+            except Exception as exc:  # SampleError, KeyError from a cache, a decoder's bug
+                where = f"{os.path.basename(str(s.get('__url__', '?')))}:{s.get('__key__', '?')}"
+                skips.add(1, f"{where}: {exc if isinstance(exc, SampleError) else f'{type(exc).__name__}: {exc}'}")
     return stage
 
 
@@ -282,19 +366,6 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
-def batched(batch_size: int, partial: bool):
-    def stage(src):
-        buf = []
-        for s in src:
-            buf.append(s)
-            if len(buf) == batch_size:
-                yield collate(buf)
-                buf = []
-        if buf and partial:
-            yield collate(buf)
-    return stage
-
-
 def epoch_stage(n_batches: int):
     """with_epoch: this worker's share of exactly ``n_batches`` per rank."""
     def stage(src):
@@ -304,68 +375,17 @@ def epoch_stage(n_batches: int):
     return stage
 
 
-# -- loader -------------------------------------------------------------------------------------
-@dataclass
-class LoaderSpec:
-    batch_size: int = 32
-    workers: int = 2
-    shuffle_buffer: int = 1000
-    resampled: bool = False
-    seed: int = 0
-
-
-def batches_per_epoch(count: int, batch_size: int, world: int, limit: int | None = None) -> int:
-    n = count if limit is None else min(count, int(limit))
-    return max(1, n // (world * batch_size))
-
-
-def make_train_loader(settings: list[Setting], spec: LoaderSpec, *, epoch: int, rank: int = 0,
-                      world: int = 1, need_comp: bool = True, need_clean: bool = False,
-                      caches: dict[str, TeacherCache] | None = None, limit: int | None = None,
-                      pin_memory: bool = False):
-    """(loader, n_batches): exactly n_batches full batches on every rank."""
-    urls = [u for s in settings for u in s.shards]
-    count = sum(s.count for s in settings)
-    n_batches = batches_per_epoch(count, spec.batch_size, world, limit)
-    workers = spec.workers
-    seed = mix_seed(spec.seed, epoch)
-    if not spec.resampled:
-        if len(urls) < world:
-            raise ValueError(f"{len(urls)} shard(s) for {world} ranks: every rank needs at least one "
-                             "shard; make smaller shards or use --resampled")
-        per_rank = len(urls) // world
-        if workers > per_rank:
-            log.warning("%d worker(s) but only %d shard(s) per rank: using %d worker(s)", workers, per_rank, per_rank)
-            workers = per_rank
-    stages: list = [ShardList(urls)]
-    if spec.resampled:
-        stages += [resampled_shards(seed, rank)]
-    else:
-        stages += [shuffled_shards(seed), split_by_node(rank, world), split_by_worker, repeat_shards(seed, rank)]
-    stages += [
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        shuffle_buffer(spec.shuffle_buffer, seed, rank),
-        decode_stage(decoder(need_comp, need_clean, caches)),
-        batched(spec.batch_size, partial=False),
-        epoch_stage(n_batches),
-    ]
-    return _loader(wds.DataPipeline(*stages), workers, pin_memory), n_batches
-
-
-def make_eval_loader(settings: list[Setting], batch_size: int, *, workers: int = 0, rank: int = 0,
-                     world: int = 1, need_comp: bool = True, need_clean: bool = False,
-                     caches: dict[str, TeacherCache] | None = None, limit: int | None = None,
-                     pin_memory: bool = False):
-    """Every sample once (split across ranks by shard), in order, last batch partial."""
-    urls = [u for s in settings for u in s.shards]
-    n_rank = len(urls[rank::world]) if world > 1 else len(urls)
-    workers = max(0, min(workers, n_rank))
-    stages: list = [ShardList(urls), split_by_node(rank, world), split_by_worker,
-                    wds.tarfile_to_samples(handler=wds.warn_and_continue)]
-    if limit is not None:
-        stages.append(_limit_samples(limit, world))
-    stages += [decode_stage(decoder(need_comp, need_clean, caches)), batched(batch_size, partial=True)]
-    return _loader(wds.DataPipeline(*stages), workers, pin_memory)
+def attach_skips(skips: SkipLog):
+    """Last stage: each batch carries the skip records made since the previous batch; what is
+    left at the end of the stream comes in a batch without samples."""
+    def stage(src):
+        for batch in src:
+            batch["skips"] = skips.drain()
+            yield batch
+        rest = skips.drain()
+        if rest:
+            yield {"key": [], "label": torch.zeros(0, dtype=torch.long), "skips": rest}
+    return stage
 
 
 def _limit_samples(limit: int, world: int):
@@ -375,6 +395,80 @@ def _limit_samples(limit: int, world: int):
     return stage
 
 
+# -- loaders ------------------------------------------------------------------------------------
+@dataclass
+class LoaderSpec:
+    batch_size: int = 32
+    workers: int = 2
+    shuffle_buffer: int = 1000
+    resampled: bool = False
+    seed: int = 0
+
+
+def batches_per_epoch(count: int, batch_size: int, world: int, limit: int | None = None,
+                      steps: int | None = None) -> int:
+    n = count if limit is None else min(count, int(limit))
+    n_batches = max(1, n // (world * batch_size))
+    return min(n_batches, steps) if steps else n_batches
+
+
+def _expected(sets: list[ShardSet]) -> dict[str, int]:
+    return {url: n for s in sets for url, n in s.expected().items()}
+
+
+def make_train_loader(sets: list[ShardSet], spec: LoaderSpec, *, epoch: int, rank: int = 0,
+                      world: int = 1, need_comp: bool = True, need_clean: bool = False,
+                      caches: dict | None = None, limit: int | None = None, steps: int | None = None,
+                      pin_memory: bool = False):
+    """(loader, n_batches): exactly n_batches full batches on every rank (``steps`` caps it)."""
+    urls = [u for s in sets for u in s.shards]
+    count = sum(s.count for s in sets)
+    n_batches = batches_per_epoch(count, spec.batch_size, world, limit, steps)
+    workers = spec.workers
+    seed = mix_seed(spec.seed, epoch)
+    if not spec.resampled:
+        if len(urls) < world:
+            raise LoaderError(f"{len(urls)} shard(s) for {world} ranks: every rank needs at least one "
+                            "shard; make smaller shards or use --resampled")
+        per_rank = len(urls) // world
+        if workers > per_rank:
+            log.warning("%d worker(s) but only %d shard(s) per rank: using %d worker(s)", workers, per_rank, per_rank)
+            workers = per_rank
+    skips = SkipLog()
+    stages: list = [ShardList(urls)]
+    if spec.resampled:
+        stages += [resampled_shards(seed, rank)]
+    else:
+        stages += [shuffled_shards(seed), split_by_node(rank, world), wds.split_by_worker, repeat_shards(seed, rank)]
+    stages += [
+        tar_samples(_expected(sets), skips),
+        shuffle_buffer(spec.shuffle_buffer, seed, rank),
+        decode_stage(decoder(need_comp, need_clean, caches), skips),
+        wds.batched(spec.batch_size, collation_fn=collate, partial=False),
+        epoch_stage(n_batches),
+        attach_skips(skips),
+    ]
+    return _loader(wds.DataPipeline(*stages), workers, pin_memory), n_batches
+
+
+def make_eval_loader(sets: list[ShardSet], batch_size: int, *, workers: int = 0, rank: int = 0,
+                     world: int = 1, need_comp: bool = True, need_clean: bool = False,
+                     caches: dict | None = None, limit: int | None = None, pin_memory: bool = False):
+    """Every sample once (split across ranks by shard), in order, last batch partial."""
+    urls = [u for s in sets for u in s.shards]
+    n_rank = len(urls[rank::world]) if world > 1 else len(urls)
+    workers = max(0, min(workers, n_rank))
+    skips = SkipLog()
+    stages: list = [ShardList(urls), split_by_node(rank, world), wds.split_by_worker,
+                    tar_samples(_expected(sets), skips)]
+    if limit is not None:
+        stages.append(_limit_samples(limit, world))
+    stages += [decode_stage(decoder(need_comp, need_clean, caches), skips),
+               wds.batched(batch_size, collation_fn=collate, partial=True),
+               attach_skips(skips)]
+    return _loader(wds.DataPipeline(*stages), workers, pin_memory)
+
+
 def _loader(pipeline, workers: int, pin_memory: bool):
     if workers <= 0:
         return pipeline
@@ -382,13 +476,6 @@ def _loader(pipeline, workers: int, pin_memory: bool):
                          pin_memory=pin_memory, persistent_workers=False)
 
 
-def settings_summary(settings: list[Setting]) -> str:
-    return ", ".join(f"{s.name} ({s.count} samples, {len(s.shards)} shards)" for s in settings)
-
-
-def dump_keys(loader) -> list[str]:
-    return [k for b in loader for k in b["key"]]
-
-
-__all__ = ["Setting", "group_settings", "TeacherCache", "LoaderSpec", "make_train_loader", "settings_summary",
-           "make_eval_loader", "batches_per_epoch", "collate", "json"]
+def folder_key(path: str | os.PathLike) -> str:
+    """How caches and samples name a setting folder (absolute path)."""
+    return os.path.abspath(Path(path))

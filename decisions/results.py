@@ -5,11 +5,12 @@ Inputs (contracts of the other modules):
 
 - ``SHARDS/<split>/<setting>/manifest.json``: per-setting rate and quality (``mean`` bytes,
   bpp, PSNR, SSIM);
-- ``results.json`` from ``trainer.eval``: a list of rows (one per model x evaluated setting);
+- ``results.json`` from ``trainer.eval``: a list of rows (one per model x evaluated setting;
+  the columns are ``trainer.evaluation.COLUMNS``);
 - ``runs/<name>/args.json`` from ``trainer.run``: which method / labels each run used.
 
-A *model* is identified by (arch, method, labels, trained_on); ``method_key`` folds the
-labels into the method so that an expert trained on teacher labels is reported as its own
+A *model* is identified by (arch, method, labels, trained_on); ``trainer.methods.key`` folds
+the labels into the method so that an expert trained on teacher labels is reported as its own
 method ("expert (teacher labels)") and never mixed with the dataset-labelled expert.
 """
 from __future__ import annotations
@@ -20,60 +21,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-# Methods in the paper's column order; anything else is appended alphabetically.
-METHODS = ("pretrained", "stability", "finetune", "expert")
-METHOD_NAMES = {"pretrained": "pretrained", "stability": "stability", "finetune": "fine-tune",
-                "expert": "expert"}
-TEACHER_SUFFIX = "+teacher"
+from pipeline.manifest import Manifest, ManifestError
+from pipeline.setting import Setting, SettingError
+from trainer import methods
+from trainer.clitools import UserError
+
 # Lossless first (the reference), then the paper's codecs, then anything new alphabetically.
 CODEC_ORDER = ("lossless", "jpeg", "j2k", "bpg")
 
 REQUIRED_RESULT_KEYS = ("arch", "method", "setting", "top1")
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError, ValueError):
     """A results / manifest file that cannot be used (the message names the file)."""
 
 
 # --------------------------------------------------------------------------- settings
 
-def parse_setting(setting: str) -> tuple[str, float | None]:
-    """``"jpeg-10"`` -> ("jpeg", 10); ``"lossless"`` -> ("lossless", None)."""
-    codec, sep, q = setting.rpartition("-")
-    if not sep:
-        return setting, None
+def codec_of(name: str) -> str:
+    """The codec of a setting name; a name that is not one (a multi-setting model's
+    "jpeg-10,jpeg-75") sorts as itself."""
     try:
-        return codec, _number(float(q))
-    except ValueError:
-        return setting, None
-
-
-def _number(x: float) -> float | int:
-    """10.0 -> 10 so settings print as the pipeline names them."""
-    return int(x) if float(x).is_integer() else x
+        return Setting.parse(name).codec
+    except SettingError:
+        return name
 
 
 def codec_rank(codec: str) -> tuple[int, str]:
     return (CODEC_ORDER.index(codec), "") if codec in CODEC_ORDER else (len(CODEC_ORDER), codec)
-
-
-def method_key(method: str, labels: str | None = None) -> str:
-    return method + TEACHER_SUFFIX if labels == "teacher" else method
-
-
-def method_name(key: str) -> str:
-    """Display name: "fine-tune", "expert (teacher labels)"."""
-    base, teacher = (key[: -len(TEACHER_SUFFIX)], True) if key.endswith(TEACHER_SUFFIX) else (key, False)
-    name = METHOD_NAMES.get(base, base)
-    return f"{name} (teacher labels)" if teacher else name
-
-
-def method_rank(key: str) -> tuple[int, int, str]:
-    """Paper order first, the teacher-label variant right after its method's block."""
-    teacher = key.endswith(TEACHER_SUFFIX)
-    base = key[: -len(TEACHER_SUFFIX)] if teacher else key
-    pos = METHODS.index(base) if base in METHODS else len(METHODS)
-    return (int(teacher), pos, base)
 
 
 def finite(x: Any) -> float | None:
@@ -91,7 +66,8 @@ def finite(x: Any) -> float | None:
 
 @dataclass
 class SettingStats:
-    """Rate and quality of one setting on the evaluation split (from its manifest)."""
+    """Rate and quality of one setting on the evaluation split: a flat view of its
+    :class:`pipeline.manifest.Manifest` (the setting is the manifest's :class:`Setting`)."""
     setting: str
     codec: str
     q: float | int | None
@@ -101,6 +77,12 @@ class SettingStats:
     ssim: float | None = None
     count: int | None = None
     source: str = ""
+
+    @classmethod
+    def from_manifest(cls, m: Manifest, source: str = "") -> "SettingStats":
+        mean = m.get("mean") or {}
+        return cls(setting=m.name, codec=m.codec, q=m.q, bytes=finite(mean.get("bytes")), bpp=finite(mean.get("bpp")),
+                   psnr=finite(mean.get("psnr")), ssim=finite(mean.get("ssim")), count=m.get("count"), source=source)
 
 
 def load_manifests(shards: str | Path | None, split: str = "val") -> dict[str, SettingStats]:
@@ -117,17 +99,10 @@ def load_manifests(shards: str | Path | None, split: str = "val") -> dict[str, S
 
 def _manifest_stats(path: Path) -> SettingStats:
     try:
-        m = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"{path}: not a readable manifest ({exc})") from exc
-    setting = m.get("setting") or path.parent.name
-    codec, q = parse_setting(setting)
-    mean = m.get("mean") or {}
-    return SettingStats(setting=setting, codec=m.get("codec") or codec,
-                        q=_number(m["q"]) if m.get("q") is not None else q,
-                        bytes=finite(mean.get("bytes")), bpp=finite(mean.get("bpp")),
-                        psnr=finite(mean.get("psnr")), ssim=finite(mean.get("ssim")),
-                        count=m.get("count"), source=str(path))
+        m = Manifest.load(path)
+    except ManifestError as exc:
+        raise ResultsError(str(exc)) from None
+    return SettingStats.from_manifest(m, str(path))
 
 
 # --------------------------------------------------------------------------- results
@@ -156,7 +131,7 @@ class Result:
 
     @property
     def mkey(self) -> str:
-        return method_key(self.method, self.labels)
+        return methods.key(self.method, self.labels)
 
     @property
     def model_key(self) -> tuple:
@@ -207,14 +182,16 @@ def _result_row(path: Path, index: int, row: dict) -> Result | None:
     missing = [k for k in REQUIRED_RESULT_KEYS if row.get(k) is None]
     if missing:
         raise ResultsError(f"{path}: row {index} lacks {', '.join(missing)}")
-    setting = str(row["setting"])
-    codec, q = parse_setting(setting)
+    try:
+        setting = Setting.parse(str(row["setting"]))
+    except SettingError as exc:
+        raise ResultsError(f"{path}: row {index}: {exc}") from None
+    codec, q = setting.codec, setting.q
     known = {"arch", "method", "labels", "trained_on", "setting", "codec", "q", "top1", "top5",
              "count", "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "split", "checkpoint", "weights"}
     return Result(
         arch=str(row["arch"]), method=str(row["method"]), labels=str(row.get("labels") or "dataset"),
-        trained_on=row.get("trained_on"), setting=setting, codec=row.get("codec") or codec,
-        q=_number(row["q"]) if finite(row.get("q")) is not None else q,
+        trained_on=row.get("trained_on"), setting=setting.name, codec=codec, q=q,
         top1=float(row["top1"]), top5=finite(row.get("top5")), count=row.get("count"),
         bytes=finite(row.get("mean_bytes")), bpp=finite(row.get("mean_bpp")),
         psnr=finite(row.get("mean_psnr")), ssim=finite(row.get("mean_ssim")), split=row.get("split"),
@@ -286,9 +263,8 @@ def setting_order(settings: Iterable[str], stats: dict[str, SettingStats],
             rate[r.setting] = r.bytes
 
     def key(s: str):
-        codec, q = parse_setting(s)
         b = rate.get(s)
-        return (codec_rank(stats[s].codec if s in stats else codec), b is None, -(b or 0), s)
+        return (codec_rank(stats[s].codec if s in stats else codec_of(s)), b is None, -(b or 0), s)
 
     return sorted(set(settings), key=key)
 

@@ -1,0 +1,473 @@
+"""Table 1, Fig. 4 and Fig. 5 of the paper from whatever has been measured so far.
+
+    python -m decisions.report --runs runs/ --shards shards/ --results reports/results.json --out reports/
+
+Writes into ``--out``:
+
+- ``table1.md`` / ``table1.csv``: rows = settings (lossless, then each codec by decreasing
+  bytes), columns = PSNR, SSIM, bytes/image, bpp of the eval split (manifests) and the top-1
+  of each method on the setting it was trained on (pretrained: on every setting), plus the
+  expert - fine-tune gain.  One table per architecture.  Blank cells = not measured yet.
+  ``--paper paper_table1.json --paper-arch resnet50`` adds the paper's values alongside.
+- ``fig4_<arch>.png`` + ``fig4_rate_accuracy.csv``: rate-accuracy curves (log x), one per
+  codec and method.
+- ``fig5_<arch>.png`` + ``fig5_cross_eval.csv``: top-1 of models trained on setting A (rows)
+  evaluated on setting B (columns).
+- ``report.md``: the tables, the figures and what is still missing.
+
+Runs trained on teacher labels (``--labels teacher``) are their own method, e.g.
+"expert (teacher labels)", in every table and plot.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from pipeline.atomic import atomic_output, atomic_write
+from pipeline.markdown import cell as md_cell, table as md_table
+from pipeline.setting import Setting
+from trainer import methods
+from trainer.clitools import run_click
+
+from .results import (Result, ResultsError, SettingStats, best_per_cell, codec_rank, finite, load_manifests,
+                      load_results, load_runs, rate_of, setting_order, single_split, unevaluated_runs)
+
+#: the paper's method columns, in its order
+METHODS = methods.names()
+method_name = methods.title
+method_rank = methods.rank
+
+GAIN = "expert - finetune"
+
+
+# --------------------------------------------------------------------------- Table 1
+
+@dataclass
+class Column:
+    key: str          # CSV header
+    title: str        # Markdown header
+    digits: int = 2
+
+
+def table1_columns(method_keys: list[str], paper: bool) -> list[Column]:
+    cols = [Column("setting", "setting"), Column("psnr", "PSNR (dB)"), Column("ssim", "SSIM", 3),
+            Column("bytes", "bytes/image", 0), Column("bpp", "bpp", 3)]
+    cols += [Column(f"top1_{m}", f"{method_name(m)} top-1") for m in method_keys]
+    cols.append(Column("gain", "expert − fine-tune"))
+    if paper:
+        cols += [Column("paper_psnr", "paper PSNR"), Column("paper_ssim", "paper SSIM", 3),
+                 Column("paper_bytes", "paper bytes", 0)]
+        cols += [Column(f"paper_{m}", f"paper {method_name(m)}") for m in METHODS]
+        cols.append(Column("paper_gain", "paper gain"))
+    return cols
+
+
+def table_methods(results: list[Result]) -> list[str]:
+    """The paper's four methods always (stable table shape), plus any other method seen."""
+    keys = set(METHODS) | {r.mkey for r in results}
+    return sorted(keys, key=method_rank)
+
+
+def build_table1(results: list[Result], stats: dict[str, SettingStats], arch: str | None,
+                 paper_rows: dict | None = None) -> tuple[list[Column], list[dict]]:
+    """Rows of Table 1 for one architecture: dicts keyed by ``Column.key`` (None = blank)."""
+    mine = [r for r in results if r.arch == arch]
+    best, _ = best_per_cell(r for r in mine if r.matched)
+    methods = table_methods(results)  # same columns for every architecture
+    settings = setting_order(["lossless", *stats, *(r.setting for r in mine)], stats, mine)
+    rows = []
+    for s in settings:
+        st = stats.get(s)
+        row = {k: st and getattr(st, k) for k in ("psnr", "ssim", "bytes", "bpp")}
+        row["setting"] = s
+        for k in ("psnr", "ssim", "bytes", "bpp"):
+            if row[k] is None:  # no manifest: what trainer.eval recorded for the setting
+                row[k] = _eval_value(results, s, k)
+        for m in methods:
+            cell = _cell(best, arch, m, s)
+            row[f"top1_{m}"] = cell.top1 if cell else None
+        # same labels on both sides: dataset labels when both ran, else the label-free pair
+        row["gain"] = _diff(row.get("top1_expert"), row.get("top1_finetune"))
+        if row["gain"] is None:
+            row["gain"] = _diff(row.get("top1_expert+teacher"), row.get("top1_finetune+teacher"))
+        if paper_rows is not None:
+            st_ = Setting.parse(s)
+            row.update(_paper_cells(paper_rows.get((st_.codec, st_.q))))
+        rows.append(row)
+    return table1_columns(methods, paper_rows is not None), rows
+
+
+def _cell(best: dict, arch: str | None, mkey: str, setting: str) -> Result | None:
+    trained_on = None if mkey == "pretrained" else setting
+    return best.get((arch, mkey, trained_on, setting))
+
+
+def _eval_value(results: list[Result], setting: str, attr: str) -> float | None:
+    """Rate or quality recorded by trainer.eval when the setting has no manifest."""
+    return next((getattr(r, attr) for r in results if r.setting == setting and getattr(r, attr) is not None), None)
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    # rounded: top-1 values have 2 decimals at most, and 0.12000000000000455 helps nobody
+    return None if a is None or b is None else round(a - b, 6)
+
+
+# --------------------------------------------------------------------------- paper values
+
+def load_paper(path: str | Path, arch: str) -> dict:
+    """paper_table1.json -> {(codec, q): {"psnr", "ssim", "bytes", <method>: top-1}}."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        settings = data["settings"]
+        archs = sorted({k for s in settings for k, v in s.items() if isinstance(v, dict)})
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ResultsError(f"{path}: not a paper table (a JSON object with a 'settings' list; {exc})") from None
+    if arch not in archs:
+        raise ResultsError(f"{path}: no architecture {arch!r} (the paper has {', '.join(archs)})")
+    out = {}
+    for s in settings:
+        try:
+            setting = Setting(s["codec"], s.get("q"))
+        except (KeyError, ValueError) as exc:
+            raise ResultsError(f"{path}: bad setting entry {s!r} ({exc})") from None
+        out[(setting.codec, setting.q)] = {"psnr": s.get("psnr"), "ssim": s.get("ssim"), "bytes": s.get("bytes"),
+                                           **(s.get(arch) or {})}
+    return out
+
+
+def _paper_cells(p: dict | None) -> dict:
+    p = p or {}
+    cells = {"paper_psnr": finite(p.get("psnr")), "paper_ssim": finite(p.get("ssim")),
+             "paper_bytes": finite(p.get("bytes"))}
+    cells.update({f"paper_{m}": finite(p.get(m)) for m in METHODS})
+    cells["paper_gain"] = _diff(cells["paper_expert"], cells["paper_finetune"])
+    return cells
+
+
+# --------------------------------------------------------------------------- writers
+
+def markdown_table(cols: list[Column], rows: list[dict]) -> str:
+    def cell(col: Column, row: dict) -> str:
+        value = row.get(col.key)
+        if value is None and col.key == "psnr" and row["setting"] == "lossless":
+            return "∞"  # x̃ = x: PSNR is infinite, not missing
+        return md_cell(value, col.digits)
+
+    align = "".join("l" if c.key == "setting" else "r" for c in cols)
+    return md_table([c.title for c in cols], [[cell(c, r) for c in cols] for r in rows], align) + "\n"
+
+
+def write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
+    """Full-precision values; None -> empty field (written atomically)."""
+    with atomic_output(path, "w") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for row in rows:
+            w.writerow(["" if row.get(h) is None else row[h] for h in header])
+
+
+# --------------------------------------------------------------------------- Fig. 4
+
+@dataclass
+class Series:
+    arch: str
+    codec: str
+    method: str          # method key
+    settings: list[str]
+    x: list[float]
+    y: list[float]
+
+    @property
+    def label(self) -> str:
+        return f"{self.codec} · {method_name(self.method)}"
+
+
+def rate_accuracy_series(results: list[Result], stats: dict[str, SettingStats], arch: str,
+                         x: str = "bytes") -> list[Series]:
+    """One curve per (codec, method): matched cells (as in Table 1) sorted by rate.
+    Points whose rate is unknown cannot be placed and are left out."""
+    best, _ = best_per_cell(r for r in results if r.arch == arch and r.matched)
+    groups: dict[tuple[str, str], list[tuple[float, float, str]]] = {}
+    for r in best.values():
+        rate = rate_of(r, stats, x)
+        if rate is not None and rate > 0:
+            groups.setdefault((r.codec, r.mkey), []).append((rate, r.top1, r.setting))
+    out = []
+    for (codec, mkey), pts in sorted(groups.items(), key=lambda kv: (codec_rank(kv[0][0]), method_rank(kv[0][1]))):
+        pts.sort()
+        out.append(Series(arch, codec, mkey, [p[2] for p in pts], [p[0] for p in pts], [p[1] for p in pts]))
+    return out
+
+
+_CODEC_STYLE = {"lossless": ("*", ":"), "jpeg": ("o", "-"), "j2k": ("s", "--"), "bpg": ("^", "-.")}
+
+
+def plot_rate_accuracy(series: list[Series], path: Path, x: str = "bytes", title: str = ""):
+    """Fig. 4 as PNG; returns the Figure (its lines carry exactly the series' data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    colours = plt.get_cmap("tab10")
+    methods = sorted({s.method for s in series}, key=method_rank)
+    for s in series:
+        marker, style = _CODEC_STYLE.get(s.codec, ("d", (0, (1, 1))))
+        ax.plot(s.x, s.y, linestyle=style, marker=marker, color=colours(methods.index(s.method) % 10),
+                label=s.label)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per image (log scale)" if x == "bytes" else "bits per pixel (log scale)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title or "Rate–accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    if series:
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    with atomic_output(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return fig
+
+
+def fig4_rows(series: list[Series], x: str) -> list[dict]:
+    return [{"arch": s.arch, "codec": s.codec, "method": method_name(s.method), "setting": st,
+             "x": x, "rate": xv, "top1": yv}
+            for s in series for st, xv, yv in zip(s.settings, s.x, s.y)]
+
+
+FIG4_HEADER = ["arch", "codec", "method", "setting", "x", "rate", "top1"]
+
+
+# --------------------------------------------------------------------------- Fig. 5
+
+@dataclass
+class CrossEval:
+    arch: str
+    rows: list[str]          # row labels ("pretrained", "jpeg-10", "expert: jpeg-10", ...)
+    columns: list[str]       # evaluated settings
+    values: list[list[float | None]]
+
+
+def cross_eval(results: list[Result], stats: dict[str, SettingStats], arch: str) -> CrossEval:
+    """Top-1 of every model (rows) on every evaluated setting (columns); None = not evaluated."""
+    mine = [r for r in results if r.arch == arch]
+    best, _ = best_per_cell(mine)
+    order = setting_order({r.setting for r in mine} | {r.trained_on for r in mine if r.trained_on},
+                          stats, mine)
+    rank = {s: i for i, s in enumerate(order)}
+    models = sorted({(r.mkey, r.trained_on) for r in mine},
+                    key=lambda m: (m[0] != "pretrained", rank.get(m[1], -1), method_rank(m[0])))
+    trained_methods = {m for m, t in models if m != "pretrained"}
+    columns = [s for s in order if any(r.setting == s for r in mine)]
+
+    def label(mkey: str, trained_on: str | None) -> str:
+        if mkey == "pretrained" or trained_on is None:
+            return method_name(mkey)
+        return trained_on if len(trained_methods) == 1 else f"{method_name(mkey)}: {trained_on}"
+
+    values = [[_top1(best.get((arch, m, t, s))) for s in columns] for m, t in models]
+    return CrossEval(arch, [label(m, t) for m, t in models], columns, values)
+
+
+def _top1(r: Result | None) -> float | None:
+    return None if r is None else r.top1
+
+
+def plot_cross_eval(ce: CrossEval, path: Path, title: str = ""):
+    """Fig. 5 heatmap as PNG (grey = not evaluated); returns the Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = np.array([[math.nan if v is None else v for v in row] for row in ce.values], dtype=float)
+    data = data.reshape(len(ce.rows), len(ce.columns))
+    # room for the longest row label on the left and the colour bar on the right
+    label_in = 0.07 * max((len(r) for r in ce.rows), default=8)
+    fig, ax = plt.subplots(figsize=(label_in + 2.2 + 0.8 * max(len(ce.columns), 1),
+                                    1.8 + 0.45 * max(len(ce.rows), 1)), dpi=120)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(ce.columns)), ce.columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(ce.rows)), ce.rows)
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("trained on")
+    for (i, j), v in np.ndenumerate(data):
+        if not math.isnan(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                    color="black" if v > 60 else "white")
+    fig.colorbar(im, ax=ax, label="top-1 (%)")
+    ax.set_title(title or "Cross-setting top-1")
+    fig.tight_layout()
+    with atomic_output(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return fig
+
+
+def fig5_rows(ce: CrossEval) -> list[dict]:
+    return [{"arch": ce.arch, "trained_on": row, **{c: v for c, v in zip(ce.columns, vals)}}
+            for row, vals in zip(ce.rows, ce.values)]
+
+
+# --------------------------------------------------------------------------- the report
+
+def safe_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text) or "model"
+
+
+def make_report(results: list[Result], stats: dict[str, SettingStats], out: Path, *, x: str = "bytes",
+                paper: str | Path | None = None, paper_arch: str | None = None,
+                runs: list | None = None, split: str = "val") -> dict:
+    """Write every artefact into ``out``; returns {name: path} of what was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    archs = sorted({r.arch for r in results}) or [None]
+    written: dict[str, Path] = {}
+    md = [f"# Report\n\nRates and quality: mean over the `{split}` split (manifests). Top-1 in %, "
+          "each trained method evaluated on the setting it was trained on; pretrained on every setting. "
+          "— = not measured yet.\n"]
+    t1_rows, f4_rows, f5_blocks, tables_md = [], [], [], []
+    for arch in archs:
+        paper_rows = _paper_for(paper, paper_arch, arch)
+        cols, rows = build_table1(results, stats, arch, paper_rows)
+        tables_md.append(_table_section(arch, cols, rows, results, paper if paper_rows is not None else None,
+                                        paper_arch or arch))
+        md.append(tables_md[-1])
+        t1_rows.append((cols, [{"arch": arch, **r} for r in rows]))
+        if arch is None:
+            continue
+        series = rate_accuracy_series(results, stats, arch, x)
+        f4_rows += fig4_rows(series, x)
+        png4 = out / f"fig4_{safe_name(arch)}.png"
+        plot_rate_accuracy(series, png4, x, f"Rate–accuracy, {arch}")
+        written[png4.name] = png4
+        ce = cross_eval(results, stats, arch)
+        f5_blocks.append(ce)
+        png5 = out / f"fig5_{safe_name(arch)}.png"
+        plot_cross_eval(ce, png5, f"Trained on A, evaluated on B — {arch}")
+        written[png5.name] = png5
+        md.append(f"\n![Fig. 4 — {arch}]({png4.name})\n\n![Fig. 5 — {arch}]({png5.name})\n")
+    written.update(_write_tables(out, stats, t1_rows, f4_rows, f5_blocks, tables_md))
+    md.append(_missing_note(results, stats, runs or []))
+    atomic_write(out / "report.md", "\n".join(md))
+    written["report.md"] = out / "report.md"
+    return written
+
+
+def _paper_for(paper, paper_arch, arch) -> dict | None:
+    if paper is None:
+        return None
+    return load_paper(paper, paper_arch or arch)
+
+
+def _table_section(arch, cols, rows, results, paper, paper_arch) -> str:
+    parts = [f"## Table 1 — {arch or '(no results yet)'}\n"]
+    if paper is not None:
+        parts.append(f"Columns \"paper …\": {paper_arch} in the paper (`{Path(paper).name}`).\n")
+    parts.append(markdown_table(cols, rows))
+    parts.append(_duplicates_note(results, arch))
+    return "\n".join(p for p in parts if p)
+
+
+def _write_tables(out: Path, stats, t1_rows, f4_rows, f5_blocks, tables_md) -> dict[str, Path]:
+    # One CSV for all archs: the union of columns (teacher-label methods may exist for one arch only).
+    header = ["arch"]
+    for cols, _ in t1_rows:
+        header += [c.key for c in cols if c.key not in header]
+    write_csv(out / "table1.csv", header, [r for _, rows in t1_rows for r in rows])
+    atomic_write(out / "table1.md", "\n".join(tables_md))
+    write_csv(out / "fig4_rate_accuracy.csv", FIG4_HEADER, f4_rows)
+    f5_header = ["arch", "trained_on", *setting_order({c for ce in f5_blocks for c in ce.columns}, stats)]
+    write_csv(out / "fig5_cross_eval.csv", f5_header, [row for ce in f5_blocks for row in fig5_rows(ce)])
+    return {n: out / n for n in ("table1.md", "table1.csv", "fig4_rate_accuracy.csv", "fig5_cross_eval.csv")}
+
+
+def _duplicates_note(results: list[Result], arch: str | None) -> str:
+    _, counts = best_per_cell(r for r in results if r.arch == arch and r.matched)
+    dups = [f"{method_name(k[1])} on {k[3]} ({n})" for k, n in sorted(counts.items(), key=str) if n > 1]
+    if not dups:
+        return ""
+    return "Best of several evaluations (count in brackets): " + ", ".join(dups) + ".\n"
+
+
+def _missing_note(results: list[Result], stats: dict[str, SettingStats], runs: list) -> str:
+    lines = ["## Still missing\n"]
+    pending = unevaluated_runs(runs, results)
+    lines += [f"- run `{run.name}` ({run.method or '?'}, {run.arch or '?'}, trained on {run.trained_on or '?'}) "
+              "has no evaluation results: "
+              f"run `python -m trainer.eval` on `{run.path / 'best.pth'}`" for run in pending]
+    no_manifest = sorted({r.setting for r in results} - set(stats))
+    if no_manifest:
+        lines.append(f"- no manifest for {', '.join(no_manifest)} (rate and quality as recorded by the evaluation)")
+    return "\n".join(lines) + "\n" if len(lines) > 1 else ""
+
+
+# --------------------------------------------------------------------------- CLI
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--results", "results_paths", multiple=True, type=click.Path(path_type=Path),
+              default=[Path("reports/results.json")], show_default=True,
+              help="results.json of trainer.eval (repeatable).")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="Shard root; manifests of --split give PSNR, SSIM and bytes.")
+@click.option("--split", default="val", show_default=True, help="Evaluation split of the manifests.")
+@click.option("--runs", type=click.Path(path_type=Path), default=None,
+              help="Run folders: runs without results are listed as missing.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports"), show_default=True)
+@click.option("--x", "x", type=click.Choice(["bytes", "bpp"]), default="bytes", show_default=True,
+              help="Rate axis of Fig. 4.")
+@click.option("--arch", "archs", multiple=True, help="Only these architectures (repeatable).")
+@click.option("--paper", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="paper_table1.json: add the paper's values beside ours.")
+@click.option("--paper-arch", default=None, help="Architecture of the paper's columns (default: each table's).")
+def cli(results_paths, shards, split, runs, out, x, archs, paper, paper_arch):
+    """Build Table 1, Fig. 4 and Fig. 5 from manifests and evaluation results."""
+    results, stats, written = report(results_paths, shards, out, split=split, runs=runs, x=x, archs=archs,
+                                     paper=paper, paper_arch=paper_arch, warn=lambda m: click.echo(m, err=True))
+    click.echo(f"{len(results)} result rows, {len(stats)} manifests -> {out}/")
+    for name in sorted(written):
+        click.echo(f"  {name}")
+    return 0
+
+
+def report(results_paths, shards, out, *, split: str = "val", runs=None, x: str = "bytes", archs=(),
+           paper=None, paper_arch=None, warn=None) -> tuple[list[Result], dict[str, SettingStats], dict[str, Path]]:
+    """The report of the results files and the manifests under ``shards`` (the Python API of the
+    command): (result rows used, manifests used, {name: path} written)."""
+    warn = warn or (lambda m: None)
+    results_paths = [Path(p) for p in ([results_paths] if isinstance(results_paths, (str, Path)) else results_paths)]
+    present = [p for p in results_paths if p.exists()]
+    for p in results_paths:
+        if not p.exists():
+            warn(f"warning: {p} does not exist yet; reporting without it")
+    results = load_results(present)
+    stats = load_manifests(shards, split)
+    if archs:
+        results = [r for r in results if r.arch in archs]
+    results, dropped = single_split(results, split)
+    if dropped:
+        warn(f"warning: results of split(s) {', '.join(dropped)} left out: the report is on {split}")
+    if not results and not stats:
+        raise ResultsError("nothing to report: no results rows and no manifests "
+                           f"(looked for {', '.join(map(str, results_paths))} and {shards}/{split}/*/manifest.json)")
+    written = make_report(results, stats, Path(out), x=x, paper=paper, paper_arch=paper_arch,
+                          runs=load_runs(runs), split=split)
+    return results, stats, written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point callable from tests: returns the exit status instead of exiting."""
+    return run_click(cli, argv, "python -m decisions.report")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Run checkpoints and weight files: written atomically, read with ``weights_only=True`` only.
+
+A checkpoint is untrusted input: a ``.pth`` is a pickle, and a pickle may call any function
+while it is read.  Every file this project loads goes through :func:`load`, which lets
+torch's weights-only unpickler build nothing but tensors and plain containers (dict, list,
+tuple, str, int, float, bool, None).  What a run checkpoint holds is restricted to those
+types on purpose (see ``trainer.run``), so nothing is lost by refusing the rest.
+
+A refused or unreadable file becomes a :class:`CheckpointError` whose one-line message names
+the file and the reason.  torch's own message suggests reloading with ``weights_only=False``;
+that advice is never passed on.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.atomic import atomic_output
+
+from .clitools import UserError
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint or weights file that cannot be loaded safely (one line, names the file)."""
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _refusal(path: Path, exc: BaseException) -> CheckpointError:
+    found = _GLOBAL.search(str(exc))
+    what = f"it asks to run {found.group(1)}" if found else "it holds objects other than tensors and plain data"
+    return CheckpointError(f"{path}: refused: {what}, which a weights-only load does not allow; "
+                           "the file was not loaded")
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """The path of an existing regular file, or a one-line error (a FIFO or a device would
+    block or never end)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such {what}") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path}: is a folder, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path}: not a regular file (a pipe, socket or device); refused")
+    return path
+
+
+def load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors."""
+    path = check_regular_file(path, what)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+            raise _refusal(path, exc) from None
+        raise CheckpointError(f"{path}: not a readable {what} ({_short(exc)})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    except Exception as exc:  # truncated zip, garbage bytes: torch raises many types
+        raise CheckpointError(f"{path}: not a readable {what} ({_short(exc)})") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save through the project's atomic writer (fsync'd: a checkpoint must survive a crash)."""
+    with atomic_output(path, "wb", fsync=True) as f:
+        torch.save(obj, f)
+    return Path(path)

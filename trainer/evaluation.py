@@ -1,0 +1,138 @@
+"""``evaluate(config) -> rows``: checkpoints and plain weights on every setting, and the
+results file the decisions read (``results.json`` + ``results.csv``).
+
+One row per (model, setting): ``COLUMNS`` below.  ``count`` is the number of samples scored,
+``skipped`` the samples of the setting that could not be scored (unreadable tar, undecodable
+bitstream, no label ...), ``expected`` the manifest's count; a setting that lost more than
+``max_skip`` of its samples gets no row and the evaluation fails, naming it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.atomic import atomic_output, atomic_write
+
+from . import loop
+from .clitools import UserError
+from .config import EvalConfig
+from .data import DataLossError, ShardSet, check_classes, check_skips, group_shards, make_eval_loader
+from .distributed import Dist, init_distributed
+from .models import load_model
+
+log = logging.getLogger("trainer.eval")
+
+#: the columns of results.json / results.csv, in order (more may follow)
+COLUMNS = ["checkpoint", "weights", "arch", "method", "trained_on", "labels", "setting", "codec", "q", "split",
+           "shards_dir", "top1", "top5", "top1_present", "count", "labelled", "skipped", "expected", "loss",
+           "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "epoch"]
+
+
+def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64, workers: int = 2,
+                   device="cpu", amp: bool = True, limit: int | None = None, d: Dist | None = None,
+                   progress: bool = False, max_skip: float = 0.01) -> tuple[list[dict], list[str]]:
+    """(rows, failures): one row per setting; a setting that lost more than ``max_skip`` of its
+    samples gives a failure message instead of a row."""
+    d = d or Dist()
+    device = torch.device(device)
+    step = loop.Step(device=device, amp=amp and device.type == "cuda", channels_last=device.type == "cuda")
+    model = model.to(device).eval()
+    if step.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    check_classes(sets, int(meta.get("num_classes") or 1000), f"{meta.get('checkpoint') or meta.get('weights')}")
+    rows, failures = [], []
+    for s in sets:
+        loader = make_eval_loader([s], batch_size, workers=workers, rank=d.rank, world=d.world, limit=limit,
+                                  pin_memory=device.type == "cuda")
+        present = sorted(set((s.manifest.get("class_index") or {}).values()))
+        n_out = s.manifest.get("num_classes") or 0
+        r = loop.evaluate(model, loader, step, d, progress=progress, desc=s.name,
+                          present=present if 1 < len(present) < n_out else None)
+        skipped, reasons = r["skipped"], list(r["skip_reasons"])
+        if limit is None:  # every sample was read: what the manifest lists and nobody saw is lost too
+            missing = s.count - r["count"] - skipped
+            if missing > 0:
+                skipped += missing
+                reasons.append(f"{missing} sample(s) missing against the manifest")
+        try:
+            check_skips(skipped, r["count"], max_skip, f"{s.folder}", reasons)
+        except DataLossError as exc:
+            failures.append(str(exc))
+            continue
+        mean = s.manifest.get("mean") or {}
+        rows.append({"checkpoint": meta.get("checkpoint"), "weights": meta.get("weights"), "arch": meta.get("arch"),
+                     "method": meta.get("method"), "trained_on": meta.get("trained_on"),
+                     "labels": meta.get("labels") or "dataset", "setting": s.name, "codec": s.codec, "q": s.q,
+                     "split": s.manifest.split, "shards_dir": s.folder,
+                     "top1": r["top1"], "top5": r["top5"], "top1_present": r["top1_present"],
+                     "count": r["count"], "labelled": r["labelled"], "skipped": skipped,
+                     "expected": s.count if limit is None else None,
+                     "loss": r["loss"], "mean_bytes": mean.get("bytes"), "mean_bpp": mean.get("bpp"),
+                     "mean_psnr": mean.get("psnr"), "mean_ssim": mean.get("ssim"), "epoch": meta.get("epoch")})
+        if d.main:
+            log.info("%s on %s: top1 %.2f top5 %.2f (%d images, %d skipped, %.1f s)",
+                     meta.get("checkpoint") or meta.get("weights"), s.name, r["top1"], r["top5"], r["count"],
+                     skipped, r["seconds"])
+    return rows, failures
+
+
+def _row_id(r: dict) -> tuple:
+    return (r.get("checkpoint"), r.get("weights") if r.get("checkpoint") is None else None, r.get("arch"),
+            r.get("setting"), r.get("shards_dir"))
+
+
+def write_results(path: str | os.PathLike, rows: list[dict], merge: bool = True) -> tuple[Path, Path]:
+    """JSON list at ``path`` and the same rows as CSV next to it (same stem, .csv), each
+    written atomically.  ``merge``: keep the rows already there for other (model, setting) pairs."""
+    path = Path(path)
+    if merge and path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{path}: cannot merge into it, not a readable results file ({exc}); "
+                            "fix it or give --overwrite") from None
+        if not isinstance(old, list):
+            raise UserError(f"{path}: cannot merge into it, not a list of rows; fix it or give --overwrite")
+        new_ids = {_row_id(r) for r in rows}
+        rows = [r for r in old if isinstance(r, dict) and _row_id(r) not in new_ids] + rows
+    rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]  # NaN -> null
+    atomic_write(path, json.dumps(rows, indent=1, allow_nan=False) + "\n")
+    csv_path = path.with_suffix(".csv")
+    cols = list(dict.fromkeys(COLUMNS + [k for r in rows for k in r]))
+    with atomic_output(csv_path, "w") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    return path, csv_path
+
+
+def evaluate(config: EvalConfig) -> list[dict]:
+    """Evaluate every checkpoint and plain weights of ``config`` on every setting of its
+    shards; write the results file when ``config.out`` is set (rank 0).  Returns the rows."""
+    c = config.resolved()
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    d = init_distributed(c.device)
+    sets = group_shards(c.shards)
+    rows: list[dict] = []
+    failures: list[str] = []
+    models = [(ck, None) for ck in c.checkpoints] + [(w, c.arch) for w in c.weights]
+    for source, arch in models:
+        model, meta = load_model(source, arch=arch, num_classes=c.num_classes if arch else None)
+        r, f = evaluate_model(model, meta, sets, c.batch_size, c.workers, d.device, c.amp, c.limit, d,
+                              c.progress, c.max_skip)
+        rows += r
+        failures += f
+    if d.main and c.out and rows:
+        write_results(c.out, rows, merge=not c.overwrite)
+    if d.enabled:
+        torch.distributed.destroy_process_group()
+    if failures:
+        raise DataLossError(f"{len(failures)} evaluation(s) lost too many samples (their rows were not written): "
+                            + " | ".join(failures))
+    return rows

@@ -1,0 +1,186 @@
+"""One training epoch and one evaluation pass (torchvision reference style).
+
+Both add up what the loader skipped (``batch["skips"]``), so the caller can report it and
+fail a run that loses too much data (``trainer.data.check_skips``).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributed import Dist, all_reduce_sum
+from .losses import LabelError
+from .methods import Method
+
+#: how many skip reasons a result keeps (the counts are complete)
+MAX_REASONS = 20
+
+
+@dataclass
+class Step:
+    """How a batch becomes loss terms: the method, the frozen teacher, the device."""
+    method: Method | None = None
+    teacher: nn.Module | None = None       # frozen g (None when its logits come from the cache)
+    labels: str = "dataset"                # dataset | teacher (arg-max of g(x))
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: bool = False                      # bf16 autocast (CUDA)
+    channels_last: bool = False
+    grad_clip: float | None = None
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N,3,H,W) -> float 0..1 on the device (channels_last on request)."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+    def autocast(self):
+        return amp_context(self.device, self.amp)
+
+    def teacher_logits(self, batch: dict) -> torch.Tensor:
+        """g(x): from the cache when the batch carries it, else the frozen teacher's forward pass."""
+        if "teacher" in batch:
+            return batch["teacher"].to(self.device, non_blocking=True).float()
+        if self.teacher is None:
+            raise RuntimeError("this method needs the teacher: neither a cache nor a live teacher was given")
+        with torch.no_grad(), self.autocast():
+            return self.teacher(self.input(batch["clean"])).float()
+
+    def targets(self, batch: dict, teacher_logits: torch.Tensor | None) -> torch.Tensor:
+        if self.labels == "teacher":
+            if teacher_logits is None:
+                raise RuntimeError("--labels teacher needs the teacher (live or cached)")
+            return teacher_logits.argmax(1)
+        return batch["label"].to(self.device, non_blocking=True)
+
+
+def amp_context(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when asked; nothing elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class Skips:
+    """Adds up the skip records that ride on the batches."""
+
+    def __init__(self):
+        self.count, self.reasons = 0, []
+
+    def add(self, batch: dict) -> None:
+        for n, reason in batch.get("skips") or ():
+            self.count += int(n)
+            if len(self.reasons) < MAX_REASONS:
+                self.reasons.append(reason)
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, step: Step,
+                    n_batches: int, epoch: int, d: Dist | None = None, progress: bool = True,
+                    log_every: int = 0, logger=None) -> dict[str, Any]:
+    """One pass over the loader (``n_batches`` batches); returns the mean loss/ce/kl over all
+    ranks, images/s and the samples the loader skipped."""
+    from .models import set_train_mode
+    d = d or Dist()
+    set_train_mode(model, step.method.head_only)
+    if step.teacher is not None:
+        step.teacher.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    n_img, steps = 0, 0
+    skips = Skips()
+    bar = None
+    if progress and d.main:
+        from tqdm import tqdm
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True, leave=False)
+    t0 = time.perf_counter()
+    for batch in loader:
+        skips.add(batch)
+        if batch["label"].numel() == 0:  # only skip records
+            continue
+        terms = step.method.loss(model, batch, step)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if step.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
+        optimizer.step()
+        bs = int(batch["label"].shape[0])
+        vals = torch.stack([terms["loss"].detach(), terms["ce"], terms["kl"]]).double().cpu()
+        sums += vals * bs
+        n_img += bs
+        steps += 1
+        if bar is not None:
+            dt = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{vals[0].item():.4f}", img_s=f"{n_img * d.world / max(dt, 1e-9):.1f}")
+        if logger is not None and log_every and steps % log_every == 0:
+            logger({"epoch": epoch, "step": steps, "loss": vals[0].item(), "ce": vals[1].item(), "kl": vals[2].item()})
+    if step.device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    tot = all_reduce_sum(sums.tolist() + [float(n_img), float(skips.count)], d)
+    n = max(tot[3], 1.0)
+    return {"loss": tot[0] / n, "ce": tot[1] / n, "kl": tot[2] / n, "images": tot[3], "steps": steps,
+            "seconds": dt, "images_per_s": tot[3] / max(dt, 1e-9), "skipped": int(tot[4]),
+            "skip_reasons": skips.reasons}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, step: Step, d: Dist | None = None, progress: bool = False,
+             desc: str = "eval", present: list[int] | None = None) -> dict[str, Any]:
+    """CE loss, top-1 and top-5 (percent) of model(x~) over the labelled samples (label >= 0),
+    summed over all ranks.  ``present``: the class indices that occur in the data (e.g. the
+    10 Imagenette classes of a 1000-way model); ``top1_present`` is then the top-1 with the
+    arg-max taken over those classes only, which separates robustness to the input from
+    learning which classes occur."""
+    d = d or Dist()
+    model.eval()
+    loss_sum, c1, c5, n, total, cp = 0.0, 0, 0, 0, 0, 0
+    subset = torch.tensor(sorted(present), device=step.device) if present else None
+    skips = Skips()
+    bar = None
+    if progress and d.main:
+        from tqdm import tqdm
+        bar = tqdm(desc=desc, unit="img", dynamic_ncols=True, leave=False)
+    t0 = time.perf_counter()
+    for batch in loader:
+        skips.add(batch)
+        if batch["label"].numel() == 0:  # only skip records
+            continue
+        x = batch["comp"] if "comp" in batch else batch["clean"]
+        with step.autocast():
+            out = model(step.input(x)).float()
+        y = batch["label"].to(step.device)
+        valid = y >= 0
+        total += int(y.numel())
+        if valid.any():
+            o, yv = out[valid], y[valid]
+            if int(yv.max()) >= o.shape[1]:
+                raise LabelError(f"{desc}: label {int(yv.max())} but the model has {o.shape[1]} outputs: the "
+                                 "shards and the model disagree on the classes")
+            loss_sum += float(F.cross_entropy(o, yv, reduction="sum"))
+            k = min(5, o.shape[1])
+            topk = o.topk(k, dim=1).indices
+            hit = topk == yv[:, None]
+            c1 += int(hit[:, 0].sum())
+            c5 += int(hit.any(1).sum())
+            n += int(yv.numel())
+            if subset is not None:
+                cp += int((subset[o[:, subset].argmax(1)] == yv).sum())
+        if bar is not None:
+            bar.update(int(y.numel()))
+    if bar is not None:
+        bar.close()
+    loss_sum, c1, c5, n, total, cp, skipped = all_reduce_sum([loss_sum, c1, c5, n, total, cp, skips.count], d)
+    dt = time.perf_counter() - t0
+    nan = float("nan")
+    return {"loss": loss_sum / n if n else nan, "top1": 100.0 * c1 / n if n else nan,
+            "top5": 100.0 * c5 / n if n else nan, "count": int(total), "labelled": int(n),
+            "top1_present": 100.0 * cp / n if n and subset is not None else None,
+            "skipped": int(skipped), "skip_reasons": skips.reasons, "seconds": dt}

@@ -1,0 +1,262 @@
+"""The teacher-logit cache: g(x) computed once per setting, stored beside the shards, looked
+up by sample key while training.  This module owns its format, building and lookup.
+
+    python -m trainer.cache_teacher --shards 'shards/train/j2k-200/*.tar' --arch resnet50 --weights DEFAULT
+
+Files, in the setting folder (or under ``--out/<setting>/``):
+``teacher-<arch>-<hash>.npy`` (float16 logits, one row per sample, memory-mappable) and
+``teacher-<arch>-<hash>.json`` (arch, weights, weights_hash, count, skipped, num_classes,
+setting, keys in row order).  ``hash`` = sha256 of the teacher's weights
+(``trainer.models.state_dict_hash``), so a cache is only ever used with the exact teacher
+that made it.  A cache covers every shard the folder's manifest lists; it is valid when
+arch, weights hash and count (+ the samples skipped while building it) match the manifest.
+
+Every path is built from the user's shard folder or ``--out``, the setting name of a
+checked manifest (``pipeline.manifest.Manifest``: never a path separator) and a checked
+arch name, so a hostile manifest cannot make the cache write anywhere else.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from pipeline.atomic import atomic_output, atomic_write_json
+
+from .clitools import UserError, run_click
+from .data import ShardSet, check_skips, folder_key, group_shards, make_eval_loader
+from .distributed import Dist, barrier, resolve_device
+from .loop import Skips, amp_context
+from .models import build_model, state_dict_hash
+
+log = logging.getLogger(__name__)
+
+FORMAT = "teacher-logits-1"
+_ARCH = re.compile(r"[A-Za-z0-9_]+")
+
+
+class CacheError(UserError, ValueError):
+    """A teacher cache that cannot be used or built (the message names the file)."""
+
+
+class TeacherCache:
+    """fp16 teacher logits (``.npy``, memory-mapped) + ``.json`` meta with the sample keys.
+
+    Opened lazily (in each loader worker)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.npy = str(path)
+        self.meta_path = str(Path(path).with_suffix(".json"))
+        self._logits = None
+        self._index: dict[str, int] | None = None
+        self._meta: dict | None = None
+
+    @property
+    def meta(self) -> dict:
+        if self._meta is None:
+            with open(self.meta_path, encoding="utf-8") as f:
+                self._meta = json.load(f)
+        return self._meta
+
+    def _open(self):
+        if self._logits is None:
+            self._logits = np.load(self.npy, mmap_mode="r", allow_pickle=False)
+            self._index = {k: i for i, k in enumerate(self.meta["keys"])}
+
+    def __len__(self) -> int:
+        return int(self.meta["count"])
+
+    def lookup(self, key: str) -> np.ndarray:
+        self._open()
+        try:
+            return np.asarray(self._logits[self._index[key]])
+        except KeyError:
+            raise KeyError(f"sample {key!r} is not in the teacher cache {self.npy} (skipped when it was "
+                           "built, or the cache is stale: rebuild it with python -m trainer.cache_teacher --force)"
+                           ) from None
+
+    def __getstate__(self):
+        # workers re-open the files lazily (the key list can be large: don't pickle it)
+        return {"npy": self.npy, "meta_path": self.meta_path, "_logits": None, "_index": None, "_meta": None}
+
+
+def cache_path(shards: ShardSet, arch: str, weights_hash: str, root: str | os.PathLike | None = None) -> Path:
+    """Where the cache of ``shards`` for this teacher lives: beside the shards, or under
+    ``root/<setting>/``."""
+    if not _ARCH.fullmatch(arch or "") or not re.fullmatch(r"[0-9a-f]+", weights_hash):
+        raise CacheError(f"cannot name a teacher cache after arch {arch!r} and hash {weights_hash!r}")
+    base = Path(shards.folder) if root is None else Path(root) / shards.setting.name
+    return base / f"teacher-{arch}-{weights_hash}.npy"
+
+
+def validate(path: str | os.PathLike, shards: ShardSet, arch: str, weights_hash: str) -> str | None:
+    """None when the cache at ``path`` is usable for ``shards``, else the reason."""
+    path = Path(path)
+    meta_p = path.with_suffix(".json")
+    if not path.exists() or not meta_p.exists():
+        return "absent"
+    try:
+        meta = json.loads(meta_p.read_text(encoding="utf-8"))
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # truncated / corrupt
+        return f"unreadable ({type(exc).__name__})"
+    if not isinstance(meta, dict):
+        return "unreadable (meta is not an object)"
+    if meta.get("arch") != arch:
+        return f"arch {meta.get('arch')} != {arch}"
+    if meta.get("weights_hash") != weights_hash:
+        return f"weights hash {meta.get('weights_hash')} != {weights_hash}"
+    want = int(shards.manifest["count"])
+    count, skipped = meta.get("count"), meta.get("skipped", 0)
+    if not isinstance(count, int) or not isinstance(skipped, int) or count + skipped != want:
+        return f"count {count} + skipped {skipped} != manifest count {want}"
+    if arr.shape[0] != count or len(meta.get("keys", [])) != count:
+        return f"{arr.shape[0]} rows for {count} keys"
+    return None
+
+
+def _all_shards(shards: ShardSet) -> list[str]:
+    """Every shard the manifest lists (a cache covers the whole setting)."""
+    names = list(shards.manifest.shard_counts)
+    paths = [os.path.join(shards.folder, n) for n in names]
+    if names and all(os.path.isfile(p) for p in paths):
+        return paths
+    return shards.shards
+
+
+@torch.no_grad()
+def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: str | None,
+                path: str | os.PathLike, batch_size: int = 64, workers: int = 0,
+                device: torch.device | str = "cpu", amp: bool = False, progress: bool = False,
+                max_skip: float = 0.01) -> Path:
+    """Run the teacher over every clean crop of the setting; write the cache atomically."""
+    path = Path(path)
+    device = torch.device(device)
+    teacher = teacher.to(device).eval()
+    full_paths = _all_shards(shards)
+    full = ShardSet(shards.folder, full_paths, shards.manifest, int(shards.manifest["count"]))
+    loader = make_eval_loader([full], batch_size, workers=workers, need_comp=False, need_clean=True)
+    keys: list[str] = []
+    rows: list[np.ndarray] = []
+    skips = Skips()
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=full.count, desc=f"teacher {shards.name}", unit="img", leave=False)
+    for batch in loader:
+        skips.add(batch)
+        if batch["label"].numel() == 0:
+            continue
+        x = batch["clean"].to(device).float().div_(255)
+        with amp_context(device, amp):
+            out = teacher(x).float()
+        rows.append(out.cpu().numpy().astype(np.float16))
+        keys.extend(batch["key"])
+        if bar is not None:
+            bar.update(len(batch["key"]))
+    if bar is not None:
+        bar.close()
+    check_skips(skips.count, len(keys), max_skip, f"teacher cache of {shards.folder}", skips.reasons)
+    logits = np.concatenate(rows) if rows else np.zeros((0, 0), np.float16)
+    if len(set(keys)) != len(keys):
+        raise CacheError(f"{shards.folder}: duplicate sample keys")
+    missing = full.count - len(keys) - skips.count
+    meta = {"format": FORMAT, "arch": arch, "weights": None if weights is None else str(weights),
+            "weights_hash": state_dict_hash(teacher), "count": len(keys), "skipped": full.count - len(keys),
+            "skip_reasons": skips.reasons + ([f"{missing} sample(s) missing against the manifest"] if missing > 0 else []),
+            "num_classes": int(logits.shape[1]) if logits.size else 0, "setting": shards.name,
+            "dtype": "float16", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": time.perf_counter() - t0, "keys": keys}
+    with atomic_output(path, "wb") as f:
+        np.save(f, logits, allow_pickle=False)
+    atomic_write_json(path.with_suffix(".json"), meta, indent=None)
+    return path
+
+
+def resolve_caches(sets: list[ShardSet], teacher: torch.nn.Module, arch: str, weights: str | None,
+                   mode: str = "auto", fallback_root: str | os.PathLike | None = None, d: Dist | None = None,
+                   batch_size: int = 64, workers: int = 0, device="cpu", amp: bool = False,
+                   progress: bool = False, max_skip: float = 0.01) -> dict[str, TeacherCache] | None:
+    """setting folder -> TeacherCache, building missing caches (on rank 0) when mode is
+    'auto' or a folder; None when mode is 'off'.  mode: auto (beside the shards, or under
+    ``fallback_root`` when that folder is read-only) | off | PATH (a .npy file for a single
+    setting, or a folder holding <setting>/teacher-*.npy)."""
+    if mode in (None, "off", "none"):
+        return None
+    d = d or Dist()
+    wh = state_dict_hash(teacher)
+    out: dict[str, TeacherCache] = {}
+    for s in sets:
+        if mode == "auto":
+            p = cache_path(s, arch, wh)
+            if not os.access(s.folder, os.W_OK) and validate(p, s, arch, wh) is not None and fallback_root is not None:
+                p = cache_path(s, arch, wh, fallback_root)
+        elif str(mode).endswith(".npy"):
+            if len(sets) != 1:
+                raise CacheError("--teacher-cache FILE.npy needs exactly one training setting; give a folder")
+            p = Path(mode)
+        else:
+            p = cache_path(s, arch, wh, mode)
+        reason = validate(p, s, arch, wh)
+        if reason is not None:
+            if d.main:
+                log.info("teacher cache %s: %s; building it", p, reason)
+                build_cache(s, teacher, arch, weights, p, batch_size, workers, device, amp, progress, max_skip)
+            barrier(d)
+            reason = validate(p, s, arch, wh)
+            if reason is not None:
+                raise CacheError(f"teacher cache {p} is not valid after building: {reason}")
+        out[folder_key(s.folder)] = TeacherCache(p)
+    return out
+
+
+# -- command line -------------------------------------------------------------------------------
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--shards", multiple=True, required=True, help="Shard globs / brace patterns (grouped by folder).")
+@click.option("--arch", required=True, help="Architecture of the teacher (the model trained from).")
+@click.option("--weights", default=None, help="Torchvision weights name, or a weights / checkpoint file.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write caches under OUT/<setting>/ instead of beside the shards.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--max-skip", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Largest fraction of samples that may be skipped (unreadable) before it fails.")
+@click.option("--force", is_flag=True, help="Rebuild even when a valid cache exists.")
+@click.option("--progress/--no-progress", default=True)
+def cli(shards, arch, weights, num_classes, out, batch_size, workers, device, max_skip, force, progress):
+    """Compute the teacher's logits on every clean crop of each setting, once."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    dev = torch.device(resolve_device(device))
+    sets = group_shards(list(shards))
+    n = num_classes or sets[0].num_classes
+    teacher = build_model(arch, weights, n).to(dev).eval().requires_grad_(False)
+    wh = state_dict_hash(teacher)
+    for s in sets:
+        p = cache_path(s, arch, wh, out)
+        reason = "forced" if force else validate(p, s, arch, wh)
+        if reason is None:
+            click.echo(f"{p}: valid, kept")
+            continue
+        t0 = time.perf_counter()
+        build_cache(s, teacher, arch, weights, p, batch_size, workers, dev, dev.type == "cuda", progress, max_skip)
+        click.echo(f"{p}: {s.manifest['count']} logits ({reason}; {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_click(cli, argv, "python -m trainer.cache_teacher", multi=("--shards",))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""``train(config) -> TrainResult``: one training run, top to bottom.
+
+Run folder: ``args.yaml`` (the resolved config; ``--config`` repeats the run), ``args.json``
+(the same plus what the run learnt from the shards), ``metrics.jsonl`` + ``summary.csv``
+(one row per epoch), ``last.pth`` / ``best.pth`` (atomic), ``tensorboard/`` on request.
+With ``resume="auto"`` (or a path) a killed run continues from its last completed epoch;
+with the same seed a resumed CPU run ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pipeline.atomic import atomic_write, atomic_write_json
+
+from . import checkpoint, loop, methods
+from .clitools import UserError
+from .config import TrainConfig, yaml_text
+from .data import LoaderSpec, check_classes, check_skips, describe, group_shards, make_eval_loader, make_train_loader
+from .distributed import barrier, init_distributed, mix_seed, seed_everything
+from .models import build_model, freeze_all_but_head
+from .teacher_cache import resolve_caches
+
+log = logging.getLogger("trainer.run")
+
+#: what a run checkpoint holds (plain types only: it is read back with weights_only=True)
+CHECKPOINT_KEYS = ("model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    config: TrainConfig                                  # resolved
+    rows: list[dict] = field(default_factory=list)       # one per epoch, as in metrics.jsonl
+    best_metric: float | None = None
+    val: dict = field(default_factory=dict)              # the last validation
+
+    @property
+    def best(self) -> Path:
+        return self.out / "best.pth"
+
+
+def make_scheduler(optimizer, c: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    # torch reduces when num_bad_epochs > patience, i.e. on the (patience+1)-th bad epoch;
+    # "divide by 5 when the val loss has not improved for 3 consecutive epochs" = patience 2.
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=c.lr_factor,
+                                                      patience=max(0, c.lr_patience - 1), min_lr=c.min_lr)
+
+
+def _resume_checkpoint(c: TrainConfig, out: Path) -> tuple[str | None, dict | None]:
+    resume = c.resume
+    if resume == "auto":
+        resume = str(out / "last.pth") if (out / "last.pth").exists() else None
+    if not resume:
+        return None, None
+    ckpt = checkpoint.load(resume)
+    if not isinstance(ckpt, dict) or not set(CHECKPOINT_KEYS[:6]) <= set(ckpt):
+        raise checkpoint.CheckpointError(f"{resume}: not a run checkpoint (needs {', '.join(CHECKPOINT_KEYS[:6])})")
+    if ckpt.get("arch") != c.arch:
+        raise checkpoint.CheckpointError(f"{resume}: arch {ckpt.get('arch')} != --arch {c.arch}")
+    epoch = ckpt.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise checkpoint.CheckpointError(f"{resume}: epoch {epoch!r} is not a whole number")
+    return resume, ckpt
+
+
+def _restore(resume: str, ckpt: dict, model, optimizer, scheduler) -> None:
+    try:
+        model.net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise checkpoint.CheckpointError(f"{resume}: does not fit this run ({text[:200]})") from None
+
+
+def _summary_csv(rows: list[dict]) -> str:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _read_metrics(out: Path) -> list[dict]:
+    p = out / "metrics.jsonl"
+    if not p.exists():
+        return []
+    rows = []
+    for line in p.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a half-written last line of a killed run
+    return rows
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'm2m-expert[tensorboard]'") from None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train one model on compressed shards (expert training, fine-tuning or stability)."""
+    c = config.resolved()
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    out = Path(c.out)
+    d = init_distributed(c.device)
+    cuda = d.device.type == "cuda"
+    resume, ckpt = _resume_checkpoint(c, out)
+
+    train_sets = group_shards(c.shards)
+    val_sets = group_shards(c.val_shards) if c.val_shards else []
+    n_classes = c.num_classes or train_sets[0].num_classes
+    check_classes(train_sets + val_sets, n_classes)
+    classes = train_sets[0].manifest.get("classes")
+    # what the run learnt from the shards (args.json, and the checkpoint's "args")
+    info = {"num_classes": n_classes, "trained_on": ",".join(sorted({s.name for s in train_sets})),
+            "classes": classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes)
+            else None, "world_size": d.world}
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        log.info("train: %s", describe(train_sets))
+        if val_sets:
+            log.info("val: %s", describe(val_sets))
+    writer = _tensorboard(out) if c.tensorboard and d.main else None
+    barrier(d)
+
+    # model, frozen teacher (a copy of the initial weights, kept outside DDP)
+    seed_everything(c.seed)
+    model = build_model(c.arch, c.weights, n_classes)
+    method = methods.create(c)
+    step = loop.Step(method=method, labels=c.labels, device=d.device, amp=c.amp and cuda,
+                     channels_last=c.channels_last and cuda, grad_clip=c.grad_clip)
+    caches = None
+    if method.needs(c.labels, cached_teacher=False).teacher:
+        teacher = copy.deepcopy(model).eval().requires_grad_(False).to(d.device)
+        caches = resolve_caches(train_sets, teacher, c.arch, c.weights, c.teacher_cache,
+                                fallback_root=out / "teacher-cache", d=d, batch_size=c.val_batch_size,
+                                workers=min(c.workers, 2), device=d.device, amp=step.amp, progress=c.progress,
+                                max_skip=c.max_skip)
+        step.teacher = None if caches is not None else teacher
+    needs = method.needs(c.labels, cached_teacher=caches is not None)
+    info["teacher_cached"] = caches is not None
+    model.to(d.device)
+    if step.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = freeze_all_but_head(model) if method.head_only else list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+    scheduler = make_scheduler(optimizer, c)
+
+    start_epoch, best = 0, None
+    if ckpt is not None:
+        _restore(resume, ckpt, model, optimizer, scheduler)
+        start_epoch, best = ckpt["epoch"], ckpt.get("best_metric")
+        if d.main:
+            log.info("resumed from %s at epoch %d", resume, start_epoch)
+
+    train_model = model
+    if d.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if cuda else None, find_unused_parameters=False)
+
+    args = {**c.to_dict(), **info}
+    rows: list[dict] = []
+    if d.main:
+        atomic_write(out / "args.yaml", yaml_text(c.to_dict()))
+        atomic_write_json(out / "args.json", dict(sorted(args.items())))
+        rows = [r for r in _read_metrics(out) if r.get("epoch", 0) < start_epoch]
+        atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        if rows:
+            atomic_write(out / "summary.csv", _summary_csv(rows))
+
+    spec = LoaderSpec(batch_size=c.batch_size, workers=c.workers, shuffle_buffer=c.shuffle_buffer,
+                      resampled=c.resampled, seed=c.seed)
+    last_val: dict = {}
+    for epoch in range(start_epoch, c.epochs):
+        torch.manual_seed(mix_seed(c.seed, epoch, d.rank, 3))  # dropout / noise: depends on the epoch only
+        loader, n_batches = make_train_loader(train_sets, spec, epoch=epoch, rank=d.rank, world=d.world,
+                                              need_comp=needs.comp, need_clean=needs.clean, caches=caches,
+                                              limit=c.train_limit, steps=c.steps_per_epoch, pin_memory=cuda)
+        tr = loop.train_one_epoch(train_model, optimizer, loader, step, n_batches, epoch, d, c.progress,
+                                  c.log_every, logger=(lambda r: log.info("%s", r)) if d.main else None)
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": tr["loss"], "train_ce": tr["ce"],
+               "train_kl": tr["kl"], "train_images": tr["images"], "train_skipped": tr["skipped"],
+               "images_per_s": tr["images_per_s"], "train_seconds": tr["seconds"]}
+        metric = tr["loss"]
+        if val_sets:
+            vl = make_eval_loader(val_sets, c.val_batch_size, workers=min(c.workers, 2), rank=d.rank,
+                                  world=d.world, limit=c.val_limit, pin_memory=cuda)
+            last_val = loop.evaluate(model, vl, step, d, desc="validation")
+            row.update({"val_loss": last_val["loss"], "val_top1": last_val["top1"], "val_top5": last_val["top5"],
+                        "val_count": last_val["count"], "val_skipped": last_val["skipped"]})
+            metric = last_val["loss"] if math.isfinite(last_val["loss"]) else tr["loss"]
+        scheduler.step(metric)
+        score = row.get("val_top1") if (c.best_metric == "top1" and val_sets) else -metric
+        improved = score is not None and math.isfinite(score) and (best is None or score > best)
+        if improved:
+            best = score
+        if d.main:
+            rows.append(row)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            atomic_write(out / "summary.csv", _summary_csv(rows))
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
+                        writer.add_scalar(k, v, epoch)
+                writer.flush()
+        # a run that lost too much data fails before its checkpoint could be mistaken for a good one
+        check_skips(tr["skipped"], int(tr["images"]), c.max_skip, f"epoch {epoch} training", tr["skip_reasons"])
+        if val_sets:
+            check_skips(last_val["skipped"], last_val["count"], c.max_skip, f"epoch {epoch} validation",
+                        last_val["skip_reasons"])
+        if d.main:
+            state = {"model": model.net.state_dict(), "arch": c.arch, "num_classes": n_classes, "epoch": epoch + 1,
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "args": args, "best_metric": best, "metrics": row}
+            checkpoint.save(state, out / "last.pth")
+            if improved:
+                checkpoint.save(state, out / "best.pth")
+            log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                      for k, v in row.items()))
+        barrier(d)
+    if d.main and not (out / "best.pth").exists() and (out / "last.pth").exists():
+        atomic_write(out / "best.pth", (out / "last.pth").read_bytes(), fsync=True)
+    if writer is not None:
+        writer.close()
+    if d.enabled:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return TrainResult(out=out, config=c, rows=rows, best_metric=best, val=last_val)
