@@ -6,9 +6,10 @@ import json
 import pytest
 
 from tests.conftest import shared_path
-from tools.bpg.header import (BitReader, BitWriter, BpgError, BpgHeader, HevcHeader, build_sps,
-                              build_vps, escape_rbsp, parse_header, read_ue7, unescape_nal,
-                              write_ue7)
+from tools.bpg.bits import BitReader, BitWriter
+from tools.bpg.container import BpgHeader, parse_header, read_ue7, write_ue7
+from tools.bpg.errors import BpgError
+from tools.bpg.paramsets import HevcHeader, build_vps, escape_rbsp, unescape_nal
 
 
 def _records():
@@ -117,6 +118,6 @@ def test_truncated_headers_are_clean_errors():
 
 def test_rebuilt_parameter_sets_are_well_formed():
     h = parse_header(bytes(_genuine()))
-    vps, sps = build_vps(), build_sps(h)
+    vps, sps = build_vps(), h.sps()
     assert (vps[0] >> 1) & 0x3F == 32 and (sps[0] >> 1) & 0x3F == 33
     assert b"\x00\x00\x01" not in vps + sps and vps[-1] != 0 and sps[-1] != 0

@@ -9,7 +9,8 @@ from PIL import Image
 
 from tests.conftest import shared_path, synthetic_rgb
 import tools.bpg as bpg
-from tools.bpg.header import BitReader, nal_type, split_annexb, unescape_nal
+from tools.bpg.bits import BitReader
+from tools.bpg.paramsets import nal_type, split_annexb, unescape_nal
 
 pytestmark = pytest.mark.shared
 
