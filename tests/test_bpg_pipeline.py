@@ -18,12 +18,15 @@ def test_codec_round_trip_params_and_versions():
     data = codec.encode(rgb)
     assert BpgCodec.sniff(data) and data[:4] == b"BPG\xfb"
     assert codec.decode(data).shape == rgb.shape
-    assert codec.params() == {"q": 41, "effort": 5, "chroma": "420", "bit_depth": 8, "color_space": "ycbcr"}
-    assert {"x265", "libavcodec", "pyav"} <= set(BpgCodec.versions())
+    assert codec.params() == {"q": 41, "effort": 5, "chroma": "420", "encoder": "x265", "bit_depth": 8,
+                              "color_space": "ycbcr"}
+    assert {"x265", "libavcodec", "pyav"} <= set(codec.versions())
 
 
-@pytest.mark.parametrize("q,options", [(52, {}), (40.5, {}), (41, {"effort": 10}), (41, {"effort": "x"}),
-                                       (41, {"chroma": "422"}), (41, {"speed": 1})])
+@pytest.mark.parametrize("q,options", [(52, {}), (40.5, {}), ("inf", {}), (float("nan"), {}),
+                                       (41, {"effort": 10}), (41, {"effort": 0}), (41, {"effort": "x"}),
+                                       (41, {"effort": 8.5}), (41, {"chroma": "422"}), (41, {"speed": 1}),
+                                       (41, {"encoder": "jctvc"})])
 def test_codec_rejects_bad_settings(q, options):
     with pytest.raises(CodecError):
         BpgCodec(q, **options)

@@ -31,7 +31,7 @@ def test_round_trip_and_determinism(crop, name, q):
     if name == "lossless":
         np.testing.assert_array_equal(out, crop)
     else:
-        assert 18 < psnr(crop, out) < 40
+        assert 16 < psnr(crop, out) < 40
 
 
 def test_jpeg_is_420_and_quality_orders_size(crop):
@@ -46,26 +46,41 @@ def test_jpeg_is_420_and_quality_orders_size(crop):
 
 
 @pytest.mark.parametrize("ratio", [75, 200, 400])
-def test_j2k_ratio_sets_the_size(crop, ratio):
-    bits = create("j2k", ratio).encode(crop)
-    assert bits.startswith(J2K_MAGIC)  # raw codestream by default
+@pytest.mark.parametrize("container,magic", [("jp2", JP2_MAGIC), ("j2k", J2K_MAGIC)])
+def test_j2k_ratio_sets_the_size(crop, ratio, container, magic):
+    bits = create("j2k", ratio, container=container).encode(crop)
+    assert bits.startswith(magic)
     # OpenJPEG's rate control lands just under / at the target; headers add a little
     assert 0.85 * RAW / ratio < len(bits) < RAW / ratio + 120
 
 
 def test_j2k_pillow_decode_equals_glymur_decode(crop):
-    for opts in ({}, {"mct": True}):
+    for opts in ({"container": "j2k"}, {"container": "j2k", "mct": True}, {"container": "jp2"}):
         bits = create("j2k", 200, **opts).encode(crop)
-        np.testing.assert_array_equal(create("j2k", 200).decode(bits), glymur_decode(bits))
+        np.testing.assert_array_equal(create("j2k", 200).decode(bits), glymur_decode(bits, "." + opts["container"]))
+
+
+def test_j2k_default_is_the_papers_jp2_container(crop):
+    """The paper's code saved with Pillow to a BytesIO, which writes a JP2 file."""
+    default = create("j2k", 75)
+    assert default.ext == "jp2" and default.options["container"] == "jp2"
+    jp2 = default.encode(crop)
+    assert jp2.startswith(JP2_MAGIC)
+    raw_codec = create("j2k", 75, container="j2k")
+    assert raw_codec.ext == "j2k"
+    raw = raw_codec.encode(crop)
+    assert raw.startswith(J2K_MAGIC) and raw != jp2
+    # the rate target covers the whole file either way: the boxes eat into the codestream,
+    # so the raw codestream spends more bytes on the picture and decodes closer to it
+    assert abs(len(jp2) - len(raw)) < 0.05 * len(raw)
+    assert psnr(crop, raw_codec.decode(raw)) > psnr(crop, default.decode(jp2))
+    # the JP2 file carries a complete codestream
+    start = jp2.index(J2K_MAGIC)
+    np.testing.assert_array_equal(raw_codec.decode(jp2[start:]), default.decode(jp2))
 
 
 def test_j2k_options(crop):
     plain = create("j2k", 75).encode(crop)
-    jp2 = create("j2k", 75, container="jp2").encode(crop)
-    assert jp2.startswith(JP2_MAGIC) and jp2 != plain
-    # the rate target covers the whole file either way: the boxes eat into the codestream
-    assert 0.85 * RAW / 75 < len(jp2) < RAW / 75 + 120
-    assert create("j2k", 75, container="jp2").ext == "jp2"
     mct = create("j2k", 75, mct="1")
     assert mct.options["mct"] is True
     assert mct.encode(crop) != plain
