@@ -164,6 +164,7 @@ class _EncoderCache:
         self.pid = os.getpid()
         self.encoders: OrderedDict[tuple, _Encoder] = OrderedDict()
         self.fallbacks = 0   # pictures re-done on a fresh encoder (tests and benchmarks read it)
+        self.reused = 0      # pictures coded by an encoder that had coded one before
 
     def get(self, key: tuple) -> _Encoder:
         enc = self.encoders.pop(key, None)
@@ -191,6 +192,7 @@ class _EncoderCache:
     def clear(self) -> None:
         for key in list(self.encoders):
             self.drop(key)
+        self.fallbacks = self.reused = 0
 
 
 class _TooLarge(Exception):
@@ -226,7 +228,7 @@ if hasattr(os, "register_at_fork"):
 
 @atexit.register
 def clear_encoders() -> None:
-    """Close the open encoders of every thread of this process."""
+    """Close the open encoders of every thread of this process (and zero their counters)."""
     for cache in list(_all_caches):
         if cache.pid == os.getpid():
             cache.clear()
@@ -235,7 +237,8 @@ def clear_encoders() -> None:
 def encoder_stats() -> dict[str, int]:
     """This thread's open encoders and fresh re-encodes (for tests and benchmarks)."""
     cache = _cache()
-    return {"open": len(cache.encoders), "pixels": cache.pixels(), "fallbacks": cache.fallbacks}
+    return {"open": len(cache.encoders), "pixels": cache.pixels(), "reused": cache.reused,
+            "fallbacks": cache.fallbacks}
 
 
 def _check_size(width: int, height: int) -> None:
@@ -261,6 +264,7 @@ def encode_planes(planes: list[np.ndarray], chroma_format_idc: int, q: int, effo
             enc = None
         if enc is not None:
             try:
+                cache.reused += enc.pictures > 0
                 return enc.picture(planes)
             except BaseException as exc:
                 cache.drop(key)       # never reuse an encoder whose state is in doubt
