@@ -35,7 +35,7 @@ from .sources import Item
 
 log = logging.getLogger("pipeline")
 
-FORMAT_VERSION = 2  # 2: clean crops written with WebP quality 0 (same pixels, new bytes)
+FORMAT_VERSION = 3  # 2: clean crops written with WebP quality 0 (same pixels, new bytes); 3: j2k defaults to the JP2 container
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Each codec: round trip, determinism, plausible sizes, quality validation, detection."""
 import io
+import json
 
 import numpy as np
 import pytest
@@ -304,3 +305,37 @@ def test_decompression_bombs_fail_fast_with_little_memory(crop):
         side = "10000x10000" if name == "webp" else "8192x8192"
         assert side in r["error"], (name, r)
         assert r["rss_growth_kb"] < 20_000 and r["seconds"] < 1, (name, r)
+
+
+# -- third parties read the shards with plain webdataset (issue 14) ----------------------
+
+@pytest.mark.parametrize("codec,q,options", [("bpg", 41, {"effort": "2"}), ("j2k", 200, {}),
+                                             ("j2k", 200, {"container": "j2k"}), ("jpeg", 10, {})])
+def test_wds_handler_reads_pipeline_shards(tmp_path, codec, q, options):
+    import webdataset as wds
+
+    from pipeline.build import build_setting
+    from pipeline.codecs import wds_handler, wds_handler_for
+    from tests.conftest import make_image_folder
+    make_image_folder(tmp_path / "src", per_class=2)
+    m = build_setting(tmp_path / "src", "train", codec, q, tmp_path / "out", shard_size=3, jobs=1,
+                      codec_options=options, progress=False)
+    urls = sorted(str(p) for p in (tmp_path / "out" / "train" / m["setting"]).glob("shard-*.tar"))
+    ext = m["bitstream"]
+    assert ext == "comp." + {"bpg": "bpg", "jpeg": "jpg"}.get(codec, options.get("container", "jp2"))
+    raw = {s["__key__"]: s for s in wds.WebDataset(urls, shardshuffle=False)}
+    decoded = list(wds.WebDataset(urls, shardshuffle=False).decode(wds_handler, "rgb8"))
+    assert len(decoded) == m["count"] == 4
+    reference = create(codec, q, **options)
+    for s in decoded:
+        comp, clean = s[ext], s["clean.webp"]
+        assert isinstance(comp, np.ndarray) and comp.dtype == np.uint8 and comp.shape == (224, 224, 3)
+        np.testing.assert_array_equal(comp, reference.decode(raw[s["__key__"]][ext]))
+        assert isinstance(clean, np.ndarray) and clean.shape == (224, 224, 3)   # webdataset's own
+        rec = s["json"]                                            # webdataset decodes json itself
+        assert rec["psnr"] == pytest.approx(psnr(clean, comp))   # the pixels the manifest measured
+    torch_sample = next(iter(wds.WebDataset(urls, shardshuffle=False).decode(wds_handler_for("torchrgb"), "torchrgb")))
+    assert tuple(torch_sample[ext].shape) == (3, 224, 224) and float(torch_sample[ext].max()) <= 1.0
+    if codec == "bpg":   # the reason the handler exists: webdataset alone leaves BPG undecoded
+        plain = next(iter(wds.WebDataset(urls, shardshuffle=False).decode("rgb8")))
+        assert isinstance(plain[ext], bytes)

@@ -72,6 +72,8 @@ class Codec(abc.ABC):
     name: ClassVar[str]
     #: extension of the bitstream inside a shard sample ("comp.<ext>")
     ext: ClassVar[str]
+    #: every extension its bitstreams may have in a shard (default: just ``ext``)
+    extensions: ClassVar[tuple[str, ...]] = ()
     #: leading bytes that identify this codec's bitstreams (content sniffing)
     magics: ClassVar[tuple[bytes, ...]] = ()
     #: inclusive range of the quality value; None means the codec takes no quality
@@ -156,6 +158,10 @@ class Codec(abc.ABC):
     def versions(self) -> dict[str, str]:
         """Versions of the libraries (or tools) behind this codec (written into manifests)."""
         return {}
+
+    @classmethod
+    def file_extensions(cls) -> tuple[str, ...]:
+        return cls.extensions or (cls.ext,)
 
     @classmethod
     def sniff(cls, data: bytes) -> bool:

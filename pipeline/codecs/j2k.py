@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes.util
-import io
 import os
 import shutil
 import tempfile
@@ -31,7 +30,6 @@ import warnings
 
 import numpy as np
 import PIL
-from PIL import Image
 
 from .base import Codec, CodecError, Option, pil_decode, register
 
@@ -78,6 +76,7 @@ MAX_NUMRES_224 = 8
 class J2kCodec(Codec):
     name = "j2k"
     ext = "jp2"
+    extensions = ("jp2", "j2k")
     magics = (J2K_MAGIC, JP2_MAGIC)
     q_range = (1, 10000)
     q_integer = False
