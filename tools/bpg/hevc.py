@@ -172,7 +172,7 @@ class _EncoderCache:
             width, height = key[0], key[1]
             if width * height > MAX_CACHED_PIXELS:
                 raise _TooLarge
-            enc = _Encoder(*key)
+            enc = _Encoder(*key[:5])
         self.encoders[key] = enc
         while len(self.encoders) > MAX_ENCODERS or self.pixels() > MAX_CACHED_PIXELS:
             self.drop(next(iter(self.encoders)))
@@ -257,7 +257,7 @@ def encode_planes(planes: list[np.ndarray], chroma_format_idc: int, q: int, effo
     _check_size(width, height)
     if reuse:
         cache = _cache()
-        key = (width, height, chroma_format_idc, q, effort)
+        key = (width, height, chroma_format_idc, q, effort, tuple(TUNING.items()))
         try:
             enc = cache.get(key)
         except _TooLarge:
