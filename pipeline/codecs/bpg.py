@@ -71,7 +71,12 @@ class BpgCodec(Codec):
             raise CodecError(f"undecodable BPG data ({len(data)} bytes): {exc}") from exc
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "bit_depth": 8, "color_space": "ycbcr"}
+        out = {**super().params(), "bit_depth": 8, "color_space": "ycbcr"}
+        if not self._bpgenc:
+            from tools.bpg import hevc
+            if hevc.TUNING:   # x265 options on top of bpgenc's (tools/bpg/README.md)
+                out["x265_tuning"] = ":".join(f"{k}={v}" for k, v in hevc.TUNING.items())
+        return out
 
     def versions(self) -> dict[str, str]:
         try:
