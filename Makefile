@@ -80,7 +80,7 @@ bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README
 	  $(PY) benchmarks/readme_block.py README.md bpg bench-out/bpg.md && \
 	  $(PY) benchmarks/readme_block.py tools/bpg/README.md bpg-bench bench-out/bpg.md; fi
 	@if [ -x ../shared/bpg-genuine/bpgenc ] && [ -d ../shared/imagenette ]; then \
-	  $(PY) benchmarks/bpg_tune.py --markdown bench-out/bpg-tune.md && \
+	  $(PY) benchmarks/bpg_tune.py --evaluate-only --markdown bench-out/bpg-tune.md && \
 	  $(PY) benchmarks/readme_block.py tools/bpg/README.md bpg-tuning bench-out/bpg-tune.md; fi
 	@if [ -f benchmarks/bench_trainer.py ]; then \
 	  $(PY) benchmarks/bench_trainer.py --markdown bench-out/trainer.md && \

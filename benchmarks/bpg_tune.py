@@ -6,14 +6,15 @@ into a temporary folder outside the tree), splits the images in two halves — e
 tune, odd positions are held out — and runs a greedy coordinate search on the tuning half:
 a candidate parameter joins the set only if it brings BOTH the mean bytes and the mean PSNR
 closer to the genuine encoder's.  The set found is then judged on the held-out half, against
-today's parameters; it should be adopted (``tools/bpg/hevc.py: TUNING``) only if both get
-closer there too.
+x265's defaults; it is adopted (``tools/bpg/hevc.py: TUNING``) only if both get closer there
+too.  The table also gives the Y, Cb and Cr PSNR differences, so a change that only trades
+one plane against another shows.
 
 Images: the sources of ../shared/bpg-vectors at each vector's settings, and ``--crops`` real
 224² crops of Imagenette val (``pipeline.crops.load_crop``) at -m 9 -f 420, q 41/46/51.
 
     python benchmarks/bpg_tune.py [--crops 40] [--markdown out.md] [--json out.json]
-    python benchmarks/bpg_tune.py --evaluate-only      # today's TUNING vs none, both halves
+    python benchmarks/bpg_tune.py --evaluate-only      # today's hevc.TUNING vs x265's defaults (make bench)
 """
 from __future__ import annotations
 
@@ -113,29 +114,45 @@ def genuine(jobs: list[dict], cache: Path) -> None:
             subprocess.run([str(BPGENC), "-q", str(job["q"]), "-m", str(job["m"]), "-f", job["f"],
                             "-o", str(out), str(src)], check=True, capture_output=True)
         data = out.read_bytes()
+        dec = bpg.decode(data)                                 # our decoder is bit-exact with bpgdec
         job["g_bytes"] = len(data)
-        job["g_psnr"] = _psnr(job["img"], bpg.decode(data))   # our decoder is bit-exact with bpgdec
+        job["g_psnr"] = _psnr(job["img"], dec)
+        job["g_planes"] = _plane_psnr(job["img"], dec)
 
 
-def evaluate(jobs: list[dict], tuning: dict, half: str | None) -> dict:
-    """Mean bytes and PSNR of ours and of the genuine encoder over one half (or all)."""
+def _plane_psnr(src: np.ndarray, dec: np.ndarray) -> list[float]:
+    """PSNR of Y, Cb and Cr (BT.601 full range, as bpgenc converts) between two RGB images."""
+    from tools.bpg import color
+    return [_psnr(a, b) for a, b in zip(color.rgb_to_ycbcr(src), color.rgb_to_ycbcr(dec))]
+
+
+def evaluate(jobs: list[dict], tuning: dict, half: str | None, planes: bool = False) -> dict:
+    """Mean bytes and PSNR of ours and of the genuine encoder over one half (or all);
+    ``planes`` adds the mean Y / Cb / Cr PSNR differences (ours - genuine)."""
     hevc.TUNING.clear()
     hevc.TUNING.update(tuning)
-    ours_b, ours_p, gen_b, gen_p = [], [], [], []
+    ours_b, ours_p, gen_b, gen_p, dplanes = [], [], [], [], []
     for job in jobs:
         if half and job["half"] != half:
             continue
         data = bpg.encode(job["img"], q=job["q"], effort=job["m"], chroma=job["f"])
+        dec = bpg.decode(data)
         ours_b.append(len(data))
-        ours_p.append(_psnr(job["img"], bpg.decode(data)))
+        ours_p.append(_psnr(job["img"], dec))
         gen_b.append(job["g_bytes"])
         gen_p.append(job["g_psnr"])
+        if planes:
+            ours, gen = _plane_psnr(job["img"], dec), job["g_planes"]
+            if all(np.isfinite(ours + gen)):
+                dplanes.append(np.subtract(ours, gen))
     hevc.TUNING.clear()
     hevc.clear_encoders()
     r = {"n": len(ours_b), "ours_bytes": float(np.mean(ours_b)), "gen_bytes": float(np.mean(gen_b)),
          "ours_psnr": float(np.mean(ours_p)), "gen_psnr": float(np.mean(gen_p))}
     r["bytes_pct"] = 100 * (r["ours_bytes"] / r["gen_bytes"] - 1)
     r["psnr_db"] = r["ours_psnr"] - r["gen_psnr"]
+    if planes:
+        r["d_y"], r["d_cb"], r["d_cr"] = (float(v) for v in np.mean(dplanes, axis=0))
     return r
 
 
@@ -166,8 +183,8 @@ def search(jobs: list[dict], passes: int, log) -> tuple[dict, list[dict]]:
     chosen: dict = {}
     current = evaluate(jobs, chosen, "tune")
     base = current
-    trail = [{"step": "today's parameters", "tuning": {}, **current}]
-    log(f"tune half, today's parameters: bytes {current['bytes_pct']:+.2f}%, PSNR {current['psnr_db']:+.3f} dB")
+    trail = [{"step": "x265 defaults", "tuning": {}, **current}]
+    log(f"tune half, x265 defaults: bytes {current['bytes_pct']:+.2f}%, PSNR {current['psnr_db']:+.3f} dB")
     for p in range(passes):
         best = None
         for option, values in CANDIDATES.items():
@@ -189,23 +206,19 @@ def search(jobs: list[dict], passes: int, log) -> tuple[dict, list[dict]]:
     return chosen, trail
 
 
-def markdown(before: dict, after: dict, tuning: dict, adopted: bool, what: str) -> str:
+def markdown(before: dict, after: dict, tuning: dict, verdict: str, what: str) -> str:
     rows = []
     for half in ("tune", "held-out"):
-        for label, r in (("today's parameters", before[half]),
-                         (":".join(f"{k}={v}" for k, v in tuning.items()) or "(nothing found)", after[half])):
+        for label, r in (("x265 4.2 defaults", before[half]),
+                         (":".join(f"{k}={v}" for k, v in tuning.items()) or "(none found)", after[half])):
             rows.append([half, label, r["n"], f"{r['ours_bytes']:.1f}", f"{r['gen_bytes']:.1f}",
                          f"{r['bytes_pct']:+.2f}%", f"{r['ours_psnr']:.2f}", f"{r['gen_psnr']:.2f}",
-                         f"{r['psnr_db']:+.3f}"])
-    verdict = ("adopted: closer in bytes and PSNR on the held-out half" if adopted else
-               "not adopted: it does not bring both bytes and PSNR closer on the held-out half, "
-               "so today's parameters stay")
+                         f"{r['psnr_db']:+.3f}", f"{r['d_y']:+.3f}", f"{r['d_cb']:+.3f}", f"{r['d_cr']:+.3f}"])
     return "\n".join([
-        f"Our encoder against the genuine bpgenc 0.9.8 at equal settings ({what}; "
-        "`python benchmarks/bpg_tune.py` regenerates this):", "",
-        table(["half", "x265 parameters", "files", "ours bytes", "genuine bytes", "Δ bytes", "ours PSNR",
-               "genuine PSNR", "Δ PSNR dB"], rows, align="llrrrrrrr"),
-        "", f"Search result: {verdict}.", ""])
+        f"Our encoder against the genuine bpgenc 0.9.8 at equal settings ({what}):", "",
+        table(["half", "x265 options on top of bpgenc's", "files", "ours bytes", "genuine bytes", "Δ bytes",
+               "ours PSNR", "genuine PSNR", "Δ PSNR", "Δ Y", "Δ Cb", "Δ Cr"], rows, align="llrrrrrrrrrr"),
+        "", "Δ = ours − genuine (PSNR in dB: RGB, then the Y, Cb, Cr planes). " + verdict, ""])
 
 
 def main(argv=None) -> None:
@@ -214,7 +227,7 @@ def main(argv=None) -> None:
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "m2m-bpg-tune",
                     help="where the genuine reference encodes go (never the source tree)")
-    ap.add_argument("--evaluate-only", action="store_true", help="compare today's TUNING with none, no search")
+    ap.add_argument("--evaluate-only", action="store_true", help="compare today's hevc.TUNING with x265's defaults, no search")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -231,7 +244,6 @@ def main(argv=None) -> None:
             f"x265 {bpg.versions()['x265']}")
     if args.evaluate_only:
         tuning, trail = today, []
-        before = {h: evaluate(jobs, {}, h) for h in ("tune", "held-out")}
     else:
         for option in list(CANDIDATES):
             CANDIDATES[option] = [v for v in CANDIDATES[option] if valid(option, v)]
@@ -239,10 +251,21 @@ def main(argv=None) -> None:
                 log(f"x265 {bpg.versions()['x265']} does not take {option}; skipped")
                 del CANDIDATES[option]
         tuning, trail = search(jobs, args.passes, log)
-        before = {h: evaluate(jobs, {}, h) for h in ("tune", "held-out")}
-    after = {h: evaluate(jobs, tuning, h) for h in ("tune", "held-out")}
-    adopted = bool(tuning) and closer(after["held-out"], before["held-out"])
-    text = markdown(before, after, tuning, adopted, what)
+    before = {h: evaluate(jobs, {}, h, planes=True) for h in ("tune", "held-out")}
+    after = {h: evaluate(jobs, tuning, h, planes=True) for h in ("tune", "held-out")}
+    hevc.TUNING.update(today)
+    closer_held_out = bool(tuning) and closer(after["held-out"], before["held-out"])
+    if args.evaluate_only:
+        verdict = (f"tools/bpg uses `{':'.join(f'{k}={v}' for k, v in today.items())}` (hevc.TUNING, found by "
+                   f"`python benchmarks/bpg_tune.py` on the tuning half); on the held-out half it is "
+                   f"{'closer' if closer_held_out else 'NOT closer'} in both bytes and PSNR."
+                   if today else "tools/bpg uses x265's defaults (hevc.TUNING is empty).")
+    else:
+        adopt = "adopt it" if closer_held_out else "keep x265's defaults"
+        verdict = (f"Search on the tuning half found `{':'.join(f'{k}={v}' for k, v in tuning.items()) or 'nothing'}`;"
+                   f" on the held-out half it is {'closer' if closer_held_out else 'not closer'} in both bytes and "
+                   f"PSNR: {adopt}" + ("" if tuning == today else " (hevc.TUNING differs: update it)") + ".")
+    text = markdown(before, after, tuning, verdict, what)
     print(text)
     log(f"{time.perf_counter() - t0:.0f} s")
     if args.markdown:
@@ -250,7 +273,7 @@ def main(argv=None) -> None:
         args.markdown.write_text(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"tuning": tuning, "adopted": adopted, "before": before, "after": after,
+        args.json.write_text(json.dumps({"tuning": tuning, "closer_held_out": closer_held_out, "before": before, "after": after,
                                          "trail": trail, "candidates": CANDIDATES}, indent=1))
 
 

@@ -19,8 +19,9 @@ def test_codec_round_trip_params_and_versions():
     assert BpgCodec.sniff(data) and data[:4] == b"BPG\xfb"
     assert codec.decode(data).shape == rgb.shape
     assert codec.params() == {"q": 41, "effort": 5, "chroma": "420", "encoder": "x265", "bit_depth": 8,
-                              "color_space": "ycbcr"}
-    assert {"x265", "libavcodec", "pyav"} <= set(codec.versions())
+                              "color_space": "ycbcr", "x265_tuning": "cbqpoffs=2:crqpoffs=2"}
+    versions = codec.versions()
+    assert {"x265", "libavcodec", "pyav"} <= set(versions) and versions["x265_tuning"] == "cbqpoffs=2:crqpoffs=2"
 
 
 @pytest.mark.parametrize("q,options", [(52, {}), (40.5, {}), ("inf", {}), (float("nan"), {}),
