@@ -109,8 +109,8 @@ class Codec(abc.ABC):
             raise CodecError(f"codec {cls.name!r} needs a {cls.q_meaning} value in [{lo:g}, {hi:g}]")
         try:
             value = float(q)
-        except (TypeError, ValueError):
-            raise CodecError(f"codec {cls.name!r}: {cls.q_meaning} must be a number, got {q!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise CodecError(f"codec {cls.name!r}: {cls.q_meaning} must be a finite number, got {q!r}") from None
         if not math.isfinite(value):
             raise CodecError(f"codec {cls.name!r}: {cls.q_meaning} must be a finite number, got {q!r}")
         if cls.q_integer:
