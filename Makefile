@@ -107,6 +107,9 @@ bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README
 	  $(PY) benchmarks/bench_bpg.py --markdown bench-out/bpg.md && \
 	  $(PY) benchmarks/readme_block.py README.md bpg bench-out/bpg.md && \
 	  $(PY) benchmarks/readme_block.py tools/bpg/README.md bpg-bench bench-out/bpg.md; fi
+	@if [ -x ../shared/bpg-genuine/bpgenc ] && [ -d ../shared/imagenette ]; then \
+	  $(PY) benchmarks/bpg_tune.py --evaluate-only --markdown bench-out/bpg-tune.md && \
+	  $(PY) benchmarks/readme_block.py tools/bpg/README.md bpg-tuning bench-out/bpg-tune.md; fi
 	@if [ -f benchmarks/bench_trainer.py ]; then \
 	  $(PY) benchmarks/bench_trainer.py --markdown bench-out/trainer.md && \
 	  $(PY) benchmarks/readme_block.py README.md trainer bench-out/trainer.md; fi

@@ -184,11 +184,8 @@ def check(folders, deep):
 def codecs():
     """List the codecs, their quality ranges and options."""
     for name in available():
-        cls = get(name)
-        q = "no q" if cls.q_range is None else f"q in [{cls.q_range[0]:g}, {cls.q_range[1]:g}] ({cls.q_meaning})"
-        click.echo(f"{name}: {q}")
-        for key, (typ, default, help_) in cls.options_spec.items():
-            click.echo(f"    -o {key}=<{typ.__name__}>  default {default!r}: {help_}")
+        for line in get(name).describe():
+            click.echo(line)
 
 
 @cli.command()

@@ -76,7 +76,8 @@ from .sources import Item, display, safe_text
 
 log = logging.getLogger("pipeline")
 
-# 3: plan.json, records name their tar's SHA-256, source fingerprints in the plan, layouts
+# 3: plan.json, records name their tar's SHA-256, source fingerprints in the plan, layouts;
+#    j2k defaults to the JP2 container (the paper's)
 FORMAT_VERSION = 3
 PAIR, SPLIT = "pair", "split"
 LAYOUTS = (PAIR, SPLIT)

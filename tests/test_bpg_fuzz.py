@@ -64,3 +64,40 @@ def test_fuzzed_vectors_fail_cleanly():
 def test_degenerate_inputs(data):
     with pytest.raises(BpgError):
         bpg.decode(data)
+
+
+# -- truncation is an error, not a picture (issue 11, item 7) ----------------------------
+
+def test_genuine_file_truncated_to_160_bytes_is_an_error():
+    data = (shared_path("bpg-vectors") / "astronaut_q41_420_m9.bpg").read_bytes()
+    assert len(bpg.decode(data)) == 224
+    with pytest.raises(BpgError, match="truncated|undecodable"):
+        bpg.decode(data[:160])
+
+
+def test_every_genuine_vector_is_complete():
+    """The truncation check never fires on complete files (all 29 genuine vectors)."""
+    for path in sorted(shared_path("bpg-vectors").glob("*.bpg")):
+        bpg.decode(path.read_bytes())
+
+
+@pytest.mark.parametrize("chroma", ["420", "444", "gray"])
+def test_truncated_files_are_errors_anywhere_in_the_slice(chroma):
+    """Cut a file made here at every byte of its last 48 and at a spread of points before:
+    each cut is refused, unless it removed only bits the decoder never needed (the stop bit
+    and the arithmetic coder's last flushed bits), in which case the picture is exactly the
+    full file's."""
+    from tests.conftest import synthetic_rgb
+    data = bpg.encode(synthetic_rgb(96, 128, seed=5), q=30, effort=3, chroma=chroma)
+    full = bpg.decode(data)
+    start = bpg.read_header(data).data_offset
+    cuts = sorted(set(range(max(start, len(data) - 48), len(data))) | set(range(start, len(data), 37)))
+    refused = 0
+    for n in cuts:
+        try:
+            out = bpg.decode(data[:n])
+        except BpgError:
+            refused += 1
+            continue
+        assert n >= len(data) - 2 and np.array_equal(out, full), (n, len(data))
+    assert refused >= len(cuts) - 2

@@ -1,14 +1,14 @@
-"""Codecs by name: ``create("jpeg", 10)``, ``decode_any(bytes)``.
+"""Codecs by name: ``create("jpeg", 10)``, ``decode_any(bytes)``; ``wds_handler`` for
+webdataset readers of the shards.
 
-Importing this package registers every codec module; a codec whose library is missing
-still registers and fails with a clear message when it is used.
+Importing this package registers every codec module.  Libraries behind a codec (PyAV for
+BPG, glymur for J2K encoding) are imported only when they are used, so a missing one fails
+with a clear message then, not here.
 """
-from .base import Codec, CodecError, available, create, decode_any, detect, get, register
-from . import jpeg, j2k, lossless  # noqa: F401  (registration)
+from .base import (Codec, CodecError, Option, PictureTooLargeError, available, create, decode_any, detect,
+                   get, register)
+from . import bpg, jpeg, j2k, lossless  # noqa: F401  (registration)
+from .wds import wds_handler, wds_handler_for
 
-try:  # BPG lives in tools/bpg; the adapter imports it lazily
-    from . import bpg  # noqa: F401
-except ImportError:  # pragma: no cover - only while tools/bpg is being written
-    pass
-
-__all__ = ["Codec", "CodecError", "available", "create", "decode_any", "detect", "get", "register"]
+__all__ = ["Codec", "CodecError", "Option", "PictureTooLargeError", "available", "create", "decode_any",
+           "detect", "get", "register", "wds_handler", "wds_handler_for"]

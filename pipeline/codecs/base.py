@@ -3,14 +3,24 @@
 A codec turns a H×W×3 uint8 RGB array into the bytes that would be transmitted, and those
 bytes back into pixels.  x̃ is always what ``decode(encode(x))`` returns: never an encoder's
 internal reconstruction, so what is measured is what a receiver would see.
+
+Options are declared once, as :class:`Option` entries of ``Codec.options_spec`` (type,
+default, help, and the valid range or choices); validation, the command line's
+``-o key=value`` and ``python -m pipeline codecs`` all read that one declaration.
+Every decoder reads the picture size from the header first and checks it against the
+pixel budget (:mod:`pipeline.limits`) before decoding anything.
 """
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from ..limits import PixelBudgetError, check_pixels
 from ..setting import Setting
 
 
@@ -18,11 +28,52 @@ class CodecError(ValueError):
     """Bad codec setting or undecodable bitstream (the message says which)."""
 
 
+class PictureTooLargeError(CodecError, PixelBudgetError):
+    """A bitstream whose header announces more pixels than the pixel budget allows."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One codec option: its type, default and help, and what values are valid."""
+    type: type
+    default: Any
+    help: str
+    #: inclusive bounds of a numeric option (None: unbounded)
+    range: tuple[float, float] | None = None
+    #: the allowed values of a str option
+    choices: tuple[str, ...] | None = None
+    #: bookkeeping options that never change the bitstream stay out of params()
+    in_params: bool = True
+
+    def describe(self) -> str:
+        if self.choices:
+            allowed = "one of " + ", ".join(self.choices)
+        elif self.range:
+            allowed = f"{self.type.__name__} in [{self.range[0]:g}, {self.range[1]:g}]"
+        else:
+            allowed = self.type.__name__
+        return f"{allowed}; default {self.default!r}"
+
+    def validate(self, codec: str, key: str, value: Any) -> Any:
+        value = _coerce(codec, key, self.type, value)
+        if value is None:
+            return value
+        if self.choices is not None and value not in self.choices:
+            raise CodecError(f"codec {codec!r}: option {key}={value!r} is not one of {', '.join(self.choices)}")
+        if self.range is not None:
+            lo, hi = self.range
+            if not lo <= value <= hi:
+                raise CodecError(f"codec {codec!r}: option {key}={value!r} is outside [{lo:g}, {hi:g}]")
+        return value
+
+
 class Codec(abc.ABC):
     #: registry name, e.g. "jpeg"
     name: ClassVar[str]
     #: extension of the bitstream inside a shard sample ("comp.<ext>")
     ext: ClassVar[str]
+    #: every extension its bitstreams may have in a shard (default: just ``ext``)
+    extensions: ClassVar[tuple[str, ...]] = ()
     #: leading bytes that identify this codec's bitstreams (content sniffing)
     magics: ClassVar[tuple[bytes, ...]] = ()
     #: inclusive range of the quality value; None means the codec takes no quality
@@ -31,10 +82,8 @@ class Codec(abc.ABC):
     q_meaning: ClassVar[str] = "quality"
     #: a valid q used when an instance is needed only to decode
     default_q: ClassVar[float | None] = None
-    #: codec options: name -> (type, default, help); the CLI's ``--option name=value``
-    options_spec: ClassVar[dict[str, tuple[type, Any, str]]] = {}
-    #: allowed values of str options, name -> choices
-    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: codec options by name; the CLI's ``--option name=value``
+    options_spec: ClassVar[dict[str, Option]] = {}
 
     def __init__(self, q: float | None = None, **options: Any):
         self.q = self.validate_q(q)
@@ -46,14 +95,8 @@ class Codec(abc.ABC):
         if unknown:
             known = ", ".join(cls.options_spec) or "none"
             raise CodecError(f"codec {cls.name!r} has no option {', '.join(unknown)} (options: {known})")
-        resolved = {}
-        for key, (typ, default, _help) in cls.options_spec.items():
-            value = _coerce(cls.name, key, typ, options.get(key, default))
-            choices = cls.option_choices.get(key)
-            if choices is not None and value not in choices:
-                raise CodecError(f"codec {cls.name!r}: option {key}={value!r} is not one of {', '.join(choices)}")
-            resolved[key] = value
-        return resolved
+        return {key: opt.validate(cls.name, key, options.get(key, opt.default))
+                for key, opt in cls.options_spec.items()}
 
     @classmethod
     def validate_q(cls, q: Any) -> float | int | None:
@@ -66,8 +109,10 @@ class Codec(abc.ABC):
             raise CodecError(f"codec {cls.name!r} needs a {cls.q_meaning} value in [{lo:g}, {hi:g}]")
         try:
             value = float(q)
-        except (TypeError, ValueError):
-            raise CodecError(f"codec {cls.name!r}: {cls.q_meaning} must be a number, got {q!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            raise CodecError(f"codec {cls.name!r}: {cls.q_meaning} must be a finite number, got {q!r}") from None
+        if not math.isfinite(value):
+            raise CodecError(f"codec {cls.name!r}: {cls.q_meaning} must be a finite number, got {q!r}")
         if cls.q_integer:
             if value != int(value):
                 raise CodecError(f"codec {cls.name!r}: {cls.q_meaning} must be an integer, got {q!r}")
@@ -91,12 +136,32 @@ class Codec(abc.ABC):
 
     def params(self) -> dict[str, Any]:
         """Every parameter that determines the bitstream (written into manifests)."""
-        return {"q": self.q, **self.options}
+        return {"q": self.q, **{k: v for k, v in self.options.items() if self.options_spec[k].in_params}}
 
     @classmethod
-    def versions(cls) -> dict[str, str]:
-        """Versions of the libraries behind this codec (written into manifests)."""
+    def describe(cls) -> list[str]:
+        """What ``python -m pipeline codecs`` prints: the q range and every option's range."""
+        q = "no q" if cls.q_range is None else f"q in [{cls.q_range[0]:g}, {cls.q_range[1]:g}] ({cls.q_meaning})"
+        lines = [f"{cls.name}: {q}"]
+        for key, opt in cls.options_spec.items():
+            lines.append(f"    -o {key}=<{opt.type.__name__}>  {opt.describe()}: {opt.help}")
+        return lines
+
+    @classmethod
+    def check_pixels(cls, width: int, height: int) -> None:
+        """The pixel budget, from a header's size, before anything is decoded."""
+        try:
+            check_pixels(width, height, f"{cls.name} picture")
+        except PixelBudgetError as exc:
+            raise PictureTooLargeError(str(exc)) from None
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the libraries (or tools) behind this codec (written into manifests)."""
         return {}
+
+    @classmethod
+    def file_extensions(cls) -> tuple[str, ...]:
+        return cls.extensions or (cls.ext,)
 
     @classmethod
     def sniff(cls, data: bytes) -> bool:
@@ -108,19 +173,56 @@ class Codec(abc.ABC):
 
 def _coerce(codec: str, key: str, typ: type, value: Any) -> Any:
     """Option values arrive as strings from the command line; give them their type."""
-    if value is None or isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+    if value is None:
         return value
-    text = str(value).strip().lower()
+    bad = CodecError(f"codec {codec!r}: option {key}={value!r} is not a valid {typ.__name__}")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise bad
+    if isinstance(value, bool):
+        raise bad
+    if typ is int:
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float) and not (math.isfinite(number) and number == int(number)):
+                raise ValueError
+            return int(number)
+        except (TypeError, ValueError, OverflowError):
+            raise bad from None
+    if typ is float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(number):
+            raise bad
+        return number
     try:
-        if typ is bool:
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
         return typ(value)
     except (TypeError, ValueError):
-        raise CodecError(f"codec {codec!r}: option {key}={value!r} is not a valid {typ.__name__}") from None
+        raise bad from None
+
+
+def pil_decode(data: bytes, what: str, formats: Sequence[str]) -> np.ndarray:
+    """Decode with Pillow, opening only the named ``formats`` (EPS and friends never reach
+    their plugins), after checking the header's size against the pixel budget."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=list(formats)) as img:
+            check_pixels(*img.size, f"{what} picture")
+            img.load()
+            return np.asarray(img.convert("RGB"))
+    except PixelBudgetError as exc:
+        raise PictureTooLargeError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - hostile data must end in CodecError, whatever broke
+        raise CodecError(f"undecodable {what} data ({len(data)} bytes): {exc}") from exc
 
 
 _REGISTRY: dict[str, type[Codec]] = {}

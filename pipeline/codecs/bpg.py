@@ -2,6 +2,11 @@
 
 The paper's setting is ``-m 9 -f 420`` with q in 41/46/51.  PyAV is imported only when an
 instance is created, so listing codecs works without it.
+
+``-o encoder=bpgenc`` encodes with the genuine reference encoder instead (found on PATH, or
+``-o bpgenc=/path/to/bpgenc``), for users who have it; its version goes into the manifest.
+Decoding always uses tools/bpg, which reproduces bpgdec's pixels exactly (tests check all
+29 genuine vectors).
 """
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Codec, CodecError, register
+from .base import Codec, CodecError, Option, register
 
 
 @register
@@ -22,40 +27,65 @@ class BpgCodec(Codec):
     q_meaning = "BPG quantizer (bpgenc -q, lower is better)"
     default_q = 41
     options_spec = {
-        "effort": (int, 9, "bpgenc -m level 1..9 (x265 preset index; 9 = placebo, the paper's)"),
-        "chroma": (str, "420", "chroma format: 420, 444 or gray"),
+        "effort": Option(int, 9, "bpgenc -m level (x265 preset index; 9 = placebo, the paper's)",
+                         range=(1, 9)),
+        "chroma": Option(str, "420", "chroma format", choices=("420", "444", "gray")),
+        "encoder": Option(str, "x265", "x265 = our in-process encoder; bpgenc = the genuine "
+                          "reference encoder (on PATH or -o bpgenc=PATH)", choices=("x265", "bpgenc")),
+        "bpgenc": Option(str, "", "path of the genuine bpgenc (implies encoder=bpgenc)", in_params=False),
     }
-    option_choices = {"chroma": ("420", "444", "gray")}
 
     def __init__(self, q: float | None = None, **options: Any):
+        if options.get("bpgenc") and "encoder" not in options:
+            options["encoder"] = "bpgenc"
         super().__init__(q, **options)
-        effort = self.options["effort"]
-        if not 1 <= effort <= 9:
-            raise CodecError(f"codec 'bpg': option effort={effort} is outside 1..9")
+        self._bpgenc = None
         try:
-            from tools.bpg import hevc
-            hevc.check_available()
+            if self.options["encoder"] == "bpgenc":
+                from tools.bpg.reference import find_tool, tool_version
+                self._bpgenc = find_tool("bpgenc", self.options["bpgenc"] or None)
+                tool_version(self._bpgenc)          # fails now, not on the first image
+            else:
+                from tools.bpg import hevc
+                hevc.check_available()
         except ImportError as exc:
             raise CodecError(f"codec 'bpg' is unavailable: {exc}") from exc
+        except ValueError as exc:       # BpgError: the reference tool is missing or broken
+            raise CodecError(f"codec 'bpg': {exc}") from None
 
     def encode(self, rgb: np.ndarray) -> bytes:
+        q, effort, chroma = self.q, self.options["effort"], self.options["chroma"]
+        if self._bpgenc:
+            from tools.bpg.reference import bpgenc_encode
+            return bpgenc_encode(rgb, q, effort, chroma, self._bpgenc)
         from tools.bpg import encode
-        return encode(rgb, q=self.q, effort=self.options["effort"], chroma=self.options["chroma"])
+        return encode(rgb, q=q, effort=effort, chroma=chroma)
 
     def decode(self, data: bytes) -> np.ndarray:
-        from tools.bpg import BpgError, decode
+        from tools.bpg import BpgError, decode, read_header
         try:
+            h = read_header(data)
+            self.check_pixels(h.picture_width, h.picture_height)
             return decode(data)
         except BpgError as exc:
             raise CodecError(f"undecodable BPG data ({len(data)} bytes): {exc}") from exc
 
     def params(self) -> dict[str, Any]:
-        return {"q": self.q, **self.options, "bit_depth": 8, "color_space": "ycbcr"}
+        out = {**super().params(), "bit_depth": 8, "color_space": "ycbcr"}
+        if not self._bpgenc:
+            from tools.bpg import hevc
+            if hevc.TUNING:   # x265 options on top of bpgenc's (tools/bpg/README.md)
+                out["x265_tuning"] = ":".join(f"{k}={v}" for k, v in hevc.TUNING.items())
+        return out
 
-    @classmethod
-    def versions(cls) -> dict[str, str]:
+    def versions(self) -> dict[str, str]:
         try:
             from tools.bpg import versions
-            return versions()
+            out = versions()
         except ImportError as exc:
-            return {"error": str(exc)}
+            out = {"error": str(exc)}
+        if self._bpgenc:
+            from tools.bpg.reference import tool_version
+            v = tool_version(self._bpgenc)
+            out.update({"bpgenc": v["version"], "bpgenc_sha256": v["sha256"]})
+        return out

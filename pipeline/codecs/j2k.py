@@ -4,10 +4,15 @@
 rate control targets W·H·3 / q bytes.  Reversible 5/3 wavelet, and — as in the paper — no
 multi-component (colour) transform by default (option ``mct``).
 
-Container: by default the raw codestream (``.j2k``, starting with the SOC marker), because
-that is what a camera would transmit; the JP2 box wrapper (option ``container=jp2``) spends
-part of the same byte budget (OpenJPEG's rate target covers the whole file) on boxes that
-carry nothing a receiver of 8-bit RGB needs.  ``bytes`` counts the whole file either way.
+Container (option ``container``):
+
+- ``jp2`` (the default): a JP2 file, boxes around the codestream — what the paper's code
+  wrote (Pillow saving to a BytesIO or a ``.jp2`` path writes JP2).  OpenJPEG's rate target
+  covers the whole file, so the boxes (about 85 bytes) come out of the codestream's budget.
+- ``j2k``: the raw codestream (starting with the SOC marker), what a camera would transmit:
+  at the same ratio it spends every byte on the picture (a little more PSNR and SSIM).
+
+``bytes`` counts the whole file either way.
 
 glymur reads and writes files only, so each process encodes through one reusable file in
 a private temporary folder (on /dev/shm when there is one).  Decoding uses Pillow's
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes.util
-import io
 import os
 import shutil
 import tempfile
@@ -26,10 +30,8 @@ import warnings
 
 import numpy as np
 import PIL
-from PIL import Image
 
-from .base import Codec, CodecError, register
-from .jpeg import _pil_decode
+from .base import Codec, CodecError, Option, pil_decode, register
 
 J2K_MAGIC = b"\xff\x4f\xff\x51"                 # SOC + SIZ markers
 JP2_MAGIC = b"\x00\x00\x00\x0cjP  \r\n\x87\n"   # JP2 signature box
@@ -65,28 +67,40 @@ def _scratch(suffix: str) -> str:
     return path
 
 
+#: OpenJPEG needs the lowest resolution level to keep at least one pixel: a picture whose
+#: shorter side is S allows floor(log2(S)) + 1 levels, 8 for the 224² crops
+MAX_NUMRES_224 = 8
+
+
 @register
 class J2kCodec(Codec):
     name = "j2k"
-    ext = "j2k"
+    ext = "jp2"
+    extensions = ("jp2", "j2k")
     magics = (J2K_MAGIC, JP2_MAGIC)
     q_range = (1, 10000)
     q_integer = False
     q_meaning = "compression ratio (raw 24-bit RGB bytes / compressed bytes)"
     default_q = 200
     options_spec = {
-        "mct": (bool, False, "RCT colour transform before the wavelet (the paper: off)"),
-        "container": (str, "j2k", "j2k = raw codestream (transmitted), jp2 = JP2 file with boxes"),
-        "numres": (int, 6, "number of resolution levels (wavelet decompositions + 1)"),
+        "mct": Option(bool, False, "RCT colour transform before the wavelet (the paper: off)"),
+        "container": Option(str, "jp2", "jp2 = JP2 file with boxes (the paper's), "
+                            "j2k = raw codestream (the leaner choice for transmission)",
+                            choices=("jp2", "j2k")),
+        "numres": Option(int, 6, "resolution levels (wavelet decompositions + 1); at most 8 "
+                         "for a 224² crop", range=(1, MAX_NUMRES_224)),
     }
-    option_choices = {"container": ("j2k", "jp2")}
 
     def __init__(self, q=None, **options):
         super().__init__(q, **options)
-        if self.options["container"] == "jp2":
-            self.ext = "jp2"
+        self.ext = self.options["container"]
 
     def encode(self, rgb: np.ndarray) -> bytes:
+        numres = self.options["numres"]
+        h, w = rgb.shape[:2]
+        if min(h, w) >> (numres - 1) < 1:
+            raise CodecError(f"codec 'j2k': option numres={numres} needs pictures of at least "
+                             f"{1 << (numres - 1)} pixels on the shorter side; this one is {w}x{h}")
         glymur = _glymur()
         path = _scratch("." + self.options["container"])
         if os.path.exists(path):
@@ -94,12 +108,12 @@ class J2kCodec(Codec):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # glymur warns about colour-space guesses
             glymur.Jp2k(path, data=np.ascontiguousarray(rgb), cratios=[self.q], irreversible=False,
-                        mct=self.options["mct"], numres=self.options["numres"])
+                        mct=self.options["mct"], numres=numres)
         with open(path, "rb") as f:
             return f.read()
 
     def decode(self, data: bytes) -> np.ndarray:
-        return _pil_decode(data, "JPEG 2000")
+        return pil_decode(data, "JPEG 2000", ["JPEG2000"])
 
     def params(self):
         return {"q": self.q, "wavelet": "5/3 reversible", **self.options}

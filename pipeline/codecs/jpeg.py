@@ -7,7 +7,7 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
-from .base import Codec, CodecError, register
+from .base import Codec, Option, pil_decode, register
 
 
 @register
@@ -19,10 +19,9 @@ class JpegCodec(Codec):
     q_meaning = "JPEG quality"
     default_q = 75
     options_spec = {
-        "subsampling": (str, "4:2:0", "chroma subsampling: 4:4:4, 4:2:2 or 4:2:0"),
-        "optimize": (bool, False, "optimised Huffman tables (smaller files, same pixels)"),
+        "subsampling": Option(str, "4:2:0", "chroma subsampling", choices=("4:4:4", "4:2:2", "4:2:0")),
+        "optimize": Option(bool, False, "optimised Huffman tables (smaller files, same pixels)"),
     }
-    option_choices = {"subsampling": ("4:4:4", "4:2:2", "4:2:0")}
 
     def encode(self, rgb: np.ndarray) -> bytes:
         buf = io.BytesIO()
@@ -31,17 +30,9 @@ class JpegCodec(Codec):
         return buf.getvalue()
 
     def decode(self, data: bytes) -> np.ndarray:
-        return _pil_decode(data, "JPEG")
+        return pil_decode(data, "JPEG", ["JPEG"])
 
     @classmethod
     def versions(cls) -> dict[str, str]:
         return {"pillow": PIL.__version__, "libjpeg": str(features.version("jpg"))}
 
-
-def _pil_decode(data: bytes, what: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CodecError(f"undecodable {what} data ({len(data)} bytes): {exc}") from exc

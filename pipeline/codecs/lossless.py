@@ -13,8 +13,7 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
-from .base import Codec, register
-from .jpeg import _pil_decode
+from .base import Codec, Option, pil_decode, register
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,13 +29,14 @@ class LosslessCodec(Codec):
     ext = "webp"
     magics = ()
     q_range = None
-    options_spec = {"method": (int, 0, "WebP lossless effort 0 (fast) .. 6 (smallest)")}
+    options_spec = {"method": Option(int, 0, "WebP lossless effort, 0 fast .. 6 smallest", range=(0, 6))}
 
     def encode(self, rgb: np.ndarray) -> bytes:
         return encode_lossless(rgb, self.options["method"])
 
     def decode(self, data: bytes) -> np.ndarray:
-        return _pil_decode(data, "lossless WebP")
+        # a receiver may get lossless images as WebP or PNG; Pillow decodes both
+        return pil_decode(data, "lossless WebP/PNG", ["WEBP", "PNG"])
 
     @classmethod
     def sniff(cls, data: bytes) -> bool:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import color
-from .header import (FORMAT_420, FORMAT_444, FORMAT_GRAY, FORMAT_420_MPEG2, FORMAT_422,
-                     FORMAT_422_MPEG2, NAL_PPS, NAL_SPS, NAL_VPS, BpgError, BpgHeader,
-                     build_sps, build_vps, nal_type, parse_header, parse_sps, split_annexb)
+from .container import (FORMAT_420, FORMAT_444, FORMAT_GRAY, FORMAT_420_MPEG2, FORMAT_422,
+                        FORMAT_422_MPEG2, MAX_DIMENSION, BpgHeader, parse_header)
+from .errors import BpgError
+from .paramsets import NAL_AUD, NAL_PPS, NAL_SPS, NAL_VPS, build_vps, nal_type, parse_sps, split_annexb
 
 __all__ = ["encode", "decode", "read_header", "BpgError", "BpgHeader", "CHROMA_FORMATS",
            "versions"]
@@ -53,11 +54,13 @@ def _planes_for(rgb: np.ndarray, chroma: str) -> list[np.ndarray]:
     return [color.pad_plane(p, h8, w8) for p in (y, cb, cr)]
 
 
-def encode(rgb: np.ndarray, q: int = 41, effort: int = 9, chroma: str = "420") -> bytes:
+def encode(rgb: np.ndarray, q: int = 41, effort: int = 9, chroma: str = "420", reuse: bool = True) -> bytes:
     """H×W×3 uint8 RGB (or H×W gray with chroma="gray") -> bytes of a BPG file.
 
     ``q`` is bpgenc's -q (0..51, lower is better), ``effort`` its -m (1..9, 9 = slowest
-    x265 preset), ``chroma`` its -f (420 or 444) or "gray".
+    x265 preset), ``chroma`` its -f (420 or 444) or "gray".  ``reuse`` keeps the x265
+    encoder open for the next picture of the same size and settings (same bytes, faster);
+    ``reuse=False`` opens and closes one for this picture alone.
     """
     from . import hevc
 
@@ -67,29 +70,32 @@ def encode(rgb: np.ndarray, q: int = 41, effort: int = 9, chroma: str = "420") -
                                      or rgb.ndim == 2 and chroma == "gray"):
         raise ValueError(f"BPG encode needs an H×W×3 uint8 RGB array, got {rgb.dtype} {rgb.shape}")
     h, w = rgb.shape[:2]
-    if not (0 < h <= 1 << 16 and 0 < w <= 1 << 16):
-        raise ValueError(f"BPG encode: image size {w}x{h} outside 1..65536")
+    if not (0 < h <= MAX_DIMENSION and 0 < w <= MAX_DIMENSION):
+        raise ValueError(f"BPG encode: image size {w}x{h} outside 1..{MAX_DIMENSION}")
+    hevc._check_size(-(-w // 8) * 8, -(-h // 8) * 8)   # before any colour work
     pixel_format = CHROMA_FORMATS[chroma]
     planes = _planes_for(rgb, chroma)
-    stream = hevc.encode_planes(planes, _CHROMA_IDC[pixel_format], int(q), int(effort))
-    return _package(stream, pixel_format, w, h, planes[0].shape)
+    stream = hevc.encode_planes(planes, _CHROMA_IDC[pixel_format], int(q), int(effort), reuse=reuse)
+    return _package(stream, pixel_format, w, h)
 
 
-def _package(stream: bytes, pixel_format: int, width: int, height: int, coded_shape) -> bytes:
-    """x265's Annex-B output -> BPG file: header, compact SPS fields, data minus VPS/SPS."""
+def _package(stream: bytes, pixel_format: int, width: int, height: int) -> bytes:
+    """An encoder's Annex-B picture -> BPG file: header, compact SPS fields, data minus VPS/SPS."""
     nals = split_annexb(stream)
     types = [nal_type(n) for n in nals]
     if NAL_SPS not in types or NAL_PPS not in types:
-        raise RuntimeError(f"x265 output lacks SPS/PPS (NAL types {types})")
+        raise BpgError(f"the encoder's output lacks SPS/PPS (NAL types {types})")
     sps = parse_sps(nals[types.index(NAL_SPS)])
-    expected = (_CHROMA_IDC[pixel_format], coded_shape[1], coded_shape[0], 0, 0, 1)
+    min_cb = sps.hevc_header.min_cb_size
+    coded = (-(-width // min_cb) * min_cb, -(-height // min_cb) * min_cb)
+    expected = (_CHROMA_IDC[pixel_format], *coded, 0, 0, 1)
     got = (sps.chroma_format_idc, sps.pic_width, sps.pic_height, sps.bit_depth_luma_minus8,
            sps.bit_depth_chroma_minus8, sps.amp_enabled_flag)
-    if got != expected or sps.hevc_header.min_cb_size != 8:
-        raise RuntimeError(f"x265 wrote an SPS BPG cannot describe: {got} (expected {expected}), "
-                           f"min CB {sps.hevc_header.min_cb_size}")
+    if got != expected or min_cb != 8:
+        raise BpgError(f"the encoder wrote an SPS BPG cannot describe: {got} (expected {expected}), "
+                       f"min CB {min_cb}")
     # access unit delimiters and parameter sets the decoder rebuilds are dropped
-    kept = [n for n, t in zip(nals, types) if t not in (NAL_VPS, NAL_SPS, 35)]
+    kept = [n for n, t in zip(nals, types) if t not in (NAL_VPS, NAL_SPS, NAL_AUD)]
     header = BpgHeader(pixel_format=pixel_format, picture_width=width, picture_height=height,
                        picture_data_length=0, hevc_header=sps.hevc_header)
     return header.encode() + _START.join(kept)
@@ -112,17 +118,29 @@ def _hevc_payload(data: bytes, h: BpgHeader) -> bytes:
     return payload
 
 
-def decode(data: bytes) -> np.ndarray:
-    """Bytes of a BPG file -> H×W×3 uint8 RGB (as bpgdec's RGB output)."""
+def check_size(h: BpgHeader, max_pixels: int | None) -> None:
+    """Refuse a picture above ``max_pixels`` from its header alone, before any allocation."""
+    if max_pixels is not None and h.picture_width * h.picture_height > max_pixels:
+        raise BpgError(f"BPG picture {h.picture_width}x{h.picture_height} = "
+                       f"{h.picture_width * h.picture_height:,} pixels is over the pixel budget "
+                       f"of {max_pixels:,}")
+
+
+def decode(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Bytes of a BPG file -> H×W×3 uint8 RGB (as bpgdec's RGB output).
+
+    ``max_pixels``: refuse (BpgError) a picture whose header announces more pixels, before
+    decoding anything.  Truncated or corrupt picture data is a BpgError too."""
     from . import hevc
 
     h = parse_header(data)
+    check_size(h, max_pixels)
     if h.pixel_format in (FORMAT_422, FORMAT_422_MPEG2):
         raise BpgError(f"unsupported BPG feature: pixel_format {h.pixel_format} (4:2:2)")
     if h.pixel_format == FORMAT_420_MPEG2:
         raise BpgError("unsupported BPG feature: pixel_format 4 (4:2:0 with MPEG-2 chroma siting)")
     payload = _hevc_payload(data, h)
-    stream = (b"\x00\x00\x00\x01" + build_vps() + b"\x00\x00\x00\x01" + build_sps(h)
+    stream = (b"\x00\x00\x00\x01" + build_vps() + b"\x00\x00\x00\x01" + h.sps()
               + b"\x00\x00\x00\x01" + payload)
     planes = hevc.decode_annexb(stream)
     width, height = h.picture_width, h.picture_height

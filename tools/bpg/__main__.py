@@ -30,43 +30,78 @@ def main():
 @click.option("-c", "color_space", default="ycbcr", show_default=True, help="colour space (only ycbcr)")
 def enc(infile, outfile, qp, level, cfmt, bit_depth, color_space):
     """Encode a PNG/JPEG/... image to BPG."""
-    from PIL import Image
-
-    from . import encode
+    from . import BpgError, encode
 
     if bit_depth != 8:
         raise click.BadParameter(f"only -b 8 is supported, got {bit_depth}", param_hint="-b")
     if color_space != "ycbcr":
         raise click.BadParameter(f"only -c ycbcr is supported, got {color_space!r}", param_hint="-c")
-    with Image.open(infile) as img:
-        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-            raise click.ClickException(f"{infile}: alpha channels are not supported; flatten the image first")
-        gray = img.mode in ("1", "L", "I", "I;16")
-        if cfmt is None:
-            cfmt = "gray" if gray else "420"
-        arr = np.asarray(img.convert("L" if gray and cfmt == "gray" else "RGB"))
-    data = encode(arr, q=qp, effort=level, chroma=cfmt)
-    with open(outfile, "wb") as f:
-        f.write(data)
+    arr, cfmt = _read_image(infile, cfmt)
+    try:
+        data = encode(arr, q=qp, effort=level, chroma=cfmt)
+    except (BpgError, ValueError) as exc:
+        raise click.ClickException(f"{infile}: cannot encode: {exc}") from None
+    try:
+        with open(outfile, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        raise click.ClickException(f"{outfile}: cannot write: {exc.strerror or exc}") from None
+
+
+#: what ``enc`` reads (as bpgenc reads PNG and JPEG); EPS and other scriptable formats never
+INPUT_FORMATS = ("PNG", "JPEG", "PPM", "BMP", "TIFF", "WEBP", "GIF", "TGA")
+
+
+def _read_image(infile: str, cfmt: str | None) -> tuple[np.ndarray, str]:
+    """The input as 8-bit RGB (or gray), converted as the pipeline's crops are (16-bit
+    gray scaled to 8 bits, not clipped); a one-line error naming the file otherwise."""
+    from PIL import Image
+
+    from pipeline.crops import to_rgb
+    from pipeline.limits import PixelBudgetError, check_pixels
+
+    try:
+        with Image.open(infile, formats=list(INPUT_FORMATS)) as img:
+            check_pixels(*img.size, infile)
+            img.load()
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                raise click.ClickException(f"{infile}: alpha channels are not supported; flatten the image first")
+            gray = img.mode in ("1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+            cfmt = cfmt or ("gray" if gray else "420")
+            rgb = np.asarray(to_rgb(img))
+    except click.ClickException:
+        raise
+    except PixelBudgetError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - unreadable input is a user error, not a traceback
+        raise click.ClickException(f"{infile}: cannot read the image: {exc}") from None
+    return (rgb[..., 0].copy() if gray and cfmt == "gray" else rgb), cfmt
 
 
 @main.command()
 @click.argument("infile", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "outfile", default="out.png", show_default=True,
               help="output image (.png or .ppm, by extension)")
-def dec(infile, outfile):
+@click.option("--max-pixels", type=click.IntRange(1), default=None,
+              help="refuse pictures larger than this [default: the pipeline's pixel budget, M2M_MAX_PIXELS]")
+def dec(infile, outfile, max_pixels):
     """Decode a BPG file to PNG/PPM."""
     from PIL import Image
+
+    from pipeline.limits import max_pixels as budget
 
     from . import BpgError, decode
 
     with open(infile, "rb") as f:
         data = f.read()
     try:
-        rgb = decode(data)
-    except BpgError as exc:
+        rgb = decode(data, max_pixels=max_pixels or budget())
+    except (BpgError, ValueError) as exc:
         raise click.ClickException(f"{infile}: {exc}") from None
-    Image.fromarray(rgb).save(outfile)
+    try:
+        Image.fromarray(rgb).save(outfile)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"{outfile}: cannot write: {exc}") from None
 
 
 @main.command()
