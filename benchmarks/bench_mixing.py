@@ -52,9 +52,9 @@ def label_shards(plan, folder: Path) -> None:
 
 
 def distinct_per_batch(folder: Path, batch: int, workers: int, buffer: int, epochs: int) -> float:
-    from trainer.data import LoaderSpec, group_settings, make_train_loader
+    from trainer.data import LoaderSpec, group_shards, make_train_loader
 
-    settings = group_settings(str(folder / "shard-*.tar"))
+    settings = group_shards(str(folder / "shard-*.tar"))
     counts = []
     for epoch in range(epochs):
         loader, _ = make_train_loader(settings, LoaderSpec(batch_size=batch, workers=workers, shuffle_buffer=buffer,
