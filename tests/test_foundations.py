@@ -123,3 +123,24 @@ def test_manifest_refuses_path_escape(tmp_path):
             Manifest.from_dict(bad)
     with pytest.raises(ManifestError, match="no manifest"):
         Manifest.load(tmp_path)
+
+
+def test_registry():
+    from pipeline.registry import Registry
+
+    reg = Registry("widget", LookupError)
+
+    @reg.register
+    class A:
+        name = "a"
+
+    assert reg.get("a") is A and "a" in reg and list(reg) == [A] and reg.names() == ["a"]
+    with pytest.raises(LookupError, match="unknown widget 'b'; known: a"):
+        reg.get("b")
+
+    class A2:
+        name = "a"
+    with pytest.raises(RuntimeError, match="two widgets registered as 'a'"):
+        reg.register(A2)
+    reg.unregister("a")
+    assert "a" not in reg

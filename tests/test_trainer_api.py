@@ -82,7 +82,7 @@ def test_a_new_method_is_one_class(shards, tmp_path):
         args = json.loads((tmp_path / "r" / "args.json").read_text())
         assert args["method"] == "clean-finetune" and methods.title("clean-finetune") == "fine-tune on clean"
     finally:
-        methods._REGISTRY.pop("clean-finetune")
+        methods.REGISTRY.unregister("clean-finetune")
 
 
 # -- config and the API ---------------------------------------------------------------------------

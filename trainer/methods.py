@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from pipeline.registry import Registry
+
 from .clitools import UserError
 from .losses import CrossEntropyLoss, ExpertLoss, StabilityLoss
 
@@ -84,26 +86,14 @@ class Method:
         raise NotImplementedError(f"method {self.name!r} is not trainable")
 
 
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise RuntimeError(f"two methods registered as {cls.name!r}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get(name: str) -> type[Method]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise MethodError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}") from None
+REGISTRY: Registry[type[Method]] = Registry("method", MethodError)
+register = REGISTRY.register
+get = REGISTRY.get
 
 
 def names(trainable: bool | None = None) -> tuple[str, ...]:
     """Method names in the paper's column order (registration order)."""
-    return tuple(n for n, c in _REGISTRY.items() if trainable is None or c.trainable == trainable)
+    return tuple(c.name for c in REGISTRY if trainable is None or c.trainable == trainable)
 
 
 # -- the methods, in the paper's column order ---------------------------------------------------
@@ -215,7 +205,7 @@ def split_key(k: str) -> tuple[str, str]:
 def title(k: str) -> str:
     """Display name of a method key: "fine-tune", "expert (teacher labels)"."""
     base, labels = split_key(k)
-    name = _REGISTRY[base].title if base in _REGISTRY else base
+    name = REGISTRY.get(base).title if base in REGISTRY else base
     return f"{name} (teacher labels)" if labels == "teacher" else name
 
 

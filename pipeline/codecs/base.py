@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from ..limits import PixelBudgetError, check_pixels
+from ..registry import Registry
 from ..setting import Setting
 
 
@@ -225,25 +226,13 @@ def pil_decode(data: bytes, what: str, formats: Sequence[str]) -> np.ndarray:
         raise CodecError(f"undecodable {what} data ({len(data)} bytes): {exc}") from exc
 
 
-_REGISTRY: dict[str, type[Codec]] = {}
-
-
-def register(cls: type[Codec]) -> type[Codec]:
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise RuntimeError(f"two codecs registered as {cls.name!r}")
-    _REGISTRY[cls.name] = cls
-    return cls
+REGISTRY: Registry[type[Codec]] = Registry("codec", CodecError)
+register = REGISTRY.register
+get = REGISTRY.get
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> type[Codec]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise CodecError(f"unknown codec {name!r}; available: {', '.join(available())}") from None
+    return sorted(REGISTRY.names())
 
 
 def create(name: str, q: Any = None, **options: Any) -> Codec:
@@ -252,7 +241,7 @@ def create(name: str, q: Any = None, **options: Any) -> Codec:
 
 def detect(data: bytes) -> type[Codec]:
     """The codec whose bitstream this is, judged by content, not by file name."""
-    for cls in _REGISTRY.values():
+    for cls in REGISTRY:
         if cls.sniff(data):
             return cls
     head = bytes(data[:8]).hex(" ") if data else "empty input"

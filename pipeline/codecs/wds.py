@@ -17,12 +17,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .base import _REGISTRY, decode_any
+from .base import REGISTRY, decode_any
 
 
 def _codec_extensions() -> set[str]:
     # the lossless setting stores no comp.* member; its WebP/PNG stay with webdataset
-    return {ext for cls in _REGISTRY.values() if cls.q_range is not None for ext in cls.file_extensions()}
+    return {ext for cls in REGISTRY if cls.q_range is not None for ext in cls.file_extensions()}
 
 
 def _convert(rgb: np.ndarray, imagespec: str) -> Any:
