@@ -121,3 +121,44 @@ def test_limit_caps_the_epoch(shards):
     loader, n = make_train_loader(ss, LoaderSpec(batch_size=2, workers=0), epoch=0, limit=4)
     assert n == 2 == len(list(loader))
     assert len(keys(make_eval_loader(ss, 2, limit=3))) == 3
+
+
+# -- the lean per-sample stages (issue 15) ------------------------------------------------------
+def _same_batches(a, b):
+    assert len(a) == len(b) and len(a) > 0
+    for x, y in zip(a, b):
+        assert x["key"] == y["key"]
+        assert torch.equal(x["label"], y["label"])
+        for k in ("comp", "clean", "teacher"):
+            assert (k in x) == (k in y), k
+            if k in x:
+                assert x[k].shape == y[k].shape and x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), k
+
+
+@pytest.mark.parametrize("need_comp, need_clean, setting", [(True, False, "jpeg-10"), (True, True, "jpeg-10"),
+                                                            (False, True, "jpeg-10"), (True, False, "lossless")])
+def test_loader_yields_what_webdatasets_stock_stages_yield(shards, need_comp, need_clean, setting):
+    """Same samples, same order, same pixels as the stock webdataset stages (tar reader,
+    shuffle, decode_any per sample, torch.stack) for the same plan and seed."""
+    from tests import loader_reference
+
+    ss = group_shards(str(shards / "train" / setting / "*.tar"))
+    spec = LoaderSpec(batch_size=3, workers=0, shuffle_buffer=4, seed=5)
+    for epoch in (0, 1):
+        for rank, world in ((0, 1), (1, 2)):
+            kw = dict(epoch=epoch, rank=rank, world=world, need_comp=need_comp, need_clean=need_clean)
+            ours = [b for b in make_train_loader(ss, spec, **kw)[0] if b["key"]]
+            ref = list(loader_reference.train_loader(ss, spec, **kw)[0])
+            _same_batches(ours, ref)
+
+
+def test_batches_are_channels_last_views_and_the_step_makes_them_contiguous(shards):
+    from trainer.loop import to_input
+
+    ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
+    b = next(iter(make_eval_loader(ss, 4, need_clean=True)))
+    assert b["comp"].is_contiguous(memory_format=torch.channels_last) and b["comp"].shape == (4, 3, 224, 224)
+    x = to_input(b["comp"], torch.device("cpu"))
+    assert x.is_contiguous() and x.dtype == torch.float32 and torch.equal(x, b["comp"].float() / 255)
+    assert to_input(b["comp"], torch.device("cpu"), channels_last=True).is_contiguous(
+        memory_format=torch.channels_last)
