@@ -72,19 +72,19 @@ def collate(samples):
 
 
 def train_loader(sets, spec, *, epoch, rank=0, world=1, need_comp=True, need_clean=False, caches=None):
-    """The same plan as make_train_loader (pair-layout sets, in-process), stock per-sample stages."""
+    """make_train_loader's plan (in-process), with the stock per-sample stages."""
     from trainer.distributed import mix_seed
 
-    items = data._items(data._sources(sets, need_comp, need_clean))
-    count = sum(s.count for s in sets)
-    n_batches = data.batches_per_epoch(count, spec.batch_size, world)
+    sources = data._sources(sets, need_comp, need_clean)
+    items, expected = data._items(sources), data._expected(sources)
+    n_batches = data.batches_per_epoch(sum(s.count for s, _ in sources), spec.batch_size, world)
     seed = mix_seed(spec.seed, epoch)
+    plan = data.epoch_plan(items, expected, n_batches, seed=seed, rank=rank, world=world, workers=1)
     skips = data.SkipLog()
-    stages = [data.ShardList(items), data.shuffled_shards(seed), data.split_by_node(rank, world),
-              data.split_by_worker, data.repeat_shards(seed, rank),
-              stock_tar_samples(data._expected(data._sources(sets, need_comp, need_clean)), skips),
-              data.shuffle_buffer(spec.shuffle_buffer, seed, rank),
+    stages = [data.PlannedShards(plan, seed, rank),
+              stock_tar_samples(expected, skips),
+              data.shuffle_buffer(spec.shuffle_buffer, seed, rank, plan, spec.batch_size),
               stock_decode(need_comp, need_clean, caches, skips),
               wds.batched(spec.batch_size, collation_fn=collate, partial=False),
-              data.epoch_stage(n_batches)]
+              data.epoch_stage(n_batches, plan)]
     return wds.DataPipeline(*stages), n_batches

@@ -94,15 +94,17 @@ def test_epoch_order_is_seeded(shards):
     assert a == b and len(a) == 8 and a != c
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_ranks_see_disjoint_data_and_equal_batches(shards, workers):
+@pytest.mark.parametrize("workers, buffer", [(0, 2), (2, 2), (1, 1000)])
+def test_ranks_see_disjoint_data_and_equal_batches(shards, workers, buffer):
     ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
-    spec = LoaderSpec(batch_size=2, workers=workers, shuffle_buffer=2)
+    spec = LoaderSpec(batch_size=2, workers=workers, shuffle_buffer=buffer)
     per_rank = [list(make_train_loader(ss, spec, epoch=0, rank=r, world=2)[0]) for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1]) == 8 // (2 * 2)
-    k0 = {k for b in per_rank[0] for k in b["key"]}
-    k1 = {k for b in per_rank[1] for k in b["key"]}
-    assert k0 and k1 and not (k0 & k1)
+    k0 = [k for b in per_rank[0] for k in b["key"]]
+    k1 = [k for b in per_rank[1] for k in b["key"]]
+    assert k0 and k1 and not (set(k0) & set(k1))
+    # 4 shards of 2 for 2 ranks of batch 2 (and 1 or 2 workers): every sample exactly once
+    assert sorted(k0 + k1) == sorted(set(k0 + k1)) and len(k0 + k1) == 8
     # eval: every sample exactly once over the ranks
     ev = [k for r in range(2) for k in keys(make_eval_loader(ss, 3, rank=r, world=2, workers=workers))]
     assert sorted(ev) == sorted(set(ev)) and len(ev) == 8
@@ -162,3 +164,33 @@ def test_batches_are_channels_last_views_and_the_step_makes_them_contiguous(shar
     assert x.is_contiguous() and x.dtype == torch.float32 and torch.equal(x, b["comp"].float() / 255)
     assert to_input(b["comp"], torch.device("cpu"), channels_last=True).is_contiguous(
         memory_format=torch.channels_last)
+
+
+# -- the epoch plan (issue 10, trainer on many nodes) -------------------------------------------
+def test_epoch_plan_shares_batches_in_proportion_to_samples():
+    from trainer.data import epoch_plan
+
+    items = [{"url": f"s{i}"} for i in range(10)]
+    counts = {f"s{i}": 1000 for i in range(9)} | {"s9": 400}
+    plans = [epoch_plan(items, counts, 9400 // (2 * 32), seed=3, rank=r, world=2, workers=4) for r in range(2)]
+    shards = [i["url"] for p in plans for w in p for i in w.shards]
+    assert sorted(shards) == sorted(counts)                                # every shard once, over ranks and workers
+    for p in plans:
+        assert sum(w.batches for w in p) == 9400 // (2 * 32)               # every rank: the same batch count
+        for w in p:                                                        # in proportion: < 1 batch from the ideal
+            assert abs(w.batches - w.samples * (9400 // 64) / sum(x.samples for x in p)) < 1
+    # exact: equal shards, as many as ranks x workers, a whole number of batches each
+    exact = epoch_plan(items[:8], counts, 8000 // (2 * 50), seed=0, rank=1, world=2, workers=2)
+    assert [(len(w.shards), w.samples, w.batches) for w in exact] == [(2, 2000, 40), (2, 2000, 40)]
+    assert epoch_plan(items, counts, 5, seed=1, workers=3) == epoch_plan(items, counts, 5, seed=1, workers=3)
+
+
+@pytest.mark.parametrize("batch, world, shards_used, seen, repeated", [
+    (3, 1, "*", 6, 0),              # 8 samples, 2 batches of 3: 2 samples wait for another epoch
+    (1, 2, "shard-00000[0-2]", 5, 1),   # 3 shards for 2 ranks: rank 0 reads 3 of its 4, rank 1 starts its 2 again
+])
+def test_uneven_shards_leave_out_or_repeat_what_the_plan_says(shards, batch, world, shards_used, seen, repeated):
+    ss = group_shards(str(shards / "train" / "jpeg-10" / f"{shards_used}.tar"))
+    spec = LoaderSpec(batch_size=batch, workers=0, shuffle_buffer=100)
+    got = [k for r in range(world) for k in keys(make_train_loader(ss, spec, epoch=0, rank=r, world=world)[0])]
+    assert len(set(got)) == seen and len(got) - len(set(got)) == repeated

@@ -1,25 +1,40 @@
 """Streaming input over the pipeline's webdataset shards.
 
-The loader is an explicit list of stages (open_clip style)::
+The loader is an explicit list of stages (open_clip style).  Training::
 
-    shard list -> shuffled shards (or resampled shards) -> split_by_node -> split_by_worker
-    -> [repeat shards, training only] -> tar samples (counted against the manifest)
-    -> shuffle buffer -> decode (comp.* via pipeline.codecs.decode_any; clean.* only when
-    needed) -> uint8 CHW tensors -> batched -> epoch (exactly count // (world x batch)
-    batches per rank) -> skip records attached to the batches
+    epoch plan (which shards each rank and worker reads, how many batches it makes)
+    -> this worker's shards [or shards drawn with replacement: --resampled]
+    -> tar samples (trainer.tarstream; counted against the manifest; split layout: the
+       reference's clean crop joined by key, only when the method needs it)
+    -> shuffle buffer (the worker's quota of samples first, on its own)
+    -> decode into the batch (comp.* with the pipeline's decoders, clean.* only when needed,
+       cached teacher logits; straight into a channels_last uint8 buffer)
+    -> the worker's quota of batches -> skip records attached to the batches
+
+Evaluation: shard list -> split by rank -> split by worker -> tar samples -> decode into
+the batch (the last one partial) -> skip records.
 
 Every stage is seeded from (seed, epoch, rank, worker), so an epoch's order depends on
-nothing else: a resumed run sees the same data as an uninterrupted one.  In training each
-worker cycles over its own shards until its quota of batches is produced, so all ranks run
-exactly the same number of equal-sized batches (no DDP hang); this needs at least
-``world`` shards (``resampled=True`` draws shards with replacement instead).
+nothing else: a resumed run sees the same data as an uninterrupted one.  Every rank runs
+exactly ``count // (world x batch)`` full batches (no DDP hang); :func:`epoch_plan` says
+which samples an epoch covers (all of them, each once, when the shard counts allow).
+Training needs at least ``world`` shards (``resampled=True`` draws shards with
+replacement instead).
+
+Split layout (:mod:`pipeline.shards`): a setting's samples hold the bitstream and the label;
+the clean crop lives in the split's ``lossless`` folder, its reference.  Shard i of the
+setting is read together with shard i of the reference only when the method needs the
+clean crop (a live teacher); a cached teacher, fine-tuning and evaluation never open the
+reference's tars, and stability training (the clean crop only) reads the reference alone.
 
 Nothing is lost silently.  A truncated or unreadable tar, a shard with fewer samples than
-its manifest lists, a sample without ``.cls`` or with an undecodable bitstream is skipped
-and recorded; each batch carries the records of what was skipped since the previous one
-(``batch["skips"]``: ``(count, reason)`` pairs; a batch with no samples may carry the last
-records).  The loop adds them up and :func:`check_skips` fails a run that loses more than
-``max_skip`` of its data.
+its manifest lists, a sample without ``.cls`` or with an undecodable bitstream, a sample
+whose clean crop its reference lacks is skipped and recorded; images a split-layout
+setting lacks because its codec failed on them are not: they are in its manifest's
+``failed``, not in its count.  Each batch carries the records of what was skipped since the
+previous one (``batch["skips"]``: ``(count, reason)`` pairs; a batch with no samples may
+carry the last records).  The loop adds them up and :func:`check_skips` fails a run that
+loses more than ``max_skip`` of its data.
 """
 from __future__ import annotations
 
@@ -232,17 +247,6 @@ class ShardList(IterableDataset):
             yield dict(item)
 
 
-def shuffled_shards(seed: int | None):
-    """Permute the shard list with a seed shared by all ranks and workers (so the later splits
-    are disjoint); None: keep the order."""
-    def stage(src):
-        items = list(src)
-        if seed is not None:
-            random.Random(seed).shuffle(items)
-        yield from items
-    return stage
-
-
 def resampled_shards(seed: int, rank: int):
     """Infinite stream of shards drawn with replacement (per rank and worker seed)."""
     def stage(src):
@@ -268,18 +272,68 @@ def split_by_worker(src):
     yield from islice(src, w, None, n) if n > 1 else src
 
 
-def repeat_shards(seed: int, rank: int):
-    """Cycle over this worker's shards forever (reshuffled each pass); the epoch stage cuts it."""
-    def stage(src):
-        items = list(src)
-        if not items:
-            return
+@dataclass(frozen=True)
+class WorkerShare:
+    """What one loader worker of one rank reads in an epoch."""
+    shards: list[dict]      # its shard items, in reading order
+    samples: int            # what they hold (the manifests' counts)
+    batches: int            # its quota of the rank's batches
+
+
+def _apportion(total: int, weights: list[int]) -> list[int]:
+    """``total`` split in proportion to ``weights`` (largest remainders; ties to the lower index)."""
+    if sum(weights) <= 0:
+        weights = [1] * len(weights)
+    whole = sum(weights)
+    out = [total * w // whole for w in weights]
+    order = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i))
+    for i in order[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def epoch_plan(items: list[dict], expected: dict[str, int], n_batches: int, *, seed: int, rank: int = 0,
+               world: int = 1, workers: int = 1) -> list[WorkerShare]:
+    """Which shards each worker of ``rank`` reads this epoch, and how many batches it makes.
+
+    The shard list is permuted with a seed all ranks share, dealt to the ranks round-robin,
+    then to the rank's workers.  The rank's ``n_batches`` are shared among its workers in
+    proportion to the samples their shards hold, so that a worker whose shards hold a whole
+    number of batches reads each of its samples exactly once: when every rank's shards hold
+    exactly ``n_batches`` batches and every worker's a whole number of batches, the ranks
+    together cover the epoch exactly, each sample once.  Otherwise a worker reads a part of
+    its shards (the rest waits for another epoch, which deals the shards anew) or starts them
+    again to fill its quota: per rank, at most the rank's surplus or shortfall against
+    ``n_batches`` batches plus one batch per worker."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    mine = order[rank::world] if world > 1 else order
+    n = max(1, workers)
+    shares = [mine[w::n] for w in range(n)]
+    known = [expected[i["url"]] for i in items if i["url"] in expected]
+    mean = round(sum(known) / len(known)) if known else 1
+    samples = [sum(expected.get(i["url"], mean) for i in sh) for sh in shares]
+    quotas = _apportion(n_batches, [s if sh else 0 for s, sh in zip(samples, shares)])
+    return [WorkerShare(sh, s, q) for sh, s, q in zip(shares, samples, quotas)]
+
+
+class PlannedShards(IterableDataset):
+    """Stage 0 of a training epoch: this worker's shards of the plan, one pass as planned,
+    then (only if its quota needs more: skipped samples, a shortfall) further passes, each
+    reshuffled with a (seed, rank, worker) generator."""
+
+    def __init__(self, plan: list[WorkerShare], seed: int, rank: int):
+        self.plan, self.seed, self.rank = plan, seed, rank
+
+    def __iter__(self):
         w, _ = _worker()
-        rng = random.Random(mix_seed(seed, rank, w, 7))
+        items = [dict(i) for i in self.plan[w].shards]
+        if not items or not self.plan[w].batches:
+            return
+        rng = random.Random(mix_seed(self.seed, self.rank, w, 7))
         while True:
-            yield from items
+            yield from (dict(i) for i in items)
             rng.shuffle(items)
-    return stage
 
 
 def _first_line(exc: BaseException) -> str:
@@ -328,8 +382,14 @@ def tar_samples(expected: dict[str, int], skips: "SkipLog"):
     with ``ref`` (split layout, clean crop needed) gets the reference's clean crops joined
     (:func:`_joined`, which counts the samples it cannot join)."""
     def stage(src):
+        seen: set[str] = set()
+        empty_in_a_row = 0
         for shard in src:
             url = shard["url"]
+            if empty_in_a_row > len(seen):   # cycling over shards that are all unreadable
+                return
+            seen.add(url)
+            empty_in_a_row += 1
             want = expected.get(url)
             read = [0]
 
@@ -341,7 +401,9 @@ def tar_samples(expected: dict[str, int], skips: "SkipLog"):
                 samples = counted(tarstream.tar_samples(url))
                 if shard.get("ref"):
                     samples = _joined(samples, shard["ref"], skips)
-                yield from samples
+                for sample in samples:
+                    empty_in_a_row = 0
+                    yield sample
             except Exception as exc:  # truncated / corrupt tar: the rest of the shard is lost
                 lost = max(1, want - read[0]) if want is not None else 1
                 skips.add(lost, f"{os.path.basename(url)}: unreadable after {read[0]} sample(s) ({_first_line(exc)})")
@@ -351,14 +413,21 @@ def tar_samples(expected: dict[str, int], skips: "SkipLog"):
     return stage
 
 
-def shuffle_buffer(bufsize: int, seed: int, rank: int):
-    """webdataset's shuffle with a (seed, rank, worker) generator made in the worker."""
+def shuffle_buffer(bufsize: int, seed: int, rank: int, plan: list[WorkerShare] | None = None,
+                   batch_size: int = 1):
+    """webdataset's shuffle with a (seed, rank, worker) generator made in the worker.  With a
+    ``plan``, the worker's quota of samples (its batches x ``batch_size``) is shuffled on its
+    own first, so that the samples of a later pass never take the place of one not yet seen;
+    what follows (only read to replace skipped samples) is shuffled after it."""
     def stage(src):
         if bufsize <= 1:
             yield from src
             return
         w, _ = _worker()
         rng = random.Random(mix_seed(seed, rank, w, 11))
+        if plan is not None:
+            src = iter(src)
+            yield from wds.shuffle(bufsize, initial=bufsize, rng=rng)(islice(src, plan[w].batches * batch_size))
         yield from wds.shuffle(bufsize, initial=bufsize, rng=rng)(src)
     return stage
 
@@ -550,11 +619,12 @@ def decode_batches(batch_size: int, need_comp: bool, need_clean: bool, caches: d
     return stage
 
 
-def epoch_stage(n_batches: int):
-    """with_epoch: this worker's share of exactly ``n_batches`` per rank."""
+def epoch_stage(n_batches: int, plan: list[WorkerShare] | None = None):
+    """with_epoch: this worker's share of exactly ``n_batches`` per rank (its quota in ``plan``,
+    or an even share)."""
     def stage(src):
         w, n = _worker()
-        share = n_batches // n + (1 if w < n_batches % n else 0)
+        share = plan[w].batches if plan is not None else n_batches // n + (1 if w < n_batches % n else 0)
         yield from islice(src, share)
     return stage
 
@@ -657,16 +727,17 @@ def make_train_loader(sets: list[ShardSet], spec: LoaderSpec, *, epoch: int, ran
                     "%d worker(s) but only %d shard(s) per rank: using %d worker(s)", workers, per_rank, per_rank)
             workers = per_rank
     skips = SkipLog()
-    stages: list = [ShardList(items)]
     if spec.resampled:
-        stages += [resampled_shards(seed, rank)]
+        plan = None
+        stages: list = [ShardList(items), resampled_shards(seed, rank)]
     else:
-        stages += [shuffled_shards(seed), split_by_node(rank, world), split_by_worker, repeat_shards(seed, rank)]
+        plan = epoch_plan(items, _expected(sources), n_batches, seed=seed, rank=rank, world=world, workers=workers)
+        stages = [PlannedShards(plan, seed, rank)]
     stages += [
         tar_samples(_expected(sources), skips),
-        shuffle_buffer(spec.shuffle_buffer, seed, rank),
+        shuffle_buffer(spec.shuffle_buffer, seed, rank, plan, spec.batch_size),
         decode_batches(spec.batch_size, need_comp, need_clean, caches, skips, gpu_jpeg=spec.gpu_jpeg),
-        epoch_stage(n_batches),
+        epoch_stage(n_batches, plan),
         attach_skips(skips),
     ]
     return _loader(wds.DataPipeline(*stages), workers, pin_memory), n_batches
