@@ -194,3 +194,72 @@ def test_uneven_shards_leave_out_or_repeat_what_the_plan_says(shards, batch, wor
     spec = LoaderSpec(batch_size=batch, workers=0, shuffle_buffer=100)
     got = [k for r in range(world) for k in keys(make_train_loader(ss, spec, epoch=0, rank=r, world=world)[0])]
     assert len(set(got)) == seen and len(got) - len(set(got)) == repeated
+
+
+# -- GPU JPEG decoding (issue 15): the CPU side of the path, and the fallback without CUDA -------
+def test_gpu_jpeg_batches_decode_on_a_device_to_the_loaders_pixels(shards):
+    """A gpu_jpeg loader leaves the bitstreams (headers checked) for decode_on_device, which
+    runs torchvision.io.decode_jpeg on the device: here the CPU stands in for CUDA."""
+    from trainer.loop import decode_on_device
+
+    ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
+    plain = list(make_eval_loader(ss, 3))
+    raw = list(make_eval_loader(ss, 3, gpu_jpeg=True))
+    assert "comp" not in raw[0] and raw[0]["comp_jpeg"].dtype == torch.uint8
+    assert int(raw[0]["comp_jpeg_lengths"].sum()) == raw[0]["comp_jpeg"].numel()
+    for a, b in zip(plain, raw):
+        b = decode_on_device(b, torch.device("cpu"))
+        assert a["key"] == b["key"] and torch.equal(a["label"], b["label"])
+        assert b["comp"].shape == a["comp"].shape and b["comp"].dtype == torch.uint8
+        diff = (b["comp"].int() - a["comp"].int()).abs().float()
+        assert diff.mean() < 0.5 and diff.max() <= 8   # libjpeg builds may differ in the last bits; here 0
+
+
+def test_a_picture_the_device_decoder_refuses_is_skipped_and_counted(shards, tmp_path):
+    import shutil
+
+    from tests.test_trainer_failures import rewrite_tar
+    from trainer.loop import Skips, decode_on_device
+
+    d = tmp_path / "s"
+    shutil.copytree(shards / "train" / "jpeg-10", d)
+    victim = "n02102040/n02102040_0001_JPEG"
+    for tar in d.glob("*.tar"):   # a valid header, half the entropy-coded data
+        rewrite_tar(tar, lambda name, data: data[: len(data) // 2] if name == victim + ".comp.jpg" else data)
+    ss = group_shards(str(d / "*.tar"))
+    batches = [decode_on_device(b, torch.device("cpu")) for b in make_eval_loader(ss, 8, gpu_jpeg=True)]
+    skips = Skips()
+    for b in batches:
+        skips.add(b)
+    keys = [k for b in batches for k in b["key"]]
+    assert victim not in keys and len(keys) == 7 and skips.count == 1 and victim in skips.reasons[0]
+    assert sum(b["comp"].shape[0] for b in batches) == 7 == sum(b["label"].numel() for b in batches)
+
+
+def test_gpu_decode_without_cuda_falls_back_with_one_message(shards, tmp_path, caplog):
+    from trainer import TrainConfig, train
+
+    base = dict(shards=[str(shards / "train" / "jpeg-10" / "*.tar")], arch="mobilenet_v3_small", num_classes=1000,
+                batch_size=4, workers=0, shuffle_buffer=4, progress=False, epochs=1, lr=1e-3, method="finetune",
+                device="cpu")
+    caplog.set_level("WARNING")
+    a = train(TrainConfig(**base, out=str(tmp_path / "a"), gpu_decode=True))
+    warned = [r.getMessage() for r in caplog.records if "--gpu-decode" in r.getMessage()]
+    assert warned == ["--gpu-decode: no CUDA device: the loader workers decode the JPEG bitstreams on the CPU"]
+    b = train(TrainConfig(**base, out=str(tmp_path / "b")))
+    assert a.rows[0]["train_loss"] == b.rows[0]["train_loss"]
+
+
+def test_default_workers_follow_the_cpus_and_the_ranks_per_node(monkeypatch):
+    from trainer import data
+
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert data.default_workers() == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert data.default_workers() == 1
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(256)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert data.default_workers() == 32
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert data.default_workers() == 1

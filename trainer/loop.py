@@ -5,11 +5,14 @@ fail a run that loses too much data (``trainer.data.check_skips``).
 """
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +20,8 @@ from torch import nn
 from .distributed import Dist, all_reduce_sum
 from .losses import LabelError
 from .methods import Method
+
+log = logging.getLogger(__name__)
 
 #: how many skip reasons a result keeps (the counts are complete)
 MAX_REASONS = 20
@@ -66,6 +71,9 @@ def to_input(x: torch.Tensor, device: torch.device, channels_last: bool = False)
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 
+_refused = [0]   # batches the device decoder refused (logged once)
+
+
 def decode_on_device(batch: dict, device: torch.device) -> dict:
     """Decode the JPEG bitstreams a ``gpu_jpeg`` loader left in the batch (``comp_jpeg``) with
     ``torchvision.io.decode_jpeg(..., device=device)`` (nvJPEG on CUDA), into ``comp``.  A batch
@@ -79,16 +87,21 @@ def decode_on_device(batch: dict, device: torch.device) -> dict:
     lengths = batch.pop("comp_jpeg_lengths").tolist()
     streams = list(torch.split(data, lengths))
     try:
-        pictures = decode_jpeg(streams, mode=ImageReadMode.RGB, device=device)
+        with warnings.catch_warnings():   # torchvision 0.29 deprecates its decoders for TorchCodec's
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pictures = decode_jpeg(streams, mode=ImageReadMode.RGB, device=device)
         batch["comp"] = torch.stack(pictures)
         return batch
-    except RuntimeError:
-        pass
+    except RuntimeError as exc:
+        if not _refused[0]:
+            log.warning("decode_jpeg on %s refused a batch (%s): decoding such batches picture by picture on the "
+                        "CPU (logged once)", device, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__)
+        _refused[0] += 1
     from pipeline.codecs import decode_any
     keep, pictures, skips = [], [], list(batch.get("skips") or [])
     for i, (key, stream) in enumerate(zip(batch["key"], streams)):
         try:
-            pictures.append(torch.from_numpy(decode_any(stream.numpy().tobytes())).permute(2, 0, 1))
+            pictures.append(torch.from_numpy(np.array(decode_any(stream.numpy().tobytes()))).permute(2, 0, 1))
             keep.append(i)
         except Exception as exc:  # noqa: BLE001 - one bad picture never stops the run
             skips.append((1, f"{key}: comp.jpg: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"))
