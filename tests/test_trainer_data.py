@@ -263,3 +263,16 @@ def test_default_workers_follow_the_cpus_and_the_ranks_per_node(monkeypatch):
     assert data.default_workers() == 32
     monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert data.default_workers() == 1
+
+
+def test_worker_buffers_are_used_again_only_after_the_main_process_copied_them(shards):
+    """Workers reuse their shared-memory batch buffers (trainer.data._Ring): a consumer that
+    keeps every batch must still see each sample's own pixels, labels and teacher rows."""
+    ss = group_shards(str(shards / "train" / "lossless" / "*.tar"))
+    truth = {k: (c, l) for b in make_eval_loader(ss, 8) for k, c, l in zip(b["key"], b["comp"], b["label"])}
+    spec = LoaderSpec(batch_size=2, workers=2, shuffle_buffer=2)
+    kept = list(make_train_loader(ss, spec, epoch=0, batches=12)[0])    # 3 passes over 8 samples
+    assert sum(len(b["key"]) for b in kept) == 24
+    for b in kept:
+        for k, c, l in zip(b["key"], b["comp"], b["label"]):
+            assert torch.equal(c, truth[k][0]) and l == truth[k][1], k
