@@ -276,3 +276,23 @@ def test_worker_buffers_are_used_again_only_after_the_main_process_copied_them(s
     for b in kept:
         for k, c, l in zip(b["key"], b["comp"], b["label"]):
             assert torch.equal(c, truth[k][0]) and l == truth[k][1], k
+
+
+def test_epoch_plan_on_imagenet_train_leaves_out_and_repeats_a_fraction_of_a_percent():
+    """The README's figure: ImageNet train (1,281,167 images) in shards of 1000, 8 ranks x 7
+    workers, batch 256; per epoch, the samples left for another epoch and those read twice."""
+    from trainer.data import epoch_plan
+
+    items = [{"url": f"s{i}"} for i in range(1282)]
+    counts = {f"s{i}": 1000 for i in range(1281)} | {"s1281": 167}
+    total = sum(counts.values())
+    for seed in range(3):
+        out = rep = 0
+        for rank in range(8):
+            plan = epoch_plan(items, counts, total // (8 * 256), seed=seed, rank=rank, world=8, workers=7)
+            assert sum(w.batches for w in plan) == total // (8 * 256)
+            for w in plan:
+                assert abs(w.samples - 256 * w.batches) < 256 + 1000     # one batch, plus the rank's extra shard
+                out += max(0, w.samples - 256 * w.batches)
+                rep += max(0, 256 * w.batches - w.samples)
+        assert out / total < 0.004 and rep / total < 0.003, (seed, out / total, rep / total)

@@ -856,9 +856,9 @@ def _loader(pipeline, workers: int, pin_memory: bool, acked: torch.Tensor | None
     pin = pin_memory and torch.cuda.is_available()
     if workers <= 0:
         return _Pinned(pipeline) if pin else pipeline
-    loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=workers, pin_memory=False,
+    loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
                            persistent_workers=False, prefetch_factor=PREFETCH)
-    return _CopyOut(loader, acked, pin)
+    return _CopyOut(loader, acked, copy=not pin)
 
 
 class _Pinned:
@@ -873,28 +873,28 @@ class _Pinned:
 
 
 class _CopyOut:
-    """The main process's end of a worker loader: copies each batch out of the worker's
-    shared-memory buffers (into page-locked memory on CUDA: the copy torch's pin_memory
-    makes anyway) and tells the worker it may use them again.  The last buffers received stay
-    referenced here, so that a buffer sent again is not mapped again."""
+    """The main process's end of a worker loader: each batch out of the worker's shared-memory
+    buffers, then the worker told it may use them again.  On CUDA torch's pin-memory thread has
+    already copied the batch into page-locked memory (in the background); otherwise the copy
+    is made here.  The last buffers received stay referenced, so that a buffer sent again is
+    not mapped again."""
 
-    def __init__(self, loader, acked: torch.Tensor, pin: bool):
-        self.loader, self.acked, self.pin = loader, acked, pin
+    def __init__(self, loader, acked: torch.Tensor, copy: bool):
+        self.loader, self.acked, self.copy = loader, acked, copy
 
     def __iter__(self):
         from collections import deque
         mapped: deque = deque(maxlen=64)
         for batch in self.loader:
             worker, seq = batch.pop("__worker__", None), batch.pop("__seq__", None)
-            out = {}
-            for k, v in batch.items():
-                if isinstance(v, torch.Tensor):
-                    mapped.append(v)
-                    v = torch.empty_like(v, pin_memory=self.pin).copy_(v) if seq is not None or self.pin else v
-                out[k] = v
+            if seq is not None and self.copy:
+                for k, v in batch.items():
+                    if isinstance(v, torch.Tensor):
+                        mapped.append(v)
+                        batch[k] = torch.empty_like(v).copy_(v)
             if seq is not None:
                 self.acked[worker] = seq
-            yield out
+            yield batch
 
 
 def folder_key(path: str | os.PathLike) -> str:

@@ -138,6 +138,8 @@ def train(config: TrainConfig) -> TrainResult:
     out = Path(c.out)
     d = init_distributed(c.device)
     cuda = d.device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True    # fixed 224² inputs: let cuDNN pick its fastest kernels
     resume, ckpt = _resume_checkpoint(c, out)
 
     train_sets = group_shards(c.shards)
