@@ -88,7 +88,7 @@ def tarfile_samples(shards: list[str], decode: bool = True):
 def lean_samples(shards: list[str]):
     while True:
         for s in shards:
-            for sample in tarstream.tar_samples(s):
+            for sample in tarstream.tar_samples(s, fields=("comp",)):
                 yield next(v for k, v in sample.items() if k.startswith("comp."))
 
 

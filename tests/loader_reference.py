@@ -77,7 +77,7 @@ def train_loader(sets, spec, *, epoch, rank=0, world=1, need_comp=True, need_cle
     from trainer.distributed import mix_seed
 
     sources = data._sources(sets, need_comp, need_clean)
-    items, expected = data._items(sources), data._expected(sources)
+    items, expected = data._items(sources, need_comp, need_clean), data._expected(sources)
     n_batches = batches or data.batches_per_epoch(sum(s.count for s, _ in sources), spec.batch_size, world)
     seed = mix_seed(spec.seed, epoch)
     plan = data.epoch_plan(items, expected, n_batches, seed=seed, rank=rank, world=world, workers=1)

@@ -64,8 +64,8 @@ def test_the_loader_joins_the_reference_only_when_the_clean_crop_is_needed(data,
     opened = []
     from trainer import tarstream
     real = tarstream.tar_samples
-    monkeypatch.setattr(tarstream, "tar_samples", lambda path, url=None: opened.append(Path(path).parent.name)
-                        or real(path, url))
+    monkeypatch.setattr(tarstream, "tar_samples", lambda path, url=None, **kw: opened.append(Path(path).parent.name)
+                        or real(path, url, **kw))
     spec = LoaderSpec(batch_size=4, workers=0, shuffle_buffer=4, seed=1)
     for need_comp, need_clean, reads in ((True, True, {"jpeg-10", "lossless"}), (True, False, {"jpeg-10"}),
                                          (False, True, {"lossless"})):

@@ -90,3 +90,19 @@ def test_a_field_twice_in_a_sample_is_an_error(tmp_path):
         list(tar_samples(str(path)))
     with pytest.raises(ValueError, match="duplicate"):
         _stock(path)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_fields_not_kept_are_skipped_unread(tmp_path, fmt):
+    path = tmp_path / "t.tar"
+    _write(path, _members(), fmt)
+    full = _stock(path)
+    for fields in ({"cls"}, {"comp", "cls"}, {"clean"}):
+        ours = list(tar_samples(str(path), fields=fields))
+        assert ours == [{k: v for k, v in s.items() if k.startswith("__") or k.split(".")[0] in fields}
+                        for s in full], fields
+    # a tar cut inside a member nobody reads is still a cut tar
+    _write(path, [("k.clean.webp", bytes(5000), "file"), ("k.cls", b"1", "file")], fmt)
+    (tmp_path / "cut.tar").write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(TarError, match="ends inside a member"):
+        list(tar_samples(str(tmp_path / "cut.tar"), fields={"cls"}))

@@ -348,7 +348,7 @@ def _joined(samples, ref_url: str, skips: "SkipLog"):
     images the codec failed on (they are in the setting's ``failed``, not in its count): walk
     the reference forward until the key matches.  A sample whose key the rest of the
     reference does not hold, or whose reference is unreadable, is skipped and counted."""
-    ref = tarstream.tar_samples(ref_url)
+    ref = tarstream.tar_samples(ref_url, fields=("cls", "clean"))
     ref_error = None
     name = os.path.basename(ref_url)
     for s in samples:
@@ -398,7 +398,7 @@ def tar_samples(expected: dict[str, int], skips: "SkipLog"):
                     read[0] += 1
                     yield sample
             try:
-                samples = counted(tarstream.tar_samples(url))
+                samples = counted(tarstream.tar_samples(url, fields=shard.get("fields")))
                 if shard.get("ref"):
                     samples = _joined(samples, shard["ref"], skips)
                 for sample in samples:
@@ -772,9 +772,24 @@ def _sources(sets: list[ShardSet], need_comp: bool, need_clean: bool) -> list[tu
     return out
 
 
-def _items(sources) -> list[dict]:
-    return [{"url": u, "ref": os.path.join(s.reference.folder, os.path.basename(u))} if join else {"url": u}
-            for s, join in sources for u in s.shards]
+def _fields(s: ShardSet, need_comp: bool, need_clean: bool, join: bool) -> tuple[str, ...]:
+    """The members the decoder needs from ``s``'s tars: the others are skipped unread (a pair-layout
+    sample's clean crop is 90% of its bytes)."""
+    comp_from_clean = need_comp and s.lossless
+    return ("cls",) + (("comp",) if need_comp and not s.lossless else ()) + \
+        (("clean",) if (need_clean and not join) or comp_from_clean else ())
+
+
+def _items(sources, need_comp: bool = True, need_clean: bool = False) -> list[dict]:
+    out = []
+    for s, join in sources:
+        fields = _fields(s, need_comp, need_clean, join)
+        for u in s.shards:
+            item = {"url": u, "fields": fields}
+            if join:
+                item["ref"] = os.path.join(s.reference.folder, os.path.basename(u))
+            out.append(item)
+    return out
 
 
 def _expected(sources) -> dict[str, int]:
@@ -789,7 +804,7 @@ def make_train_loader(sets: list[ShardSet], spec: LoaderSpec, *, epoch: int, ran
     batch)`` (``limit`` samples at most, ``steps`` caps it), or ``batches`` when given (more
     than the data holds: the workers start their shards again; the benchmarks' long epochs)."""
     sources = _sources(sets, need_comp, need_clean)
-    items = _items(sources)
+    items = _items(sources, need_comp, need_clean)
     count = sum(s.count for s, _ in sources)
     n_batches = batches if batches is not None else batches_per_epoch(count, spec.batch_size, world, limit, steps)
     workers = default_workers() if spec.workers is None else spec.workers
@@ -828,7 +843,7 @@ def make_eval_loader(sets: list[ShardSet], batch_size: int, *, workers: int | No
                      gpu_jpeg: bool = False):
     """Every sample once (split across ranks by shard), in order, last batch partial."""
     sources = _sources(sets, need_comp, need_clean)
-    items = _items(sources)
+    items = _items(sources, need_comp, need_clean)
     n_rank = len(items[rank::world]) if world > 1 else len(items)
     workers = max(0, min(default_workers() if workers is None else workers, n_rank))
     skips = SkipLog()

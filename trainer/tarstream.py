@@ -17,8 +17,9 @@ member, and groups consecutive members into samples by WebDataset's rule, so it 
 """
 from __future__ import annotations
 
+import os
 import re
-from typing import Iterator
+from typing import Callable, Collection, Iterator
 
 BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")          # regular file, old-style regular file, contiguous file
@@ -65,10 +66,12 @@ def _pax(data: bytes) -> dict[str, str]:
     return out
 
 
-def members(path: str) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of every regular file of the tar at ``path``, in order."""
+def members(path: str, want: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes | None]]:
+    """(name, data) of every regular file of the tar at ``path``, in order; ``data`` is None
+    for a member ``want(name)`` refuses, whose bytes are skipped, not read."""
     with open(path, "rb", buffering=1 << 20) as f:
         read = f.read
+        end = os.fstat(f.fileno()).st_size
         pad = 0
         long_name: str | None = None
         pax: dict[str, str] = {}
@@ -97,52 +100,82 @@ def members(path: str) -> Iterator[tuple[str, bytes]]:
                     raise TarError(f"invalid pax size {pax['size']!r}") from None
             if size < 0:
                 raise TarError(f"negative member size {size}")
+            pad = -size % BLOCK
+            if kind in _REGULAR:
+                name = _name(head, long_name, pax)
+                long_name, pax = None, {}
+                if want is not None and not want(name):
+                    if f.tell() + size > end:
+                        raise TarError(f"ends inside a member ({end - f.tell()} of {size} bytes)")
+                    f.seek(size, 1)
+                    yield name, None
+                    continue
             data = read(size)
             if len(data) < size:
                 raise TarError(f"ends inside a member ({len(data)} of {size} bytes)")
-            pad = -size % BLOCK
-            if kind == b"L":                  # GNU long name of the next member
-                long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                continue
-            if kind == b"x":                  # pax header of the next member
-                pax = _pax(data)
-                continue
-            if kind in (b"g", b"K"):          # global pax header, GNU long link name: nothing to read
-                continue
-            if long_name is not None:
-                name, long_name = long_name, None
-            elif "path" in pax:
-                name = pax["path"]
-            else:
-                name = head[:100].split(b"\0", 1)[0]
-                if head[257:265] == b"ustar\x0000" and head[345]:   # POSIX ustar: a prefix field
-                    name = head[345:500].split(b"\0", 1)[0] + b"/" + name
-                name = name.decode("utf-8", "surrogateescape")
-            pax = {}
             if kind in _REGULAR:
                 yield name, data
+            elif kind == b"L":                # GNU long name of the next member
+                long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif kind == b"x":                # pax header of the next member
+                pax = _pax(data)
+            elif kind not in (b"g", b"K"):    # a folder, a link ...: nothing to read (a global pax
+                long_name, pax = None, {}     # header, a GNU long link name: nothing either)
 
 
-def tar_samples(path: str, url: str | None = None) -> Iterator[dict]:
-    """The samples of the tar at ``path``: ``{"__key__", "__url__", field: bytes, ...}``."""
+def _name(head: bytes, long_name: str | None, pax: dict[str, str]) -> str:
+    """A member's name: a GNU long name or pax path before it, else the header's (ustar prefix)."""
+    if long_name is not None:
+        return long_name
+    if "path" in pax:
+        return pax["path"]
+    name = head[:100].split(b"\0", 1)[0]
+    if head[257:265] == b"ustar\x0000" and head[345]:   # POSIX ustar: a prefix field
+        name = head[345:500].split(b"\0", 1)[0] + b"/" + name
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _split(name: str) -> tuple[str, str] | None:
+    """WebDataset's rule: (key, field) of a member name, None for a name without one."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot <= slash:                  # no dot in the file name, or a name starting with one
+        return None
+    return name[:dot], name[dot + 1:].lower()
+
+
+def tar_samples(path: str, url: str | None = None, fields: Collection[str] | None = None) -> Iterator[dict]:
+    """The samples of the tar at ``path``: ``{"__key__", "__url__", field: bytes, ...}``.
+    ``fields``: keep only these fields (``"cls"``, ``"comp"`` for every ``comp.*`` ...); the
+    others are skipped unread, and a sample whose members are all skipped still comes, empty."""
     url = path if url is None else url
+    want = None
+    if fields is not None:
+        fields = frozenset(fields)
+
+        def want(name: str) -> bool:
+            kf = _split(name)
+            return kf is not None and kf[1].split(".", 1)[0] in fields
     sample: dict | None = None
     key = None
-    for name, data in members(path):
+    seen: set[str] = set()
+    for name, data in members(path, want):
         if name.startswith("__") and _META.match(name):
             continue
-        slash = name.rfind("/") + 1
-        dot = name.find(".", slash)
-        if dot <= slash:                  # no dot in the file name, or a name starting with one
+        kf = _split(name)
+        if kf is None:
             continue
-        prefix, field = name[:dot], name[dot + 1:].lower()
+        prefix, field = kf
         if prefix != key:
             if sample is not None:
                 yield sample
             key = prefix
             sample = {"__key__": prefix, "__url__": url}
-        elif field in sample:
+            seen = set()
+        elif field in seen:
             raise TarError(f"{name}: the field {field!r} twice in one sample")
-        sample[field] = data
+        seen.add(field)
+        if data is not None:
+            sample[field] = data
     if sample is not None:
         yield sample
