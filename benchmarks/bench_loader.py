@@ -251,7 +251,8 @@ def bench(a) -> str:
     header = ["setting", "images", "tar + decode", "loader, 1 worker", "ratio", "1 worker img/s",
               "loader, in process", "before (stock stages)", "before ratio", "read: tarfile", "read: tarstream",
               "decode"]
-    text = [f"Loader cost, CPU ms per sample ({what}; torch 1 thread; {a.seconds:g} s of steady state per mode and setting "
+    text = [f"Loader cost, CPU ms per sample ({what}; torch 1 thread; {a.seconds:g} s of steady state per mode and "
+            f"setting "
             f"in {a.rounds} interleaved rounds, parts {part:g} s; shuffle buffer 1000, batch 32; {os.cpu_count()} "
             f"CPU(s); shards built in {build_s:.0f} s; `make bench` regenerates this table)", "",
             table(header, rows, align=["l"] + ["r"] * (len(header) - 1)), "",

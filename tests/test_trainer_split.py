@@ -105,8 +105,8 @@ def test_the_teacher_cache_is_the_references_built_once_for_every_setting(data, 
                                                                           capsys):
     builds = []
     real = teacher_cache.build_cache
-    monkeypatch.setattr(teacher_cache, "build_cache", lambda s, *a, **k: builds.append(teacher_cache.cache_target(s).folder)
-                        or real(s, *a, **k))
+    monkeypatch.setattr(teacher_cache, "build_cache",
+                        lambda s, *a, **k: builds.append(teacher_cache.cache_target(s).folder) or real(s, *a, **k))
     both = [str(copy / "jpeg-10" / "*.tar"), str(copy / "jpeg-75" / "*.tar")]
     r = train(config(both, tmp_path / "both", method="expert"))
     assert builds == [str((copy / "lossless").absolute())] and r.rows[0]["train_skipped"] == 0
@@ -193,7 +193,8 @@ def _drop_last_shard(m):
 @pytest.mark.parametrize("damage, words", [
     (lambda t: shutil.rmtree(t / "lossless"), "which has no manifest"),
     (lambda t: _edit_manifest(t / "lossless", lambda m: m.update(split="val")), "different splits"),
-    (lambda t: _edit_manifest(t / "lossless", lambda m: m.update(plan_id="x", seed=7)), "different plans (seed 0 vs 7)"),
+    (lambda t: _edit_manifest(t / "lossless", lambda m: m.update(plan_id="x", seed=7)),
+     "different plans (seed 0 vs 7)"),
     (lambda t: _edit_manifest(t / "lossless", _drop_last_shard), "different shards (3 vs 2)"),
     (lambda t: (t / "lossless" / "shard-000001.tar").unlink(), "shard-000001.tar is missing"),
 ])

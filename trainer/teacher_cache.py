@@ -210,7 +210,8 @@ def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: 
             "weights_hash": state_dict_hash(teacher), "count": len(keys), "skipped": full.count - len(keys),
             "skip_reasons": skips.reasons + ([f"{missing} sample(s) missing against the manifest"] if missing > 0 else []),
             "num_classes": int(logits.shape[1]) if logits.size else 0, "setting": shards.name,
-            "plan_id": shards.manifest.get("plan_id"), "content": content_digest(shards.manifest), "dtype": "float16", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "plan_id": shards.manifest.get("plan_id"), "content": content_digest(shards.manifest),
+            "dtype": "float16", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": time.perf_counter() - t0, "keys": keys}
     with atomic_output(path, "wb") as f:
         np.save(f, logits, allow_pickle=False)
