@@ -296,3 +296,14 @@ def test_epoch_plan_on_imagenet_train_leaves_out_and_repeats_a_fraction_of_a_per
                 out += max(0, w.samples - 256 * w.batches)
                 rep += max(0, 256 * w.batches - w.samples)
         assert out / total < 0.004 and rep / total < 0.003, (seed, out / total, rep / total)
+
+
+def test_a_run_records_the_worker_count_it_used(shards, tmp_path):
+    from trainer import TrainConfig, train
+    from trainer.config import read_yaml
+    from trainer.data import default_workers
+
+    r = train(TrainConfig(shards=[str(shards / "train" / "jpeg-10" / "*.tar")], arch="mobilenet_v3_small",
+                          num_classes=1000, batch_size=4, shuffle_buffer=4, progress=False, epochs=1, lr=1e-3,
+                          method="finetune", steps_per_epoch=1, out=str(tmp_path / "r")))
+    assert r.config.workers == read_yaml(tmp_path / "r" / "args.yaml")["workers"] == default_workers()

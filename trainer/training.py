@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -148,14 +149,18 @@ def train(config: TrainConfig) -> TrainResult:
     check_classes(train_sets + val_sets, n_classes)
     classes = train_sets[0].manifest.get("classes")
     # what the run learnt from the shards (args.json, and the checkpoint's "args")
-    workers = c.workers if c.workers is not None else default_workers()
+    # the worker count shapes the epoch plan (which worker reads which shard): args.yaml records
+    # the number used, so that --config repeats the run's data order on another machine too
+    auto_workers = c.workers is None
+    workers = default_workers() if auto_workers else c.workers
+    c = dataclasses.replace(c, workers=workers)
     info = {"num_classes": n_classes, "trained_on": ",".join(sorted({s.name for s in train_sets})),
             "classes": classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes)
-            else None, "world_size": d.world, "workers_used": workers}
+            else None, "world_size": d.world}
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         log.info("train: %s; %d loader worker(s) per rank%s", describe(train_sets), workers,
-                 "" if c.workers is not None else " (from the CPU count)")
+                 " (from the CPU count)" if auto_workers else "")
         if val_sets:
             log.info("val: %s", describe(val_sets))
     writer = _tensorboard(out) if c.tensorboard and d.main else None
