@@ -94,15 +94,17 @@ def test_epoch_order_is_seeded(shards):
     assert a == b and len(a) == 8 and a != c
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_ranks_see_disjoint_data_and_equal_batches(shards, workers):
+@pytest.mark.parametrize("workers, buffer", [(0, 2), (2, 2), (1, 1000)])
+def test_ranks_see_disjoint_data_and_equal_batches(shards, workers, buffer):
     ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
-    spec = LoaderSpec(batch_size=2, workers=workers, shuffle_buffer=2)
+    spec = LoaderSpec(batch_size=2, workers=workers, shuffle_buffer=buffer)
     per_rank = [list(make_train_loader(ss, spec, epoch=0, rank=r, world=2)[0]) for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1]) == 8 // (2 * 2)
-    k0 = {k for b in per_rank[0] for k in b["key"]}
-    k1 = {k for b in per_rank[1] for k in b["key"]}
-    assert k0 and k1 and not (k0 & k1)
+    k0 = [k for b in per_rank[0] for k in b["key"]]
+    k1 = [k for b in per_rank[1] for k in b["key"]]
+    assert k0 and k1 and not (set(k0) & set(k1))
+    # 4 shards of 2 for 2 ranks of batch 2 (and 1 or 2 workers): every sample exactly once
+    assert sorted(k0 + k1) == sorted(set(k0 + k1)) and len(k0 + k1) == 8
     # eval: every sample exactly once over the ranks
     ev = [k for r in range(2) for k in keys(make_eval_loader(ss, 3, rank=r, world=2, workers=workers))]
     assert sorted(ev) == sorted(set(ev)) and len(ev) == 8
@@ -121,3 +123,187 @@ def test_limit_caps_the_epoch(shards):
     loader, n = make_train_loader(ss, LoaderSpec(batch_size=2, workers=0), epoch=0, limit=4)
     assert n == 2 == len(list(loader))
     assert len(keys(make_eval_loader(ss, 2, limit=3))) == 3
+
+
+# -- the lean per-sample stages (issue 15) ------------------------------------------------------
+def _same_batches(a, b):
+    assert len(a) == len(b) and len(a) > 0
+    for x, y in zip(a, b):
+        assert x["key"] == y["key"]
+        assert torch.equal(x["label"], y["label"])
+        for k in ("comp", "clean", "teacher"):
+            assert (k in x) == (k in y), k
+            if k in x:
+                assert x[k].shape == y[k].shape and x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), k
+
+
+@pytest.mark.parametrize("need_comp, need_clean, setting", [(True, False, "jpeg-10"), (True, True, "jpeg-10"),
+                                                            (False, True, "jpeg-10"), (True, False, "lossless")])
+def test_loader_yields_what_webdatasets_stock_stages_yield(shards, need_comp, need_clean, setting):
+    """Same samples, same order, same pixels as the stock webdataset stages (tar reader,
+    shuffle, decode_any per sample, torch.stack) for the same plan and seed."""
+    from tests import loader_reference
+
+    ss = group_shards(str(shards / "train" / setting / "*.tar"))
+    spec = LoaderSpec(batch_size=3, workers=0, shuffle_buffer=4, seed=5)
+    for epoch in (0, 1):
+        for rank, world in ((0, 1), (1, 2)):
+            kw = dict(epoch=epoch, rank=rank, world=world, need_comp=need_comp, need_clean=need_clean)
+            ours = [b for b in make_train_loader(ss, spec, **kw)[0] if b["key"]]
+            ref = list(loader_reference.train_loader(ss, spec, **kw)[0])
+            _same_batches(ours, ref)
+
+
+def test_batches_are_channels_last_views_and_the_step_makes_them_contiguous(shards):
+    from trainer.loop import to_input
+
+    ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
+    b = next(iter(make_eval_loader(ss, 4, need_clean=True)))
+    assert b["comp"].is_contiguous(memory_format=torch.channels_last) and b["comp"].shape == (4, 3, 224, 224)
+    x = to_input(b["comp"], torch.device("cpu"))
+    assert x.is_contiguous() and x.dtype == torch.float32 and torch.equal(x, b["comp"].float() / 255)
+    assert to_input(b["comp"], torch.device("cpu"), channels_last=True).is_contiguous(
+        memory_format=torch.channels_last)
+
+
+# -- the epoch plan (issue 10, trainer on many nodes) -------------------------------------------
+def test_epoch_plan_shares_batches_in_proportion_to_samples():
+    from trainer.data import epoch_plan
+
+    items = [{"url": f"s{i}"} for i in range(10)]
+    counts = {f"s{i}": 1000 for i in range(9)} | {"s9": 400}
+    plans = [epoch_plan(items, counts, 9400 // (2 * 32), seed=3, rank=r, world=2, workers=4) for r in range(2)]
+    shards = [i["url"] for p in plans for w in p for i in w.shards]
+    assert sorted(shards) == sorted(counts)                                # every shard once, over ranks and workers
+    for p in plans:
+        assert sum(w.batches for w in p) == 9400 // (2 * 32)               # every rank: the same batch count
+        for w in p:                                                        # in proportion: < 1 batch from the ideal
+            assert abs(w.batches - w.samples * (9400 // 64) / sum(x.samples for x in p)) < 1
+    # exact: equal shards, as many as ranks x workers, a whole number of batches each
+    exact = epoch_plan(items[:8], counts, 8000 // (2 * 50), seed=0, rank=1, world=2, workers=2)
+    assert [(len(w.shards), w.samples, w.batches) for w in exact] == [(2, 2000, 40), (2, 2000, 40)]
+    assert epoch_plan(items, counts, 5, seed=1, workers=3) == epoch_plan(items, counts, 5, seed=1, workers=3)
+
+
+@pytest.mark.parametrize("batch, world, shards_used, seen, repeated", [
+    (3, 1, "*", 6, 0),              # 8 samples, 2 batches of 3: 2 samples wait for another epoch
+    (1, 2, "shard-00000[0-2]", 5, 1),   # 3 shards for 2 ranks: rank 0 reads 3 of its 4, rank 1 starts its 2 again
+])
+def test_uneven_shards_leave_out_or_repeat_what_the_plan_says(shards, batch, world, shards_used, seen, repeated):
+    ss = group_shards(str(shards / "train" / "jpeg-10" / f"{shards_used}.tar"))
+    spec = LoaderSpec(batch_size=batch, workers=0, shuffle_buffer=100)
+    got = [k for r in range(world) for k in keys(make_train_loader(ss, spec, epoch=0, rank=r, world=world)[0])]
+    assert len(set(got)) == seen and len(got) - len(set(got)) == repeated
+
+
+# -- GPU JPEG decoding (issue 15): the CPU side of the path, and the fallback without CUDA -------
+def test_gpu_jpeg_batches_decode_on_a_device_to_the_loaders_pixels(shards):
+    """A gpu_jpeg loader leaves the bitstreams (headers checked) for decode_on_device, which
+    runs torchvision.io.decode_jpeg on the device: here the CPU stands in for CUDA."""
+    from trainer.loop import decode_on_device
+
+    ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
+    plain = list(make_eval_loader(ss, 3))
+    raw = list(make_eval_loader(ss, 3, gpu_jpeg=True))
+    assert "comp" not in raw[0] and raw[0]["comp_jpeg"].dtype == torch.uint8
+    assert int(raw[0]["comp_jpeg_lengths"].sum()) == raw[0]["comp_jpeg"].numel()
+    for a, b in zip(plain, raw):
+        b = decode_on_device(b, torch.device("cpu"))
+        assert a["key"] == b["key"] and torch.equal(a["label"], b["label"])
+        assert b["comp"].shape == a["comp"].shape and b["comp"].dtype == torch.uint8
+        diff = (b["comp"].int() - a["comp"].int()).abs().float()
+        assert diff.mean() < 0.5 and diff.max() <= 8   # libjpeg builds may differ in the last bits; here 0
+
+
+def test_a_picture_the_device_decoder_refuses_is_skipped_and_counted(shards, tmp_path):
+    import shutil
+
+    from tests.test_trainer_failures import rewrite_tar
+    from trainer.loop import Skips, decode_on_device
+
+    d = tmp_path / "s"
+    shutil.copytree(shards / "train" / "jpeg-10", d)
+    victim = "n02102040/n02102040_0001_JPEG"
+    for tar in d.glob("*.tar"):   # a valid header, half the entropy-coded data
+        rewrite_tar(tar, lambda name, data: data[: len(data) // 2] if name == victim + ".comp.jpg" else data)
+    ss = group_shards(str(d / "*.tar"))
+    batches = [decode_on_device(b, torch.device("cpu")) for b in make_eval_loader(ss, 8, gpu_jpeg=True)]
+    skips = Skips()
+    for b in batches:
+        skips.add(b)
+    keys = [k for b in batches for k in b["key"]]
+    assert victim not in keys and len(keys) == 7 and skips.count == 1 and victim in skips.reasons[0]
+    assert sum(b["comp"].shape[0] for b in batches) == 7 == sum(b["label"].numel() for b in batches)
+
+
+def test_gpu_decode_without_cuda_falls_back_with_one_message(shards, tmp_path, caplog):
+    from trainer import TrainConfig, train
+
+    base = dict(shards=[str(shards / "train" / "jpeg-10" / "*.tar")], arch="mobilenet_v3_small", num_classes=1000,
+                batch_size=4, workers=0, shuffle_buffer=4, progress=False, epochs=1, lr=1e-3, method="finetune",
+                device="cpu")
+    caplog.set_level("WARNING")
+    a = train(TrainConfig(**base, out=str(tmp_path / "a"), gpu_decode=True))
+    warned = [r.getMessage() for r in caplog.records if "--gpu-decode" in r.getMessage()]
+    assert warned == ["--gpu-decode: no CUDA device: the loader workers decode the JPEG bitstreams on the CPU"]
+    b = train(TrainConfig(**base, out=str(tmp_path / "b")))
+    assert a.rows[0]["train_loss"] == b.rows[0]["train_loss"]
+
+
+def test_default_workers_follow_the_cpus_and_the_ranks_per_node(monkeypatch):
+    from trainer import data
+
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert data.default_workers() == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert data.default_workers() == 1
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(256)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert data.default_workers() == 32
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert data.default_workers() == 1
+
+
+def test_worker_buffers_are_used_again_only_after_the_main_process_copied_them(shards):
+    """Workers reuse their shared-memory batch buffers (trainer.data._Ring): a consumer that
+    keeps every batch must still see each sample's own pixels, labels and teacher rows."""
+    ss = group_shards(str(shards / "train" / "lossless" / "*.tar"))
+    truth = {k: (c, l) for b in make_eval_loader(ss, 8) for k, c, l in zip(b["key"], b["comp"], b["label"])}
+    spec = LoaderSpec(batch_size=2, workers=2, shuffle_buffer=2)
+    kept = list(make_train_loader(ss, spec, epoch=0, batches=12)[0])    # 3 passes over 8 samples
+    assert sum(len(b["key"]) for b in kept) == 24
+    for b in kept:
+        for k, c, l in zip(b["key"], b["comp"], b["label"]):
+            assert torch.equal(c, truth[k][0]) and l == truth[k][1], k
+
+
+def test_epoch_plan_on_imagenet_train_leaves_out_and_repeats_a_fraction_of_a_percent():
+    """The README's figure: ImageNet train (1,281,167 images) in shards of 1000, 8 ranks x 7
+    workers, batch 256; per epoch, the samples left for another epoch and those read twice."""
+    from trainer.data import epoch_plan
+
+    items = [{"url": f"s{i}"} for i in range(1282)]
+    counts = {f"s{i}": 1000 for i in range(1281)} | {"s1281": 167}
+    total = sum(counts.values())
+    for seed in range(3):
+        out = rep = 0
+        for rank in range(8):
+            plan = epoch_plan(items, counts, total // (8 * 256), seed=seed, rank=rank, world=8, workers=7)
+            assert sum(w.batches for w in plan) == total // (8 * 256)
+            for w in plan:
+                assert abs(w.samples - 256 * w.batches) < 256 + 1000     # one batch, plus the rank's extra shard
+                out += max(0, w.samples - 256 * w.batches)
+                rep += max(0, 256 * w.batches - w.samples)
+        assert out / total < 0.004 and rep / total < 0.003, (seed, out / total, rep / total)
+
+
+def test_a_run_records_the_worker_count_it_used(shards, tmp_path):
+    from trainer import TrainConfig, train
+    from trainer.config import read_yaml
+    from trainer.data import default_workers
+
+    r = train(TrainConfig(shards=[str(shards / "train" / "jpeg-10" / "*.tar")], arch="mobilenet_v3_small",
+                          num_classes=1000, batch_size=4, shuffle_buffer=4, progress=False, epochs=1, lr=1e-3,
+                          method="finetune", steps_per_epoch=1, out=str(tmp_path / "r")))
+    assert r.config.workers == read_yaml(tmp_path / "r" / "args.yaml")["workers"] == default_workers()

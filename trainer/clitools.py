@@ -12,6 +12,7 @@ from typing import Iterable
 import click
 
 from pipeline.atomic import AtomicWriteError, LockedError
+from pipeline.layout import PairingError
 from pipeline.limits import PixelBudgetError
 from pipeline.manifest import ManifestError
 from pipeline.setting import SettingError
@@ -24,7 +25,7 @@ class UserError(Exception):
 
 #: errors shown as one line: ours, and the pipeline's about files the user gave us
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, SettingError, ManifestError, AtomicWriteError,
-                                                LockedError, PixelBudgetError)
+                                                LockedError, PixelBudgetError, PairingError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -34,13 +34,14 @@ class TrainConfig:
     val_shards: list[str] | None = None                # default: no validation
     batch_size: int = 32                               # per process
     val_batch_size: int | None = None                  # default: 2 x batch_size
-    workers: int = 4                                   # loader processes per rank
+    workers: int | None = None                         # loader processes per rank; None: from the CPU count
     shuffle_buffer: int = 1000
     resampled: bool = False                            # draw shards with replacement
     train_limit: int | None = None                     # samples per epoch (quick runs)
     val_limit: int | None = None
     steps_per_epoch: int | None = None
     max_skip: float = 0.01                             # largest fraction of samples that may be skipped
+    gpu_decode: bool = False                           # JPEG settings: decode on the GPU (nvJPEG), not in the workers
     # model and method
     method: str = "expert"
     arch: str = "resnet50"
@@ -107,7 +108,7 @@ class TrainConfig:
             raise ConfigError("no run folder: give --out")
         _whole(self, "batch_size", 1)
         _whole(self, "val_batch_size", 1, optional=True)
-        _whole(self, "workers", 0)
+        _whole(self, "workers", 0, optional=True)
         _whole(self, "shuffle_buffer", 0)
         _whole(self, "train_limit", 1, optional=True)
         _whole(self, "val_limit", 1, optional=True)
@@ -155,7 +156,7 @@ class EvalConfig:
     out: str | None = "results.json"                   # JSON results (CSV beside it); None: not written
     overwrite: bool = False                            # replace --out instead of merging rows into it
     batch_size: int = 64
-    workers: int = 2
+    workers: int | None = None                         # loader processes; None: from the CPU count
     limit: int | None = None                           # samples per setting (quick checks)
     max_skip: float = 0.01
     device: str = "auto"
@@ -174,7 +175,7 @@ class EvalConfig:
         if c.weights and not c.arch:
             raise ConfigError("--weights needs --arch")
         _whole(c, "batch_size", 1)
-        _whole(c, "workers", 0)
+        _whole(c, "workers", 0, optional=True)
         _whole(c, "limit", 1, optional=True)
         _whole(c, "num_classes", 1, optional=True)
         _whole(c, "threads", 1, optional=True)

@@ -4,6 +4,7 @@
         --method expert --arch resnet50 --weights DEFAULT --alpha 1e-2 --lr 1e-5 --epochs 45 --out runs/r50-j2k200
     python -m trainer.run --config runs/r50-j2k200/args.yaml --out runs/r50-j2k200-b   # the same run again
     torchrun --nproc-per-node 8 -m trainer.run ...        # same code, DDP
+    torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 -m trainer.run ...
 
 The command fills a :class:`trainer.config.TrainConfig` and calls :func:`trainer.train`:
 ``--config FILE.yaml`` gives values for any option (its keys are the option names), the
@@ -39,7 +40,8 @@ def _config_values(ctx: click.Context, params: dict) -> dict:
 @click.option("--val-shards", multiple=True, help="Validation shards (default: no validation).")
 @click.option("--batch-size", type=int, default=D.batch_size, show_default=True, help="Per-process batch size.")
 @click.option("--val-batch-size", type=int, default=None, help="Default: 2 x batch size.")
-@click.option("--workers", type=int, default=D.workers, show_default=True, help="Loader processes per rank.")
+@click.option("--workers", type=int, default=D.workers,
+              help="Loader processes per rank (default: the CPUs available / ranks on the node - 1, 1 to 32).")
 @click.option("--shuffle-buffer", type=int, default=D.shuffle_buffer, show_default=True)
 @click.option("--resampled", is_flag=True, help="Draw shards with replacement (any shard count works).")
 @click.option("--train-limit", type=int, default=None, help="Samples per epoch (quick runs; default: the manifest's).")
@@ -47,6 +49,8 @@ def _config_values(ctx: click.Context, params: dict) -> dict:
 @click.option("--steps-per-epoch", type=int, default=None, help="Cap on optimisation steps per epoch.")
 @click.option("--max-skip", type=FiniteFloat(0), default=D.max_skip, show_default=True,
               help="Largest fraction of samples an epoch may skip (unreadable, undecodable) before the run fails.")
+@click.option("--gpu-decode", is_flag=True,
+              help="JPEG settings on CUDA: decode the bitstreams on the GPU (nvJPEG) instead of in the loader workers.")
 # model and method
 @click.option("--method", type=click.Choice(method_names(trainable=True)), default=D.method, show_default=True)
 @click.option("--arch", default=D.arch, show_default=True)

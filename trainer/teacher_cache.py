@@ -1,15 +1,24 @@
-"""The teacher-logit cache: g(x) computed once per setting, stored beside the shards, looked
-up by sample key while training.  This module owns its format, building and lookup.
+"""The teacher-logit cache: g(x) computed once per set of clean crops, stored beside the
+shards, looked up by sample key while training.  This module owns its format, building and
+lookup.
 
     python -m trainer.cache_teacher --shards 'shards/train/j2k-200/*.tar' --arch resnet50 --weights DEFAULT
 
-Files, in the setting folder (or under ``--out/<setting>/``):
-``teacher-<arch>-<hash>.npy`` (float16 logits, one row per sample, memory-mappable) and
-``teacher-<arch>-<hash>.json`` (arch, weights, weights_hash, count, skipped, num_classes,
-setting, keys in row order).  ``hash`` = sha256 of the teacher's weights
+Which clean crops: a pair-layout setting carries its own, so its cache lives in its folder.
+A split-layout setting's clean crops are its reference's (``OUT/<split>/lossless``), the
+same for every split-layout setting of the split: their cache is the reference's, built
+once and shared by all of them (and by the ``lossless`` setting itself).  It is keyed by
+the reference folder, its ``plan_id`` and the shards' SHA-256 (the manifest's), the arch
+and the weights.
+
+Files, in that folder (or under ``--out/<setting>/``): ``teacher-<arch>-<hash>.npy``
+(float16 logits, one row per sample, memory-mappable) and ``teacher-<arch>-<hash>.json``
+(arch, weights, weights_hash, count, skipped, num_classes, setting, plan_id, content, keys
+in row order).  ``hash`` = sha256 of the teacher's weights
 (``trainer.models.state_dict_hash``), so a cache is only ever used with the exact teacher
 that made it.  A cache covers every shard the folder's manifest lists; it is valid when
-arch, weights hash and count (+ the samples skipped while building it) match the manifest.
+arch, weights hash and count (+ the samples skipped while building it) match the manifest,
+and so do the plan and the shards' content when the manifest records them.
 
 Every path is built from the user's shard folder or ``--out``, the setting name of a
 checked manifest (``pipeline.manifest.Manifest``: never a path separator) and a checked
@@ -17,6 +26,7 @@ arch name, so a hostile manifest cannot make the cache write anywhere else.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +44,7 @@ from pipeline.atomic import atomic_output, atomic_write_json
 from .clitools import UserError, run_click
 from .data import ShardSet, check_skips, folder_key, group_shards, make_eval_loader
 from .distributed import Dist, barrier, resolve_device
-from .loop import Skips, amp_context
+from .loop import Skips, amp_context, to_input
 from .models import build_model, state_dict_hash
 
 log = logging.getLogger(__name__)
@@ -88,17 +98,35 @@ class TeacherCache:
         return {"npy": self.npy, "meta_path": self.meta_path, "_logits": None, "_index": None, "_meta": None}
 
 
+def cache_target(shards: ShardSet) -> ShardSet:
+    """The shards whose clean crops a cache for ``shards`` covers: the setting itself (pair
+    layout), or its reference (split layout)."""
+    return shards.reference if shards.reference is not None else shards
+
+
+def content_digest(manifest) -> str | None:
+    """One digest of a folder's shards (names and the manifest's SHA-256 of each tar); None
+    when the manifest does not record them."""
+    entries = manifest.get("shards") or []
+    if not entries or not all(isinstance(e.get("sha256"), str) for e in entries):
+        return None
+    text = "".join(f"{e['name']}:{e['sha256']}\n" for e in entries)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def cache_path(shards: ShardSet, arch: str, weights_hash: str, root: str | os.PathLike | None = None) -> Path:
-    """Where the cache of ``shards`` for this teacher lives: beside the shards, or under
-    ``root/<setting>/``."""
+    """Where the cache of ``shards`` for this teacher lives: beside the clean crops (the
+    setting's folder, or its reference's), or under ``root/<that folder's setting>/``."""
     if not _ARCH.fullmatch(arch or "") or not re.fullmatch(r"[0-9a-f]+", weights_hash):
         raise CacheError(f"cannot name a teacher cache after arch {arch!r} and hash {weights_hash!r}")
+    shards = cache_target(shards)
     base = Path(shards.folder) if root is None else Path(root) / shards.setting.name
     return base / f"teacher-{arch}-{weights_hash}.npy"
 
 
 def validate(path: str | os.PathLike, shards: ShardSet, arch: str, weights_hash: str) -> str | None:
     """None when the cache at ``path`` is usable for ``shards``, else the reason."""
+    shards = cache_target(shards)
     path = Path(path)
     meta_p = path.with_suffix(".json")
     if not path.exists() or not meta_p.exists():
@@ -120,6 +148,12 @@ def validate(path: str | os.PathLike, shards: ShardSet, arch: str, weights_hash:
         return f"count {count} + skipped {skipped} != manifest count {want}"
     if arr.shape[0] != count or len(meta.get("keys", [])) != count:
         return f"{arr.shape[0]} rows for {count} keys"
+    plan = shards.manifest.get("plan_id")
+    if plan is not None and meta.get("plan_id", plan) != plan:
+        return f"built for plan {meta.get('plan_id')}, the shards are of plan {plan}"
+    content = content_digest(shards.manifest)
+    if content is not None and meta.get("content", content) != content:
+        return "built from other shards (their SHA-256 differ)"
     return None
 
 
@@ -137,7 +171,9 @@ def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: 
                 path: str | os.PathLike, batch_size: int = 64, workers: int = 0,
                 device: torch.device | str = "cpu", amp: bool = False, progress: bool = False,
                 max_skip: float = 0.01) -> Path:
-    """Run the teacher over every clean crop of the setting; write the cache atomically."""
+    """Run the teacher over every clean crop of the setting (of its reference, in split
+    layout); write the cache atomically."""
+    shards = cache_target(shards)
     path = Path(path)
     device = torch.device(device)
     teacher = teacher.to(device).eval()
@@ -156,7 +192,7 @@ def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: 
         skips.add(batch)
         if batch["label"].numel() == 0:
             continue
-        x = batch["clean"].to(device).float().div_(255)
+        x = to_input(batch["clean"], device)
         with amp_context(device, amp):
             out = teacher(x).float()
         rows.append(out.cpu().numpy().astype(np.float16))
@@ -174,6 +210,7 @@ def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: 
             "weights_hash": state_dict_hash(teacher), "count": len(keys), "skipped": full.count - len(keys),
             "skip_reasons": skips.reasons + ([f"{missing} sample(s) missing against the manifest"] if missing > 0 else []),
             "num_classes": int(logits.shape[1]) if logits.size else 0, "setting": shards.name,
+            "plan_id": shards.manifest.get("plan_id"), "content": content_digest(shards.manifest),
             "dtype": "float16", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": time.perf_counter() - t0, "keys": keys}
     with atomic_output(path, "wb") as f:
@@ -187,35 +224,46 @@ def resolve_caches(sets: list[ShardSet], teacher: torch.nn.Module, arch: str, we
                    batch_size: int = 64, workers: int = 0, device="cpu", amp: bool = False,
                    progress: bool = False, max_skip: float = 0.01) -> dict[str, TeacherCache] | None:
     """setting folder -> TeacherCache, building missing caches (on rank 0) when mode is
-    'auto' or a folder; None when mode is 'off'.  mode: auto (beside the shards, or under
-    ``fallback_root`` when that folder is read-only) | off | PATH (a .npy file for a single
-    setting, or a folder holding <setting>/teacher-*.npy)."""
+    'auto' or a folder; None when mode is 'off'.  mode: auto (beside the clean crops, or under
+    ``fallback_root`` when that folder is read-only) | off | PATH (a .npy file for the clean
+    crops of the settings, or a folder holding <setting>/teacher-*.npy).  Split-layout
+    settings of one split share their reference's cache: it is built once, and their folders
+    and the reference's all map to it."""
     if mode in (None, "off", "none"):
         return None
     d = d or Dist()
     wh = state_dict_hash(teacher)
     out: dict[str, TeacherCache] = {}
+    built: dict[str, TeacherCache] = {}        # target folder -> its cache
+    targets = {folder_key(cache_target(s).folder) for s in sets}
     for s in sets:
-        if mode == "auto":
-            p = cache_path(s, arch, wh)
-            if not os.access(s.folder, os.W_OK) and validate(p, s, arch, wh) is not None and fallback_root is not None:
-                p = cache_path(s, arch, wh, fallback_root)
-        elif str(mode).endswith(".npy"):
-            if len(sets) != 1:
-                raise CacheError("--teacher-cache FILE.npy needs exactly one training setting; give a folder")
-            p = Path(mode)
-        else:
-            p = cache_path(s, arch, wh, mode)
-        reason = validate(p, s, arch, wh)
-        if reason is not None:
-            if d.main:
-                log.info("teacher cache %s: %s; building it", p, reason)
-                build_cache(s, teacher, arch, weights, p, batch_size, workers, device, amp, progress, max_skip)
-            barrier(d)
+        target = cache_target(s)
+        key = folder_key(target.folder)
+        if key not in built:
+            if mode == "auto":
+                p = cache_path(s, arch, wh)
+                if not os.access(target.folder, os.W_OK) and validate(p, s, arch, wh) is not None \
+                        and fallback_root is not None:
+                    p = cache_path(s, arch, wh, fallback_root)
+            elif str(mode).endswith(".npy"):
+                if len(targets) != 1:
+                    raise CacheError("--teacher-cache FILE.npy needs the settings of one set of clean crops (one "
+                                     "pair-layout setting, or split-layout settings of one reference); give a folder")
+                p = Path(mode)
+            else:
+                p = cache_path(s, arch, wh, mode)
             reason = validate(p, s, arch, wh)
             if reason is not None:
-                raise CacheError(f"teacher cache {p} is not valid after building: {reason}")
-        out[folder_key(s.folder)] = TeacherCache(p)
+                if d.main:
+                    log.info("teacher cache %s: %s; building it", p, reason)
+                    build_cache(s, teacher, arch, weights, p, batch_size, workers, device, amp, progress, max_skip)
+                barrier(d)
+                reason = validate(p, s, arch, wh)
+                if reason is not None:
+                    raise CacheError(f"teacher cache {p} is not valid after building: {reason}")
+            built[key] = TeacherCache(p)
+        out[folder_key(s.folder)] = built[key]
+        out[key] = built[key]    # stability training reads the reference's shards themselves
     return out
 
 
@@ -242,15 +290,20 @@ def cli(shards, arch, weights, num_classes, out, batch_size, workers, device, ma
     n = num_classes or sets[0].num_classes
     teacher = build_model(arch, weights, n).to(dev).eval().requires_grad_(False)
     wh = state_dict_hash(teacher)
+    done: set[Path] = set()
     for s in sets:
         p = cache_path(s, arch, wh, out)
+        if p in done:     # split-layout settings of one reference share its cache
+            click.echo(f"{p}: shared with the other settings of {cache_target(s).folder}")
+            continue
+        done.add(p)
         reason = "forced" if force else validate(p, s, arch, wh)
         if reason is None:
             click.echo(f"{p}: valid, kept")
             continue
         t0 = time.perf_counter()
         build_cache(s, teacher, arch, weights, p, batch_size, workers, dev, dev.type == "cuda", progress, max_skip)
-        click.echo(f"{p}: {s.manifest['count']} logits ({reason}; {time.perf_counter() - t0:.1f} s)")
+        click.echo(f"{p}: {cache_target(s).manifest['count']} logits ({reason}; {time.perf_counter() - t0:.1f} s)")
     return 0
 
 

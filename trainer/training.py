@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -24,7 +25,8 @@ from pipeline.atomic import atomic_write, atomic_write_json
 from . import checkpoint, loop, methods
 from .clitools import UserError
 from .config import TrainConfig, yaml_text
-from .data import LoaderSpec, check_classes, check_skips, describe, group_shards, make_eval_loader, make_train_loader
+from .data import (LoaderSpec, ShardSet, check_classes, check_skips, default_workers, describe, group_shards,
+                   make_eval_loader, make_train_loader)
 from .distributed import barrier, init_distributed, mix_seed, seed_everything
 from .models import build_model, freeze_all_but_head
 from .teacher_cache import resolve_caches
@@ -114,6 +116,21 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
+def _gpu_jpeg(sets: list[ShardSet], device: torch.device, comp: bool, what: str, quiet: bool = False) -> bool:
+    """Whether --gpu-decode can decode this loader's bitstreams on the GPU; says why not."""
+    why = None
+    if device.type != "cuda":
+        why = "no CUDA device: the loader workers decode the JPEG bitstreams on the CPU"
+    elif not comp:
+        why = "the method does not read the compressed crops"
+    elif any(s.codec != "jpeg" for s in sets):
+        why = (f"{', '.join(s.name for s in sets if s.codec != 'jpeg')} not JPEG: the loader workers decode "
+               f"the {what} bitstreams on the CPU")
+    if why is not None and not quiet:
+        log.warning("--gpu-decode: %s", why)
+    return why is None
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train one model on compressed shards (expert training, fine-tuning or stability)."""
     c = config.resolved()
@@ -122,6 +139,8 @@ def train(config: TrainConfig) -> TrainResult:
     out = Path(c.out)
     d = init_distributed(c.device)
     cuda = d.device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True    # fixed 224² inputs: let cuDNN pick its fastest kernels
     resume, ckpt = _resume_checkpoint(c, out)
 
     train_sets = group_shards(c.shards)
@@ -130,12 +149,18 @@ def train(config: TrainConfig) -> TrainResult:
     check_classes(train_sets + val_sets, n_classes)
     classes = train_sets[0].manifest.get("classes")
     # what the run learnt from the shards (args.json, and the checkpoint's "args")
+    # the worker count shapes the epoch plan (which worker reads which shard): args.yaml records
+    # the number used, so that --config repeats the run's data order on another machine too
+    auto_workers = c.workers is None
+    workers = default_workers() if auto_workers else c.workers
+    c = dataclasses.replace(c, workers=workers)
     info = {"num_classes": n_classes, "trained_on": ",".join(sorted({s.name for s in train_sets})),
             "classes": classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes)
             else None, "world_size": d.world}
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        log.info("train: %s", describe(train_sets))
+        log.info("train: %s; %d loader worker(s) per rank%s", describe(train_sets), workers,
+                 " (from the CPU count)" if auto_workers else "")
         if val_sets:
             log.info("val: %s", describe(val_sets))
     writer = _tensorboard(out) if c.tensorboard and d.main else None
@@ -152,7 +177,7 @@ def train(config: TrainConfig) -> TrainResult:
         teacher = copy.deepcopy(model).eval().requires_grad_(False).to(d.device)
         caches = resolve_caches(train_sets, teacher, c.arch, c.weights, c.teacher_cache,
                                 fallback_root=out / "teacher-cache", d=d, batch_size=c.val_batch_size,
-                                workers=min(c.workers, 2), device=d.device, amp=step.amp, progress=c.progress,
+                                workers=workers, device=d.device, amp=step.amp, progress=c.progress,
                                 max_skip=c.max_skip)
         step.teacher = None if caches is not None else teacher
     needs = method.needs(c.labels, cached_teacher=caches is not None)
@@ -186,8 +211,10 @@ def train(config: TrainConfig) -> TrainResult:
         if rows:
             atomic_write(out / "summary.csv", _summary_csv(rows))
 
-    spec = LoaderSpec(batch_size=c.batch_size, workers=c.workers, shuffle_buffer=c.shuffle_buffer,
-                      resampled=c.resampled, seed=c.seed)
+    spec = LoaderSpec(batch_size=c.batch_size, workers=workers, shuffle_buffer=c.shuffle_buffer,
+                      resampled=c.resampled, seed=c.seed,
+                      gpu_jpeg=c.gpu_decode and _gpu_jpeg(train_sets, d.device, needs.comp, "training"))
+    val_gpu_jpeg = c.gpu_decode and bool(val_sets) and _gpu_jpeg(val_sets, d.device, True, "validation", quiet=True)
     last_val: dict = {}
     for epoch in range(start_epoch, c.epochs):
         torch.manual_seed(mix_seed(c.seed, epoch, d.rank, 3))  # dropout / noise: depends on the epoch only
@@ -201,8 +228,8 @@ def train(config: TrainConfig) -> TrainResult:
                "images_per_s": tr["images_per_s"], "train_seconds": tr["seconds"]}
         metric = tr["loss"]
         if val_sets:
-            vl = make_eval_loader(val_sets, c.val_batch_size, workers=min(c.workers, 2), rank=d.rank,
-                                  world=d.world, limit=c.val_limit, pin_memory=cuda)
+            vl = make_eval_loader(val_sets, c.val_batch_size, workers=workers, rank=d.rank, world=d.world,
+                                  limit=c.val_limit, pin_memory=cuda, gpu_jpeg=val_gpu_jpeg)
             last_val = loop.evaluate(model, vl, step, d, desc="validation")
             row.update({"val_loss": last_val["loss"], "val_top1": last_val["top1"], "val_top5": last_val["top5"],
                         "val_count": last_val["count"], "val_skipped": last_val["skipped"]})

@@ -219,7 +219,8 @@ def pil_decode(data: bytes, what: str, formats: Sequence[str]) -> np.ndarray:
         with Image.open(io.BytesIO(data), formats=list(formats)) as img:
             check_pixels(*img.size, f"{what} picture")
             img.load()
-            return np.asarray(img.convert("RGB"))
+            # convert() copies even an RGB picture: a copy per decoded image in the loader
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     except PixelBudgetError as exc:
         raise PictureTooLargeError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - hostile data must end in CodecError, whatever broke
