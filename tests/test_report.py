@@ -191,18 +191,31 @@ def test_fig4_plots_the_csv(measured, x):
     jpeg_expert = [r for r in rows if r["codec"] == "jpeg" and r["method"] == "expert"]
     assert [(r["setting"], float(r["rate"]), float(r["top1"])) for r in jpeg_expert] == [
         ("jpeg-10", 3018.0 if x == "bytes" else bpp(3018.0), 69.9)]
-    # the figure's lines carry exactly the CSV's points
+    # the figure's lines carry exactly the CSV's points: curves per codec panel, lossless as reference lines
     series = report.rate_accuracy_series(load_results(results), load_manifests(shards), "resnet50", x)
-    fig = report.plot_rate_accuracy(series, tmp_path / "again.png", x)
-    lines = fig.axes[0].get_lines()
-    assert len(lines) == len(series)
+    fig = report.plot_rate_accuracy(series, tmp_path / "again.png", x, caption="top-1 means this")
+    assert [ax.get_title() for ax in fig.axes] == ["JPEG", "JPEG 2000", "BPG"]
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    curves = [line for line in lines if line.get_gid() == "curve"]
+    assert len(curves) == len([s for s in series if s.codec != "lossless"])
     plotted = sorted((line.get_label(), float(a), float(b))
-                     for line in lines for a, b in zip(line.get_xdata(), line.get_ydata()))
-    from trainer.methods import title as method_name
-    in_csv = sorted((f"{r['codec']} · {r['method']}", float(r["rate"]), float(r["top1"])) for r in rows)
+                     for line in curves for a, b in zip(line.get_xdata(), line.get_ydata()))
+    in_csv = sorted((r["curve"], float(r["rate"]), float(r["top1"])) for r in rows if r["codec"] != "lossless")
     assert [p[0] for p in plotted] == [c[0] for c in in_csv]
     assert [v for p in plotted for v in p[1:]] == pytest.approx([v for c in in_csv for v in c[1:]])
-    assert fig.axes[0].get_xscale() == "log"
+    # lossless: a horizontal line at each model's clean-crop top-1, in every panel, not a point
+    refs = {(line.get_label(), float(line.get_ydata()[0])) for line in lines if line.get_gid() == "lossless"}
+    assert refs == {(r["curve"], float(r["top1"])) for r in rows if r["codec"] == "lossless"}
+    assert len([line for line in lines if line.get_gid() == "lossless"]) == len(refs) * len(fig.axes)
+    assert all(float(line.get_ydata()[0]) == float(line.get_ydata()[1]) for line in lines
+               if line.get_gid() == "lossless")
+    # every plotted point is named by its setting; the caption is on the figure
+    named = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {r["setting"] for r in rows if r["codec"] != "lossless"} <= named
+    assert any(t.get_text() == "top-1 means this" for t in fig.texts)
+    assert all(ax.get_xscale() == "log" for ax in fig.axes)
+    assert fig.axes[0].get_ylabel() == "top-1 (%)"
+    from trainer.methods import title as method_name
     assert method_name("expert+teacher") == "expert (teacher labels)"
 
 
