@@ -79,29 +79,35 @@ def _no_nan(row: dict) -> dict:
 
 @dataclasses.dataclass
 class Summary:
-    """What one evaluation reused and computed: (model, setting) pairs."""
+    """What one evaluation reused and computed: (model, setting) pairs; ``folder`` None = cache off."""
+    folder: Path | None = None
+    force: bool = False
     reused: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     computed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
-    def line(self, folder) -> str:
+    def line(self) -> str:
         n = len(self.reused) + len(self.computed)
-        return (f"evaluation cache {folder}: reused {len(self.reused)} of {n} (model, setting) evaluation(s), "
-                f"computed {len(self.computed)}")
+        if self.folder is None:
+            return f"evaluated {n} (model, setting) pair(s), no cache"
+        return (f"evaluation cache {self.folder}: reused {len(self.reused)} of {n} (model, setting) pair(s), "
+                f"evaluated {len(self.computed)}" + (" (--force)" if self.force else ""))
 
 
 class EvalCache:
     """The cache of one evaluation (``folder`` None: disabled, everything is computed)."""
 
-    def __init__(self, folder: str | os.PathLike | None, options: dict | None = None, force: bool = False):
+    def __init__(self, folder: str | os.PathLike | None, options: dict | None = None, force: bool = False,
+                 summary: Summary | None = None):
         self.folder = Path(folder) if folder is not None else None
         self.options = {"version": VERSION, **(options or {})}
         self.force = force
-        self.summary = Summary()
+        self.summary = summary if summary is not None else Summary()
+        self.summary.folder, self.summary.force = self.folder, force
         self._models: dict[tuple, str | None] = {}
         self._loaded: dict[tuple, tuple] = {}
 
     @classmethod
-    def for_config(cls, c, device, world: int = 1) -> "EvalCache":
+    def for_config(cls, c, device, world: int = 1, summary: Summary | None = None) -> "EvalCache":
         """The cache an :class:`~trainer.config.EvalConfig` asks for (resolved config)."""
         folder = None
         if getattr(c, "cache", True) and world == 1:
@@ -111,7 +117,7 @@ class EvalCache:
         options = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name not in NOT_IN_KEY}
         amp = bool(options.get("amp")) and getattr(device, "type", str(device)) == "cuda"
         options.update(amp=amp, device=getattr(device, "type", str(device)))
-        return cls(folder, options, force=getattr(c, "force", False))
+        return cls(folder, options, force=getattr(c, "force", False), summary=summary)
 
     @property
     def enabled(self) -> bool:
@@ -203,12 +209,6 @@ class EvalCache:
                                   indent=None)
             except (AtomicWriteError, OSError, TypeError, ValueError) as exc:
                 log.warning("evaluation cache: could not record %s on %s (%s)", source, s.name, exc)
-
-    def report(self) -> str | None:
-        """One line on what was reused (None when the cache is off)."""
-        if not self.enabled:
-            return None
-        return self.summary.line(self.folder) + (" (--force: nothing reused)" if self.force else "")
 
 
 def ordered(sets: list, rows: list[dict]) -> list[dict]:

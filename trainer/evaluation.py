@@ -23,7 +23,7 @@ from .clitools import UserError
 from .config import EvalConfig
 from .data import DataLossError, ShardSet, check_classes, check_skips, group_shards, make_eval_loader
 from .distributed import Dist, init_distributed
-from .eval_cache import EvalCache, ordered
+from .eval_cache import EvalCache, Summary, ordered
 
 log = logging.getLogger("trainer.eval")
 
@@ -111,19 +111,19 @@ def write_results(path: str | os.PathLike, rows: list[dict], merge: bool = True)
     return path, csv_path
 
 
-def evaluate(config: EvalConfig, cache: EvalCache | None = None) -> list[dict]:
+def evaluate(config: EvalConfig, summary: Summary | None = None) -> list[dict]:
     """Evaluate every checkpoint and plain weights of ``config`` on every setting of its
     shards; write the results file when ``config.out`` is set (rank 0).  Returns the rows.
 
     (model, setting) pairs evaluated before with the same bytes and options come from the
-    cache (``trainer.eval_cache``; ``config.force`` recomputes); pass ``cache`` to read
-    afterwards what was reused (``cache.summary``)."""
+    cache (``trainer.eval_cache``; ``config.force`` recomputes); ``summary`` (an
+    ``eval_cache.Summary``) is filled with what was reused and what was evaluated."""
     c = config.resolved()
     if c.threads:
         torch.set_num_threads(c.threads)
     d = init_distributed(c.device)
     sets = group_shards(c.shards)
-    cache = cache if cache is not None else EvalCache.for_config(c, d.device, d.world)
+    cache = EvalCache.for_config(c, d.device, d.world, summary)
     rows: list[dict] = []
     failures: list[str] = []
     models = [(ck, None) for ck in c.checkpoints] + [(w, c.arch) for w in c.weights]
@@ -138,8 +138,8 @@ def evaluate(config: EvalConfig, cache: EvalCache | None = None) -> list[dict]:
             reused += r
             failures += f
         rows += ordered(sets, reused)
-    if d.main and cache.report():
-        log.info("%s", cache.report())
+    if d.main:
+        log.info("%s", cache.summary.line())
     if d.main and c.out and rows:
         write_results(c.out, rows, merge=not c.overwrite)
     if d.enabled:
