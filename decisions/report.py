@@ -290,12 +290,13 @@ def plot_rate_accuracy(series: list[Series], path: Path, x: str = "bytes", title
                               label=f"lossless: the same model on clean crops ({_rate_text(refs[0].x[0], x)}/image)"))
     ncol = min(len(handles), 3) or 1
     legend_rows = -(-len(handles) // ncol)
-    text = "\n".join(textwrap.wrap(caption, width=int(30 * n + 25))) if caption else ""
+    width_in = 1.0 + 3.9 * n
+    text = "\n".join(textwrap.wrap(caption, width=int(width_in * 15))) if caption else ""
     caption_rows = text.count("\n") + 1 if text else 0
     # heights in inches: title, legend, panels, x ticks + label, caption
     top_in, bottom_in, panel_in = 0.72 + 0.2 * legend_rows, 0.62 + 0.16 * caption_rows, 3.9
     height = top_in + panel_in + bottom_in
-    fig, axes = plt.subplots(1, n, figsize=(1.0 + 3.9 * n, height), dpi=120, sharex=True, sharey=True,
+    fig, axes = plt.subplots(1, n, figsize=(width_in, height), dpi=120, sharex=True, sharey=True,
                              squeeze=False)
     axes = axes[0]
     ys = [v for s in series for v in s.y]
@@ -312,15 +313,17 @@ def plot_rate_accuracy(series: list[Series], path: Path, x: str = "bytes", title
             ax.annotate("lossless", (0, max(s.y[0] for s in refs)), xycoords=("axes fraction", "data"),
                         xytext=(3, 2), textcoords="offset points", ha="left", va="bottom", fontsize=7.5,
                         color="0.35")
-        # the setting's name once per column of points, above the highest one
-        column: dict[str, tuple[float, float]] = {}
+        # the setting's name once per column of points: below the lowest one (the curves rise
+        # to the right, away from it), above the highest where the lowest sits on the floor
+        column: dict[str, tuple[float, float, float]] = {}
         for s in mine:
             for st, xv, yv in zip(s.settings, s.x, s.y):
-                if st not in column or yv > column[st][1]:
-                    column[st] = (xv, yv)
-        for st, (xv, yv) in column.items():
-            ax.annotate(st, (xv, yv), xytext=(0, 7), textcoords="offset points", ha="center", va="bottom",
-                        fontsize=7.5, color="0.2")
+                lo, hi = column.get(st, (xv, yv, yv))[1:]
+                column[st] = (xv, min(lo, yv), max(hi, yv))
+        for st, (xv, lo, hi) in column.items():
+            below = lo > 8
+            ax.annotate(st, (xv, lo if below else hi), xytext=(0, -8 if below else 7), textcoords="offset points",
+                        ha="center", va="top" if below else "bottom", fontsize=7.5, color="0.2")
         ax.set_title(CODEC_TITLES.get(codec, codec), fontsize=10)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -338,7 +341,7 @@ def plot_rate_accuracy(series: list[Series], path: Path, x: str = "bytes", title
     if handles:
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.36 / height), ncol=ncol,
                    fontsize=8, frameon=False)
-    fig.subplots_adjust(left=0.55 / (1.0 + 3.9 * n), right=1 - 0.15 / (1.0 + 3.9 * n),
+    fig.subplots_adjust(left=0.7 / width_in, right=1 - 0.15 / width_in,
                         bottom=bottom_in / height, top=1 - top_in / height, wspace=0.06)
     with atomic_output(path, "wb") as f:
         fig.savefig(f, format="png")
