@@ -129,15 +129,15 @@ def evaluate(config: EvalConfig, summary: Summary | None = None) -> list[dict]:
     models = [(ck, None) for ck in c.checkpoints] + [(w, c.arch) for w in c.weights]
     for source, arch in models:
         n_classes = c.num_classes if arch else None
-        reused, todo = cache.split(source, arch, n_classes, sets)
+        mine, todo = cache.split(source, arch, n_classes, sets)     # rows reused, sets left to evaluate
         if todo:
             model, meta = cache.load(source, arch, n_classes)
             r, f = evaluate_model(model, meta, todo, c.batch_size, c.workers, d.device, c.amp, c.limit, d,
                                   c.progress, c.max_skip)
             cache.store(source, arch, n_classes, todo, r)
-            reused += r
+            mine += r
             failures += f
-        rows += ordered(sets, reused)
+        rows += ordered(sets, mine)
     if d.main:
         log.info("%s", cache.summary.line())
     if d.main and c.out and rows:
