@@ -41,11 +41,37 @@ SHARD_SIZE = 64
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (loader workers, codec jobs)."""
+    """CPU time of this process and all its descendants: the finished ones (loader workers) and,
+    on Linux, the live ones too (the codec jobs' process pool outlives the step)."""
     import resource
 
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + _live_descendants_cpu()
+
+
+def _live_descendants_cpu() -> float:
+    stats: dict[int, tuple[int, float]] = {}
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                text = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()      # after "pid (name) "
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, _) in stats.items():
+            if ppid == parent and pid not in mine:
+                mine.add(pid)
+                todo.append(pid)
+    return sum(stats[pid][1] for pid in mine)
 
 
 class Clock:
