@@ -306,9 +306,10 @@ def plot_rate_accuracy(series: list[Series], path: Path, x: str = "bytes", title
         for s in mine:
             colour, marker = style[s.method_label]
             ax.plot(s.x, s.y, marker=marker, color=colour, linewidth=1.6, markersize=5, label=s.label, gid="curve")
-        for s in refs:
-            ax.axhline(s.y[0], color=style[s.method_label][0], linestyle=":", linewidth=1.3, label=s.label,
-                       gid="lossless")
+        period = max(2.5 * len(refs), 4.0)     # interleaved dots: equal values stay visible, side by side
+        for i, s in enumerate(refs):
+            ax.axhline(s.y[0], color=style[s.method_label][0], linestyle=(2.5 * i, (2.0, period - 2.0)),
+                       linewidth=1.4, label=s.label, gid="lossless")
         if refs:
             ax.annotate("lossless", (0, max(s.y[0] for s in refs)), xycoords=("axes fraction", "data"),
                         xytext=(3, 2), textcoords="offset points", ha="left", va="bottom", fontsize=7.5,
