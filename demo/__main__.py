@@ -315,7 +315,8 @@ def run_demo(a) -> None:
         # an epoch on them would flatter both methods; each is scored after its last epoch (the
         # same budget for both), and 2 cores are spared the extra passes
         config = TrainConfig(shards=[str(shards / "train" / train_setting.name / "shard-*.tar")],
-                             method=method, arch=arch, weights=weights, labels=labels, alpha=a.alpha, lr=a.lr,
+                             method=method, arch=arch, weights=weights, labels=labels, lr=a.lr,
+                             alpha=a.alpha if method == "expert" else None,       # fine-tuning has none
                              epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, out=str(out),
                              workers=a.workers, resume="auto", steps_per_epoch=a.steps_per_epoch,
                              progress=a.progress)
