@@ -590,7 +590,8 @@ def cli(results_paths, shards, split, runs, out, x, archs, paper, paper_arch, ca
 
 
 def report(results_paths, shards, out, *, split: str = "val", runs=None, x: str = "bytes", archs=(),
-           paper=None, paper_arch=None, warn=None, caption: str | None = None) -> tuple[list[Result], dict[str, SettingStats], dict[str, Path]]:
+           paper=None, paper_arch=None, warn=None,
+           caption: str | None = None) -> tuple[list[Result], dict[str, SettingStats], dict[str, Path]]:
     """The report of the results files and the manifests under ``shards`` (the Python API of the
     command): (result rows used, manifests used, {name: path} written)."""
     warn = warn or (lambda m: None)

@@ -297,6 +297,9 @@ def run_demo(a) -> None:
         raise UserError(f"--settings {a.settings}: no codec of these works here")
     names = [s.name for s in settings]
     train_setting = Setting.parse(a.train_setting if a.train_setting in names else names[-1])
+    if train_setting.name != a.train_setting:
+        click.echo(f"   --train-setting {a.train_setting} is not among the settings built here: training on "
+                   f"{train_setting.name}")
     build_shards(a, src, shards, settings, train_setting)
     val_globs = [str(shards / "val" / n / "shard-*.tar") for n in names]
     common = dict(workers=a.workers, progress=a.progress, limit=a.limit, cache_dir=cache_dir, force=a.force)

@@ -278,7 +278,8 @@ def test_one_trained_setting_is_followed_over_every_setting(tmp_path):
     expert = [r for r in fig4 if r["method"] == "expert (teacher labels)"]
     assert sorted(r["setting"] for r in expert) == sorted(SETTINGS)
     assert {r["trained_on"] for r in expert} == {"j2k-200"}
-    assert {r["curve"] for r in expert if r["codec"] == "jpeg"} == {"jpeg · expert (teacher labels), trained on j2k-200"}
+    assert {r["curve"] for r in expert if r["codec"] == "jpeg"} == {
+        "jpeg · expert (teacher labels), trained on j2k-200"}
     assert [num(r["top1"]) for r in expert if r["codec"] == "jpeg"] == [61.5, 69.5]   # by rate
 
     md = (out / "fig4_rate_accuracy.md").read_text()
