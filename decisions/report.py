@@ -9,8 +9,11 @@ Writes into ``--out``:
   of each method on the setting it was trained on (pretrained: on every setting), plus the
   expert - fine-tune gain.  One table per architecture.  Blank cells = not measured yet.
   ``--paper paper_table1.json --paper-arch resnet50`` adds the paper's values alongside.
-- ``fig4_<arch>.png`` + ``fig4_rate_accuracy.csv``: rate-accuracy curves (log x), one per
-  codec and method.
+- ``fig4_<arch>.png`` + ``fig4_rate_accuracy.csv`` + ``fig4_rate_accuracy.md``: rate-accuracy
+  curves (log x), one panel per codec, one line per method, lossless as a reference line,
+  and the same points as a table.  A method trained on one setting only follows that model
+  over every setting it was evaluated on; a method with models for several settings takes
+  each setting's own model (the paper's Fig. 4).
 - ``fig5_<arch>.png`` + ``fig5_cross_eval.csv``: top-1 of models trained on setting A (rows)
   evaluated on setting B (columns).
 - ``report.md``: the tables, the figures and what is still missing.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import csv
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -177,60 +180,170 @@ def write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
 
 @dataclass
 class Series:
+    """One curve of Fig. 4: one method on one codec's settings, sorted by rate."""
     arch: str
     codec: str
-    method: str          # method key
+    method: str                # method key
+    model: str | None          # the one model followed ("trained on" setting); None: pretrained, or
+    #                            each setting's own model (several models of the method)
     settings: list[str]
     x: list[float]
     y: list[float]
+    trained_on: list[str | None] = field(default_factory=list)   # per point: the model's training setting
+
+    @property
+    def method_label(self) -> str:
+        return method_name(self.method) + (f", trained on {self.model}" if self.model else "")
 
     @property
     def label(self) -> str:
-        return f"{self.codec} · {method_name(self.method)}"
+        return f"{self.codec} · {self.method_label}"
+
+
+def curve_models(results: list[Result], arch: str) -> dict[str, str | None]:
+    """Which model each method's curves follow: {method key: its one training setting}, or
+    None where the method is the pretrained model or has models trained on several settings
+    (then each setting's point is the model trained on it, the paper's Fig. 4)."""
+    trained: dict[str, set] = {}
+    for r in results:
+        if r.arch == arch:
+            trained.setdefault(r.mkey, set()).add(r.trained_on)
+    return {m: (next(iter(t)) if len(t) == 1 and m != "pretrained" else None) for m, t in trained.items()}
 
 
 def rate_accuracy_series(results: list[Result], stats: dict[str, SettingStats], arch: str,
                          x: str = "bytes") -> list[Series]:
-    """One curve per (codec, method): matched cells (as in Table 1) sorted by rate.
-    Points whose rate is unknown cannot be placed and are left out."""
-    best, _ = best_per_cell(r for r in results if r.arch == arch and r.matched)
-    groups: dict[tuple[str, str], list[tuple[float, float, str]]] = {}
+    """One curve per (codec, method), sorted by rate; lossless gives a one-point series (the
+    reference).  A method whose runs were all trained on one setting follows that model over
+    every setting it was evaluated on (where training on one setting helps the others);
+    a method with models for several settings takes each setting's own model (Table 1's
+    cells).  Points whose rate is unknown cannot be placed and are left out."""
+    follow = curve_models(results, arch)
+
+    def used(r: Result) -> bool:
+        if r.arch != arch:
+            return False
+        return r.matched if follow.get(r.mkey) is None else r.trained_on == follow[r.mkey]
+
+    best, _ = best_per_cell(r for r in results if used(r))
+    groups: dict[tuple[str, str], list[tuple[float, float, str, str | None]]] = {}
     for r in best.values():
         rate = rate_of(r, stats, x)
         if rate is not None and rate > 0:
-            groups.setdefault((r.codec, r.mkey), []).append((rate, r.top1, r.setting))
+            groups.setdefault((r.codec, r.mkey), []).append((rate, r.top1, r.setting, r.trained_on))
     out = []
     for (codec, mkey), pts in sorted(groups.items(), key=lambda kv: (codec_rank(kv[0][0]), method_rank(kv[0][1]))):
-        pts.sort()
-        out.append(Series(arch, codec, mkey, [p[2] for p in pts], [p[0] for p in pts], [p[1] for p in pts]))
+        pts.sort(key=lambda p: (p[0], p[2]))
+        out.append(Series(arch, codec, mkey, follow.get(mkey), [p[2] for p in pts], [p[0] for p in pts],
+                          [p[1] for p in pts], [p[3] for p in pts]))
     return out
 
 
-_CODEC_STYLE = {"lossless": ("*", ":"), "jpeg": ("o", "-"), "j2k": ("s", "--"), "bpg": ("^", "-.")}
+_METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
+CODEC_TITLES = {"jpeg": "JPEG", "j2k": "JPEG 2000", "bpg": "BPG"}
+RATE_LABELS = {"bytes": "bytes per image (log scale)", "bpp": "bits per pixel (log scale)"}
 
 
-def plot_rate_accuracy(series: list[Series], path: Path, x: str = "bytes", title: str = ""):
-    """Fig. 4 as PNG; returns the Figure (its lines carry exactly the series' data)."""
+def _rate_text(value: float, x: str) -> str:
+    if x == "bpp":
+        return f"{value:.2f} bpp"
+    return f"{value / 1000:.1f} kB" if value >= 1000 else f"{value:.0f} B"
+
+
+def _tick_text(value: float, x: str) -> str:
+    if x == "bpp":
+        return f"{value:g}"
+    return f"{value / 1000:g}k" if value >= 1000 else f"{value:g}"
+
+
+def default_caption(split: str = "val") -> str:
+    return (f"top-1: the share of {split} images whose highest-scoring class is their label. "
+            "Lossless (dotted) is each model on the uncompressed crops.")
+
+
+def plot_rate_accuracy(series: list[Series], path: Path, x: str = "bytes", title: str = "", caption: str = ""):
+    """Fig. 4 as PNG: one panel per codec (shared axes), one line per method with the setting
+    name beside each point, lossless as a dotted reference line per method, the caption
+    below.  Returns the Figure: every curve is a line with gid "curve" and label
+    ``Series.label``; every reference a line with gid "lossless"; setting names are texts."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    curves = [s for s in series if s.codec != "lossless"]
+    refs = [s for s in series if s.codec == "lossless"]
+    codecs = sorted({s.codec for s in curves}, key=codec_rank) or ["(nothing measured)"]
+    keys = sorted({(s.method, s.method_label) for s in series}, key=lambda k: (method_rank(k[0]), k[1]))
+    labels = [k[1] for k in keys]
     colours = plt.get_cmap("tab10")
-    methods = sorted({s.method for s in series}, key=method_rank)
-    for s in series:
-        marker, style = _CODEC_STYLE.get(s.codec, ("d", (0, (1, 1))))
-        ax.plot(s.x, s.y, linestyle=style, marker=marker, color=colours(methods.index(s.method) % 10),
-                label=s.label)
-    ax.set_xscale("log")
-    ax.set_xlabel("bytes per image (log scale)" if x == "bytes" else "bits per pixel (log scale)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title or "Rate–accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    if series:
-        ax.legend(fontsize=7, ncol=2, loc="lower right")
-    fig.tight_layout()
+    style = {lab: (colours(i % 10), _METHOD_MARKERS[i % len(_METHOD_MARKERS)]) for i, lab in enumerate(labels)}
+
+    n = len(codecs)
+    handles = [Line2D([], [], color=style[lab][0], marker=style[lab][1], label=lab) for lab in labels]
+    if refs:
+        handles.append(Line2D([], [], color="0.35", linestyle=":",
+                              label=f"lossless: the same model on clean crops ({_rate_text(refs[0].x[0], x)}/image)"))
+    ncol = min(len(handles), 3) or 1
+    legend_rows = -(-len(handles) // ncol)
+    width_in = 1.0 + 3.9 * n
+    text = "\n".join(textwrap.wrap(caption, width=int(width_in * 15))) if caption else ""
+    caption_rows = text.count("\n") + 1 if text else 0
+    # heights in inches: title, legend, panels, x ticks + label, caption
+    top_in, bottom_in, panel_in = 0.72 + 0.2 * legend_rows, 0.62 + 0.16 * caption_rows, 3.9
+    height = top_in + panel_in + bottom_in
+    fig, axes = plt.subplots(1, n, figsize=(width_in, height), dpi=120, sharex=True, sharey=True,
+                             squeeze=False)
+    axes = axes[0]
+    ys = [v for s in series for v in s.y]
+    top = min(100.0, max(ys, default=100.0))
+    for ax, codec in zip(axes, codecs):
+        mine = [s for s in curves if s.codec == codec]
+        for s in mine:
+            colour, marker = style[s.method_label]
+            ax.plot(s.x, s.y, marker=marker, color=colour, linewidth=1.6, markersize=5, label=s.label, gid="curve")
+        period = max(2.5 * len(refs), 4.0)     # interleaved dots: equal values stay visible, side by side
+        for i, s in enumerate(refs):
+            ax.axhline(s.y[0], color=style[s.method_label][0], linestyle=(2.5 * i, (2.0, period - 2.0)),
+                       linewidth=1.4, label=s.label, gid="lossless")
+        if refs:
+            ax.annotate("lossless", (0, max(s.y[0] for s in refs)), xycoords=("axes fraction", "data"),
+                        xytext=(3, 2), textcoords="offset points", ha="left", va="bottom", fontsize=7.5,
+                        color="0.35")
+        # the setting's name once per column of points: below the lowest one (the curves rise
+        # to the right, away from it), above the highest where the lowest sits on the floor
+        column: dict[str, tuple[float, float, float]] = {}
+        for s in mine:
+            for st, xv, yv in zip(s.settings, s.x, s.y):
+                lo, hi = column.get(st, (xv, yv, yv))[1:]
+                column[st] = (xv, min(lo, yv), max(hi, yv))
+        for st, (xv, lo, hi) in column.items():
+            below = lo > 8
+            ax.annotate(st, (xv, lo if below else hi), xytext=(0, -8 if below else 7), textcoords="offset points",
+                        ha="center", va="top" if below else "bottom", fontsize=7.5, color="0.2")
+        ax.set_title(CODEC_TITLES.get(codec, codec), fontsize=10)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick_text(v, x)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="major", alpha=0.35)
+        ax.margins(x=0.15)
+    axes[0].set_ylabel("top-1 (%)")
+    axes[0].set_ylim(0, min(top + 8, 104) if top > 90 else top + 6)
+    fig.text(0.5, (0.16 * caption_rows + 0.12) / height, RATE_LABELS.get(x, x), ha="center", va="bottom",
+             fontsize=10)
+    if text:
+        fig.text(0.012, 0.06 / height, text, fontsize=8, ha="left", va="bottom", color="0.25")
+    fig.suptitle(title or "Rate–accuracy", y=1 - 0.08 / height, va="top", fontsize=11)
+    if handles:
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.36 / height), ncol=ncol,
+                   fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.7 / width_in, right=1 - 0.15 / width_in,
+                        bottom=bottom_in / height, top=1 - top_in / height, wspace=0.06)
     with atomic_output(path, "wb") as f:
         fig.savefig(f, format="png")
     plt.close(fig)
@@ -238,12 +351,43 @@ def plot_rate_accuracy(series: list[Series], path: Path, x: str = "bytes", title
 
 
 def fig4_rows(series: list[Series], x: str) -> list[dict]:
-    return [{"arch": s.arch, "codec": s.codec, "method": method_name(s.method), "setting": st,
-             "x": x, "rate": xv, "top1": yv}
-            for s in series for st, xv, yv in zip(s.settings, s.x, s.y)]
+    return [{"arch": s.arch, "codec": s.codec, "method": method_name(s.method), "trained_on": t, "setting": st,
+             "x": x, "rate": xv, "top1": yv, "curve": s.label}
+            for s in series for st, xv, yv, t in zip(s.settings, s.x, s.y, s.trained_on)]
 
 
-FIG4_HEADER = ["arch", "codec", "method", "setting", "x", "rate", "top1"]
+#: trained_on: the setting the point's model was trained on; curve: the line's label in the figure
+FIG4_HEADER = ["arch", "codec", "method", "trained_on", "setting", "x", "rate", "top1", "curve"]
+
+
+def rate_accuracy_table(series: list[Series], stats: dict[str, SettingStats], results: list[Result],
+                        x: str = "bytes") -> str:
+    """Fig. 4's points as Markdown: a row per setting (rate and quality from the manifests),
+    a column per method curve, and the expert − fine-tune gain where both follow the same model(s)."""
+    curves: dict[str, dict[str, float]] = {}
+    keys: dict[str, tuple[str, str | None]] = {}
+    for s in sorted(series, key=lambda s: method_rank(s.method)):
+        curves.setdefault(s.method_label, {}).update(zip(s.settings, s.y))
+        keys[s.method_label] = (s.method, s.model)
+    settings = setting_order({st for s in series for st in s.settings}, stats, results)
+    gains = [(e, f) for e in keys for f in keys
+             if keys[e][1] == keys[f][1] and (keys[e][0], keys[f][0]) in (("expert", "finetune"),
+                                                                         ("expert+teacher", "finetune+teacher"))]
+    header = ["setting", "bytes/image", "bpp", "PSNR (dB)", "SSIM"]
+    header += [f"{method_name(m)} top-1" + (f" (trained on {model})" if model else "") for m, model in keys.values()]
+    header += ["expert − fine-tune" + (" (teacher labels)" if keys[e][0].endswith(methods.TEACHER_LABELS) else "")
+               for e, _ in gains]
+    rows = []
+    for st in settings:
+        known = stats.get(st)
+        rate = {k: (getattr(known, k) if known else None) for k in ("bytes", "bpp", "psnr", "ssim")}
+        rate = {k: _eval_value(results, st, k) if v is None else v for k, v in rate.items()}
+        psnr = "∞" if rate["psnr"] is None and st == "lossless" else md_cell(rate["psnr"], 2)
+        row = [st, md_cell(rate["bytes"], 0), md_cell(rate["bpp"], 3), psnr, md_cell(rate["ssim"], 3)]
+        row += [md_cell(c.get(st), 2) for c in curves.values()]
+        row += [md_cell(_diff(curves[e].get(st), curves[f].get(st)), 2) for e, f in gains]
+        rows.append(row)
+    return md_table(header, rows, "l" + "r" * (len(header) - 1)) + "\n"
 
 
 # --------------------------------------------------------------------------- Fig. 5
@@ -327,7 +471,7 @@ def safe_name(text: str) -> str:
 
 def make_report(results: list[Result], stats: dict[str, SettingStats], out: Path, *, x: str = "bytes",
                 paper: str | Path | None = None, paper_arch: str | None = None,
-                runs: list | None = None, split: str = "val") -> dict:
+                runs: list | None = None, split: str = "val", caption: str | None = None) -> dict:
     """Write every artefact into ``out``; returns {name: path} of what was written."""
     out.mkdir(parents=True, exist_ok=True)
     archs = sorted({r.arch for r in results}) or [None]
@@ -335,7 +479,7 @@ def make_report(results: list[Result], stats: dict[str, SettingStats], out: Path
     md = [f"# Report\n\nRates and quality: mean over the `{split}` split (manifests). Top-1 in %, "
           "each trained method evaluated on the setting it was trained on; pretrained on every setting. "
           "— = not measured yet.\n"]
-    t1_rows, f4_rows, f5_blocks, tables_md = [], [], [], []
+    t1_rows, f4_rows, f5_blocks, tables_md, f4_md = [], [], [], [], []
     for arch in archs:
         paper_rows = _paper_for(paper, paper_arch, arch)
         cols, rows = build_table1(results, stats, arch, paper_rows)
@@ -348,15 +492,18 @@ def make_report(results: list[Result], stats: dict[str, SettingStats], out: Path
         series = rate_accuracy_series(results, stats, arch, x)
         f4_rows += fig4_rows(series, x)
         png4 = out / f"fig4_{safe_name(arch)}.png"
-        plot_rate_accuracy(series, png4, x, f"Rate–accuracy, {arch}")
+        plot_rate_accuracy(series, png4, x, f"Rate–accuracy, {arch}", caption or default_caption(split))
         written[png4.name] = png4
+        f4_md.append(f"## Rate–accuracy — {arch}\n\n{rate_accuracy_table(series, stats, results, x)}")
         ce = cross_eval(results, stats, arch)
         f5_blocks.append(ce)
         png5 = out / f"fig5_{safe_name(arch)}.png"
         plot_cross_eval(ce, png5, f"Trained on A, evaluated on B — {arch}")
         written[png5.name] = png5
-        md.append(f"\n![Fig. 4 — {arch}]({png4.name})\n\n![Fig. 5 — {arch}]({png5.name})\n")
+        md.append(f"\n![Fig. 4 — {arch}]({png4.name})\n\n{f4_md[-1]}\n![Fig. 5 — {arch}]({png5.name})\n")
     written.update(_write_tables(out, stats, t1_rows, f4_rows, f5_blocks, tables_md))
+    atomic_write(out / "fig4_rate_accuracy.md", "\n".join(f4_md))
+    written["fig4_rate_accuracy.md"] = out / "fig4_rate_accuracy.md"
     md.append(_missing_note(results, stats, runs or []))
     atomic_write(out / "report.md", "\n".join(md))
     written["report.md"] = out / "report.md"
@@ -429,10 +576,13 @@ def _missing_note(results: list[Result], stats: dict[str, SettingStats], runs: l
 @click.option("--paper", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="paper_table1.json: add the paper's values beside ours.")
 @click.option("--paper-arch", default=None, help="Architecture of the paper's columns (default: each table's).")
-def cli(results_paths, shards, split, runs, out, x, archs, paper, paper_arch):
+@click.option("--caption", default=None,
+              help="Caption under Fig. 4: what top-1 means for these labels (default: plain top-1).")
+def cli(results_paths, shards, split, runs, out, x, archs, paper, paper_arch, caption):
     """Build Table 1, Fig. 4 and Fig. 5 from manifests and evaluation results."""
     results, stats, written = report(results_paths, shards, out, split=split, runs=runs, x=x, archs=archs,
-                                     paper=paper, paper_arch=paper_arch, warn=lambda m: click.echo(m, err=True))
+                                     paper=paper, paper_arch=paper_arch, warn=lambda m: click.echo(m, err=True),
+                                     caption=caption)
     click.echo(f"{len(results)} result rows, {len(stats)} manifests -> {out}/")
     for name in sorted(written):
         click.echo(f"  {name}")
@@ -440,7 +590,8 @@ def cli(results_paths, shards, split, runs, out, x, archs, paper, paper_arch):
 
 
 def report(results_paths, shards, out, *, split: str = "val", runs=None, x: str = "bytes", archs=(),
-           paper=None, paper_arch=None, warn=None) -> tuple[list[Result], dict[str, SettingStats], dict[str, Path]]:
+           paper=None, paper_arch=None, warn=None,
+           caption: str | None = None) -> tuple[list[Result], dict[str, SettingStats], dict[str, Path]]:
     """The report of the results files and the manifests under ``shards`` (the Python API of the
     command): (result rows used, manifests used, {name: path} written)."""
     warn = warn or (lambda m: None)
@@ -460,7 +611,7 @@ def report(results_paths, shards, out, *, split: str = "val", runs=None, x: str 
         raise ResultsError("nothing to report: no results rows and no manifests "
                            f"(looked for {', '.join(map(str, results_paths))} and {shards}/{split}/*/manifest.json)")
     written = make_report(results, stats, Path(out), x=x, paper=paper, paper_arch=paper_arch,
-                          runs=load_runs(runs), split=split)
+                          runs=load_runs(runs), split=split, caption=caption)
     return results, stats, written
 
 

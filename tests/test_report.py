@@ -191,18 +191,31 @@ def test_fig4_plots_the_csv(measured, x):
     jpeg_expert = [r for r in rows if r["codec"] == "jpeg" and r["method"] == "expert"]
     assert [(r["setting"], float(r["rate"]), float(r["top1"])) for r in jpeg_expert] == [
         ("jpeg-10", 3018.0 if x == "bytes" else bpp(3018.0), 69.9)]
-    # the figure's lines carry exactly the CSV's points
+    # the figure's lines carry exactly the CSV's points: curves per codec panel, lossless as reference lines
     series = report.rate_accuracy_series(load_results(results), load_manifests(shards), "resnet50", x)
-    fig = report.plot_rate_accuracy(series, tmp_path / "again.png", x)
-    lines = fig.axes[0].get_lines()
-    assert len(lines) == len(series)
+    fig = report.plot_rate_accuracy(series, tmp_path / "again.png", x, caption="top-1 means this")
+    assert [ax.get_title() for ax in fig.axes] == ["JPEG", "JPEG 2000", "BPG"]
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    curves = [line for line in lines if line.get_gid() == "curve"]
+    assert len(curves) == len([s for s in series if s.codec != "lossless"])
     plotted = sorted((line.get_label(), float(a), float(b))
-                     for line in lines for a, b in zip(line.get_xdata(), line.get_ydata()))
-    from trainer.methods import title as method_name
-    in_csv = sorted((f"{r['codec']} · {r['method']}", float(r["rate"]), float(r["top1"])) for r in rows)
+                     for line in curves for a, b in zip(line.get_xdata(), line.get_ydata()))
+    in_csv = sorted((r["curve"], float(r["rate"]), float(r["top1"])) for r in rows if r["codec"] != "lossless")
     assert [p[0] for p in plotted] == [c[0] for c in in_csv]
     assert [v for p in plotted for v in p[1:]] == pytest.approx([v for c in in_csv for v in c[1:]])
-    assert fig.axes[0].get_xscale() == "log"
+    # lossless: a horizontal line at each model's clean-crop top-1, in every panel, not a point
+    refs = {(line.get_label(), float(line.get_ydata()[0])) for line in lines if line.get_gid() == "lossless"}
+    assert refs == {(r["curve"], float(r["top1"])) for r in rows if r["codec"] == "lossless"}
+    assert len([line for line in lines if line.get_gid() == "lossless"]) == len(refs) * len(fig.axes)
+    assert all(float(line.get_ydata()[0]) == float(line.get_ydata()[1]) for line in lines
+               if line.get_gid() == "lossless")
+    # every plotted point is named by its setting; the caption is on the figure
+    named = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {r["setting"] for r in rows if r["codec"] != "lossless"} <= named
+    assert any(t.get_text() == "top-1 means this" for t in fig.texts)
+    assert all(ax.get_xscale() == "log" for ax in fig.axes)
+    assert fig.axes[0].get_ylabel() == "top-1 (%)"
+    from trainer.methods import title as method_name
     assert method_name("expert+teacher") == "expert (teacher labels)"
 
 
@@ -245,3 +258,39 @@ def test_trainer_eval_row_details(tmp_path, capsys):
     assert jpeg10["top1_expert"] == ""  # neither the train-split row nor the multi-setting model
     fig5 = {r["trained_on"]: r for r in read_csv(out / "fig5_cross_eval.csv")}
     assert num(fig5["jpeg-10,jpeg-75"]["jpeg-10"]) == 68.0
+
+
+def test_one_trained_setting_is_followed_over_every_setting(tmp_path):
+    """The demo's case: each method trained on j2k-200 only and evaluated everywhere.  Its
+    curves follow that model over every setting (where training on one setting helps the
+    others), lossless included as the reference; the Markdown table holds the same points."""
+    rows = [row("pretrained", None, s, top1) for s, top1 in
+            (("lossless", 100.0), ("jpeg-75", 74.0), ("jpeg-10", 45.0), ("j2k-200", 10.0), ("bpg-41", 50.0))]
+    trained = {"finetune": (71.0, 69.0, 62.0, 47.0, 64.0), "expert": (72.0, 69.5, 61.5, 45.0, 64.5)}
+    for method, tops in trained.items():
+        rows += [row(method, "j2k-200", s, t, labels="teacher")
+                 for s, t in zip(("lossless", "jpeg-75", "jpeg-10", "j2k-200", "bpg-41"), tops)]
+    shards, results = tmp_path / "shards", tmp_path / "results.json"
+    write_manifests(shards)
+    results.write_text(json.dumps(rows))
+    out = run_report(tmp_path, shards, results, "--caption", "top-1 = agreement")
+    fig4 = read_csv(out / "fig4_rate_accuracy.csv")
+    expert = [r for r in fig4 if r["method"] == "expert (teacher labels)"]
+    assert sorted(r["setting"] for r in expert) == sorted(SETTINGS)
+    assert {r["trained_on"] for r in expert} == {"j2k-200"}
+    assert {r["curve"] for r in expert if r["codec"] == "jpeg"} == {
+        "jpeg · expert (teacher labels), trained on j2k-200"}
+    assert [num(r["top1"]) for r in expert if r["codec"] == "jpeg"] == [61.5, 69.5]   # by rate
+
+    md = (out / "fig4_rate_accuracy.md").read_text()
+    assert "| setting | bytes/image | bpp | PSNR (dB) | SSIM | pretrained top-1 | fine-tune (teacher labels) top-1 " \
+           "(trained on j2k-200) | expert (teacher labels) top-1 (trained on j2k-200) | expert − fine-tune " \
+           "(teacher labels) |" in md
+    assert "| jpeg-10 | 3018 | 0.481 | 25.27 | 0.738 | 45.00 | 62.00 | 61.50 | -0.50 |" in md
+    assert "| lossless | 68000 | 10.842 | ∞ | 1.000 | 100.00 | 71.00 | 72.00 | 1.00 |" in md
+    # Table 1 keeps the paper's meaning: a trained model only on the setting it was trained on
+    t1 = {r["setting"]: r for r in read_csv(out / "table1.csv")}
+    assert t1["jpeg-10"]["top1_expert+teacher"] == "" and num(t1["j2k-200"]["top1_expert+teacher"]) == 45.0
+    # Fig. 5: one row per model, every setting
+    f5 = {r["trained_on"]: r for r in read_csv(out / "fig5_cross_eval.csv")}
+    assert num(f5["expert (teacher labels): j2k-200"]["bpg-41"]) == 64.5

@@ -163,6 +163,9 @@ class EvalConfig:
     threads: int | None = None
     amp: bool = True
     progress: bool = True
+    cache: bool = True                                 # reuse unchanged (model, setting) results (eval_cache)
+    cache_dir: str | None = None                       # default: eval-cache/ beside out
+    force: bool = False                                # evaluate again even what the cache holds
 
     def resolved(self) -> "EvalConfig":
         c = dataclasses.replace(self, shards=_paths(self.shards, "shards"),

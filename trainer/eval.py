@@ -6,7 +6,10 @@
 One row per (model, setting): checkpoint, weights, arch, method, trained_on, labels, setting,
 codec, q, top1, top5 (percent), count, skipped, expected, mean_bytes, mean_bpp (from the
 manifest) ... (``trainer.evaluation.COLUMNS``).  Rows of an existing --out file for other
-(model, setting) pairs are kept (--overwrite to drop them).  The command fills a
+(model, setting) pairs are kept (--overwrite to drop them).  A (model, setting) pair evaluated
+before, with the same checkpoint bytes, the same shards and options, is taken from the cache
+(``eval-cache/`` beside --out, see ``trainer.eval_cache``) instead of evaluated: --force
+recomputes it, --no-cache ignores the cache.  The command fills a
 :class:`trainer.config.EvalConfig` and calls :func:`trainer.evaluate`.
 """
 from __future__ import annotations
@@ -41,6 +44,10 @@ D = EvalConfig()
 @click.option("--threads", type=int, default=None)
 @click.option("--amp/--no-amp", default=D.amp, show_default=True)
 @click.option("--progress/--no-progress", default=D.progress, show_default=True)
+@click.option("--cache/--no-cache", default=D.cache, show_default=True,
+              help="Reuse the results of (model, setting) pairs evaluated before with the same bytes and options.")
+@click.option("--cache-dir", default=None, help="Where cached results live (default: eval-cache/ beside --out).")
+@click.option("--force", is_flag=True, help="Evaluate again what the cache holds (and refresh it).")
 def cli(**params):
     """Top-1 / top-5 of models on every setting of the shards."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -23,7 +23,7 @@ from .clitools import UserError
 from .config import EvalConfig
 from .data import DataLossError, ShardSet, check_classes, check_skips, group_shards, make_eval_loader
 from .distributed import Dist, init_distributed
-from .models import load_model
+from .eval_cache import EvalCache, Summary, ordered
 
 log = logging.getLogger("trainer.eval")
 
@@ -111,23 +111,35 @@ def write_results(path: str | os.PathLike, rows: list[dict], merge: bool = True)
     return path, csv_path
 
 
-def evaluate(config: EvalConfig) -> list[dict]:
+def evaluate(config: EvalConfig, summary: Summary | None = None) -> list[dict]:
     """Evaluate every checkpoint and plain weights of ``config`` on every setting of its
-    shards; write the results file when ``config.out`` is set (rank 0).  Returns the rows."""
+    shards; write the results file when ``config.out`` is set (rank 0).  Returns the rows.
+
+    (model, setting) pairs evaluated before with the same bytes and options come from the
+    cache (``trainer.eval_cache``; ``config.force`` recomputes); ``summary`` (an
+    ``eval_cache.Summary``) is filled with what was reused and what was evaluated."""
     c = config.resolved()
     if c.threads:
         torch.set_num_threads(c.threads)
     d = init_distributed(c.device)
     sets = group_shards(c.shards)
+    cache = EvalCache.for_config(c, d.device, d.world, summary)
     rows: list[dict] = []
     failures: list[str] = []
     models = [(ck, None) for ck in c.checkpoints] + [(w, c.arch) for w in c.weights]
     for source, arch in models:
-        model, meta = load_model(source, arch=arch, num_classes=c.num_classes if arch else None)
-        r, f = evaluate_model(model, meta, sets, c.batch_size, c.workers, d.device, c.amp, c.limit, d,
-                              c.progress, c.max_skip)
-        rows += r
-        failures += f
+        n_classes = c.num_classes if arch else None
+        mine, todo = cache.split(source, arch, n_classes, sets)     # rows reused, sets left to evaluate
+        if todo:
+            model, meta = cache.load(source, arch, n_classes)
+            r, f = evaluate_model(model, meta, todo, c.batch_size, c.workers, d.device, c.amp, c.limit, d,
+                                  c.progress, c.max_skip)
+            cache.store(source, arch, n_classes, todo, r)
+            mine += r
+            failures += f
+        rows += ordered(sets, mine)
+    if d.main:
+        log.info("%s", cache.summary.line())
     if d.main and c.out and rows:
         write_results(c.out, rows, merge=not c.overwrite)
     if d.enabled:
