@@ -30,8 +30,8 @@ BACKEND    ?=
 SCHEDULER  ?=
 NUM_NODES  ?=
 NODE_RANK  ?=
-# the paper's nine settings and the reference (make shards-paper)
-PAPER_SETTINGS ?= lossless,jpeg-75,jpeg-10,jpeg-5,j2k-75,j2k-200,j2k-400,bpg-41,bpg-46,bpg-51
+# make shards-paper: the paper's nine settings and the reference (pipeline.setting.PAPER_SETTINGS)
+PAPER_SETTINGS ?= paper
 SHARDS_ARGS = --src $(SRC) $(if $(SPLIT),--split $(SPLIT)) --out $(OUT) --jobs $(JOBS) --shard-size $(SHARD_SIZE) \
   $(if $(LIMIT),--limit $(LIMIT)) $(if $(ORDER),--order $(ORDER)) $(if $(SEED),--seed $(SEED)) \
   $(if $(MAX_PIXELS),--max-pixels $(MAX_PIXELS)) $(if $(BACKEND),--backend $(BACKEND)) \

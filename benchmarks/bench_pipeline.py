@@ -41,10 +41,9 @@ from pipeline.build import build, build_setting  # noqa: E402
 from pipeline.codecs import available, create  # noqa: E402
 from pipeline.crops import load_crop  # noqa: E402
 from pipeline.markdown import table  # noqa: E402
-from pipeline.setting import Setting  # noqa: E402
+from pipeline.setting import PAPER, Setting  # noqa: E402
 from pipeline.sources import list_source  # noqa: E402
 
-PAPER_SETTINGS = "lossless,jpeg-75,jpeg-10,jpeg-5,j2k-75,j2k-200,j2k-400,bpg-41,bpg-46,bpg-51"
 IMAGENET_IMAGES = 1_281_167 + 50_000      # ILSVRC2012 train + val
 SHARD = 1000                               # the default shard size: amortises the tar's end record
 TAR_END = 10240                            # what a tar's end-of-archive padding can take at most
@@ -271,7 +270,7 @@ def scale(settings, subset, split, n, tmp, label, rounds: int = 2) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=96)
-    ap.add_argument("--settings", default=PAPER_SETTINGS)
+    ap.add_argument("--settings", default=PAPER)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--scale-images", type=int, default=24, help="images for the one-pass and layout comparison")
@@ -308,7 +307,7 @@ def main(argv=None):
             args.markdown.parent.mkdir(parents=True, exist_ok=True)
             args.markdown.write_text(text + "\n")
         if args.scale_markdown:
-            paper = [s for s in Setting.parse_list(PAPER_SETTINGS) if s.codec in available()]
+            paper = [s for s in Setting.parse_list(PAPER) if s.codec in available()]
             n = min(args.scale_images, len(paths))
             chosen = paths[:: max(1, len(paths) // n)][:n]
             scale_text = scale(paper, imagenet_sized(chosen, tmp / "scale-src", split), split, n, tmp, label,

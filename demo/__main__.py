@@ -31,12 +31,12 @@ import click
 import numpy as np
 
 from pipeline.atomic import atomic_write, atomic_write_json
-from pipeline.setting import Setting, SettingError
+from pipeline.setting import PAPER, Setting, SettingError
 from trainer.clitools import UserError, run_click
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the paper's nine settings (JPEG 75/10/5, JPEG 2000 75/200/400, BPG 41/46/51) and the reference
-DEFAULT_SETTINGS = "lossless,jpeg-75,jpeg-10,jpeg-5,j2k-75,j2k-200,j2k-400,bpg-41,bpg-46,bpg-51"
+DEFAULT_SETTINGS = PAPER
 SHARD_SIZE = 64
 
 
@@ -193,7 +193,7 @@ def run_state(folder: Path, config) -> str:
 @click.option("--arch", default=None, help="Architecture (default efficientnet_lite0).")
 @click.option("--out", default="runs/demo", type=click.Path(file_okay=False, path_type=Path), show_default=True)
 @click.option("--settings", default=DEFAULT_SETTINGS, show_default=True,
-              help="Comma-separated settings to evaluate on (val shards only).")
+              help="Comma-separated settings to evaluate on (val shards only); paper = lossless and the paper's nine.")
 @click.option("--train-setting", default="j2k-200", show_default=True,
               help="The setting expert and fine-tuning train on (the only one with train shards).")
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)

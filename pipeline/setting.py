@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from typing import Iterable
 
 LOSSLESS = "lossless"
+#: Table 1 of the paper: the reference and its nine codec settings.  ``paper`` in a list of
+#: names (``--settings paper``, ``make shards-paper``) stands for all of them.
+PAPER_SETTINGS = (LOSSLESS, "jpeg-75", "jpeg-10", "jpeg-5", "j2k-75", "j2k-200", "j2k-400",
+                  "bpg-41", "bpg-46", "bpg-51")
+PAPER = "paper"
 
 _CODEC = re.compile(r"[a-z][a-z0-9_]*")
 _NAME = re.compile(r"(?P<codec>[a-z][a-z0-9_]*)(?:-(?P<q>\d+(?:\.\d+)?))?")
@@ -79,8 +84,10 @@ class Setting:
 
     @classmethod
     def parse_list(cls, text: str | Iterable[str]) -> list["Setting"]:
-        """``"jpeg-75,jpeg-10,lossless"`` (or a list of names) -> settings, duplicates refused."""
+        """``"jpeg-75,jpeg-10,lossless"`` (or a list of names) -> settings, duplicates refused;
+        ``paper`` stands for :data:`PAPER_SETTINGS`."""
         parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text)]
+        parts = [n for p in parts for n in (PAPER_SETTINGS if p == PAPER else (p,))]
         out = [cls.parse(p) for p in parts if p]
         if not out:
             raise SettingError(f"no setting names in {text!r}")

@@ -144,3 +144,12 @@ def test_registry():
         reg.register(A2)
     reg.unregister("a")
     assert "a" not in reg
+
+
+def test_paper_alias_expands_to_table1():
+    from pipeline.setting import PAPER_SETTINGS
+
+    names = [s.name for s in Setting.parse_list("paper")]
+    assert names == list(PAPER_SETTINGS) and len(names) == 10 and names[0] == "lossless"
+    with pytest.raises(SettingError, match="twice"):
+        Setting.parse_list("paper,jpeg-10")
