@@ -1,10 +1,23 @@
-"""Mean ± spread over seeds of top-1 per (setting, method), each model evaluated on the
-setting it was trained on (pretrained: on each setting).  Runs on teacher labels
-(``--labels teacher``) are their own column, named as everywhere else ("expert (teacher
-labels)", method key ``expert+teacher``: ``trainer.methods``).
+"""The README's experiment tables from results files (``trainer.eval`` rows), mean ± sample
+std over seeds.  Three views:
 
-    python experiments/summarize.py runs/imagenette/results.json [more.json ...]
-    python experiments/summarize.py experiments/results/imagenette-h200.json --readme README.md --block imagenette
+- **table1** (the default for rows without class groups): top-1 per (setting, method), each
+  model evaluated on the setting it was trained on (pretrained: on each setting).  Runs on
+  teacher labels (``--labels teacher``) are their own column, named as everywhere else
+  ("expert (teacher labels)", method key ``expert+teacher``: ``trainer.methods``).
+- **retention** (the default when the rows have class groups, ``trainer.eval --group``):
+  each group's top-1 on the model's own setting and on the clean images, beside the
+  pretrained model (``decisions.retention``).
+- **compare** (``--compare LABEL=FILE`` twice or more): the same (setting, method) cells of
+  several results files side by side, e.g. mixed vs class-sorted shards.
+
+A results file ``X.json`` may have ``X.meta.json`` beside it (written by the experiment
+scripts): its budget is printed under the tables.
+
+    python experiments/summarize.py runs/experiments/imagenette/results.json
+    python experiments/summarize.py experiments/results/imagenette-cpu-mixed.json --readme README.md --block imagenette
+    python experiments/summarize.py experiments/results/retention-cpu.json --readme README.md --block retention
+    python experiments/summarize.py --compare mixed=a.json --compare sorted=b.json --setting j2k-200
 """
 from __future__ import annotations
 
@@ -25,6 +38,9 @@ from pipeline.markdown import table  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
+METRIC_NOTES = {"top1": "top1: arg-max over all 1000 ImageNet classes",
+                "top1_present": "top1_present: arg-max over the classes present in the data only, e.g. Imagenette's 10"}
+
 
 def column(row: dict) -> str:
     """The method key of a results row (the column it goes to)."""
@@ -37,20 +53,32 @@ def _cell(v: list[float]) -> str:
     return f"{statistics.mean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
 
 
-def summarize(rows: list[dict], metric: str = "top1") -> str:
+def _gain(e: list[float], f: list[float]) -> str | None:
+    return f"{statistics.mean(e) - statistics.mean(f):+.2f}" if e and f else None
+
+
+def own_cells(rows: list[dict], metric: str) -> tuple[dict[tuple[str, str], list[float]], dict[str, float]]:
+    """{(setting, method key): values} of the whole-setting rows of models on their own setting
+    (pretrained on every setting), and {setting: bytes/img}."""
     acc: dict[tuple[str, str], list[float]] = defaultdict(list)
     size: dict[str, float] = {}
     for r in rows:
+        if r.get("group") is not None:
+            continue
         if (r["method"] == "pretrained" or r.get("trained_on") == r["setting"]) and r.get(metric) is not None:
             acc[(r["setting"], column(r))].append(r[metric])
             size[r["setting"]] = r.get("mean_bytes") or size.get(r["setting"])
+    return acc, size
+
+
+def summarize(rows: list[dict], metric: str = "top1") -> str:
+    acc, size = own_cells(rows, metric)
     settings = sorted({s for s, _ in acc})
     keys = sorted({k for _, k in acc}, key=methods.rank)
     seeds = max((len(v) for (s, k), v in acc.items() if k != "pretrained"), default=1)
     body = []
     for s in settings:
-        e, f = acc.get((s, "expert"), []), acc.get((s, "finetune"), [])
-        gain = f"{statistics.mean(e) - statistics.mean(f):+.2f}" if e and f else None
+        gain = _gain(acc.get((s, "expert"), []), acc.get((s, "finetune"), []))
         nbytes = f"{size[s]:.0f}" if size.get(s) else None
         body.append([s, nbytes, *(_cell(acc.get((s, k), [])) for k in keys), gain])
     header = ["setting", "bytes/img", *(methods.title(k) for k in keys), "expert − fine-tune"]
@@ -58,10 +86,53 @@ def summarize(rows: list[dict], metric: str = "top1") -> str:
 
 
 def report(rows: list[dict]) -> str:
-    text = summarize(rows, "top1") + "\n\n(top1: arg-max over all 1000 ImageNet classes)"
-    if any(r.get("top1_present") is not None for r in rows):
-        text += ("\n\n" + summarize(rows, "top1_present")
-                 + "\n\n(top1_present: arg-max over the classes present in the data only, e.g. Imagenette's 10)")
+    text = summarize(rows, "top1") + f"\n\n({METRIC_NOTES['top1']})"
+    if any(r.get("top1_present") is not None for r in rows if r.get("group") is None):
+        text += "\n\n" + summarize(rows, "top1_present") + f"\n\n({METRIC_NOTES['top1_present']})"
+    return text
+
+
+def retention_report(rows: list[dict]) -> str:
+    """The retention tables (1000-way top-1, then top1_present) of rows with class groups."""
+    from decisions.results import results_from_rows
+    from decisions.retention import markdown, retention_tables
+
+    tables = retention_tables(results_from_rows([r for r in rows if r.get("group") is not None]))
+    if not tables:
+        raise UserError("no rows of class groups in the results (evaluate with trainer.eval --group)")
+    parts = []
+    for t in tables:
+        n = max((len(c.values) for r in t.rows if r.method != "pretrained" for m in r.cells.values()
+                 for c in m.values()), default=1)
+        arch = f" — {t.arch}" if len(tables) > 1 else ""
+        parts.append(f"1000-way top-1{arch} (%, mean ± sample std over {n} seed(s)):\n\n" + markdown(t, "top1"))
+        parts.append(f"top1_present{arch} (%, arg-max over the group's own classes):\n\n"
+                     + markdown(t, "top1_present"))
+    return "\n\n".join(parts)
+
+
+def compare(labelled: list[tuple[str, list[dict]]], setting: str | None = None, metric: str = "top1") -> str:
+    """The own-setting cells of several results files side by side: rows = (setting, label)."""
+    cells = [(label, *own_cells(rows, metric)) for label, rows in labelled]
+    trained = {s for _, acc, _ in cells for (s, k) in acc if k != "pretrained"}
+    settings = sorted({setting} & trained if setting else trained)
+    if not settings:
+        raise UserError(f"no trained model on {setting or 'any setting'} in the compared results")
+    keys = sorted({k for _, acc, _ in cells for (s, k) in acc if s in settings and k != "pretrained"},
+                  key=methods.rank)
+    body = []
+    for s in settings:
+        for label, acc, _ in cells:
+            body.append([s, label, *(_cell(acc.get((s, k), [])) for k in keys),
+                         _gain(acc.get((s, "expert"), []), acc.get((s, "finetune"), []))])
+    header = ["setting", "shards", *(methods.title(k) for k in keys), "expert − fine-tune"]
+    return f"{metric} (%, mean ± sample std over seeds):\n\n" + table(header, body, "ll" + "r" * (len(keys) + 1))
+
+
+def compare_report(labelled: list[tuple[str, list[dict]]], setting: str | None = None) -> str:
+    text = compare(labelled, setting, "top1") + f"\n\n({METRIC_NOTES['top1']})"
+    if any(r.get("top1_present") is not None for _, rows in labelled for r in rows):
+        text += "\n\n" + compare(labelled, setting, "top1_present") + f"\n\n({METRIC_NOTES['top1_present']})"
     return text
 
 
@@ -79,20 +150,83 @@ def load_rows(paths: list[Path]) -> list[dict]:
     return rows
 
 
+def meta_path(results: Path) -> Path:
+    """``X.json`` -> ``X.meta.json``: what the experiment script measured the rows with."""
+    return results.with_name(results.stem + ".meta.json")
+
+
+def budget_line(paths: list[Path]) -> str:
+    """One line per results file that has a meta file beside it: the budget it was run with."""
+    lines = []
+    for path in paths:
+        mp = meta_path(path)
+        if not mp.exists():
+            continue
+        try:
+            m = json.loads(mp.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{mp}: not a readable meta file ({exc})") from None
+        steps = m.get("steps_per_run") or []
+        loader = [v for v in (m.get("loader") or {}).values() if isinstance(v, dict)]
+        feed = ""
+        if loader:
+            mean = statistics.mean
+            feed = (f" The loader fed {mean(v['distinct_per_batch'] for v in loader):.2f} distinct classes per batch "
+                    f"(an i.i.d. draw: {mean(v['iid'] for v in loader):.2f}) and "
+                    f"{mean(v['classes_seen'] for v in loader):g} of {loader[0]['classes']} classes per epoch "
+                    f"(mean over seeds).")
+        lines.append(
+            f"`{path.name}`: {m.get('arch')}, {len(m.get('seeds') or [])} seed(s); train subset "
+            f"{m.get('train_per_class')} images per class ({m.get('order')} shards of {m.get('shard_size')}), "
+            f"val subset {m.get('val_per_class')} per class; {m.get('epochs')} epoch(s)"
+            + (f" of {m['train_limit']} samples" if m.get("train_limit") else "")
+            + f", batch {m.get('batch')}, {'/'.join(map(str, steps)) or '?'} steps per run, lr {m.get('lr')}, "
+            f"α {m.get('alpha')}; {m.get('device')} on {m.get('machine')}, loader workers {m.get('workers')}." + feed)
+    return "\n".join(lines)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("results", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--compare", "compared", multiple=True, metavar="LABEL=FILE",
+              help="Results files side by side (twice or more), e.g. mixed=a.json sorted=b.json.")
+@click.option("--setting", default=None, help="Only this trained setting (--compare).")
+@click.option("--view", type=click.Choice(["auto", "table1", "retention"]), default="auto", show_default=True,
+              help="auto: retention when the rows have class groups, else table1.")
 @click.option("--readme", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the tables into this Markdown file's block.")
 @click.option("--block", default="imagenette", show_default=True,
               help="Block name: <!-- NAME:start --> ... <!-- NAME:end -->.")
-def cli(results, readme, block):
+def cli(results, compared, setting, view, readme, block):
     """Mean ± spread over seeds of trainer.eval results."""
-    text = report(load_rows(list(results)))
+    if compared:
+        if results:
+            raise UserError("give results files either as arguments or with --compare, not both")
+        labelled = []
+        for item in compared:
+            label, sep, path = item.partition("=")
+            if not sep or not label or not path:
+                raise UserError(f"--compare {item!r}: write LABEL=FILE")
+            labelled.append((label, load_rows([Path(path)])))
+        if len(labelled) < 2:
+            raise UserError("--compare: give two results files or more")
+        paths = [Path(item.partition("=")[2]) for item in compared]
+        text = compare_report(labelled, setting)
+    else:
+        if not results:
+            raise UserError("give one or more results files (or --compare LABEL=FILE ...)")
+        paths = list(results)
+        rows = load_rows(paths)
+        if view == "auto":
+            view = "retention" if any(r.get("group") is not None for r in rows) else "table1"
+        text = retention_report(rows) if view == "retention" else report(rows)
+    budget = budget_line(paths)
+    if budget:
+        text += "\n\nBudget: " + budget.replace("\n", "\n\nBudget: ")
     click.echo(text)
     if readme:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from readme_block import BlockError, replace_block
-        source = ", ".join(str(p) for p in results)
+        source = " ".join(f"--compare {c}" for c in compared) if compared else " ".join(str(p) for p in results)
         try:
             atomic_write(readme, replace_block(readme.read_text(), block,
                                                f"Generated by `experiments/summarize.py {source}`.\n\n{text}"))
