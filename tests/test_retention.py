@@ -188,3 +188,15 @@ def test_retention_script_end_to_end(tmp_path, capsys):
             .read_text()) == before
     assert retention.main(argv + ["--settings", "lossless"]) == 1
     assert "lossless is the clean reference" in capsys.readouterr().err
+
+
+def test_readme_blocks_are_generated_from_the_results_files():
+    """Every experiment table in the README is what summarize.py makes of the committed
+    results files (regenerate: python experiments/summarize.py --all-blocks README.md)."""
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name, argv in summarize.README_BLOCKS.items():
+        m = re.search(rf"<!-- {re.escape(name)}:start -->\n(.*?)\n<!-- {re.escape(name)}:end -->", text, re.S)
+        assert m, f"README.md has no {name} block"
+        assert m.group(1).strip() == summarize.block(argv).strip(), f"README block {name} is out of date"
