@@ -113,11 +113,12 @@ def shard_glob(root: Path, split: str, setting: str) -> str:
 
 
 def build_shards(src: Path, split: str, settings: list[str], out: Path, shard_size: int, jobs: int,
-                 order: str = "mixed") -> None:
+                 order: str = "mixed", codec_options: dict | None = None) -> None:
     """All settings of one split of ``src`` in one pass (reused when complete)."""
     from pipeline.build import build
 
-    build(src, split, settings, out, shard_size=shard_size, jobs=jobs, order=order, progress=False)
+    build(src, split, settings, out, shard_size=shard_size, jobs=jobs, order=order, progress=False,
+          codec_options=codec_options)
 
 
 def _rows(results: Path) -> list[dict]:

@@ -131,6 +131,9 @@ def _train_seed_logged(a, seed: int, train_globs, val_globs) -> None:
 @click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1,
               help="Loader processes per run (and per evaluation).")
 @click.option("--train-only", envvar="TRAIN_ONLY", is_flag=True, help="Stop after training.")
+@click.option("--codestream-results", envvar="CODESTREAM_RESULTS", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also score the pretrained model on the j2k settings' val images as a raw "
+                                 "codestream (-o container=j2k, the old default) into this results file.")
 def cli(**params):
     """Imagenette: pretrained, stability, fine-tune and expert on harsh settings, several seeds."""
     from types import SimpleNamespace
@@ -167,6 +170,8 @@ def run(a) -> None:
     t0 = time.time()
     evaluate_all(a, val_globs)
     write_meta(a, train_globs, time.time() - t0)
+    if a.codestream_results:
+        codestream_check(a)
     from decisions.report import report
     from experiments.summarize import report as summary
     report([a.results], a.val_root, a.out / "reports", runs=a.out / "runs")
@@ -183,6 +188,21 @@ def evaluate_all(a, val_globs: dict[str, str]) -> None:
                        for seed in a.seeds for m, lab in a.methods]
         own = val_globs if a.cross else {s.name: val_globs[s.name]}
         common.evaluate_models(a.results, checkpoints, own, a.device, workers=a.workers, val_limit=a.val_limit)
+
+
+def codestream_check(a) -> None:
+    """The pretrained model on the same val images with j2k written as a raw codestream (the
+    old default) instead of JP2: what the container change alone moves (rate, PSNR, top-1)."""
+    j2k = [s.name for s in a.settings if s.codec == "j2k"]
+    if not j2k:
+        raise UserError("--codestream-results: no j2k setting in SETTINGS")
+    val_name = common.subset_name(a.src, "val", a.val_per_class, a.subset_seed)
+    root = a.shards / f"{val_name}-codestream"
+    common.build_shards(a.shards.parent / "subsets" / val_name, "val", j2k, root, a.shard_size,
+                        a.jobs or os.cpu_count() or 1, codec_options={"container": "j2k"})
+    common.evaluate_pretrained(a.codestream_results, a.arch, a.weights,
+                               {s: common.shard_glob(root, "val", s) for s in j2k}, a.device, workers=a.workers,
+                               val_limit=a.val_limit)
 
 
 def write_meta(a, train_globs: dict[str, str], seconds: float) -> None:

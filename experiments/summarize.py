@@ -57,29 +57,31 @@ def _gain(e: list[float], f: list[float]) -> str | None:
     return f"{statistics.mean(e) - statistics.mean(f):+.2f}" if e and f else None
 
 
-def own_cells(rows: list[dict], metric: str) -> tuple[dict[tuple[str, str], list[float]], dict[str, float]]:
+def own_cells(rows: list[dict], metric: str) -> tuple[dict[tuple[str, str], list[float]], dict[str, dict]]:
     """{(setting, method key): values} of the whole-setting rows of models on their own setting
-    (pretrained on every setting), and {setting: bytes/img}."""
+    (pretrained on every setting), and {setting: {"bytes": bytes/img, "psnr": dB}}."""
     acc: dict[tuple[str, str], list[float]] = defaultdict(list)
-    size: dict[str, float] = {}
+    info: dict[str, dict] = defaultdict(dict)
     for r in rows:
         if r.get("group") is not None:
             continue
         if (r["method"] == "pretrained" or r.get("trained_on") == r["setting"]) and r.get(metric) is not None:
             acc[(r["setting"], column(r))].append(r[metric])
-            size[r["setting"]] = r.get("mean_bytes") or size.get(r["setting"])
-    return acc, size
+            for k, col in (("bytes", "mean_bytes"), ("psnr", "mean_psnr")):
+                if r.get(col) is not None:
+                    info[r["setting"]][k] = r[col]
+    return acc, info
 
 
 def summarize(rows: list[dict], metric: str = "top1") -> str:
-    acc, size = own_cells(rows, metric)
+    acc, info = own_cells(rows, metric)
     settings = sorted({s for s, _ in acc})
     keys = sorted({k for _, k in acc}, key=methods.rank)
     seeds = max((len(v) for (s, k), v in acc.items() if k != "pretrained"), default=1)
     body = []
     for s in settings:
         gain = _gain(acc.get((s, "expert"), []), acc.get((s, "finetune"), []))
-        nbytes = f"{size[s]:.0f}" if size.get(s) else None
+        nbytes = f"{info[s]['bytes']:.0f}" if info[s].get("bytes") else None
         body.append([s, nbytes, *(_cell(acc.get((s, k), [])) for k in keys), gain])
     header = ["setting", "bytes/img", *(methods.title(k) for k in keys), "expert − fine-tune"]
     return f"{metric} (%, mean ± sample std over {seeds} seed(s)):\n\n" + table(header, body)
@@ -112,21 +114,23 @@ def retention_report(rows: list[dict]) -> str:
 
 
 def compare(labelled: list[tuple[str, list[dict]]], setting: str | None = None, metric: str = "top1") -> str:
-    """The own-setting cells of several results files side by side: rows = (setting, label)."""
+    """The own-setting cells of several results files side by side: rows = (setting, label),
+    with each file's bytes/img (a codec option changes it) and the pretrained model."""
     cells = [(label, *own_cells(rows, metric)) for label, rows in labelled]
-    trained = {s for _, acc, _ in cells for (s, k) in acc if k != "pretrained"}
-    settings = sorted({setting} & trained if setting else trained)
+    settings = sorted({s for _, acc, _ in cells for (s, k) in acc if setting is None or s == setting})
     if not settings:
-        raise UserError(f"no trained model on {setting or 'any setting'} in the compared results")
-    keys = sorted({k for _, acc, _ in cells for (s, k) in acc if s in settings and k != "pretrained"},
-                  key=methods.rank)
+        raise UserError(f"no rows on {setting or 'any setting'} in the compared results")
+    keys = sorted({k for _, acc, _ in cells for (s, k) in acc if s in settings}, key=methods.rank)
     body = []
     for s in settings:
-        for label, acc, _ in cells:
-            body.append([s, label, *(_cell(acc.get((s, k), [])) for k in keys),
+        for label, acc, info in cells:
+            st = info.get(s, {})
+            body.append([s, label, f"{st['bytes']:.0f}" if st.get("bytes") else None,
+                         f"{st['psnr']:.2f}" if st.get("psnr") else None,
+                         *(_cell(acc.get((s, k), [])) for k in keys),
                          _gain(acc.get((s, "expert"), []), acc.get((s, "finetune"), []))])
-    header = ["setting", "shards", *(methods.title(k) for k in keys), "expert − fine-tune"]
-    return f"{metric} (%, mean ± sample std over seeds):\n\n" + table(header, body, "ll" + "r" * (len(keys) + 1))
+    header = ["setting", "shards", "bytes/img", "PSNR (dB)", *(methods.title(k) for k in keys), "expert − fine-tune"]
+    return f"{metric} (%, mean ± sample std over seeds):\n\n" + table(header, body, "ll" + "r" * (len(keys) + 3))
 
 
 def compare_report(labelled: list[tuple[str, list[dict]]], setting: str | None = None) -> str:
@@ -190,6 +194,9 @@ README_BLOCKS = {
     "imagenette": ["experiments/results/imagenette-cpu-mixed.json"],
     "imagenette-order": ["--compare", "mixed=experiments/results/imagenette-cpu-mixed.json",
                          "--compare", "sorted=experiments/results/imagenette-cpu-sorted.json", "--setting", "j2k-200"],
+    "imagenette-container": ["--compare", "jp2=experiments/results/imagenette-cpu-mixed.json",
+                             "--compare", "codestream=experiments/results/imagenette-cpu-j2k-codestream.json",
+                             "--setting", "j2k-200"],
     "retention": ["experiments/results/retention-cpu.json"],
     "imagenette-h200": ["experiments/results/imagenette-h200-3seeds.json"],
     "imagenette-h200-labelfree": ["experiments/results/imagenette-h200-labelfree-j2k200.json"],

@@ -111,8 +111,8 @@ def test_compare_side_by_side(tmp_path, capsys):
     assert summarize.main(["--compare", f"mixed={tmp_path / 'm.json'}", "--compare",
                            f"sorted={tmp_path / 's.json'}", "--setting", "j2k-200"]) == 0
     out = capsys.readouterr().out
-    assert "| j2k-200 | mixed | 61.00 ± 1.41 | 63.00 ± 0.00 | +2.00 |" in out
-    assert "| j2k-200 | sorted | 42.00 ± 2.83 | 50.00 ± 0.00 | +8.00 |" in out
+    assert "| j2k-200 | mixed | 760 | — | 61.00 ± 1.41 | 63.00 ± 0.00 | +2.00 |" in out
+    assert "| j2k-200 | sorted | 760 | — | 42.00 ± 2.83 | 50.00 ± 0.00 | +8.00 |" in out
     assert summarize.main(["--compare", f"mixed={tmp_path / 'm.json'}"]) == 1
     assert "two results files" in capsys.readouterr().err
     assert summarize.main([str(tmp_path / "m.json"), "--view", "retention"]) == 1
