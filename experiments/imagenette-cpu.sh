@@ -17,14 +17,17 @@ SORTED=$RESULTS_DIR/imagenette-cpu-sorted.json
 BASE=${OUT:-runs/experiments/imagenette}
 unset OUT RESULTS ORDER METHODS SETTINGS
 
-# 1. mixed shards: stability, fine-tune and expert on both settings; label-free expert on j2k-200
-"$PY" experiments/imagenette.py --out "$BASE" --results "$MIXED" --order mixed \
-    --settings "jpeg-10 j2k-200" --methods "stability finetune expert"
-"$PY" experiments/imagenette.py --out "$BASE" --results "$MIXED" --order mixed \
-    --settings j2k-200 --methods expert+teacher --codestream-results "$RESULTS_DIR/imagenette-cpu-j2k-codestream.json"
-# 2. the same budget on class-sorted shards (the old order): fine-tune and expert on j2k-200
-"$PY" experiments/imagenette.py --out "$BASE-sorted" --results "$SORTED" --order sorted \
-    --settings j2k-200 --methods "finetune expert"
+# seed by seed, so that an interrupted run leaves whole seeds of every table
+for seed in ${SEEDS:-0 1 2}; do
+    # 1. mixed shards: stability, fine-tune and expert on both settings; label-free expert on j2k-200
+    "$PY" experiments/imagenette.py --seeds "$seed" --out "$BASE" --results "$MIXED" --order mixed \
+        --settings "jpeg-10 j2k-200" --methods "stability finetune expert"
+    "$PY" experiments/imagenette.py --seeds "$seed" --out "$BASE" --results "$MIXED" --order mixed \
+        --settings j2k-200 --methods expert+teacher --codestream-results "$RESULTS_DIR/imagenette-cpu-j2k-codestream.json"
+    # 2. the same budget on class-sorted shards (the old order): fine-tune and expert on j2k-200
+    "$PY" experiments/imagenette.py --seeds "$seed" --out "$BASE-sorted" --results "$SORTED" --order sorted \
+        --settings j2k-200 --methods "finetune expert"
+done
 [ -n "${TRAIN_ONLY:-}" ] && exit 0
 # 3. the README blocks
 [ "$RESULTS_DIR" = experiments/results ] || { "$PY" experiments/summarize.py "$MIXED"; exit 0; }
