@@ -95,6 +95,7 @@ def retention_tables(results: list[Result]) -> list[RetentionTable]:
                             row.cells.setdefault((r.group, w), {}).setdefault(metric, Cell([])).values.append(value)
                 if row.cells:
                     table_rows.append(row)
+        where = [w for w in where if any((g, w) in r.cells for r in table_rows for g in groups)]
         out.append(RetentionTable(arch, groups, where, table_rows))
     return out
 

@@ -122,6 +122,11 @@ def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
 @click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1,
               help="Loader processes per run (and per evaluation).")
 @click.option("--train-only", envvar="TRAIN_ONLY", is_flag=True, help="Stop after training.")
+@click.option("--bn-check/--no-bn-check", envvar="BN_CHECK", default=True, show_default=True,
+              help="Also score every trained model on the clean images with the pretrained model's batch-norm "
+                   "statistics (into --bn-results): how much of B-clean is the weights, how much the statistics.")
+@click.option("--bn-results", envvar="BN_RESULTS", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("experiments/results/retention-cpu-pretrained-bn.json"))
 def cli(**params):
     """Retention: train on classes A, score A compressed, B compressed and B clean."""
     from types import SimpleNamespace
@@ -162,12 +167,44 @@ def run(a) -> str:
     for s in a.settings:
         own = {s.name: val_globs[s.name], common.LOSSLESS: val_globs[common.LOSSLESS]}
         common.evaluate_models(a.results, checkpoints[s.name], own, a.device, groups=groups, workers=a.workers)
+    if a.bn_check:
+        bn_check(a, checkpoints, val_globs, groups)
     write_meta(a, time.time() - t0)
     from experiments.summarize import load_rows, retention_report
     text = retention_report(load_rows([a.results]))
     click.echo(text)
     atomic_write(a.out / "summary.md", text + "\n")
     return text
+
+
+def with_pretrained_bn(best: Path, arch: str, weights: str) -> Path:
+    """``best-pretrained-bn.pth`` beside a run's ``best.pth``: the trained weights with the
+    pretrained model's batch-norm running statistics (those of clean images).  Training in
+    train mode moves the statistics to the compressed training images; scoring this variant
+    on clean images separates what the weights kept from what the statistics changed."""
+    from trainer import checkpoint
+    from trainer.models import build_model
+
+    best = Path(best)
+    out = best.with_name("best-pretrained-bn.pth")
+    if out.exists() and out.stat().st_mtime >= best.stat().st_mtime:
+        return out
+    state = checkpoint.load(best)
+    ref = build_model(arch, weights, int(state.get("num_classes") or 1000)).net.state_dict()
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    state["model"] = {k: (ref[k].clone() if k.endswith(stats) else v) for k, v in state["model"].items()}
+    state["optimizer"] = {}   # not a checkpoint to resume from
+    checkpoint.save(state, out)
+    return out
+
+
+def bn_check(a, checkpoints: dict[str, list[str]], val_globs: dict[str, str], groups: dict) -> None:
+    """Every trained model with the pretrained batch-norm statistics, and the pretrained model
+    itself, on the clean val images (``--bn-results``)."""
+    clean = {common.LOSSLESS: val_globs[common.LOSSLESS]}
+    variants = [str(with_pretrained_bn(Path(c), a.arch, a.weights)) for cs in checkpoints.values() for c in cs]
+    common.evaluate_pretrained(a.bn_results, a.arch, a.weights, clean, a.device, groups=groups, workers=a.workers)
+    common.evaluate_models(a.bn_results, variants, clean, a.device, groups=groups, workers=a.workers)
 
 
 def write_meta(a, seconds: float) -> None:

@@ -198,6 +198,7 @@ README_BLOCKS = {
                              "--compare", "codestream=experiments/results/imagenette-cpu-j2k-codestream.json",
                              "--setting", "j2k-200"],
     "retention": ["experiments/results/retention-cpu.json"],
+    "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
     "imagenette-h200": ["experiments/results/imagenette-h200-3seeds.json"],
     "imagenette-h200-labelfree": ["experiments/results/imagenette-h200-labelfree-j2k200.json"],
 }

@@ -167,6 +167,7 @@ def test_retention_script_end_to_end(tmp_path, capsys):
             "--settings", "jpeg-10", "--seeds", "0", "--train-per-class", "2", "--val-per-class", "2",
             "--a-classes", "n01440764 n02102040", "--b-classes", "n02979186,n03000684", "--batch", "2",
             "--workers", "0", "--jobs", "1", "--out", str(tmp_path / "out"), "--results", str(results),
+            "--bn-results", str(results.parent / "bn.json"),
             "--shards", str(tmp_path / "work" / "shards"), "--device", "cpu"]
     assert retention.main(argv) == 0
     rows = json.loads(results.read_text())
@@ -182,12 +183,45 @@ def test_retention_script_end_to_end(tmp_path, capsys):
     assert meta["groups"]["B"] == ["n02979186", "n03000684"] and meta["steps_per_run"] == [2]
     out = capsys.readouterr().out
     assert "A (own setting)" in out and "B (lossless)" in out
+    # the batch-norm check: the trained weights with the pretrained statistics, on clean images only
+    bn = json.loads((results.parent / "bn.json").read_text())
+    assert {r["setting"] for r in bn} == {"lossless"}
+    assert sorted({r["checkpoint"] for r in bn if r["checkpoint"]}) == sorted(
+        str(tmp_path / "out" / "runs" / run / "best-pretrained-bn.pth")
+        for run in ("finetune-jpeg-10-s0", "expert-jpeg-10-s0", "expert-teacher-jpeg-10-s0"))
     before = (results.read_text(), (tmp_path / "out" / "runs" / "finetune-jpeg-10-s0" / "metrics.jsonl").read_text())
     assert retention.main(argv) == 0
     assert (results.read_text(), (tmp_path / "out" / "runs" / "finetune-jpeg-10-s0" / "metrics.jsonl")
             .read_text()) == before
     assert retention.main(argv + ["--settings", "lossless"]) == 1
     assert "lossless is the clean reference" in capsys.readouterr().err
+
+
+def test_pretrained_bn_variant_keeps_the_weights_and_swaps_the_statistics(tmp_path):
+    import torch
+
+    from experiments.retention import with_pretrained_bn
+    from trainer import checkpoint
+    from trainer.models import build_model
+
+    torch.manual_seed(0)
+    pre = build_model("mobilenet_v3_small", None, 10).net
+    torch.save(pre.state_dict(), tmp_path / "w.pth")
+    trained = build_model("mobilenet_v3_small", None, 10).net
+    for m in trained.modules():   # as after training on other images: other weights and statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.add_(1.0)
+            m.running_var.mul_(3.0)
+    checkpoint.save({"model": trained.state_dict(), "arch": "mobilenet_v3_small", "num_classes": 10, "epoch": 1,
+                     "optimizer": {"x": 1}, "scheduler": {}, "args": {"method": "finetune"}}, tmp_path / "best.pth")
+    out = with_pretrained_bn(tmp_path / "best.pth", "mobilenet_v3_small", str(tmp_path / "w.pth"))
+    got = checkpoint.load(out)
+    ref, new = pre.state_dict(), trained.state_dict()
+    for k, v in got["model"].items():
+        want = ref[k] if k.endswith(("running_mean", "running_var", "num_batches_tracked")) else new[k]
+        assert torch.equal(v, want), k
+    assert any(k.endswith("running_var") for k in got["model"]) and got["args"] == {"method": "finetune"}
+    assert got["optimizer"] == {}
 
 
 def test_readme_blocks_are_generated_from_the_results_files():
