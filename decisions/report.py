@@ -16,6 +16,9 @@ Writes into ``--out``:
   each setting's own model (the paper's Fig. 4).
 - ``fig5_<arch>.png`` + ``fig5_cross_eval.csv``: top-1 of models trained on setting A (rows)
   evaluated on setting B (columns).
+- ``retention.md`` / ``retention.csv`` (when the results hold rows of class groups,
+  ``trainer.eval --group``): each group's top-1 on the setting a model was trained on and on
+  the clean images, beside the pretrained model (``decisions/retention.py``).
 - ``report.md``: the tables, the figures and what is still missing.
 
 Runs trained on teacher labels (``--labels teacher``) are their own method, e.g.
@@ -37,6 +40,7 @@ from pipeline.setting import Setting
 from trainer import methods
 from trainer.clitools import run_click
 
+from . import retention
 from .results import (Result, ResultsError, SettingStats, best_per_cell, codec_rank, finite, load_manifests,
                       load_results, load_runs, rate_of, setting_order, single_split, unevaluated_runs)
 
@@ -471,7 +475,8 @@ def safe_name(text: str) -> str:
 
 def make_report(results: list[Result], stats: dict[str, SettingStats], out: Path, *, x: str = "bytes",
                 paper: str | Path | None = None, paper_arch: str | None = None,
-                runs: list | None = None, split: str = "val", caption: str | None = None) -> dict:
+                runs: list | None = None, split: str = "val", caption: str | None = None,
+                group_results: list[Result] = ()) -> dict:
     """Write every artefact into ``out``; returns {name: path} of what was written."""
     out.mkdir(parents=True, exist_ok=True)
     archs = sorted({r.arch for r in results}) or [None]
@@ -480,12 +485,19 @@ def make_report(results: list[Result], stats: dict[str, SettingStats], out: Path
           "each trained method evaluated on the setting it was trained on; pretrained on every setting. "
           "— = not measured yet.\n"]
     t1_rows, f4_rows, f5_blocks, tables_md, f4_md = [], [], [], [], []
+    kept = retention.retention_tables(list(group_results))
+    archs = sorted(set(archs) - {None} | {t.arch for t in kept}) or [None]
+    if kept:
+        atomic_write(out / "retention.md", "\n".join(retention.section(t) for t in kept))
+        write_csv(out / "retention.csv", retention.CSV_HEADER, retention.csv_rows(kept))
+        written.update({n: out / n for n in ("retention.md", "retention.csv")})
     for arch in archs:
         paper_rows = _paper_for(paper, paper_arch, arch)
         cols, rows = build_table1(results, stats, arch, paper_rows)
         tables_md.append(_table_section(arch, cols, rows, results, paper if paper_rows is not None else None,
                                         paper_arch or arch))
         md.append(tables_md[-1])
+        md += [retention.section(t) for t in kept if t.arch == arch]
         t1_rows.append((cols, [{"arch": arch, **r} for r in rows]))
         if arch is None:
             continue
@@ -600,18 +612,21 @@ def report(results_paths, shards, out, *, split: str = "val", runs=None, x: str 
     for p in results_paths:
         if not p.exists():
             warn(f"warning: {p} does not exist yet; reporting without it")
-    results = load_results(present)
+    every = load_results(present, groups=True)
     stats = load_manifests(shards, split)
     if archs:
-        results = [r for r in results if r.arch in archs]
-    results, dropped = single_split(results, split)
+        every = [r for r in every if r.arch in archs]
+    every, dropped = single_split(every, split)
+    results = [r for r in every if r.group is None]
+    group_results = [r for r in every if r.group is not None]
     if dropped:
         warn(f"warning: results of split(s) {', '.join(dropped)} left out: the report is on {split}")
-    if not results and not stats:
+    if not results and not group_results and not stats:
         raise ResultsError("nothing to report: no results rows and no manifests "
                            f"(looked for {', '.join(map(str, results_paths))} and {shards}/{split}/*/manifest.json)")
     written = make_report(results, stats, Path(out), x=x, paper=paper, paper_arch=paper_arch,
-                          runs=load_runs(runs), split=split, caption=caption)
+                          runs=load_runs(runs), split=split, caption=caption,
+                          group_results=group_results)
     return results, stats, written
 
 

@@ -12,6 +12,11 @@ Inputs (contracts of the other modules):
 A *model* is identified by (arch, method, labels, trained_on); ``trainer.methods.key`` folds
 the labels into the method so that an expert trained on teacher labels is reported as its own
 method ("expert (teacher labels)") and never mixed with the dataset-labelled expert.
+
+Rows of a class group (``trainer.eval --group``: ``group`` is set) score a subset of a
+setting's classes; they never enter Table 1, the figures or the recommender, which read the
+whole-setting rows only.  ``load_results(..., groups=True)`` returns them too, for the
+retention view (``decisions.report``).
 """
 from __future__ import annotations
 
@@ -127,6 +132,8 @@ class Result:
     split: str | None = None
     checkpoint: str | None = None
     weights: str | None = None
+    top1_present: float | None = None
+    group: str | None = None       # a class group's name (None: the whole setting)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -144,11 +151,12 @@ class Result:
         return self.method == "pretrained" or self.trained_on == self.setting
 
 
-def load_results(paths: str | Path | Iterable[str | Path] | None) -> list[Result]:
+def load_results(paths: str | Path | Iterable[str | Path] | None, groups: bool = False) -> list[Result]:
     """Rows of one or more results.json files (a missing file is an error, an empty list not).
 
     Rows whose top-1 is null are left out: trainer.eval writes null when the evaluated images
-    carry no labels, which is a measurement of nothing."""
+    carry no labels, which is a measurement of nothing.  Rows of class groups are left out
+    unless ``groups`` (they score part of a setting, not the setting)."""
     if paths is None:
         return []
     if isinstance(paths, (str, Path)):
@@ -156,7 +164,13 @@ def load_results(paths: str | Path | Iterable[str | Path] | None) -> list[Result
     rows: list[Result] = []
     for path in paths:
         rows.extend(_results_file(Path(path)))
-    return rows
+    return rows if groups else [r for r in rows if r.group is None]
+
+
+def results_from_rows(rows: list[dict], source: str = "rows") -> list[Result]:
+    """Result rows from already-parsed trainer.eval rows (null top-1 left out, as on load)."""
+    out = [_result_row(Path(source), i, row) for i, row in enumerate(rows)]
+    return [r for r in out if r is not None]
 
 
 def _results_file(path: Path) -> list[Result]:
@@ -188,7 +202,11 @@ def _result_row(path: Path, index: int, row: dict) -> Result | None:
         raise ResultsError(f"{path}: row {index}: {exc}") from None
     codec, q = setting.codec, setting.q
     known = {"arch", "method", "labels", "trained_on", "setting", "codec", "q", "top1", "top5",
-             "count", "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "split", "checkpoint", "weights"}
+             "count", "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "split", "checkpoint", "weights",
+             "top1_present", "group"}
+    group = row.get("group")
+    if group is not None and not isinstance(group, str):
+        raise ResultsError(f"{path}: row {index}: group {group!r} is not a name")
     return Result(
         arch=str(row["arch"]), method=str(row["method"]), labels=str(row.get("labels") or "dataset"),
         trained_on=row.get("trained_on"), setting=setting.name, codec=codec, q=q,
@@ -196,6 +214,7 @@ def _result_row(path: Path, index: int, row: dict) -> Result | None:
         bytes=finite(row.get("mean_bytes")), bpp=finite(row.get("mean_bpp")),
         psnr=finite(row.get("mean_psnr")), ssim=finite(row.get("mean_ssim")), split=row.get("split"),
         checkpoint=row.get("checkpoint"), weights=row.get("weights"),
+        top1_present=finite(row.get("top1_present")), group=group or None,
         extra={k: v for k, v in row.items() if k not in known})
 
 

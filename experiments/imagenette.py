@@ -2,23 +2,33 @@
 pretrained vs stability vs fine-tune vs expert on harsh settings of two codecs, the same
 budget for every trained method, several seeds; mean ± spread in the summary.
 
-    python experiments/imagenette.py                        # defaults below; ../shared data
-    SEEDS="0 1 2" EPOCHS=3 TRAIN_LIMIT=9469 experiments/imagenette.sh
-    python experiments/imagenette.py --parallel-seeds --workers 4   # seeds side by side on one GPU
+    python experiments/imagenette.py                        # the defaults: the README's CPU budget
+    SEEDS="0 1 2" EPOCHS=3 TRAIN_LIMIT=3000 DEVICE=cuda experiments/imagenette.sh
+    ORDER=sorted METHODS="finetune expert" SETTINGS=j2k-200 OUT=runs/experiments/imagenette-sorted \\
+        experiments/imagenette.sh                           # the same on class-sorted shards
 
 Every option can also be given as an environment variable named like it in capitals
 (``SRC``, ``SEEDS``, ``STAB_LR``, ``PARALLEL_SEEDS`` ...; ``experiments/imagenette.sh`` runs
-this script).  Methods: ``stability``, ``finetune``,
-``expert`` and ``expert+teacher`` (label-free expert: ``--labels teacher``).  Every step
-reuses finished work (shards, complete runs), so the script can be re-run.  It calls the
-Python APIs (``pipeline.build.build_setting``, ``trainer.train``, ``trainer.evaluate``,
+this script).  Methods: ``stability``, ``finetune``, ``expert`` and ``expert+teacher``
+(label-free expert: ``--labels teacher``).
+
+The data: a seeded, class-balanced subset of SRC (``--train-per-class`` train images and
+``--val-per-class`` val images of every class, ``experiments/subsets.py``), made as a folder of
+links under ``SHARDS/../subsets``; train shards in ``--order`` (mixed, the default, or sorted) of
+``--shard-size``; the val shards (the same for every model and every experiment that uses
+the same val subset) in ``SHARDS/<val subset>/val``.  Every step reuses finished work
+(shards, complete runs, models already in the results file), so the script can be re-run.
+It calls the Python APIs (``pipeline.build.build``, ``trainer.train``, ``trainer.evaluate``,
 ``decisions.report.report``), never a command line.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing as mp
+import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -28,61 +38,53 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import atomic_write  # noqa: E402
-from pipeline.setting import Setting, SettingError  # noqa: E402
+from pipeline.plan import ORDERS  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
+from experiments import common  # noqa: E402
+from experiments.subsets import make_subset  # noqa: E402
 
-def parse_methods(text: str) -> list[tuple[str, str]]:
-    """"stability finetune expert expert+teacher" -> [(method, labels)] (``expert-teacher``,
-    the old spelling, is accepted)."""
-    out = []
-    for token in text.replace(",", " ").split():
-        method, labels = methods.split_key(token.replace("-teacher", methods.TEACHER_LABELS))
-        if method not in methods.names(trainable=True):
-            raise UserError(f"METHODS: unknown method {token!r} (use {', '.join(methods.names(trainable=True))}, "
-                            f"optionally with {methods.TEACHER_LABELS})")
-        out.append((method, labels))
-    return out
+# re-exported for callers of the old module
+parse_methods = common.parse_methods
 
 
-def run_dir(a, key: str, setting: str, seed: int) -> Path:
-    return a.out / "runs" / f"{key.replace(methods.TEACHER_LABELS, '-teacher')}-{setting}-s{seed}"
+def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
+    """Subsets and shards; returns ({setting: train glob}, {setting: val glob}) and sets
+    ``a.val_root`` (the val shards' root, whose manifests the report reads)."""
+    if not (a.src / "train").is_dir() or not (a.src / "val").is_dir():
+        raise UserError(f"no {a.src}/train or {a.src}/val: set SRC=/path/to/imagenette")
+    jobs = a.jobs or os.cpu_count() or 1
+    train_name = common.subset_name(a.src, "train", a.train_per_class, a.subset_seed)
+    val_name = common.subset_name(a.src, "val", a.val_per_class, a.subset_seed)
+    subsets = a.shards.parent / "subsets"
+    train_src = make_subset(a.src, subsets / train_name, {"train": a.train_per_class}, seed=a.subset_seed)
+    val_src = make_subset(a.src, subsets / val_name, {"val": a.val_per_class}, seed=a.subset_seed)
+    names = [s.name for s in a.settings]
+    train_root = a.shards / train_name / a.order
+    val_root = a.val_root = a.shards / val_name
+    common.build_shards(train_src, "train", names, train_root, a.shard_size, jobs, order=a.order)
+    common.build_shards(val_src, "val", names, val_root, a.shard_size, jobs)
+    return ({s: common.shard_glob(train_root, "train", s) for s in names},
+            {s: common.shard_glob(val_root, "val", s) for s in names})
 
 
-def complete(run: Path, epochs: int) -> bool:
-    metrics = run / "metrics.jsonl"
-    return (run / "best.pth").exists() and metrics.exists() and \
-        sum(1 for line in metrics.read_text().splitlines() if line.strip()) >= epochs
-
-
-def train_seed(a, seed: int) -> None:
-    from trainer import TrainConfig, train
-
+def train_seed(a, seed: int, train_globs: dict[str, str], val_globs: dict[str, str]) -> None:
     for setting in a.settings:
         for method, labels in a.methods:
-            run = run_dir(a, methods.key(method, labels), setting.name, seed)
-            if complete(run, a.epochs):
-                continue
-            hyper = (dict(lr=a.stab_lr, alpha=a.stab_alpha, sigma=a.stab_sigma) if method == "stability"
-                     else dict(lr=a.lr, alpha=a.alpha if method == "expert" else None))
-            train(TrainConfig(
-                shards=[str(a.shards / "train" / setting.name / "shard-*.tar")],
-                val_shards=[str(a.shards / "val" / setting.name / "shard-*.tar")] if a.val_during else None,
-                arch=a.arch, weights=a.weights, method=method, labels=labels, epochs=a.epochs,
-                train_limit=a.train_limit, val_limit=a.val_limit, batch_size=a.batch, seed=seed, out=str(run),
-                resume="auto", device=a.device, progress=False, **({"workers": a.workers} if a.workers is not None else {}),
-                **hyper))
+            common.train_run(common.run_dir(a.out, methods.key(method, labels), setting.name, seed),
+                             train_globs[setting.name], method, labels, seed, a.arch, a.weights, a.budget,
+                             val_glob=val_globs[setting.name] if a.val_during else None, val_limit=a.val_limit)
 
 
-def _train_seed_logged(a, seed: int) -> None:
+def _train_seed_logged(a, seed: int, train_globs, val_globs) -> None:
     """A seed in its own process (--parallel-seeds), its output in OUT/train-s<seed>.log."""
     import logging
     log_path = a.out / f"train-s{seed}.log"
     with open(log_path, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         logging.basicConfig(level=logging.INFO, stream=f, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        train_seed(a, seed)
+        train_seed(a, seed, train_globs, val_globs)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -93,71 +95,66 @@ def _train_seed_logged(a, seed: int) -> None:
 @click.option("--methods", "methods_", envvar="METHODS", default="stability finetune expert",
               help="Also expert+teacher: label-free expert.")
 @click.option("--seeds", envvar="SEEDS", default="0 1 2")
-@click.option("--epochs", envvar="EPOCHS", type=click.IntRange(min=1), default=2)
-@click.option("--train-limit", envvar="TRAIN_LIMIT", type=click.IntRange(min=1), default=2000,
-              help="Samples per epoch (the shuffle draws from all train shards).")
+@click.option("--train-per-class", envvar="TRAIN_PER_CLASS", type=click.IntRange(min=1), default=150,
+              help="Train images drawn from each class.")
+@click.option("--val-per-class", envvar="VAL_PER_CLASS", type=click.IntRange(min=1), default=100,
+              help="Val images drawn from each class (the same for every model).")
+@click.option("--subset-seed", envvar="SUBSET_SEED", type=click.IntRange(min=0), default=0)
+@click.option("--order", envvar="ORDER", type=click.Choice(ORDERS), default="mixed",
+              help="Order of the train shards (sorted: class by class, the old default).")
+@click.option("--shard-size", envvar="SHARD_SIZE", type=click.IntRange(min=1), default=500)
+@click.option("--epochs", envvar="EPOCHS", type=click.IntRange(min=1), default=1)
+@click.option("--train-limit", envvar="TRAIN_LIMIT", type=click.IntRange(min=1), default=None,
+              help="Samples per epoch (default: the whole train subset).")
 @click.option("--val-limit", envvar="VAL_LIMIT", type=click.IntRange(min=1), default=None,
-              help="Default: the whole val split.")
+              help="Default: the whole val subset.")
 @click.option("--batch", envvar="BATCH", type=click.IntRange(min=1), default=32)
 @click.option("--lr", envvar="LR", type=float, default=1e-4)
 @click.option("--alpha", envvar="ALPHA", type=float, default=1e-2)
 @click.option("--stab-lr", envvar="STAB_LR", type=float, default=1e-4, help="Stability: classifier layers only.")
 @click.option("--stab-alpha", envvar="STAB_ALPHA", type=float, default=5e-3)
 @click.option("--stab-sigma", envvar="STAB_SIGMA", type=float, default=4e-2)
-@click.option("--out", envvar="OUT", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/imagenette"))
-@click.option("--shards", envvar="SHARDS", type=click.Path(file_okay=False, path_type=Path), default=Path("shards"))
+@click.option("--out", envvar="OUT", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/experiments/imagenette"))
+@click.option("--results", envvar="RESULTS", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Results file (default OUT/results.json); rows merge into it.")
+@click.option("--shards", envvar="SHARDS", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/experiments/shards"), help="Shard root; the subsets' links go to SHARDS/../subsets.")
 @click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None, help="Default: all cores.")
 @click.option("--device", envvar="DEVICE", default="auto")
-@click.option("--val-during/--no-val-during", envvar="VAL_DURING", default=True,
+@click.option("--val-during/--no-val-during", envvar="VAL_DURING", default=False,
               help="Per-epoch validation (without it the lr schedule follows the train loss).")
-@click.option("--cross/--no-cross", envvar="CROSS", default=True,
+@click.option("--cross/--no-cross", envvar="CROSS", default=False,
               help="Evaluate every model on every setting (else on its own setting only).")
 @click.option("--parallel-seeds/--serial-seeds", envvar="PARALLEL_SEEDS", default=False,
               help="Train the seeds at the same time (one big GPU, many cores).")
-@click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=None,
-              help="Loader processes per run (default: the trainer's).")
+@click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1,
+              help="Loader processes per run (and per evaluation).")
+@click.option("--train-only", envvar="TRAIN_ONLY", is_flag=True, help="Stop after training.")
+@click.option("--codestream-results", envvar="CODESTREAM_RESULTS", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also score the pretrained model on the j2k settings' val images as a raw "
+                                 "codestream (-o container=j2k, the old default) into this results file.")
 def cli(**params):
     """Imagenette: pretrained, stability, fine-tune and expert on harsh settings, several seeds."""
     from types import SimpleNamespace
     a = SimpleNamespace(**params)
-    try:
-        a.settings = Setting.parse_list(a.settings.replace(",", " ").split())
-    except SettingError as exc:
-        raise UserError(f"SETTINGS: {exc}") from None
-    a.methods = parse_methods(a.methods_)
-    try:
-        a.seeds = [int(s) for s in a.seeds.replace(",", " ").split()]
-    except ValueError:
-        raise UserError(f"SEEDS {a.seeds!r}: whole numbers") from None
+    a.settings = common.parse_settings(a.settings)
+    a.methods = common.parse_methods(a.methods_)
+    a.seeds = common.parse_seeds(a.seeds)
+    a.results = a.results or a.out / "results.json"
+    a.budget = common.Budget(epochs=a.epochs, train_limit=a.train_limit, batch=a.batch, lr=a.lr, alpha=a.alpha,
+                             stab_lr=a.stab_lr, stab_alpha=a.stab_alpha, stab_sigma=a.stab_sigma,
+                             workers=a.workers, device=a.device)
     run(a)
     return 0
 
 
 def run(a) -> None:
-    import os
-
-    from decisions.report import report
-    from experiments.summarize import report as summary
-    from pipeline.build import build_setting
-    from trainer import EvalConfig, evaluate
-
-    if not (a.src / "train").is_dir():
-        raise UserError(f"no {a.src}/train: set SRC=/path/to/imagenette")
     a.out.mkdir(parents=True, exist_ok=True)
-    results = a.out / "results.json"
-    for s in a.settings:
-        for split in ("train", "val"):
-            build_setting(a.src, split, s.codec, s.q, a.shards, shard_size=500, jobs=a.jobs or os.cpu_count() or 1,
-                          progress=False)
-    val_globs = [str(a.shards / "val" / s.name / "shard-*.tar") for s in a.settings]
-    common = dict(out=str(results), device=a.device, limit=a.val_limit, progress=False)
-
-    # the pretrained model on every setting
-    evaluate(EvalConfig(arch=a.arch, weights=[a.weights], shards=val_globs, **common))
-
+    train_globs, val_globs = prepare(a)
     if a.parallel_seeds:
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_train_seed_logged, args=(a, seed)) for seed in a.seeds]
+        procs = [ctx.Process(target=_train_seed_logged, args=(a, seed, train_globs, val_globs)) for seed in a.seeds]
         for p in procs:
             p.start()
         for p in procs:
@@ -167,20 +164,59 @@ def run(a) -> None:
             raise UserError(f"seed(s) {', '.join(map(str, failed))} failed: see {a.out}/train-s*.log")
     else:
         for seed in a.seeds:
-            train_seed(a, seed)
-
-    checkpoints = {s.name: [str(run_dir(a, methods.key(m, lab), s.name, seed) / "best.pth")
-                            for seed in a.seeds for m, lab in a.methods] for s in a.settings}
-    if a.cross:
-        evaluate(EvalConfig(checkpoints=[c for cs in checkpoints.values() for c in cs], shards=val_globs, **common))
-    else:
-        for s, glob in zip(a.settings, val_globs):
-            evaluate(EvalConfig(checkpoints=checkpoints[s.name], shards=[glob], **common))
-    report([results], a.shards, a.out / "reports", runs=a.out / "runs")
-    import json
-    text = summary(json.loads(results.read_text()))
+            train_seed(a, seed, train_globs, val_globs)
+    if a.train_only:
+        return
+    t0 = time.time()
+    evaluate_all(a, val_globs)
+    write_meta(a, train_globs, time.time() - t0)
+    if a.codestream_results:
+        codestream_check(a)
+    from decisions.report import report
+    from experiments.summarize import report as summary
+    report([a.results], a.val_root, a.out / "reports", runs=a.out / "runs")
+    text = summary(json.loads(a.results.read_text()))
     click.echo(text)
     atomic_write(a.out / "summary.md", text + "\n")
+
+
+def evaluate_all(a, val_globs: dict[str, str]) -> None:
+    common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, workers=a.workers,
+                               val_limit=a.val_limit)
+    for s in a.settings:
+        checkpoints = [str(common.run_dir(a.out, methods.key(m, lab), s.name, seed) / "best.pth")
+                       for seed in a.seeds for m, lab in a.methods]
+        own = val_globs if a.cross else {s.name: val_globs[s.name]}
+        common.evaluate_models(a.results, checkpoints, own, a.device, workers=a.workers, val_limit=a.val_limit)
+
+
+def codestream_check(a) -> None:
+    """The pretrained model on the same val images with j2k written as a raw codestream (the
+    old default) instead of JP2: what the container change alone moves (rate, PSNR, top-1)."""
+    j2k = [s.name for s in a.settings if s.codec == "j2k"]
+    if not j2k:
+        raise UserError("--codestream-results: no j2k setting in SETTINGS")
+    val_name = common.subset_name(a.src, "val", a.val_per_class, a.subset_seed)
+    root = a.shards / f"{val_name}-codestream"
+    common.build_shards(a.shards.parent / "subsets" / val_name, "val", j2k, root, a.shard_size,
+                        a.jobs or os.cpu_count() or 1, codec_options={"container": "j2k"})
+    common.evaluate_pretrained(a.codestream_results, a.arch, a.weights,
+                               {s: common.shard_glob(root, "val", s) for s in j2k}, a.device, workers=a.workers,
+                               val_limit=a.val_limit)
+
+
+def write_meta(a, train_globs: dict[str, str], seconds: float) -> None:
+    """RESULTS.meta.json: the budget, the data and what the loader fed the runs (the summary
+    prints it)."""
+    runs = [common.run_dir(a.out, methods.key(m, lab), s.name, seed)
+            for seed in a.seeds for s in a.settings for m, lab in a.methods]
+    loader = {f"s{seed}": common.batch_stats(train_globs[a.settings[0].name], a.budget, seed) for seed in a.seeds}
+    common.write_meta(a.results, {
+        "experiment": "imagenette", "arch": a.arch, "weights": Path(a.weights).name,
+        "settings": [s.name for s in a.settings], "methods": [methods.key(m, lab) for m, lab in a.methods],
+        "seeds": a.seeds, "train_per_class": a.train_per_class, "val_per_class": a.val_per_class,
+        "subset_seed": a.subset_seed, "order": a.order, "shard_size": a.shard_size, "loader": loader,
+        "eval_seconds_last_invocation": round(seconds)}, a.budget, runs)
 
 
 def main(argv=None) -> int:

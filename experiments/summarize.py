@@ -1,10 +1,23 @@
-"""Mean ± spread over seeds of top-1 per (setting, method), each model evaluated on the
-setting it was trained on (pretrained: on each setting).  Runs on teacher labels
-(``--labels teacher``) are their own column, named as everywhere else ("expert (teacher
-labels)", method key ``expert+teacher``: ``trainer.methods``).
+"""The README's experiment tables from results files (``trainer.eval`` rows), mean ± sample
+std over seeds.  Three views:
 
-    python experiments/summarize.py runs/imagenette/results.json [more.json ...]
-    python experiments/summarize.py experiments/results/imagenette-h200.json --readme README.md --block imagenette
+- **table1** (the default for rows without class groups): top-1 per (setting, method), each
+  model evaluated on the setting it was trained on (pretrained: on each setting).  Runs on
+  teacher labels (``--labels teacher``) are their own column, named as everywhere else
+  ("expert (teacher labels)", method key ``expert+teacher``: ``trainer.methods``).
+- **retention** (the default when the rows have class groups, ``trainer.eval --group``):
+  each group's top-1 on the model's own setting and on the clean images, beside the
+  pretrained model (``decisions.retention``).
+- **compare** (``--compare LABEL=FILE`` twice or more): the same (setting, method) cells of
+  several results files side by side, e.g. mixed vs class-sorted shards.
+
+A results file ``X.json`` may have ``X.meta.json`` beside it (written by the experiment
+scripts): its budget is printed under the tables.
+
+    python experiments/summarize.py runs/experiments/imagenette/results.json
+    python experiments/summarize.py experiments/results/imagenette-cpu-mixed.json --readme README.md --block imagenette
+    python experiments/summarize.py experiments/results/retention-cpu.json --readme README.md --block retention
+    python experiments/summarize.py --compare mixed=a.json --compare sorted=b.json --setting j2k-200
 """
 from __future__ import annotations
 
@@ -25,6 +38,9 @@ from pipeline.markdown import table  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
+METRIC_NOTES = {"top1": "top1: arg-max over all 1000 ImageNet classes",
+                "top1_present": "top1_present: arg-max over the classes present in the data only, e.g. Imagenette's 10"}
+
 
 def column(row: dict) -> str:
     """The method key of a results row (the column it goes to)."""
@@ -37,31 +53,90 @@ def _cell(v: list[float]) -> str:
     return f"{statistics.mean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
 
 
-def summarize(rows: list[dict], metric: str = "top1") -> str:
+def _gain(e: list[float], f: list[float]) -> str | None:
+    return f"{statistics.mean(e) - statistics.mean(f):+.2f}" if e and f else None
+
+
+def own_cells(rows: list[dict], metric: str) -> tuple[dict[tuple[str, str], list[float]], dict[str, dict]]:
+    """{(setting, method key): values} of the whole-setting rows of models on their own setting
+    (pretrained on every setting), and {setting: {"bytes": bytes/img, "psnr": dB}}."""
     acc: dict[tuple[str, str], list[float]] = defaultdict(list)
-    size: dict[str, float] = {}
+    info: dict[str, dict] = defaultdict(dict)
     for r in rows:
+        if r.get("group") is not None:
+            continue
         if (r["method"] == "pretrained" or r.get("trained_on") == r["setting"]) and r.get(metric) is not None:
             acc[(r["setting"], column(r))].append(r[metric])
-            size[r["setting"]] = r.get("mean_bytes") or size.get(r["setting"])
+            for k, col in (("bytes", "mean_bytes"), ("psnr", "mean_psnr")):
+                if r.get(col) is not None:
+                    info[r["setting"]][k] = r[col]
+    return acc, info
+
+
+def summarize(rows: list[dict], metric: str = "top1") -> str:
+    acc, info = own_cells(rows, metric)
     settings = sorted({s for s, _ in acc})
     keys = sorted({k for _, k in acc}, key=methods.rank)
     seeds = max((len(v) for (s, k), v in acc.items() if k != "pretrained"), default=1)
     body = []
     for s in settings:
-        e, f = acc.get((s, "expert"), []), acc.get((s, "finetune"), [])
-        gain = f"{statistics.mean(e) - statistics.mean(f):+.2f}" if e and f else None
-        nbytes = f"{size[s]:.0f}" if size.get(s) else None
+        gain = _gain(acc.get((s, "expert"), []), acc.get((s, "finetune"), []))
+        nbytes = f"{info[s]['bytes']:.0f}" if info[s].get("bytes") else None
         body.append([s, nbytes, *(_cell(acc.get((s, k), [])) for k in keys), gain])
     header = ["setting", "bytes/img", *(methods.title(k) for k in keys), "expert − fine-tune"]
     return f"{metric} (%, mean ± sample std over {seeds} seed(s)):\n\n" + table(header, body)
 
 
 def report(rows: list[dict]) -> str:
-    text = summarize(rows, "top1") + "\n\n(top1: arg-max over all 1000 ImageNet classes)"
-    if any(r.get("top1_present") is not None for r in rows):
-        text += ("\n\n" + summarize(rows, "top1_present")
-                 + "\n\n(top1_present: arg-max over the classes present in the data only, e.g. Imagenette's 10)")
+    text = summarize(rows, "top1") + f"\n\n({METRIC_NOTES['top1']})"
+    if any(r.get("top1_present") is not None for r in rows if r.get("group") is None):
+        text += "\n\n" + summarize(rows, "top1_present") + f"\n\n({METRIC_NOTES['top1_present']})"
+    return text
+
+
+def retention_report(rows: list[dict]) -> str:
+    """The retention tables (1000-way top-1, then top1_present) of rows with class groups."""
+    from decisions.results import results_from_rows
+    from decisions.retention import markdown, retention_tables
+
+    tables = retention_tables(results_from_rows([r for r in rows if r.get("group") is not None]))
+    if not tables:
+        raise UserError("no rows of class groups in the results (evaluate with trainer.eval --group)")
+    parts = []
+    for t in tables:
+        n = max((len(c.values) for r in t.rows if r.method != "pretrained" for m in r.cells.values()
+                 for c in m.values()), default=1)
+        arch = f" — {t.arch}" if len(tables) > 1 else ""
+        parts.append(f"1000-way top-1{arch} (%, mean ± sample std over {n} seed(s)):\n\n" + markdown(t, "top1"))
+        parts.append(f"top1_present{arch} (%, arg-max over the group's own classes):\n\n"
+                     + markdown(t, "top1_present"))
+    return "\n\n".join(parts)
+
+
+def compare(labelled: list[tuple[str, list[dict]]], setting: str | None = None, metric: str = "top1") -> str:
+    """The own-setting cells of several results files side by side: rows = (setting, label),
+    with each file's bytes/img (a codec option changes it) and the pretrained model."""
+    cells = [(label, *own_cells(rows, metric)) for label, rows in labelled]
+    settings = sorted({s for _, acc, _ in cells for (s, k) in acc if setting is None or s == setting})
+    if not settings:
+        raise UserError(f"no rows on {setting or 'any setting'} in the compared results")
+    keys = sorted({k for _, acc, _ in cells for (s, k) in acc if s in settings}, key=methods.rank)
+    body = []
+    for s in settings:
+        for label, acc, info in cells:
+            st = info.get(s, {})
+            body.append([s, label, f"{st['bytes']:.0f}" if st.get("bytes") else None,
+                         f"{st['psnr']:.2f}" if st.get("psnr") else None,
+                         *(_cell(acc.get((s, k), [])) for k in keys),
+                         _gain(acc.get((s, "expert"), []), acc.get((s, "finetune"), []))])
+    header = ["setting", "shards", "bytes/img", "PSNR (dB)", *(methods.title(k) for k in keys), "expert − fine-tune"]
+    return f"{metric} (%, mean ± sample std over seeds):\n\n" + table(header, body, "ll" + "r" * (len(keys) + 3))
+
+
+def compare_report(labelled: list[tuple[str, list[dict]]], setting: str | None = None) -> str:
+    text = compare(labelled, setting, "top1") + f"\n\n({METRIC_NOTES['top1']})"
+    if any(r.get("top1_present") is not None for _, rows in labelled for r in rows):
+        text += "\n\n" + compare(labelled, setting, "top1_present") + f"\n\n({METRIC_NOTES['top1_present']})"
     return text
 
 
@@ -79,25 +154,142 @@ def load_rows(paths: list[Path]) -> list[dict]:
     return rows
 
 
+def meta_path(results: Path) -> Path:
+    """``X.json`` -> ``X.meta.json``: what the experiment script measured the rows with."""
+    return results.with_name(results.stem + ".meta.json")
+
+
+def budget_line(paths: list[Path]) -> str:
+    """One line per results file that has a meta file beside it: the budget it was run with."""
+    lines = []
+    for path in paths:
+        mp = meta_path(path)
+        if not mp.exists():
+            continue
+        try:
+            m = json.loads(mp.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{mp}: not a readable meta file ({exc})") from None
+        steps = m.get("steps_per_run") or []
+        loader = [v for v in (m.get("loader") or {}).values() if isinstance(v, dict)]
+        feed = ""
+        if loader:
+            mean = statistics.mean
+            feed = (f" The loader fed {mean(v['distinct_per_batch'] for v in loader):.2f} distinct classes per batch "
+                    f"(an i.i.d. draw: {mean(v['iid'] for v in loader):.2f}) and "
+                    f"{mean(v['classes_seen'] for v in loader):g} of {loader[0]['classes']} classes per epoch "
+                    f"(mean over seeds).")
+        lines.append(
+            f"`{path.name}`: {m.get('arch')}, {len(m.get('seeds') or [])} seed(s); train subset "
+            f"{m.get('train_per_class')} images per class ({m.get('order')} shards of {m.get('shard_size')}), "
+            f"val subset {m.get('val_per_class')} per class; {m.get('epochs')} epoch(s)"
+            + (f" of {m['train_limit']} samples" if m.get("train_limit") else "")
+            + f", batch {m.get('batch')}, {'/'.join(map(str, steps)) or '?'} steps per run, lr {m.get('lr')}, "
+            f"α {m.get('alpha')}; {m.get('device')} on {m.get('machine')}, loader workers {m.get('workers')}." + feed)
+    return "\n".join(lines)
+
+
+#: the README's generated blocks: block name -> the arguments that make it (paths from the repository root)
+README_BLOCKS = {
+    "imagenette": ["experiments/results/imagenette-cpu-mixed.json"],
+    "imagenette-order": ["--compare", "mixed=experiments/results/imagenette-cpu-mixed.json",
+                         "--compare", "sorted=experiments/results/imagenette-cpu-sorted.json", "--setting", "j2k-200"],
+    "imagenette-container": ["--compare", "jp2=experiments/results/imagenette-cpu-mixed.json",
+                             "--compare", "codestream=experiments/results/imagenette-cpu-j2k-codestream.json",
+                             "--setting", "j2k-200"],
+    "retention": ["experiments/results/retention-cpu.json"],
+    "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
+    "imagenette-h200": ["experiments/results/imagenette-h200-3seeds.json"],
+    "imagenette-h200-labelfree": ["experiments/results/imagenette-h200-labelfree-j2k200.json"],
+}
+
+
+def generate(results: list[Path], compared: list[str] = (), setting: str | None = None, view: str = "auto",
+             root: Path | None = None) -> str:
+    """The text of one summary (what the command prints and writes into a README block);
+    relative paths are taken from ``root`` when given."""
+    def at(p) -> Path:
+        return Path(root) / p if root is not None and not Path(p).is_absolute() else Path(p)
+
+    if compared:
+        if results:
+            raise UserError("give results files either as arguments or with --compare, not both")
+        labelled, paths = [], []
+        for item in compared:
+            label, sep, path = item.partition("=")
+            if not sep or not label or not path:
+                raise UserError(f"--compare {item!r}: write LABEL=FILE")
+            paths.append(at(path))
+            labelled.append((label, load_rows([paths[-1]])))
+        if len(labelled) < 2:
+            raise UserError("--compare: give two results files or more")
+        text = compare_report(labelled, setting)
+    else:
+        if not results:
+            raise UserError("give one or more results files (or --compare LABEL=FILE ...)")
+        paths = [at(p) for p in results]
+        rows = load_rows(paths)
+        if view == "auto":
+            view = "retention" if any(r.get("group") is not None for r in rows) else "table1"
+        text = retention_report(rows) if view == "retention" else report(rows)
+    budget = budget_line(paths)
+    if budget:
+        text += "\n\nBudget: " + budget.replace("\n", "\n\nBudget: ")
+    return text
+
+
+def block(argv: list[str], root: Path = ROOT) -> str:
+    """A README block's content from its arguments (``README_BLOCKS``)."""
+    results, compared, setting, it = [], [], None, iter(argv)
+    for arg in it:
+        if arg == "--compare":
+            compared.append(next(it))
+        elif arg == "--setting":
+            setting = next(it)
+        else:
+            results.append(Path(arg))
+    text = generate(results, compared, setting, root=root)
+    return f"Generated by `experiments/summarize.py {' '.join(argv)}`.\n\n{text}"
+
+
+def write_block(readme: Path, name: str, content: str) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from readme_block import BlockError, replace_block
+    try:
+        atomic_write(readme, replace_block(readme.read_text(), name, content))
+    except (BlockError, OSError) as exc:
+        raise UserError(f"{readme}: {exc}") from None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("results", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--compare", "compared", multiple=True, metavar="LABEL=FILE",
+              help="Results files side by side (twice or more), e.g. mixed=a.json sorted=b.json.")
+@click.option("--setting", default=None, help="Only this trained setting (--compare).")
+@click.option("--view", type=click.Choice(["auto", "table1", "retention"]), default="auto", show_default=True,
+              help="auto: retention when the rows have class groups, else table1.")
 @click.option("--readme", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the tables into this Markdown file's block.")
-@click.option("--block", default="imagenette", show_default=True,
+@click.option("--block", "block_name", default="imagenette", show_default=True,
               help="Block name: <!-- NAME:start --> ... <!-- NAME:end -->.")
-def cli(results, readme, block):
+@click.option("--all-blocks", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Regenerate every experiment block of this README (README_BLOCKS) from the results files.")
+@click.option("--only", multiple=True, type=click.Choice(list(README_BLOCKS)),
+              help="With --all-blocks: only these blocks (repeatable).")
+def cli(results, compared, setting, view, readme, block_name, all_blocks, only):
     """Mean ± spread over seeds of trainer.eval results."""
-    text = report(load_rows(list(results)))
+    if all_blocks:
+        for name, argv in README_BLOCKS.items():
+            if only and name not in only:
+                continue
+            write_block(all_blocks, name, block(argv))
+            click.echo(f"{all_blocks}: block {name} regenerated")
+        return 0
+    text = generate(list(results), list(compared), setting, view)
     click.echo(text)
     if readme:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from readme_block import BlockError, replace_block
-        source = ", ".join(str(p) for p in results)
-        try:
-            atomic_write(readme, replace_block(readme.read_text(), block,
-                                               f"Generated by `experiments/summarize.py {source}`.\n\n{text}"))
-        except (BlockError, OSError) as exc:
-            raise UserError(f"{readme}: {exc}") from None
+        source = " ".join(f"--compare {c}" for c in compared) if compared else " ".join(str(p) for p in results)
+        write_block(readme, block_name, f"Generated by `experiments/summarize.py {source}`.\n\n{text}")
     return 0
 
 

@@ -166,11 +166,16 @@ class EvalConfig:
     cache: bool = True                                 # reuse unchanged (model, setting) results (eval_cache)
     cache_dir: str | None = None                       # default: eval-cache/ beside out
     force: bool = False                                # evaluate again even what the cache holds
+    groups: Any = field(default_factory=dict)         # class groups scored apart: {NAME: [class, ...]}
+    classes: list[str] = field(default_factory=list)   # files of groups (trainer/groups.py)
 
     def resolved(self) -> "EvalConfig":
+        """A checked copy; the groups of ``classes`` files are merged into ``groups``."""
+        from .groups import normalise
         c = dataclasses.replace(self, shards=_paths(self.shards, "shards"),
                                 checkpoints=_paths(self.checkpoints, "checkpoints"),
-                                weights=_paths(self.weights, "weights"))
+                                weights=_paths(self.weights, "weights"),
+                                groups=normalise(self.groups, _paths(self.classes, "classes")), classes=[])
         if not c.shards:
             raise ConfigError("no shards to evaluate on: give --shards")
         if not c.checkpoints and not c.weights:

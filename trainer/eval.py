@@ -5,7 +5,13 @@
 
 One row per (model, setting): checkpoint, weights, arch, method, trained_on, labels, setting,
 codec, q, top1, top5 (percent), count, skipped, expected, mean_bytes, mean_bpp (from the
-manifest) ... (``trainer.evaluation.COLUMNS``).  Rows of an existing --out file for other
+manifest) ... (``trainer.evaluation.COLUMNS``).  Class groups add one row per (model,
+setting, group) from the same pass, without separate shard folders:
+
+    python -m trainer.eval --checkpoint best.pth --shards 'shards/val/*/*.tar' \
+        --group A=n01440764,n02102040 --group B=n02979186,n03000684    # or --classes groups.txt
+
+Rows of an existing --out file for other
 (model, setting) pairs are kept (--overwrite to drop them).  A (model, setting) pair evaluated
 before, with the same checkpoint bytes, the same shards and options, is taken from the cache
 (``eval-cache/`` beside --out, see ``trainer.eval_cache``) instead of evaluated: --force
@@ -48,6 +54,11 @@ D = EvalConfig()
               help="Reuse the results of (model, setting) pairs evaluated before with the same bytes and options.")
 @click.option("--cache-dir", default=None, help="Where cached results live (default: eval-cache/ beside --out).")
 @click.option("--force", is_flag=True, help="Evaluate again what the cache holds (and refresh it).")
+@click.option("--group", "groups", multiple=True, metavar="NAME=CLASS,...",
+              help="A class group scored apart (class folder names, ImageNet wnids or indices); repeatable.")
+@click.option("--classes", multiple=True, metavar="FILE",
+              help="Groups from a file: NAME=CLASS,... lines, or one class a line (the group is the file's "
+                   "name); repeatable.")
 def cli(**params):
     """Top-1 / top-5 of models on every setting of the shards."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -60,7 +71,8 @@ def cli(**params):
         for r in rows:
             top1 = "—" if r["top1"] is None or r["top1"] != r["top1"] else f"{r['top1']:6.2f}"
             top5 = "—" if r["top5"] is None or r["top5"] != r["top5"] else f"{r['top5']:6.2f}"
-            click.echo(f"{r['method']:>10} {str(r['trained_on']):>12} {r['setting']:>{w}}  top1 {top1}  "
+            group = f" [{r['group']}]" if r.get("group") else ""
+            click.echo(f"{r['method']:>10} {str(r['trained_on']):>12} {r['setting']:>{w}}{group}  top1 {top1}  "
                        f"top5 {top5}  n={r['count']}" + (f"  skipped {r['skipped']}" if r["skipped"] else ""))
     if cfg.out:
         click.echo(f"wrote {cfg.out} ({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
@@ -69,7 +81,7 @@ def cli(**params):
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: returns the exit status."""
-    return run_click(cli, argv, "python -m trainer.eval", multi=("--checkpoint", "--weights", "--shards"))
+    return run_click(cli, argv, "python -m trainer.eval", multi=("--checkpoint", "--weights", "--shards", "--group", "--classes"))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,14 @@ One row per (model, setting): ``COLUMNS`` below.  ``count`` is the number of sam
 ``skipped`` the samples of the setting that could not be scored (unreadable tar, undecodable
 bitstream, no label ...), ``expected`` the manifest's count; a setting that lost more than
 ``max_skip`` of its samples gets no row and the evaluation fails, naming it.
+
+With class groups (``EvalConfig.groups``, ``--group A=...``; ``trainer/groups.py``) each
+(model, setting) also gets one row per group, scored in the same pass: ``group`` is its name
+(None on the row of the whole setting), ``group_classes`` its class indices, ``count`` and
+``labelled`` its samples, ``top1``/``top5`` the 1000-way (all outputs) scores on them and
+``top1_present`` the top-1 with the arg-max over the group's classes only.  A skipped
+sample's class is unknown, so a group row's ``skipped`` is the setting's, and its
+``expected`` is None.
 """
 from __future__ import annotations
 
@@ -24,20 +32,23 @@ from .config import EvalConfig
 from .data import DataLossError, ShardSet, check_classes, check_skips, group_shards, make_eval_loader
 from .distributed import Dist, init_distributed
 from .eval_cache import EvalCache, Summary, ordered
+from .groups import resolve as resolve_groups
 
 log = logging.getLogger("trainer.eval")
 
 #: the columns of results.json / results.csv, in order (more may follow)
 COLUMNS = ["checkpoint", "weights", "arch", "method", "trained_on", "labels", "setting", "codec", "q", "split",
            "shards_dir", "top1", "top5", "top1_present", "count", "labelled", "skipped", "expected", "loss",
-           "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "epoch"]
+           "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "epoch", "group", "group_classes"]
 
 
 def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64, workers: int = 2,
                    device="cpu", amp: bool = True, limit: int | None = None, d: Dist | None = None,
-                   progress: bool = False, max_skip: float = 0.01) -> tuple[list[dict], list[str]]:
-    """(rows, failures): one row per setting; a setting that lost more than ``max_skip`` of its
-    samples gives a failure message instead of a row."""
+                   progress: bool = False, max_skip: float = 0.01,
+                   groups: dict[str, list[str]] | None = None) -> tuple[list[dict], list[str]]:
+    """(rows, failures): one row per setting, and one per class group of it (``groups``: name
+    -> class names, resolved against each setting's manifest); a setting that lost more than
+    ``max_skip`` of its samples gives a failure message instead of rows."""
     d = d or Dist()
     device = torch.device(device)
     step = loop.Step(device=device, amp=amp and device.type == "cuda", channels_last=device.type == "cuda")
@@ -51,8 +62,9 @@ def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64
                                   pin_memory=device.type == "cuda")
         present = sorted(set((s.manifest.get("class_index") or {}).values()))
         n_out = s.manifest.get("num_classes") or 0
+        ids = _group_ids(groups, s) if groups else None
         r = loop.evaluate(model, loader, step, d, progress=progress, desc=s.name,
-                          present=present if 1 < len(present) < n_out else None)
+                          present=present if 1 < len(present) < n_out else None, groups=ids)
         skipped, reasons = r["skipped"], list(r["skip_reasons"])
         if limit is None:  # every sample was read: what the manifest lists and nobody saw is lost too
             missing = s.count - r["count"] - skipped
@@ -65,15 +77,21 @@ def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64
             failures.append(str(exc))
             continue
         mean = s.manifest.get("mean") or {}
-        rows.append({"checkpoint": meta.get("checkpoint"), "weights": meta.get("weights"), "arch": meta.get("arch"),
-                     "method": meta.get("method"), "trained_on": meta.get("trained_on"),
-                     "labels": meta.get("labels") or "dataset", "setting": s.name, "codec": s.codec, "q": s.q,
-                     "split": s.manifest.split, "shards_dir": s.folder,
-                     "top1": r["top1"], "top5": r["top5"], "top1_present": r["top1_present"],
-                     "count": r["count"], "labelled": r["labelled"], "skipped": skipped,
-                     "expected": s.count if limit is None else None,
-                     "loss": r["loss"], "mean_bytes": mean.get("bytes"), "mean_bpp": mean.get("bpp"),
-                     "mean_psnr": mean.get("psnr"), "mean_ssim": mean.get("ssim"), "epoch": meta.get("epoch")})
+        row = {"checkpoint": meta.get("checkpoint"), "weights": meta.get("weights"), "arch": meta.get("arch"),
+               "method": meta.get("method"), "trained_on": meta.get("trained_on"),
+               "labels": meta.get("labels") or "dataset", "setting": s.name, "codec": s.codec, "q": s.q,
+               "split": s.manifest.split, "shards_dir": s.folder,
+               "top1": r["top1"], "top5": r["top5"], "top1_present": r["top1_present"],
+               "count": r["count"], "labelled": r["labelled"], "skipped": skipped,
+               "expected": s.count if limit is None else None,
+               "loss": r["loss"], "mean_bytes": mean.get("bytes"), "mean_bpp": mean.get("bpp"),
+               "mean_psnr": mean.get("psnr"), "mean_ssim": mean.get("ssim"), "epoch": meta.get("epoch"),
+               "group": None, "group_classes": None}
+        rows.append(row)
+        for name, g in (r.get("groups") or {}).items():
+            rows.append({**row, **{k: g[k] for k in ("top1", "top5", "top1_present", "loss", "labelled")},
+                         "count": g["labelled"], "expected": None, "group": name,
+                         "group_classes": ids[name]})
         if d.main:
             log.info("%s on %s: top1 %.2f top5 %.2f (%d images, %d skipped, %.1f s)",
                      meta.get("checkpoint") or meta.get("weights"), s.name, r["top1"], r["top5"], r["count"],
@@ -81,9 +99,15 @@ def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64
     return rows, failures
 
 
+def _group_ids(groups: dict[str, list[str]], s: ShardSet) -> dict[str, list[int]]:
+    n = s.manifest.get("num_classes")
+    return resolve_groups(groups, s.manifest.get("class_index"), n if isinstance(n, int) and n > 0 else None,
+                          s.folder)
+
+
 def _row_id(r: dict) -> tuple:
     return (r.get("checkpoint"), r.get("weights") if r.get("checkpoint") is None else None, r.get("arch"),
-            r.get("setting"), r.get("shards_dir"))
+            r.get("setting"), r.get("shards_dir"), r.get("group"))
 
 
 def write_results(path: str | os.PathLike, rows: list[dict], merge: bool = True) -> tuple[Path, Path]:
@@ -124,6 +148,8 @@ def evaluate(config: EvalConfig, summary: Summary | None = None) -> list[dict]:
     d = init_distributed(c.device)
     sets = group_shards(c.shards)
     cache = EvalCache.for_config(c, d.device, d.world, summary)
+    for s in sets if c.groups else ():  # a class no setting knows is an error before any model runs
+        _group_ids(c.groups, s)
     rows: list[dict] = []
     failures: list[str] = []
     models = [(ck, None) for ck in c.checkpoints] + [(w, c.arch) for w in c.weights]
@@ -133,7 +159,7 @@ def evaluate(config: EvalConfig, summary: Summary | None = None) -> list[dict]:
         if todo:
             model, meta = cache.load(source, arch, n_classes)
             r, f = evaluate_model(model, meta, todo, c.batch_size, c.workers, d.device, c.amp, c.limit, d,
-                                  c.progress, c.max_skip)
+                                  c.progress, c.max_skip, groups=c.groups)
             cache.store(source, arch, n_classes, todo, r)
             mine += r
             failures += f

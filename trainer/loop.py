@@ -185,18 +185,51 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
             "skip_reasons": skips.reasons}
 
 
+class Tally:
+    """Sums over one scored population of an evaluation: CE loss, top-1 and top-5 hits,
+    the count, and the top-1 with the arg-max restricted to ``classes`` (None: not scored)."""
+
+    def __init__(self, classes: list[int] | None = None, device=None):
+        self.classes = torch.tensor(sorted(classes), device=device) if classes else None
+        self.sums = [0.0, 0, 0, 0, 0]   # loss, top-1 hits, top-5 hits, n, restricted top-1 hits
+
+    def add(self, o: torch.Tensor, y: torch.Tensor) -> None:
+        if y.numel() == 0:
+            return
+        hit = o.topk(min(5, o.shape[1]), dim=1).indices == y[:, None]
+        self.sums[0] += float(F.cross_entropy(o, y, reduction="sum"))
+        self.sums[1] += int(hit[:, 0].sum())
+        self.sums[2] += int(hit.any(1).sum())
+        self.sums[3] += int(y.numel())
+        if self.classes is not None:
+            self.sums[4] += int((self.classes[o[:, self.classes].argmax(1)] == y).sum())
+
+    def result(self, sums: list[float] | None = None) -> dict[str, Any]:
+        """Percentages of (all-reduced) ``sums``; NaN when nothing was scored."""
+        loss, c1, c5, n, cp = self.sums if sums is None else sums
+        nan = float("nan")
+        return {"loss": loss / n if n else nan, "top1": 100.0 * c1 / n if n else nan,
+                "top5": 100.0 * c5 / n if n else nan, "labelled": int(n),
+                "top1_present": 100.0 * cp / n if n and self.classes is not None else None}
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, step: Step, d: Dist | None = None, progress: bool = False,
-             desc: str = "eval", present: list[int] | None = None) -> dict[str, Any]:
+             desc: str = "eval", present: list[int] | None = None,
+             groups: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """CE loss, top-1 and top-5 (percent) of model(x~) over the labelled samples (label >= 0),
     summed over all ranks.  ``present``: the class indices that occur in the data (e.g. the
     10 Imagenette classes of a 1000-way model); ``top1_present`` is then the top-1 with the
     arg-max taken over those classes only, which separates robustness to the input from
-    learning which classes occur."""
+    learning which classes occur.  ``groups``: name -> class indices; ``result["groups"][name]``
+    holds the same scores over the samples of those classes only, its ``top1_present`` with
+    the arg-max over the group's classes (one pass over the data for all groups)."""
     d = d or Dist()
     model.eval()
-    loss_sum, c1, c5, n, total, cp = 0.0, 0, 0, 0, 0, 0
-    subset = torch.tensor(sorted(present), device=step.device) if present else None
+    total = Tally(present, step.device)
+    tallies = {name: Tally(classes, step.device) for name, classes in (groups or {}).items()}
+    members = {name: torch.tensor(sorted(classes), device=step.device) for name, classes in (groups or {}).items()}
+    count = 0
     skips = Skips()
     bar = None
     if progress and d.main:
@@ -213,29 +246,25 @@ def evaluate(model: nn.Module, loader, step: Step, d: Dist | None = None, progre
             out = model(step.input(x)).float()
         y = batch["label"].to(step.device)
         valid = y >= 0
-        total += int(y.numel())
+        count += int(y.numel())
         if valid.any():
             o, yv = out[valid], y[valid]
             if int(yv.max()) >= o.shape[1]:
                 raise LabelError(f"{desc}: label {int(yv.max())} but the model has {o.shape[1]} outputs: the "
                                  "shards and the model disagree on the classes")
-            loss_sum += float(F.cross_entropy(o, yv, reduction="sum"))
-            k = min(5, o.shape[1])
-            topk = o.topk(k, dim=1).indices
-            hit = topk == yv[:, None]
-            c1 += int(hit[:, 0].sum())
-            c5 += int(hit.any(1).sum())
-            n += int(yv.numel())
-            if subset is not None:
-                cp += int((subset[o[:, subset].argmax(1)] == yv).sum())
+            total.add(o, yv)
+            for name, tally in tallies.items():
+                mine = torch.isin(yv, members[name])
+                tally.add(o[mine], yv[mine])
         if bar is not None:
             bar.update(int(y.numel()))
     if bar is not None:
         bar.close()
-    loss_sum, c1, c5, n, total, cp, skipped = all_reduce_sum([loss_sum, c1, c5, n, total, cp, skips.count], d)
+    names = list(tallies)
+    sums = all_reduce_sum(total.sums + [count, skips.count] + [v for n in names for v in tallies[n].sums], d)
     dt = time.perf_counter() - t0
-    nan = float("nan")
-    return {"loss": loss_sum / n if n else nan, "top1": 100.0 * c1 / n if n else nan,
-            "top5": 100.0 * c5 / n if n else nan, "count": int(total), "labelled": int(n),
-            "top1_present": 100.0 * cp / n if n and subset is not None else None,
-            "skipped": int(skipped), "skip_reasons": skips.reasons, "seconds": dt}
+    result = total.result(sums[:5])
+    result.update({"count": int(sums[5]), "skipped": int(sums[6]), "skip_reasons": skips.reasons, "seconds": dt})
+    if tallies:
+        result["groups"] = {n: tallies[n].result(sums[7 + 5 * i: 12 + 5 * i]) for i, n in enumerate(names)}
+    return result

@@ -1,0 +1,224 @@
+"""What the experiment scripts share: method lists, run folders, reuse of finished work, the
+training call, the shards of a subset and the evaluation of a list of models.
+
+Every step calls the Python APIs (``pipeline.build.build``, ``trainer.train``,
+``trainer.evaluate``), never a command line, and reuses what is already done: shards
+(the pipeline skips complete shards), complete runs (``complete``) and models whose rows are
+already in the results file and newer than their checkpoint (``evaluated``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.setting import Setting, SettingError
+from trainer import methods
+from trainer.clitools import UserError
+
+#: the settings of every experiment's val split besides the trained ones (B-clean = lossless)
+LOSSLESS = "lossless"
+
+
+def parse_methods(text: str) -> list[tuple[str, str]]:
+    """"stability finetune expert expert+teacher" -> [(method, labels)] (``expert-teacher``,
+    the old spelling, is accepted)."""
+    out = []
+    for token in text.replace(",", " ").split():
+        method, labels = methods.split_key(token.replace("-teacher", methods.TEACHER_LABELS))
+        if method not in methods.names(trainable=True):
+            raise UserError(f"METHODS: unknown method {token!r} (use {', '.join(methods.names(trainable=True))}, "
+                            f"optionally with {methods.TEACHER_LABELS})")
+        out.append((method, labels))
+    if not out:
+        raise UserError("METHODS: give at least one method")
+    return out
+
+
+def parse_settings(text: str) -> list[Setting]:
+    try:
+        settings = Setting.parse_list(text.replace(",", " ").split())
+    except SettingError as exc:
+        raise UserError(f"SETTINGS: {exc}") from None
+    if not settings:
+        raise UserError("SETTINGS: give at least one setting")
+    return settings
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"SEEDS {text!r}: whole numbers") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise UserError(f"SEEDS {text!r}: one or more whole numbers >= 0")
+    return seeds
+
+
+def run_dir(out: Path, key: str, setting: str, seed: int) -> Path:
+    """OUT/runs/<method key>-<setting>-s<seed> (``expert+teacher`` is spelt ``expert-teacher``)."""
+    return Path(out) / "runs" / f"{key.replace(methods.TEACHER_LABELS, '-teacher')}-{setting}-s{seed}"
+
+
+def complete(run: Path, epochs: int) -> bool:
+    """A run that finished all its epochs (its checkpoint is reused)."""
+    metrics = run / "metrics.jsonl"
+    return (run / "best.pth").exists() and metrics.exists() and \
+        sum(1 for line in metrics.read_text().splitlines() if line.strip()) >= epochs
+
+
+@dataclass
+class Budget:
+    """The training budget every trained method gets (the same number of steps for all)."""
+    epochs: int = 1
+    train_limit: int | None = None   # samples per epoch (None: the whole train split)
+    batch: int = 32
+    lr: float = 1e-4
+    alpha: float = 1e-2
+    stab_lr: float = 1e-4
+    stab_alpha: float = 5e-3
+    stab_sigma: float = 4e-2
+    workers: int | None = None       # loader processes (None: the trainer's default)
+    device: str = "auto"
+
+    def hyper(self, method: str) -> dict:
+        if method == "stability":
+            return dict(lr=self.stab_lr, alpha=self.stab_alpha, sigma=self.stab_sigma)
+        return dict(lr=self.lr, alpha=self.alpha if method == "expert" else None)
+
+
+def train_run(run: Path, train_glob: str, method: str, labels: str, seed: int, arch: str, weights: str,
+              budget: Budget, val_glob: str | None = None, val_limit: int | None = None) -> Path:
+    """Train one run (or reuse it when complete); returns its best.pth."""
+    from trainer import TrainConfig, train
+
+    if not complete(run, budget.epochs):
+        train(TrainConfig(
+            shards=[train_glob], val_shards=[val_glob] if val_glob else None, arch=arch, weights=weights,
+            method=method, labels=labels, epochs=budget.epochs, train_limit=budget.train_limit, val_limit=val_limit,
+            batch_size=budget.batch, seed=seed, out=str(run), resume="auto", device=budget.device, progress=False,
+            **({"workers": budget.workers} if budget.workers is not None else {}), **budget.hyper(method)))
+    return run / "best.pth"
+
+
+def subset_name(src: Path, split: str, per_class: int, seed: int, tag: str = "") -> str:
+    """Folder name of a seeded subset: what it holds is in the name (``imagenette-val100-seed0``)."""
+    return f"{Path(src).resolve().name}-{split}{per_class}-seed{seed}{'-' + tag if tag else ''}"
+
+
+def shard_glob(root: Path, split: str, setting: str) -> str:
+    return str(Path(root) / split / setting / "shard-*.tar")
+
+
+def build_shards(src: Path, split: str, settings: list[str], out: Path, shard_size: int, jobs: int,
+                 order: str = "mixed", codec_options: dict | None = None) -> None:
+    """All settings of one split of ``src`` in one pass (reused when complete)."""
+    from pipeline.build import build
+
+    build(src, split, settings, out, shard_size=shard_size, jobs=jobs, order=order, progress=False,
+          codec_options=codec_options)
+
+
+def _rows(results: Path) -> list[dict]:
+    if not results.exists():
+        return []
+    try:
+        rows = json.loads(results.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{results}: not a readable results file ({exc}); fix or remove it") from None
+    return rows if isinstance(rows, list) else []
+
+
+def evaluated(results: Path, checkpoint: str, settings: list[str], groups: list[str] | None = None) -> bool:
+    """True when ``results`` already holds this checkpoint's rows for every setting (and every
+    group), and is newer than the checkpoint (a retrained run is evaluated again)."""
+    if not results.exists() or not Path(checkpoint).exists():
+        return False
+    if os.path.getmtime(results) < os.path.getmtime(checkpoint):
+        return False
+    want = {(s, g) for s in settings for g in (groups or [None])}
+    have = {(r.get("setting"), r.get("group")) for r in _rows(results)
+            if isinstance(r, dict) and r.get("checkpoint") == checkpoint}
+    return want <= have
+
+
+def evaluate_models(results: Path, checkpoints: list[str], val_globs: dict[str, str], device: str,
+                    groups: dict[str, list[str]] | None = None, workers: int | None = None,
+                    val_limit: int | None = None) -> None:
+    """Evaluate each checkpoint on the val settings it has no rows for yet (``val_globs``:
+    setting -> glob), with the class groups when given; rows merge into ``results``."""
+    from trainer import EvalConfig, evaluate
+
+    todo = [c for c in checkpoints if not evaluated(results, c, list(val_globs), list(groups or {}) or None)]
+    if todo:
+        evaluate(EvalConfig(checkpoints=todo, shards=list(val_globs.values()), out=str(results), device=device,
+                            limit=val_limit, progress=False, groups=groups or {},
+                            **({"workers": workers} if workers is not None else {})))
+
+
+def evaluate_pretrained(results: Path, arch: str, weights: str, val_globs: dict[str, str], device: str,
+                        groups: dict[str, list[str]] | None = None, workers: int | None = None,
+                        val_limit: int | None = None) -> None:
+    """The pretrained model on every val setting (skipped when its rows are there)."""
+    from trainer import EvalConfig, evaluate
+
+    have = {(r.get("setting"), r.get("group")) for r in _rows(results)
+            if isinstance(r, dict) and r.get("method") == "pretrained" and r.get("arch") == arch}
+    want = {(s, g) for s in val_globs for g in ([None] + list(groups or {}))}
+    if not want <= have:
+        evaluate(EvalConfig(arch=arch, weights=[weights], shards=list(val_globs.values()), out=str(results),
+                            device=device, limit=val_limit, progress=False, groups=groups or {},
+                            **({"workers": workers} if workers is not None else {})))
+
+
+def batch_stats(train_glob: str, budget: Budget, seed: int, shuffle_buffer: int = 1000) -> dict:
+    """What a run's loader feeds it (epoch 0, the run's seed, workers and limit), read without
+    decoding an image: mean distinct classes per batch, the classes seen in the epoch, and
+    the i.i.d. expectation C(1 - (1 - 1/C)^B) for the classes of the shards."""
+    from trainer.data import LoaderSpec, group_shards, make_train_loader
+
+    sets = group_shards(train_glob)
+    loader, _ = make_train_loader(sets, LoaderSpec(batch_size=budget.batch, workers=budget.workers or 0,
+                                                   shuffle_buffer=shuffle_buffer, seed=seed),
+                                  epoch=0, need_comp=False, need_clean=False, limit=budget.train_limit)
+    per_batch, seen = [], set()
+    for b in loader:
+        labels = b["label"].tolist()
+        if labels:
+            per_batch.append(len(set(labels)))
+            seen.update(labels)
+    classes = len({v for s in sets for v in (s.manifest.get("class_index") or {}).values()}) or len(seen)
+    iid = classes * (1 - (1 - 1 / classes) ** budget.batch) if classes else 0.0
+    return {"distinct_per_batch": sum(per_batch) / len(per_batch) if per_batch else 0.0,
+            "classes_seen": len(seen), "classes": classes, "iid": iid, "batches": len(per_batch)}
+
+
+def write_meta(results: Path, info: dict, budget: Budget, runs: list[Path]) -> Path:
+    """``results``'s meta file (``experiments/summarize.py`` prints it under the tables): the
+    budget and data of the experiment, merged with what an earlier invocation wrote for the
+    same file (lists are joined, so several invocations into one results file add up)."""
+    from experiments.summarize import meta_path
+
+    path = meta_path(results)
+    old = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = {}
+    steps = set(old.get("steps_per_run") or [])
+    for run in runs:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists():
+            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            steps.add(sum(int(r.get("train_images") or 0) for r in rows) // budget.batch)
+    meta = {**old, **info, **{k: v for k, v in asdict(budget).items()}}
+    for key in ("settings", "methods", "seeds"):
+        meta[key] = list(dict.fromkeys(list(old.get(key) or []) + list(info.get(key) or [])))
+    meta["steps_per_run"] = sorted(steps)
+    meta["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+    from pipeline.atomic import atomic_write_json
+    atomic_write_json(path, meta)
+    return path

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# What expert training buys a deployer (issue 13): experiments/retention.py, which reads the
+# environment variables named like its options (SRC, WEIGHTS, SETTINGS, METHODS, SEEDS, EPOCHS,
+# TRAIN_PER_CLASS, VAL_PER_CLASS, A_CLASSES, B_CLASSES, OUT, RESULTS, SHARDS, DEVICE, WORKERS ...);
+# `--help` lists them.
+#
+#   experiments/retention.sh                                  # the README's CPU budget and its block
+#   nice -n 10 experiments/retention.sh                       # on a shared machine
+#   EPOCHS=5 DEVICE=cuda WORKERS=4 RESULTS=experiments/results/retention-gpu.json experiments/retention.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || command -v "$PY" >/dev/null || make install
+"$PY" experiments/retention.py "$@"
+# the README block, when the results went to the default file
+if [ -z "${RESULTS:-}" ] && [ -z "${TRAIN_ONLY:-}" ] && [ "$#" -eq 0 ]; then
+    "$PY" experiments/summarize.py --all-blocks README.md --only retention
+fi
