@@ -307,3 +307,26 @@ def test_a_run_records_the_worker_count_it_used(shards, tmp_path):
                           num_classes=1000, batch_size=4, shuffle_buffer=4, progress=False, epochs=1, lr=1e-3,
                           method="finetune", steps_per_epoch=1, out=str(tmp_path / "r")))
     assert r.config.workers == read_yaml(tmp_path / "r" / "args.yaml")["workers"] == default_workers()
+
+
+def _keys_in_a_spawned_process(pattern: str, out) -> None:
+    """Runs in a process started by "spawn", whose own default start method is then "spawn"
+    (as in experiments' parallel seeds; Python >= 3.14 defaults to "forkserver" on Linux)."""
+    ss = group_shards(pattern)
+    out.put(keys(make_train_loader(ss, LoaderSpec(batch_size=3, workers=2, shuffle_buffer=4), epoch=0)[0]))
+
+
+def test_loader_workers_start_under_a_spawn_default(shards):
+    import multiprocessing as mp
+
+    pattern = str(shards / "train" / "jpeg-10" / "*.tar")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_keys_in_a_spawned_process, args=(pattern, q))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(timeout=60)
+    assert p.exitcode == 0
+    expected = keys(make_train_loader(group_shards(pattern), LoaderSpec(batch_size=3, workers=2, shuffle_buffer=4),
+                                      epoch=0)[0])
+    assert got == expected and len(got) > 0

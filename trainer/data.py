@@ -42,6 +42,7 @@ import glob
 import io
 import logging
 import math
+import multiprocessing
 import os
 import random
 from dataclasses import dataclass
@@ -872,8 +873,17 @@ def _loader(pipeline, workers: int, pin_memory: bool, acked: torch.Tensor | None
     if workers <= 0:
         return _Pinned(pipeline) if pin else pipeline
     loader = wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
-                           persistent_workers=False, prefetch_factor=PREFETCH)
+                           persistent_workers=False, prefetch_factor=PREFETCH,
+                           multiprocessing_context=_WORKER_START)
     return _CopyOut(loader, acked, copy=not pin)
+
+
+#: How loader workers start.  The pipeline's stages are closures over the epoch plan and the
+#: shared batch buffers, which only "fork" hands to a worker without pickling.  Python's default
+#: is not always fork: a process started by "spawn" (as parallel experiment seeds are), and
+#: Python >= 3.14 on Linux ("forkserver"), would otherwise fail at the first worker.  The
+#: workers never touch CUDA, so forking after CUDA is initialised is safe (torch's own default).
+_WORKER_START = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 class _Pinned:
