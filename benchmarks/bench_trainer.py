@@ -167,6 +167,7 @@ def bench(a) -> str:
     t0 = time.perf_counter()
     pattern = a.shards or make_shards(Path(tmp.name), a.images, a.jobs)
     build_s = time.perf_counter() - t0
+    print(f"shards ready in {build_s:.1f} s", flush=True)
     settings = group_shards(pattern)
     model = build_model(a.arch, None, 1000).to(device)
     if device.type == "cuda":
@@ -181,10 +182,12 @@ def bench(a) -> str:
                             batch_size=2 * a.batch_size, device=device, amp=device.type == "cuda") \
         if "expert-cached" in modes else None
     cache_s = time.perf_counter() - t0
+    print(f"teacher cache ready in {cache_s:.1f} s", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.5, 0.99))
     runs = [Mode(m, a, settings, caches, teacher, device, workers) for m in modes]
     for m in runs:
         m.warm(model, opt, a.warmup)
+    print(f"warmed up ({len(runs)} mode(s), {workers} loader worker(s) each)", flush=True)
     per = a.seconds / a.rounds
     for r in range(a.rounds):
         for m in runs:

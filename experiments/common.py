@@ -113,12 +113,23 @@ def shard_glob(root: Path, split: str, setting: str) -> str:
 
 
 def build_shards(src: Path, split: str, settings: list[str], out: Path, shard_size: int, jobs: int,
-                 order: str = "mixed", codec_options: dict | None = None) -> None:
+                 order: str = "mixed", codec_options: dict | None = None, layout: str = "pair") -> None:
     """All settings of one split of ``src`` in one pass (reused when complete)."""
     from pipeline.build import build
 
     build(src, split, settings, out, shard_size=shard_size, jobs=jobs, order=order, progress=False,
-          codec_options=codec_options)
+          codec_options=codec_options, layout=layout)
+
+
+def check_prebuilt(globs: dict[str, str]) -> None:
+    """``--prebuilt``: every setting's shards must already be there (carried from the machine
+    that built them); a missing folder is a one-line error naming it."""
+    import glob
+
+    for setting, pattern in globs.items():
+        if not glob.glob(pattern):
+            raise UserError(f"--prebuilt: no shards match {pattern} (build them where the source images are, "
+                            "with the same options, and copy the folder)")
 
 
 def _rows(results: Path) -> list[dict]:

@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.plan import ORDERS  # noqa: E402
+from pipeline.shards import LAYOUTS, PAIR  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
@@ -52,21 +53,25 @@ parse_methods = common.parse_methods
 def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
     """Subsets and shards; returns ({setting: train glob}, {setting: val glob}) and sets
     ``a.val_root`` (the val shards' root, whose manifests the report reads)."""
-    if not (a.src / "train").is_dir() or not (a.src / "val").is_dir():
-        raise UserError(f"no {a.src}/train or {a.src}/val: set SRC=/path/to/imagenette")
-    jobs = a.jobs or os.cpu_count() or 1
     train_name = common.subset_name(a.src, "train", a.train_per_class, a.subset_seed)
     val_name = common.subset_name(a.src, "val", a.val_per_class, a.subset_seed)
-    subsets = a.shards.parent / "subsets"
-    train_src = make_subset(a.src, subsets / train_name, {"train": a.train_per_class}, seed=a.subset_seed)
-    val_src = make_subset(a.src, subsets / val_name, {"val": a.val_per_class}, seed=a.subset_seed)
     names = [s.name for s in a.settings]
     train_root = a.shards / train_name / a.order
     val_root = a.val_root = a.shards / val_name
-    common.build_shards(train_src, "train", names, train_root, a.shard_size, jobs, order=a.order)
-    common.build_shards(val_src, "val", names, val_root, a.shard_size, jobs)
-    return ({s: common.shard_glob(train_root, "train", s) for s in names},
-            {s: common.shard_glob(val_root, "val", s) for s in names})
+    globs = ({s: common.shard_glob(train_root, "train", s) for s in names},
+             {s: common.shard_glob(val_root, "val", s) for s in names})
+    if a.prebuilt:       # shards carried to a machine without the source images (a lent GPU)
+        common.check_prebuilt({**globs[0], **{f"val {k}": v for k, v in globs[1].items()}})
+        return globs
+    if not (a.src / "train").is_dir() or not (a.src / "val").is_dir():
+        raise UserError(f"no {a.src}/train or {a.src}/val: set SRC=/path/to/imagenette")
+    jobs = a.jobs or os.cpu_count() or 1
+    subsets = a.shards.parent / "subsets"
+    train_src = make_subset(a.src, subsets / train_name, {"train": a.train_per_class}, seed=a.subset_seed)
+    val_src = make_subset(a.src, subsets / val_name, {"val": a.val_per_class}, seed=a.subset_seed)
+    common.build_shards(train_src, "train", names, train_root, a.shard_size, jobs, order=a.order, layout=a.layout)
+    common.build_shards(val_src, "val", names, val_root, a.shard_size, jobs, layout=a.layout)
+    return globs
 
 
 def train_seed(a, seed: int, train_globs: dict[str, str], val_globs: dict[str, str]) -> None:
@@ -131,6 +136,12 @@ def _train_seed_logged(a, seed: int, train_globs, val_globs) -> None:
 @click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1,
               help="Loader processes per run (and per evaluation).")
 @click.option("--train-only", envvar="TRAIN_ONLY", is_flag=True, help="Stop after training.")
+@click.option("--layout", envvar="LAYOUT", type=click.Choice(LAYOUTS), default=PAIR,
+              help="Shard layout (split: the clean crops once, in lossless/; small enough to carry to a GPU).")
+@click.option("--build-only", envvar="BUILD_ONLY", is_flag=True, help="Stop after making the shards.")
+@click.option("--prebuilt", envvar="PREBUILT", is_flag=True,
+              help="SHARDS already holds the shards (carried here from where the images are): no subsets, no "
+                   "building; --src is only used for the folder names.")
 @click.option("--codestream-results", envvar="CODESTREAM_RESULTS", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also score the pretrained model on the j2k settings' val images as a raw "
                                  "codestream (-o container=j2k, the old default) into this results file.")
@@ -152,6 +163,8 @@ def cli(**params):
 def run(a) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     train_globs, val_globs = prepare(a)
+    if a.build_only:
+        return
     if a.parallel_seeds:
         ctx = mp.get_context("spawn")
         procs = [ctx.Process(target=_train_seed_logged, args=(a, seed, train_globs, val_globs)) for seed in a.seeds]
