@@ -201,7 +201,8 @@ def bench(a) -> str:
               "loader / step", "step cost vs fine-tuning", "end-to-end cost vs fine-tuning"]
     rows = [[m.name, f"{m.rate('loader'):.1f}", f"{m.rate('step'):.1f}", f"{m.rate('e2e'):.1f}",
              f"{m.rate('e2e') / m.rate('step'):.2f}", f"{m.rate('loader') / m.rate('step'):.2f}",
-             f"{base.rate('step') / m.rate('step'):.3f}x", f"{base.rate('e2e') / m.rate('e2e'):.3f}x"] for m in runs]
+             *((f"{base.rate('step') / m.rate('step'):.3f}x", f"{base.rate('e2e') / m.rate('e2e'):.3f}x")
+               if base.name == "finetune" else ("—", "—"))] for m in runs]
     count = sum(s.count for s in settings)
     lines = [f"Trainer throughput at steady state ({a.arch}, batch {a.batch_size}, 224x224 jpeg-10 split-layout shards "
              f"of {count} distinct images; {device_name(device, a.threads)}; {workers} loader worker(s)"

@@ -15,7 +15,7 @@ A results file ``X.json`` may have ``X.meta.json`` beside it (written by the exp
 scripts): its budget is printed under the tables.
 
     python experiments/summarize.py runs/experiments/imagenette/results.json
-    python experiments/summarize.py experiments/results/imagenette-cpu-mixed.json --readme README.md --block imagenette
+    python experiments/summarize.py experiments/results/imagenette-h200-mixed.json --readme README.md --block imagenette
     python experiments/summarize.py experiments/results/retention-cpu.json --readme README.md --block retention
     python experiments/summarize.py --compare mixed=a.json --compare sorted=b.json --setting j2k-200
 """
@@ -191,12 +191,9 @@ def budget_line(paths: list[Path]) -> str:
 
 #: the README's generated blocks: block name -> the arguments that make it (paths from the repository root)
 README_BLOCKS = {
-    "imagenette": ["experiments/results/imagenette-cpu-mixed.json"],
-    "imagenette-order": ["--compare", "mixed=experiments/results/imagenette-cpu-mixed.json",
-                         "--compare", "sorted=experiments/results/imagenette-cpu-sorted.json", "--setting", "j2k-200"],
-    "imagenette-container": ["--compare", "jp2=experiments/results/imagenette-cpu-mixed.json",
-                             "--compare", "codestream=experiments/results/imagenette-cpu-j2k-codestream.json",
-                             "--setting", "j2k-200"],
+    "imagenette": ["experiments/results/imagenette-h200-mixed.json"],
+    "imagenette-order": ["--compare", "sorted (old)=experiments/results/imagenette-h200-3seeds.json",
+                         "--compare", "mixed=experiments/results/imagenette-h200-mixed.json"],
     "retention": ["experiments/results/retention-cpu.json"],
     "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
     "imagenette-h200": ["experiments/results/imagenette-h200-3seeds.json"],
