@@ -234,3 +234,92 @@ def test_readme_blocks_are_generated_from_the_results_files():
         m = re.search(rf"<!-- {re.escape(name)}:start -->\n(.*?)\n<!-- {re.escape(name)}:end -->", text, re.S)
         assert m, f"README.md has no {name} block"
         assert m.group(1).strip() == summarize.block(argv).strip(), f"README block {name} is out of date"
+
+
+def _md_tables(text):
+    """The Markdown tables of ``text``: [(header, rows)], cells stripped."""
+    tables, block = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif block:
+            tables.append((block[0], block[2:]))   # block[1]: the alignment line
+            block = []
+    return tables
+
+
+def test_report_retention_cells_are_the_mean_and_std_of_the_input_rows(tmp_path, capsys):
+    """trainer.report on group rows (A and B on the compressed setting, B on the clean images) of
+    pretrained / fine-tune / expert over 3 seeds: every cell of retention.md and retention.csv is
+    the mean ± sample std of its input values, computed here with numpy; rows without groups give
+    no retention section."""
+    import csv
+
+    import numpy as np
+
+    from trainer.report import main as report_main
+
+    rng = np.random.default_rng(13)
+    cells = [("A", "j2k-200"), ("B", "j2k-200"), ("B", "lossless")]
+    runs = {"pretrained": [None], "finetune": [0, 1, 2], "expert": [0, 1, 2]}
+    values, rows = {}, []
+    for method, seeds in runs.items():
+        for seed in seeds:
+            trained_on = None if method == "pretrained" else "j2k-200"
+            for group, setting in cells:
+                top1, present = (float(v) for v in rng.uniform(0, 100, 2))
+                values.setdefault((method, group, setting), []).append((top1, present))
+                rows.append(grow(method, trained_on, setting, group, top1, present, seed=seed or 0))
+            for setting in ("j2k-200", "lossless"):   # the whole-setting rows: Table 1, never retention
+                rows.append(grow(method, trained_on, setting, None, 50.0, 60.0, seed=seed or 0))
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(rows))
+    assert report_main(["--results", str(path), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+
+    def parse(text):
+        mean, _, std = text.partition(" ± ")
+        return float(mean), (float(std) if std else None)
+
+    titles = {"pretrained": "pretrained", "finetune": "fine-tune", "expert": "expert"}
+    tables = _md_tables((tmp_path / "out" / "retention.md").read_text())
+    assert len(tables) == 2   # 1000-way top-1, then top1_present
+    for (header, body), which in zip(tables, (0, 1)):
+        assert header == ["trained on", "method", "A (own setting)", "B (own setting)", "A (lossless)",
+                          "B (lossless)"]
+        assert [r[:2] for r in body] == [["j2k-200", titles[m]] for m in runs]
+        for r, method in zip(body, runs):
+            got = dict(zip(header[2:], r[2:]))
+            assert got["A (lossless)"] == "—"    # nobody was scored on A's clean images
+            for group, setting in cells:
+                v = np.array([x[which] for x in values[(method, group, setting)]])
+                mean, std = parse(got[f"{group} ({'own setting' if setting == 'j2k-200' else setting})"])
+                assert abs(mean - v.mean()) <= 0.005 + 1e-9, (method, group, setting)
+                if len(v) == 1:
+                    assert std is None
+                else:
+                    assert abs(std - v.std(ddof=1)) <= 0.005 + 1e-9, (method, group, setting)
+    with open(tmp_path / "out" / "retention.csv", newline="") as f:
+        csv_rows = {(r["method"], r["group"], r["evaluated_on"]): r for r in csv.DictReader(f)}
+    assert len(csv_rows) == len(runs) * len(cells)
+    for method in runs:
+        for group, setting in cells:
+            v = np.array(values[(method, group, setting)])
+            r = csv_rows[(titles[method], group, setting)]
+            assert int(r["n"]) == len(v)
+            assert float(r["top1_mean"]) == pytest.approx(v[:, 0].mean(), rel=1e-12)
+            assert float(r["top1_present_mean"]) == pytest.approx(v[:, 1].mean(), rel=1e-12)
+            if len(v) > 1:
+                assert float(r["top1_std"]) == pytest.approx(v[:, 0].std(ddof=1), rel=1e-9)
+                assert float(r["top1_present_std"]) == pytest.approx(v[:, 1].std(ddof=1), rel=1e-9)
+            else:
+                assert r["top1_std"] == r["top1_present_std"] == ""
+    assert "## Retention — mobilenet_v2" in (tmp_path / "out" / "report.md").read_text()
+
+    # the same results without their group rows: the report has no retention section at all
+    whole = tmp_path / "whole.json"
+    whole.write_text(json.dumps([r for r in rows if r["group"] is None]))
+    assert report_main(["--results", str(whole), "--out", str(tmp_path / "plain")]) == 0
+    assert "Retention" not in (tmp_path / "plain" / "report.md").read_text()
+    assert not (tmp_path / "plain" / "retention.md").exists() and not (tmp_path / "plain" / "retention.csv").exists()
+    assert (tmp_path / "plain" / "table1.csv").read_text() == (tmp_path / "out" / "table1.csv").read_text()
