@@ -14,5 +14,5 @@ PY=${PY:-.venv/bin/python}
 "$PY" experiments/retention.py "$@"
 # the README block, when the results went to the default file
 if [ -z "${RESULTS:-}" ] && [ -z "${TRAIN_ONLY:-}" ] && [ "$#" -eq 0 ]; then
-    "$PY" experiments/summarize.py --all-blocks README.md --only retention
+    "$PY" experiments/summarize.py --all-blocks README.md --only retention --only retention-bn
 fi
