@@ -99,7 +99,7 @@ test-fast: install ## The test suite without the tests marked slow
 
 bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README tables
 	@mkdir -p bench-out
-	$(PY) benchmarks/bench_pipeline.py --images 96 --markdown bench-out/pipeline.md --scale-images 24 --scale-markdown bench-out/scale.md
+	$(PY) benchmarks/bench_pipeline.py --images 384 --markdown bench-out/pipeline.md --scale-images 48 --scale-markdown bench-out/scale.md
 	$(PY) benchmarks/readme_block.py README.md pipeline bench-out/pipeline.md
 	$(PY) benchmarks/readme_block.py README.md scale bench-out/scale.md
 	$(PY) benchmarks/bench_pipeline.py --images 96 --storage-only --markdown bench-out/storage.md

@@ -10,17 +10,9 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, make_image_folder
+from tests.test_trainer_present import Fixed   # a model that returns given logits
 from trainer import EvalConfig, evaluate, loop
 from trainer.groups import GroupError, normalise, parse_group, read_classes_file, resolve
-
-
-class Fixed(torch.nn.Module):
-    def __init__(self, logits):
-        super().__init__()
-        self.logits = logits
-
-    def forward(self, x):
-        return self.logits[: x.shape[0]]
 
 
 def test_loop_scores_each_group_over_its_own_samples_and_classes():
