@@ -194,6 +194,8 @@ README_BLOCKS = {
     "imagenette": ["experiments/results/imagenette-h200-mixed.json"],
     "imagenette-order": ["--compare", "sorted (old)=experiments/results/imagenette-h200-3seeds.json",
                          "--compare", "mixed=experiments/results/imagenette-h200-mixed.json"],
+    "imagenette-order-cpu": ["--compare", "sorted=experiments/results/imagenette-cpu-order-sorted.json",
+                             "--compare", "mixed=experiments/results/imagenette-cpu-order-mixed.json"],
     "retention": ["experiments/results/retention-cpu.json"],
     "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
     "imagenette-h200": ["experiments/results/imagenette-h200-3seeds.json"],
