@@ -183,3 +183,19 @@ def test_cli_says_what_it_reused_and_force_recomputes(work, capsys, caplog):
         caplog.clear()
         assert teval.main(argv + ["--force"]) == 0
         assert "reused 0 of 2" in caplog.text and "evaluated 2 (--force)" in caplog.text
+
+
+def test_class_groups_are_part_of_the_key(work, monkeypatch):
+    from tests.test_trainer_common import CLASSES
+
+    a, b = {"A": [CLASSES[0]]}, {"B": [CLASSES[1]]}
+    rows1, s1 = run(config(work, groups=a))
+    assert names(s1.computed) == BOTH
+    group_rows = [r for r in rows1 if r["group"] is not None]
+    assert sorted({r["group"] for r in group_rows}) == ["A"] and len(group_rows) == 2
+    rows2, s2 = run(config(work, groups=a))                # same groups: reused, the same rows
+    assert names(s2.reused) == BOTH and s2.computed == []
+    assert rows2 == rows1
+    rows3, s3 = run(config(work, groups=b))                # other groups: evaluated again
+    assert names(s3.computed) == BOTH and s3.reused == []
+    assert sorted({r["group"] for r in rows3 if r["group"] is not None}) == ["B"]

@@ -868,6 +868,14 @@ def _acks(workers: int) -> torch.Tensor | None:
 PREFETCH = 2
 
 
+#: How loader workers start.  The pipeline's stages are closures over the epoch plan and the
+#: shared batch buffers, which only "fork" hands to a worker without pickling.  Python's default
+#: is not always fork: a process started by "spawn" (as parallel experiment seeds are), and
+#: Python >= 3.14 on Linux ("forkserver"), would otherwise fail at the first worker.  The
+#: workers never touch CUDA, so forking after CUDA is initialised is safe (torch's own default).
+_WORKER_START = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+
+
 def _loader(pipeline, workers: int, pin_memory: bool, acked: torch.Tensor | None = None):
     pin = pin_memory and torch.cuda.is_available()
     if workers <= 0:
@@ -876,14 +884,6 @@ def _loader(pipeline, workers: int, pin_memory: bool, acked: torch.Tensor | None
                            persistent_workers=False, prefetch_factor=PREFETCH,
                            multiprocessing_context=_WORKER_START)
     return _CopyOut(loader, acked, copy=not pin)
-
-
-#: How loader workers start.  The pipeline's stages are closures over the epoch plan and the
-#: shared batch buffers, which only "fork" hands to a worker without pickling.  Python's default
-#: is not always fork: a process started by "spawn" (as parallel experiment seeds are), and
-#: Python >= 3.14 on Linux ("forkserver"), would otherwise fail at the first worker.  The
-#: workers never touch CUDA, so forking after CUDA is initialised is safe (torch's own default).
-_WORKER_START = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 
 
 class _Pinned:
