@@ -43,7 +43,7 @@ WEIGHTS ?=
 ARCH    ?=
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
-# the trainer benchmarks: seconds of steady state timed per mode and column (issue 15: at least 20)
+# the trainer benchmarks: seconds of steady state timed per mode and column (at least 20)
 BENCH_SECONDS   ?= 20
 BENCH_GPU_MODES ?= finetune,expert-cached
 BENCH_GPU_ARGS  ?=

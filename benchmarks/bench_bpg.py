@@ -40,7 +40,7 @@ from pipeline.codecs import create  # noqa: E402
 from pipeline.markdown import cell, table  # noqa: E402
 
 GENUINE = ROOT.parent / "shared" / "bpg-genuine"
-GOAL = 0.85   # issue 12: the pipeline's encode path at <= 0.85 x the genuine bpgenc time
+GOAL = 0.85   # the pipeline's encode path at <= 0.85 x the genuine bpgenc time
 
 
 def load_images(folder: Path) -> tuple[list[np.ndarray], list[Path], str]:

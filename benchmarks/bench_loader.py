@@ -1,4 +1,4 @@
-"""One loader worker against the cost of reading the tar and decoding the bitstream (issue 15).
+"""One loader worker against the cost of reading the tar and decoding the bitstream.
 
     python benchmarks/bench_loader.py [--images 2000] [--seconds 20] [--markdown bench-out/loader.md]
 
@@ -15,7 +15,7 @@ other work on the machine does not decide the result; the worker's wall-time rat
 * ``loader, in process``: the same stage list without a worker process;
 * ``before``: the same plan through webdataset's stock per-sample stages (tar reader,
   shuffle, ``decode_any`` into a tensor per sample, ``torch.stack``): the loader as it was
-  before issue 15 (``tests/loader_reference.py``);
+  before the lean stages (``tests/loader_reference.py``);
 * the parts: reading only (``tarfile``; this loader's reader ``trainer.tarstream``) and
   decoding only (bitstreams already in memory), each timed for min(5 s, ``--seconds``).
 
@@ -258,7 +258,7 @@ def bench(a) -> str:
             table(header, rows, align=["l"] + ["r"] * (len(header) - 1)), "",
             "ratio = loader, 1 worker / tar + decode (goal <= 1.2), in CPU time (the worker process's); "
             "1 worker img/s = the samples the main process received per second of wall time; before = the same plan "
-            "through webdataset's stock per-sample stages (the loader before issue 15), in process."]
+            "through webdataset's stock per-sample stages (the earlier loader), in process."]
     text += [f"{n}." for n in notes]
     work.cleanup()
     return "\n".join(text)

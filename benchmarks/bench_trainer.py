@@ -1,4 +1,4 @@
-"""Trainer throughput at steady state: does the loader keep the model busy? (issue 15)
+"""Trainer throughput at steady state: does the loader keep the model busy?
 
     python benchmarks/bench_trainer.py [--arch mobilenet_v2] [--batch-size 16] [--markdown bench-out/trainer.md]
     python benchmarks/bench_trainer.py --device cuda --arch resnet50 --batch-size 64     # make bench-gpu

@@ -60,7 +60,7 @@ def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
     val_root = a.val_root = a.shards / val_name
     globs = ({s: common.shard_glob(train_root, "train", s) for s in names},
              {s: common.shard_glob(val_root, "val", s) for s in names})
-    if a.prebuilt:       # shards carried to a machine without the source images (a lent GPU)
+    if a.prebuilt:       # shards carried to a machine without the source images (a GPU machine, say)
         common.check_prebuilt({**globs[0], **{f"val {k}": v for k, v in globs[1].items()}})
         return globs
     if not (a.src / "train").is_dir() or not (a.src / "val").is_dir():

@@ -1,4 +1,4 @@
-"""What expert training buys a deployer (issue 13): train on the compressed images of a few
+"""What expert training buys a deployer: train on the compressed images of a few
 classes (A), and measure both the gain on A and what the model keeps of the classes it was
 not trained on (B), compressed and clean.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What expert training buys a deployer (issue 13): experiments/retention.py, which reads the
+# What expert training buys a deployer: experiments/retention.py, which reads the
 # environment variables named like its options (SRC, WEIGHTS, SETTINGS, METHODS, SEEDS, EPOCHS,
 # TRAIN_PER_CLASS, VAL_PER_CLASS, A_CLASSES, B_CLASSES, OUT, RESULTS, SHARDS, DEVICE, WORKERS ...);
 # `--help` lists them.

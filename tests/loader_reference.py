@@ -1,5 +1,5 @@
 """The trainer's train loader with webdataset's stock per-sample stages: how the loader read
-shards before issue 15 (``wds.tarfile_samples`` -> ``wds.shuffle`` -> decode each sample with
+shards before the lean stages (``wds.tarfile_samples`` -> ``wds.shuffle`` -> decode each sample with
 ``pipeline.codecs.decode_any`` into its own CHW tensor -> ``wds.batched`` with ``torch.stack``).
 
 tests/test_trainer_data.py checks that :func:`trainer.data.make_train_loader` yields exactly

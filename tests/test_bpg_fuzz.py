@@ -66,7 +66,7 @@ def test_degenerate_inputs(data):
         bpg.decode(data)
 
 
-# -- truncation is an error, not a picture (issue 11, item 7) ----------------------------
+# -- truncation is an error, not a picture ----------------------------
 
 def test_genuine_file_truncated_to_160_bytes_is_an_error():
     data = (shared_path("bpg-vectors") / "astronaut_q41_420_m9.bpg").read_bytes()

@@ -57,7 +57,7 @@ def test_cli_enc_dec_info(tmp_path):
     assert r.exit_code != 0 and "not a BPG file" in r.output
 
 
-# -- the command line on hostile or unusual input (issue 11, items 15 and 16) -------------
+# -- the command line on hostile or unusual input -------------
 
 def test_cli_enc_scales_16_bit_gray_as_the_crops_do(tmp_path):
     from pipeline.crops import to_rgb

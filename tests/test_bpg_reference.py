@@ -1,4 +1,4 @@
-"""``-o encoder=bpgenc``: the genuine reference encoder when the user has it (issue 12.4)."""
+"""``-o encoder=bpgenc``: the genuine reference encoder when the user has it."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""x265 encoder re-use: the same bytes as a fresh encoder, bounded, never poisoned (issue 12.1)."""
+"""x265 encoder re-use: the same bytes as a fresh encoder, bounded, never poisoned."""
 from __future__ import annotations
 
 import json

@@ -307,7 +307,7 @@ def test_decompression_bombs_fail_fast_with_little_memory(crop):
         assert r["rss_growth_kb"] < 20_000 and r["seconds"] < 1, (name, r)
 
 
-# -- third parties read the shards with plain webdataset (issue 14) ----------------------
+# -- third parties read the shards with plain webdataset ----------------------
 
 @pytest.mark.parametrize("codec,q,options", [("bpg", 41, {"effort": "2"}), ("j2k", 200, {}),
                                              ("j2k", 200, {"container": "j2k"}), ("jpeg", 10, {})])

@@ -91,7 +91,7 @@ def test_imagenette_files_match_torchvision():
             np.testing.assert_array_equal(load_crop(f), reference(img), err_msg=str(f))
 
 
-# -- odd aspect ratios, the pixel budget and the formats list (issue 11, items 6 and 17) -------------
+# -- odd aspect ratios, the pixel budget and the formats list -------------
 
 ODD = [(2000, 20), (20, 2000), (1000, 3), (3, 1000), (257, 3001), (4000, 223), (225, 224), (224, 225), (1, 1),
        (1, 300), (300, 1), (511, 255)]

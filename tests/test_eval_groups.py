@@ -1,4 +1,4 @@
-"""Class groups in trainer.eval (issue 13): one pass gives the scores of named class subsets,
+"""Class groups in trainer.eval: one pass gives the scores of named class subsets,
 equal to torchvision + Pillow run over the same samples and to evaluating shards built from
 those classes alone; bad groups are one-line user errors."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Cluster builds (issue 10): node ranks + the manifest step, a Dask cluster, killed workers.
+"""Cluster builds: node ranks + the manifest step, a Dask cluster, killed workers.
 
 Every way of building writes the same bytes as one local run.  Manifests are compared
 without ``created`` and ``timing_ms_mean`` (when and how fast it ran: the only keys that

@@ -1,4 +1,4 @@
-"""Failure behaviour of the shard pipeline (issue 11): hostile inputs and injected faults.
+"""Failure behaviour of the shard pipeline: hostile inputs and injected faults.
 
 Every test makes its hostile files itself.  Each one failed on the code before the fix."""
 import errno

@@ -1,4 +1,4 @@
-"""ImageNet-scale shards (issue 17): mixed order, the split layout, all settings in one pass,
+"""ImageNet-scale shards: mixed order, the split layout, all settings in one pass,
 and readers that stay plain WebDataset."""
 import json
 import re

@@ -1,4 +1,4 @@
-"""The retention view (issue 13): decisions.retention, trainer.report's retention.md, the
+"""The retention view: decisions.retention, trainer.report's retention.md, the
 summaries of experiments/summarize.py, the subsets and experiments/retention.py end to end."""
 from __future__ import annotations
 

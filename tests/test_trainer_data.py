@@ -125,7 +125,7 @@ def test_limit_caps_the_epoch(shards):
     assert len(keys(make_eval_loader(ss, 2, limit=3))) == 3
 
 
-# -- the lean per-sample stages (issue 15) ------------------------------------------------------
+# -- the lean per-sample stages ------------------------------------------------------
 def _same_batches(a, b):
     assert len(a) == len(b) and len(a) > 0
     for x, y in zip(a, b):
@@ -166,7 +166,7 @@ def test_batches_are_channels_last_views_and_the_step_makes_them_contiguous(shar
         memory_format=torch.channels_last)
 
 
-# -- the epoch plan (issue 10, trainer on many nodes) -------------------------------------------
+# -- the epoch plan (the trainer on many nodes) -------------------------------------------
 def test_epoch_plan_shares_batches_in_proportion_to_samples():
     from trainer.data import epoch_plan
 
@@ -196,7 +196,7 @@ def test_uneven_shards_leave_out_or_repeat_what_the_plan_says(shards, batch, wor
     assert len(set(got)) == seen and len(got) - len(set(got)) == repeated
 
 
-# -- GPU JPEG decoding (issue 15): the CPU side of the path, and the fallback without CUDA -------
+# -- GPU JPEG decoding: the CPU side of the path, and the fallback without CUDA -------
 def test_gpu_jpeg_batches_decode_on_a_device_to_the_loaders_pixels(shards):
     """A gpu_jpeg loader leaves the bitstreams (headers checked) for decode_on_device, which
     runs torchvision.io.decode_jpeg on the device: here the CPU stands in for CUDA."""

@@ -56,7 +56,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert rows[0]["train_images"] == 8 and rows[0]["val_count"] == 8
 
 
-# -- issue 10, item 5: the trainer on many nodes ---------------------------------------------------
+# -- the trainer on many nodes ---------------------------------------------------
 NODE_SCRIPT = textwrap.dedent("""
     import json, sys, torch, torch.distributed as dist
     torch.set_num_threads(1)

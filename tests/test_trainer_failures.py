@@ -1,4 +1,4 @@
-"""Failure behaviour of the trainer and the decisions (issue 11): hostile files made here,
+"""Failure behaviour of the trainer and the decisions: hostile files made here,
 one-line errors, nothing lost silently, nothing written outside the output folder, no hang."""
 from __future__ import annotations
 

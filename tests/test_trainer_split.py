@@ -1,4 +1,4 @@
-"""The trainer on split-layout shards (issue 17, trainer side): a setting paired with its
+"""The trainer on split-layout shards (trainer side): a setting paired with its
 reference by key gives what the same data in pair layout gives; the teacher cache is the
 reference's, built once for every setting of the split; a missing or mismatched reference is
 a one-line error naming both folders; images a setting's codec failed on are not data loss."""
