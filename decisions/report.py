@@ -35,6 +35,7 @@ from pathlib import Path
 import click
 
 from pipeline.atomic import atomic_output, atomic_write
+from pipeline.bounded import read_json
 from pipeline.markdown import cell as md_cell, table as md_table
 from pipeline.setting import Setting
 from trainer import methods
@@ -128,13 +129,12 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 def load_paper(path: str | Path, arch: str) -> dict:
     """paper_table1.json -> {(codec, q): {"psnr", "ssim", "bytes", <method>: top-1}}."""
-    import json
 
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path, "paper table")
         settings = data["settings"]
         archs = sorted({k for s in settings for k, v in s.items() if isinstance(v, dict)})
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ResultsError(f"{path}: not a paper table (a JSON object with a 'settings' list; {exc})") from None
     if arch not in archs:
         raise ResultsError(f"{path}: no architecture {arch!r} (the paper has {', '.join(archs)})")

@@ -20,12 +20,12 @@ retention view (``decisions.report``).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from pipeline.bounded import BoundedReadError, read_json
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.setting import Setting, SettingError
 from trainer import methods
@@ -175,11 +175,11 @@ def results_from_rows(rows: list[dict], source: str = "rows") -> list[Result]:
 
 def _results_file(path: Path) -> list[Result]:
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, "results file")
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such results file (write it with python -m trainer.eval)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"{path}: not a readable results file ({exc})") from exc
+    except (OSError, BoundedReadError) as exc:
+        raise ResultsError(f"{exc} (not a readable results file)") from None
     if isinstance(data, dict) and isinstance(data.get("results"), list):
         data = data["results"]  # tolerate a wrapped list
     if not isinstance(data, list):
@@ -254,8 +254,8 @@ def load_runs(runs: str | Path | None) -> list[Run]:
     out = []
     for args_path in sorted(Path(runs).glob("*/args.json")):
         try:
-            args = json.loads(args_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            args = read_json(args_path, "run description")
+        except (OSError, BoundedReadError):
             args = {}
         folder = args_path.parent
         out.append(Run(name=folder.name, path=folder, method=args.get("method"), arch=args.get("arch"),

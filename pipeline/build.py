@@ -19,7 +19,6 @@ second build of the same folder is refused with the holder's name.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Iterable
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from . import manifest as manifest_mod
 from .atomic import FolderLock, LockedError, atomic_write_json
+from .bounded import read_json
 from .backends import check_backend, run_jobs
 from .codecs import Codec, CodecError, create, get
 from .limits import max_pixels
@@ -106,7 +106,7 @@ def _split_users(ref_dir: Path) -> list[str]:
     users = []
     for p in sorted(ref_dir.parent.glob("*/manifest.json")):
         try:
-            if json.loads(p.read_text()).get("layout") == SPLIT:
+            if read_json(p, "manifest").get("layout") == SPLIT:
                 users.append(p.parent.name)
         except (OSError, ValueError, AttributeError):
             continue
@@ -180,7 +180,7 @@ def _plan_doc(target: Target, codec: Codec, plan: SplitPlan, source, shard_plans
 def read_plan(folder: str | Path) -> dict:
     p = Path(folder) / PLAN_FILE
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = read_json(p, "plan")
     except FileNotFoundError:
         raise BuildError(f"{folder}: no {PLAN_FILE}; not a shard folder of this pipeline (or one built by an older "
                          "version): rebuild it") from None

@@ -17,7 +17,6 @@ source digest: equal for every setting that can be paired).
 from __future__ import annotations
 
 import csv
-import json
 import platform
 import re
 import statistics
@@ -30,6 +29,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_output, atomic_write_json
+from .bounded import BoundedReadError, read_json
 from .codecs import Codec
 from .setting import Setting, SettingError
 
@@ -130,11 +130,11 @@ class Manifest(dict):
         if p.is_dir():
             p = p / "manifest.json"
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = read_json(p, "manifest")
         except FileNotFoundError:
             raise ManifestError(f"no manifest at {p}; build the shards with `make shards`") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"{p} is not a readable manifest ({exc})") from None
+        except BoundedReadError as exc:
+            raise ManifestError(f"{exc} (not a readable manifest)") from None
         return cls.from_dict(data, p.parent, source=str(p))
 
     @classmethod

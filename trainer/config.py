@@ -248,15 +248,15 @@ def _known(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping (safe loader: plain data only)."""
-    import yaml
+    from pipeline.bounded import BoundedReadError, read_yaml as bounded_yaml
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = bounded_yaml(p, "config file")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: not a readable YAML file ({str(exc).splitlines()[0]})") from None
+    except BoundedReadError as exc:
+        raise ConfigError(str(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 
 from pipeline.atomic import AtomicWriteError, atomic_write_json
+from pipeline.bounded import read_json
 from pipeline.manifest import VOLATILE
 from pipeline.shards import file_sha256
 
@@ -177,7 +178,7 @@ class EvalCache:
 
     def _read(self, path: Path, key: dict) -> list[dict] | None:
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = read_json(path, "evaluation cache entry")
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError, ValueError) as exc:

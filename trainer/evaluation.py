@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_output, atomic_write
+from pipeline.bounded import BoundedReadError, read_json
 
 from . import loop
 from .clitools import UserError
@@ -116,8 +117,8 @@ def write_results(path: str | os.PathLike, rows: list[dict], merge: bool = True)
     path = Path(path)
     if merge and path.exists():
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            old = read_json(path, "results file")
+        except (OSError, BoundedReadError) as exc:
             raise UserError(f"{path}: cannot merge into it, not a readable results file ({exc}); "
                             "fix it or give --overwrite") from None
         if not isinstance(old, list):

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_write, atomic_write_json
+from pipeline.bounded import BoundedReadError, loads_json
 
 from . import checkpoint, loop, methods
 from .clitools import UserError
@@ -102,8 +103,8 @@ def _read_metrics(out: Path) -> list[dict]:
     rows = []
     for line in p.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            rows.append(loads_json(line, str(p)))
+        except BoundedReadError:
             break  # a half-written last line of a killed run
     return rows
 
