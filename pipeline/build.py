@@ -28,6 +28,7 @@ from tqdm import tqdm
 from . import manifest as manifest_mod
 from .atomic import FolderLock, LockedError, atomic_write_json
 from .bounded import read_json
+from .classes import label_space_id
 from .backends import check_backend, run_jobs
 from .codecs import Codec, CodecError, create, get
 from .limits import max_pixels
@@ -170,7 +171,8 @@ def _plan_doc(target: Target, codec: Codec, plan: SplitPlan, source, shard_plans
         "plan_id": plan.plan_id,
         "source": {"root": display(source.root), "folders": source.folders,
                    "classes": [source.class_names[source.index[f]] for f in source.folders],
-                   "class_index": source.index, "num_classes": source.num_classes, "rejected": source.rejected},
+                   "class_index": source.index, "num_classes": source.num_classes,
+                   "label_space": label_space_id(source.class_names), "rejected": source.rejected},
         "num_nodes": num_nodes,
         "shards": [{"name": shard_name(i), "plan": p, "items": len(items)}
                    for i, (p, items) in enumerate(zip(shard_plans, plan.shards))],

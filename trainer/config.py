@@ -18,8 +18,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.limits import MAX_CLASSES
+
 from .clitools import UserError
 from .losses import REDUCTIONS
+from .optiontypes import check_types
 from .methods import LABEL_SOURCES, get as get_method, names as method_names
 
 
@@ -133,6 +136,7 @@ class TrainConfig:
         _choice(self, "labels", LABEL_SOURCES)
         _choice(self, "stability_input", ("clean", "comp"))
         _choice(self, "best_metric", ("top1", "loss"))
+        _device(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
@@ -188,6 +192,7 @@ class EvalConfig:
         _whole(c, "num_classes", 1, optional=True)
         _whole(c, "threads", 1, optional=True)
         _number(c, "max_skip", 0, 1)
+        _device(c)
         return c
 
     @classmethod
@@ -210,12 +215,21 @@ def _paths(value, name: str) -> list[str]:
     return [str(v) for v in value]
 
 
+#: upper bounds of whole-number options: each sizes an allocation, a loop or a seed
+HIGH = {"seed": 2**63 - 1, "batch_size": 1 << 16, "val_batch_size": 1 << 16, "workers": 256, "threads": 4096,
+        "shuffle_buffer": 10**7, "num_classes": MAX_CLASSES, "epochs": 10**6, "lr_patience": 10**6}
+#: the bound of the others (sample counts, steps)
+HIGH_DEFAULT = 10**12
+
+
 def _whole(c, name: str, low: int, optional: bool = False) -> None:
     v = getattr(c, name)
     if v is None and optional:
         return
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ConfigError(f"{_flag(name)} {v!r}: must be a whole number >= {low}")
+    high = HIGH.get(name, HIGH_DEFAULT)
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+        shown = repr(v) if len(repr(v)) <= 24 else repr(v)[:21] + "..."
+        raise ConfigError(f"{_flag(name)} {shown}: must be a whole number >= {low} and <= {high:,}")
 
 
 def _number(c, name: str, low: float | None, high: float | None, low_open: bool = False,
@@ -228,6 +242,14 @@ def _number(c, name: str, low: float | None, high: float | None, low_open: bool 
     if not ok:
         rng = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
         raise ConfigError(f"{_flag(name)} {v!r}: must be a finite number {rng}")
+
+
+def _device(c) -> None:
+    from .distributed import DeviceError, resolve_device
+    try:
+        resolve_device(c.device)
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _choice(c, name: str, choices) -> None:
@@ -243,6 +265,7 @@ def _known(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
+    check_types(cls, data, source, ConfigError)
     return data
 
 
@@ -252,7 +275,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
     p = Path(path)
     try:
-        data = bounded_yaml(p, "config file")
+        data = bounded_yaml(p, "YAML file")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file") from None
     except BoundedReadError as exc:

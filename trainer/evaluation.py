@@ -27,7 +27,7 @@ import torch
 from pipeline.atomic import atomic_output, atomic_write
 from pipeline.bounded import BoundedReadError, read_json
 
-from . import loop
+from . import labelspace, loop
 from .clitools import UserError
 from .config import EvalConfig
 from .data import DataLossError, ShardSet, check_classes, check_skips, group_shards, make_eval_loader
@@ -57,6 +57,8 @@ def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64
     if step.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_classes(sets, int(meta.get("num_classes") or 1000), f"{meta.get('checkpoint') or meta.get('weights')}")
+    for s in sets:
+        labelspace.check([s], labelspace.of_model(meta), meta.get("checkpoint") or meta.get("weights"))
     rows, failures = [], []
     for s in sets:
         loader = make_eval_loader([s], batch_size, workers=workers, rank=d.rank, world=d.world, limit=limit,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import Dist, all_reduce_sum
-from .losses import LabelError
+from .losses import check_labels
 from .methods import Method
 
 log = logging.getLogger(__name__)
@@ -245,13 +245,10 @@ def evaluate(model: nn.Module, loader, step: Step, d: Dist | None = None, progre
         with step.autocast():
             out = model(step.input(x)).float()
         y = batch["label"].to(step.device)
-        valid = y >= 0
+        valid = check_labels(y, out.shape[1], f"{desc}: label")
         count += int(y.numel())
         if valid.any():
             o, yv = out[valid], y[valid]
-            if int(yv.max()) >= o.shape[1]:
-                raise LabelError(f"{desc}: label {int(yv.max())} but the model has {o.shape[1]} outputs: the "
-                                 "shards and the model disagree on the classes")
             total.add(o, yv)
             for name, tally in tallies.items():
                 mine = torch.isin(yv, members[name])

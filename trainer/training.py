@@ -23,7 +23,7 @@ import torch
 from pipeline.atomic import atomic_write, atomic_write_json
 from pipeline.bounded import BoundedReadError, loads_json
 
-from . import checkpoint, loop, methods
+from . import checkpoint, labelspace, loop, methods
 from .clitools import UserError
 from .config import TrainConfig, yaml_text
 from .data import (LoaderSpec, ShardSet, check_classes, check_skips, default_workers, describe, group_shards,
@@ -146,6 +146,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     train_sets = group_shards(c.shards)
     val_sets = group_shards(c.val_shards) if c.val_shards else []
+    space = labelspace.check(train_sets + val_sets, labelspace.of_model(ckpt or {}), resume, same_count=train_sets)
     n_classes = c.num_classes or train_sets[0].num_classes
     check_classes(train_sets + val_sets, n_classes)
     classes = train_sets[0].manifest.get("classes")
@@ -157,7 +158,7 @@ def train(config: TrainConfig) -> TrainResult:
     c = dataclasses.replace(c, workers=workers)
     info = {"num_classes": n_classes, "trained_on": ",".join(sorted({s.name for s in train_sets})),
             "classes": classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes)
-            else None, "world_size": d.world}
+            else None, "world_size": d.world, "label_space": space}
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         log.info("train: %s; %d loader worker(s) per rank%s", describe(train_sets), workers,
