@@ -21,6 +21,7 @@ from .limits import DEFAULT_MAX_PIXELS, PixelBudgetError
 from .plan import DEFAULT_ORDER, DEFAULT_SEED, ORDERS
 from .setting import Setting, SettingError
 from .shards import LAYOUTS, PAIR
+from .signals import terminate_as_interrupt
 
 #: errors that are the user's input or environment, not a bug: one line, exit 1
 USER_ERRORS = (CodecError, SettingError, FileNotFoundError, NotADirectoryError, ValueError, LockedError,
@@ -201,6 +202,7 @@ def summary(folders):
 
 
 def main(argv=None):
+    terminate_as_interrupt()
     return cli.main(args=argv, prog_name="python -m pipeline", standalone_mode=True)
 
 

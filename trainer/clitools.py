@@ -16,6 +16,7 @@ from pipeline.layout import PairingError
 from pipeline.limits import PixelBudgetError
 from pipeline.manifest import ManifestError
 from pipeline.setting import SettingError
+from pipeline.signals import terminate_as_interrupt
 
 
 class UserError(Exception):
@@ -55,6 +56,7 @@ def spread_options(argv: list[str], names: Iterable[str]) -> list[str]:
 def run_click(cli: click.Command, argv: list[str] | None, prog_name: str, multi: Iterable[str] = ()) -> int:
     """Run a click command; return its exit status instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)
+    terminate_as_interrupt()
     if multi:
         args = spread_options(args, multi)
     try:

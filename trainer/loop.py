@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import Dist, all_reduce_sum
+from .clitools import UserError
 from .losses import check_labels
 from .methods import Method
 
@@ -120,6 +121,10 @@ def amp_context(device: torch.device, amp: bool):
     return nullcontext()
 
 
+class DivergedError(UserError, FloatingPointError):
+    """A non-finite loss or weight: the run stops before such a model can be saved."""
+
+
 class Skips:
     """Adds up the skip records that ride on the batches."""
 
@@ -164,6 +169,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
         optimizer.step()
         bs = int(batch["label"].shape[0])
         vals = torch.stack([terms["loss"].detach(), terms["ce"], terms["kl"]]).double().cpu()
+        if not bool(torch.isfinite(vals).all()):
+            raise DivergedError(f"epoch {epoch}, step {steps + 1}: the loss is {vals[0].item()} (ce {vals[1].item()}, "
+                                f"kl {vals[2].item()}): training diverged (a learning rate too high?); "
+                                "nothing of this epoch was saved")
         sums += vals * bs
         n_img += bs
         steps += 1

@@ -132,6 +132,14 @@ def _gpu_jpeg(sets: list[ShardSet], device: torch.device, comp: bool, what: str,
     return why is None
 
 
+def _check_finite(model, when: str) -> None:
+    """Refuse to go on (and to save) with a non-finite weight or buffer."""
+    for name, t in model.net.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise loop.DivergedError(f"{when}: {name} holds non-finite values: training diverged (a learning rate "
+                                     "too high?); the model was not saved")
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train one model on compressed shards (expert training, fine-tuning or stability)."""
     c = config.resolved()
@@ -256,6 +264,7 @@ def train(config: TrainConfig) -> TrainResult:
         if val_sets:
             check_skips(last_val["skipped"], last_val["count"], c.max_skip, f"epoch {epoch} validation",
                         last_val["skip_reasons"])
+        _check_finite(model, f"epoch {epoch}")
         if d.main:
             state = {"model": model.net.state_dict(), "arch": c.arch, "num_classes": n_classes, "epoch": epoch + 1,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
