@@ -34,7 +34,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_output, atomic_write
+from pipeline.atomic import atomic_output, atomic_write, make_folder
 from pipeline.bounded import read_json
 from pipeline.markdown import cell as md_cell, table as md_table
 from pipeline.setting import Setting
@@ -478,7 +478,7 @@ def make_report(results: list[Result], stats: dict[str, SettingStats], out: Path
                 runs: list | None = None, split: str = "val", caption: str | None = None,
                 group_results: list[Result] = ()) -> dict:
     """Write every artefact into ``out``; returns {name: path} of what was written."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "report folder")
     archs = sorted({r.arch for r in results}) or [None]
     written: dict[str, Path] = {}
     md = [f"# Report\n\nRates and quality: mean over the `{split}` split (manifests). Top-1 in %, "

@@ -25,7 +25,7 @@ from .signals import terminate_as_interrupt
 
 #: errors that are the user's input or environment, not a bug: one line, exit 1
 USER_ERRORS = (CodecError, SettingError, FileNotFoundError, NotADirectoryError, ValueError, LockedError,
-               AtomicWriteError, BackendError, PixelBudgetError, manifest_mod.ManifestError)
+               AtomicWriteError, BackendError, PixelBudgetError, manifest_mod.ManifestError, OSError)
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:

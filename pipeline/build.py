@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -42,6 +43,10 @@ from .sources import display, list_source
 log = logging.getLogger("pipeline")
 
 PLAN_FILE = "plan.json"
+
+
+#: a split is one plain folder name: it is joined to --src and to --out, and recorded
+SPLIT_NAME = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]{1,64}")
 
 
 class BuildError(ValueError):
@@ -255,6 +260,9 @@ def build(src, split: str | None, settings: Iterable, out="shards", *, shard_siz
           verify: bool = False) -> dict[str, Manifest | None]:
     """Build ``out/<split>/<setting>/`` for every setting in one pass; return the manifests
     by setting name (None for a setting whose other ranks have not finished yet)."""
+    if split is not None and not (isinstance(split, str) and SPLIT_NAME.fullmatch(split)):
+        raise BuildError(f"--split {str(split)[:40]!r}: a split is one folder name (letters, digits, '.', '_', '-'; "
+                         "not '.' or '..', no '/'): it names the output folder OUT/<split>")
     if layout not in LAYOUTS:
         raise BuildError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if order not in ORDERS:

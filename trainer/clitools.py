@@ -6,6 +6,7 @@ one line on stderr naming the input), 2 a usage error (click's), 130 interrupted
 """
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Iterable
 
@@ -27,6 +28,13 @@ class UserError(Exception):
 #: errors shown as one line: ours, and the pipeline's about files the user gave us
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, SettingError, ManifestError, AtomicWriteError,
                                                 LockedError, PixelBudgetError, PairingError)
+
+
+#: OSErrors that are the machine's state, not a bug: a full or read-only disk, permissions,
+#: a missing or misplaced path, a link where a file should be, too many open files
+ENVIRONMENT_ERRNOS = frozenset(getattr(errno, n) for n in (
+    "ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOENT", "ENOTDIR", "EISDIR", "ELOOP", "EFBIG", "EMFILE",
+    "ENFILE", "ENAMETOOLONG", "EEXIST", "EXDEV", "EIO") if hasattr(errno, n))
 
 
 def one_line(exc: BaseException) -> str:
@@ -71,6 +79,12 @@ def run_click(cli: click.Command, argv: list[str] | None, prog_name: str, multi:
         return 130
     except USER_ERRORS as exc:
         click.echo(f"error: {one_line(exc)}", err=True)
+        return 1
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or one_line(exc)}", err=True)
         return 1
 
 

@@ -15,12 +15,13 @@ import io
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from pipeline.atomic import atomic_write, atomic_write_json
+from pipeline.atomic import atomic_write, atomic_write_json, make_folder
 from pipeline.bounded import BoundedReadError, loads_json
 
 from . import checkpoint, labelspace, loop, methods
@@ -168,7 +169,7 @@ def train(config: TrainConfig) -> TrainResult:
             "classes": classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes)
             else None, "world_size": d.world, "label_space": space}
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out, "run folder")
         log.info("train: %s; %d loader worker(s) per rank%s", describe(train_sets), workers,
                  " (from the CPU count)" if auto_workers else "")
         if val_sets:
@@ -251,7 +252,8 @@ def train(config: TrainConfig) -> TrainResult:
             best = score
         if d.main:
             rows.append(row)
-            with open(out / "metrics.jsonl", "a") as f:
+            fd = os.open(out / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "a") as f:   # appended in place: never through a link planted since
                 f.write(json.dumps(row) + "\n")
             atomic_write(out / "summary.csv", _summary_csv(rows))
             if writer is not None:
