@@ -182,7 +182,7 @@ class Manifest(dict):
     def setting(self) -> Setting:
         name = self.get("setting")
         if name is None:  # manifests written before the name was stored
-            return Setting(self["codec"], self.get("q"))
+            return Setting(self.get("codec"), self.get("q"))
         return Setting.parse(name)
 
     @property

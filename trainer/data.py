@@ -45,6 +45,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -62,7 +63,7 @@ from pipeline.setting import Setting
 from . import tarstream
 from .clitools import UserError
 from .distributed import mix_seed
-from .losses import LabelError
+from .losses import UNLABELLED, LabelError
 
 log = logging.getLogger(__name__)
 
@@ -437,11 +438,19 @@ class SampleError(ValueError):
     """A sample that cannot be used (no label, undecodable bitstream ...)."""
 
 
+_LABEL = re.compile(rb"\s*-?[0-9]{1,9}\s*")
+
+
 def _label(value) -> int:
-    try:
-        return int(value.decode() if isinstance(value, (bytes, bytearray)) else value)
-    except (ValueError, UnicodeDecodeError):
-        raise SampleError(f"label {value!r} is not a class index") from None
+    """A ``.cls`` member: ASCII digits of a class index, or -1 (unlabelled); anything else
+    (-7, 10^5000 digits, Unicode digits) is the sample's counted skip."""
+    raw = value if isinstance(value, (bytes, bytearray)) else str(value).encode("utf-8", "replace")
+    if not _LABEL.fullmatch(raw):
+        raise SampleError(f"label {bytes(raw[:24])!r} is not a class index")
+    label = int(raw)
+    if label < UNLABELLED:
+        raise SampleError(f"label {label} is not a class index (nor {UNLABELLED}, unlabelled)")
+    return label
 
 
 def _decode(data: bytes, what: str) -> np.ndarray:
