@@ -9,10 +9,12 @@ import io
 import json
 import tarfile
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+import torch
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from trainer.clitools import USER_ERRORS, UserError
 
@@ -138,23 +140,31 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
 @given(members=st.lists(st.tuples(st.from_regex(r"[a-z]{1,3}(/[a-z]{1,3})?\.(cls|comp\.jpg|x)", fullmatch=True),
                                   st.binary(max_size=40)), max_size=5),
        flips=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=6),
-       cut=st.integers(0, 4096) | st.none())
-def test_the_tar_reader(members, flips, cut, tmp_path):
+       cut=st.integers(0, 4096) | st.none(), claim=st.integers(0, 8 << 30) | st.none())
+@example(members=[("a.cls", b"1")], flips=[], cut=None, claim=5 << 30)   # a 5 GB member in a 10 KB tar
+def test_the_tar_reader(members, flips, cut, claim, tmp_path):
     from trainer.tarstream import TarError, tar_samples
     data = bytearray(_tar(members))
     for pos, value in flips:
         if pos < len(data):
             data[pos] = value
-    # a header may also claim a size of petabytes: the reader must not allocate it
-    if members and len(data) > 136:
-        data[124:136] = b"77777777777\0" if flips and flips[0][1] % 2 else data[124:136]
+    if claim is not None and len(data) >= 512:
+        # the first header claims another size (up to 8 GB), with a valid checksum
+        data[124:136] = b"%011o\0" % claim
+        data[148:156] = b" " * 8
+        data[148:156] = b"%06o\0 " % sum(data[:512])
     p = tmp_path / "shard.tar"
     p.write_bytes(bytes(data[:cut] if cut is not None else data))
+    tracemalloc.start()
     try:
         for sample in tar_samples(str(p)):
             assert isinstance(sample["__key__"], str)
     except TarError as exc:
         _one_line(exc)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < (8 << 20), f"reading a {len(data)}-byte tar allocated {peak:,} bytes"
 
 
 @FUZZ
@@ -173,16 +183,20 @@ def test_the_label_parser(value):
 
 OPTIONS = ["--batch-size", "--epochs", "--seed", "--lr", "--betas", "--workers", "--num-classes", "--device",
            "--max-skip", "--shuffle-buffer", "--alpha", "--method", "--train-limit", "--threads", "--weight-decay"]
-option_values = st.one_of(st.integers(-2**80, 2**80).map(str), st.floats().map(str), st.text(max_size=12),
+option_values = st.one_of(st.integers(-2**80, 2**80).map(str), st.integers(2**62, 2**80).map(str), st.floats().map(str), st.text(max_size=12),
                           st.sampled_from(["nan", "inf", "-1", "0", "1e308", "cuda", "cpu", "auto", "expert"]))
 
 
 @FUZZ
 @given(argv=st.lists(st.tuples(st.sampled_from(OPTIONS), option_values), max_size=4))
+@example(argv=[("--seed", "99999999999999999999999")])
+@example(argv=[("--device", "bogus")])
+@example(argv=[("--num-classes", "1000000000")])
 def test_the_option_parser(argv, monkeypatch, tmp_path):
     import trainer.training
     from trainer import run
-    monkeypatch.setattr(trainer.training, "train", lambda c: c.resolved())   # parse and check, never train
+    accepted = []
+    monkeypatch.setattr(trainer.training, "train", lambda c: accepted.append(c.resolved()))   # never train
     args = ["--shards", "x.tar", "--out", str(tmp_path / "r")]
     for name, value in argv:
         args += [name, value] + (["0.9"] if name == "--betas" else [])
@@ -193,3 +207,7 @@ def test_the_option_parser(argv, monkeypatch, tmp_path):
     assert "Traceback" not in err.getvalue()
     if status == 1:
         assert len([l for l in err.getvalue().splitlines() if l.startswith("error:")]) == 1, err.getvalue()
+    for c in accepted:   # what the checks accept, the run can use: its seed and its device
+        from trainer.distributed import resolve_device, seed_everything
+        seed_everything(c.seed)
+        torch.device(resolve_device(c.device))
