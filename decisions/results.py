@@ -63,6 +63,13 @@ def selected_on_scored(row) -> bool:
     return flag is True
 
 
+def selection_unknown(row: dict) -> bool:
+    """A results row of a checkpoint that does not record what chose it (an older checkpoint):
+    the column is there and null.  A row without the column (an older results file) is not
+    counted: nothing was asked."""
+    return SELECTED in row and row[SELECTED] is None and row.get("checkpoint") is not None
+
+
 def check_selection(rows: list, allow: bool = False, source: str = "") -> list:
     """The rule every summary and report applies: rows scored on the images their checkpoint
     was chosen on are refused (a one-line error naming the first of them) unless ``allow``;

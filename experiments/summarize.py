@@ -39,7 +39,7 @@ from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
 from decisions.results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, check_selection,  # noqa: E402
-                               selected_on_scored)
+                               selected_on_scored, selection_unknown)
 
 METRIC_NOTES = {"top1": "top1: arg-max over all 1000 ImageNet classes",
                 "top1_present": "top1_present: arg-max over the classes present in the data only, e.g. Imagenette's 10"}
@@ -58,7 +58,12 @@ def _cell(v: list[float]) -> str:
 
 
 def _selected_note(rows: list[dict]) -> str:
-    return f"\n\n{SELECTED_NOTE}" if any(selected_on_scored(r) for r in rows) else ""
+    text = f"\n\n{SELECTED_NOTE}" if any(selected_on_scored(r) for r in rows) else ""
+    unknown = sum(selection_unknown(r) for r in rows if r.get("group") is None)
+    if unknown:
+        text += (f"\n\n{unknown} row(s) of checkpoints that do not record what chose them (written before "
+                 f"they did): whether they were chosen on the scored images is unknown.")
+    return text
 
 
 def _gain(e: list[float], f: list[float]) -> str | None:
@@ -202,8 +207,19 @@ def budget_line(paths: list[Path]) -> str:
             f"val subset {m.get('val_per_class')} per class; {m.get('epochs')} epoch(s)"
             + (f" of {m['train_limit']} samples" if m.get("train_limit") else "")
             + f", batch {m.get('batch')}, {'/'.join(map(str, steps)) or '?'} steps per run, lr {m.get('lr')}, "
-            f"α {m.get('alpha')}; {m.get('device')} on {m.get('machine')}, loader workers {m.get('workers')}." + feed)
+            f"α {m.get('alpha')}; {m.get('device')} on {m.get('machine')}, loader workers {m.get('workers')}." + feed
+            + _selection_text(m.get("selection")))
     return "\n".join(lines)
+
+
+def _selection_text(selection) -> str:
+    """How the scored checkpoints were chosen (meta files written before this was recorded: nothing)."""
+    if isinstance(selection, dict):
+        return (f" Checkpoints chosen (best epoch) on {selection.get('per_class')} train images per class outside "
+                f"the train subset ({selection.get('split')}), never on the scored images.")
+    if selection:
+        return f" Checkpoints scored: the {selection} (no validation)."
+    return ""
 
 
 #: the README's generated blocks: block name -> the arguments that make it (paths from the repository root)
