@@ -220,3 +220,19 @@ def test_check_disjoint_names_a_shared_image(tmp_path):
     with pytest.raises(SubsetError, match="share .*train/.*: the subsets must be disjoint"):
         check_disjoint(a, b)
     check_disjoint(a, make_subset(src, tmp_path / "c", {"val": 3}, seed=0))
+
+
+def test_a_run_chosen_on_other_shards_is_not_reused(tmp_path):
+    """A run folder left by another protocol (validated elsewhere, or not at all) is refused:
+    its best.pth was chosen on other data."""
+    run = tmp_path / "run"
+    run.mkdir()
+    common.check_validation(run, "sel/*.tar")                      # nothing trained yet
+    (run / "args.json").write_text(json.dumps({"val_shards": None}))
+    common.check_validation(run, None)
+    with pytest.raises(common.UserError, match="trained with validation shards none, this experiment chooses on"):
+        common.check_validation(run, "sel/*.tar")
+    (run / "args.json").write_text(json.dumps({"val_shards": ["val/*.tar"]}))
+    with pytest.raises(common.UserError, match=r"\['val/\*.tar'\]"):
+        common.check_validation(run, "sel/*.tar")
+    common.check_validation(run, "val/*.tar")
