@@ -181,13 +181,15 @@ def test_retention_script_end_to_end(tmp_path, capsys):
     assert sorted(manifest["class_index"].values()) == [0, 217]           # A only, ImageNet indices
     meta = json.loads((results.parent / "ret.meta.json").read_text())
     assert meta["groups"]["B"] == ["n02979186", "n03000684"] and meta["steps_per_run"] == [2]
+    assert meta["selection"] == "last epoch"
+    assert all(r["selected_on_scored_data"] is False for r in rows)
     out = capsys.readouterr().out
     assert "A (own setting)" in out and "B (lossless)" in out
     # the batch-norm check: the trained weights with the pretrained statistics, on clean images only
     bn = json.loads((results.parent / "bn.json").read_text())
     assert {r["setting"] for r in bn} == {"lossless"}
     assert sorted({r["checkpoint"] for r in bn if r["checkpoint"]}) == sorted(
-        str(tmp_path / "out" / "runs" / run / "best-pretrained-bn.pth")
+        str(tmp_path / "out" / "runs" / run / "last-pretrained-bn.pth")
         for run in ("finetune-jpeg-10-s0", "expert-jpeg-10-s0", "expert-teacher-jpeg-10-s0"))
     before = (results.read_text(), (tmp_path / "out" / "runs" / "finetune-jpeg-10-s0" / "metrics.jsonl").read_text())
     assert retention.main(argv) == 0
