@@ -186,8 +186,8 @@ def test_retention_script_end_to_end(tmp_path, capsys):
     # the batch-norm check: the trained weights with the pretrained statistics, on clean images only
     bn = json.loads((results.parent / "bn.json").read_text())
     assert {r["setting"] for r in bn} == {"lossless"}
-    assert sorted({r["checkpoint"] for r in bn if r["checkpoint"]}) == sorted(
-        str(tmp_path / "out" / "runs" / run / "best-pretrained-bn.pth")
+    assert sorted({r["checkpoint"] for r in bn if r["checkpoint"]}) == sorted(   # relative to the results file
+        f"../out/runs/{run}/best-pretrained-bn.pth"
         for run in ("finetune-jpeg-10-s0", "expert-jpeg-10-s0", "expert-teacher-jpeg-10-s0"))
     before = (results.read_text(), (tmp_path / "out" / "runs" / "finetune-jpeg-10-s0" / "metrics.jsonl").read_text())
     assert retention.main(argv) == 0
