@@ -230,7 +230,7 @@ def test_readme_blocks_are_generated_from_the_results_files():
     import re
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    for name, argv in summarize.README_BLOCKS.items():
+    for name, argv in summarize.readme_blocks().items():
         m = re.search(rf"<!-- {re.escape(name)}:start -->\n(.*?)\n<!-- {re.escape(name)}:end -->", text, re.S)
         assert m, f"README.md has no {name} block"
         assert m.group(1).strip() == summarize.block(argv).strip(), f"README block {name} is out of date"
