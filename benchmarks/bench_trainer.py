@@ -165,7 +165,9 @@ class Mode:
         return (self.images[what] - before[0][what]) / (self.seconds[what] - before[1][what])
 
 
-def bench(a) -> str:
+def bench(a) -> tuple[str, list[dict]]:
+    """(the Markdown table and notes, each round's rates per mode: that round's own and the
+    running totals over the rounds so far, img/s)."""
     device = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -198,6 +200,7 @@ def bench(a) -> str:
         m.warm(model, opt, a.warmup)
     print(f"warmed up ({len(runs)} mode(s), {workers} loader worker(s) each)", flush=True)
     per = a.seconds / a.rounds
+    rounds = []
     for r in range(a.rounds):
         for m in runs:
             before = m.snapshot()
@@ -205,6 +208,8 @@ def bench(a) -> str:
             m.time_step(model, opt, per)
             m.time_e2e(model, opt, per)
             alone = {w: m.round_rate(w, before) for w in ("loader", "step", "e2e")}
+            rounds.append({"round": r, "mode": m.name, "this_round": alone,
+                           "running": {w: m.rate(w) for w in ("loader", "step", "e2e")}})
             print(f"round {r} {m.name}: this round loader {alone['loader']:.1f} step {alone['step']:.1f} "
                   f"end to end {alone['e2e']:.1f} img/s (end to end / step {alone['e2e'] / alone['step']:.2f}); "
                   f"rounds 0-{r} together: loader {m.rate('loader'):.1f} step {m.rate('step'):.1f} "
@@ -242,7 +247,7 @@ def bench(a) -> str:
     for m in runs:
         m.it = None
     tmp.cleanup()
-    return text
+    return text, rounds
 
 
 def device_name(device: torch.device, threads: int) -> str:
@@ -270,14 +275,14 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="the results file the README block is rendered from "
                    "(benchmarks/readme_block.py)")
     a = p.parse_args(argv)
-    text = bench(a)
+    text, rounds = bench(a)
     print(text)
     if a.markdown:
         atomic_write(a.markdown, text + "\n")
     if a.json:
         from benchmarks.readme_block import save
         save(a.json, text, "benchmarks/bench_trainer.py", sys.argv[1:] if argv is None else argv,
-             gpu=a.device.startswith("cuda"))
+             gpu=a.device.startswith("cuda"), rounds=rounds)
     return 0
 
 
