@@ -232,7 +232,7 @@ def write_meta(results: Path, info: dict, budget: Budget, runs: list[Path]) -> P
         meta[key] = list(dict.fromkeys(list(old.get(key) or []) + list(info.get(key) or [])))
     meta["steps_per_run"] = sorted(steps)
     meta["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
-    meta["environment"] = environment(gpu=budget.device.startswith("cuda"))
+    meta["environment"] = environment(gpu=budget.device != "cpu")     # "auto" may be a GPU
     from pipeline.atomic import atomic_write_json
     atomic_write_json(path, meta)
     return path
