@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.manifest import Manifest, ManifestError
+from pipeline.provenance import resolve_path
 from pipeline.setting import Setting, SettingError
 from trainer import methods
 from trainer.clitools import UserError
@@ -263,7 +264,7 @@ def _result_row(path: Path, index: int, row: dict) -> Result | None:
         top1=float(row["top1"]), top5=finite(row.get("top5")), count=row.get("count"),
         bytes=finite(row.get("mean_bytes")), bpp=finite(row.get("mean_bpp")),
         psnr=finite(row.get("mean_psnr")), ssim=finite(row.get("mean_ssim")), split=row.get("split"),
-        checkpoint=row.get("checkpoint"), weights=row.get("weights"),
+        checkpoint=resolve_path(row.get("checkpoint"), path.parent), weights=row.get("weights"),
         top1_present=finite(row.get("top1_present")), group=group or None,
         selected_on_scored=row.get(SELECTED) if isinstance(row.get(SELECTED), bool) else None,
         extra={k: v for k, v in row.items() if k not in known})

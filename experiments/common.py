@@ -14,6 +14,7 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.provenance import environment, portable_path
 from pipeline.setting import Setting, SettingError
 from trainer import methods
 from trainer.clitools import UserError
@@ -201,8 +202,9 @@ def evaluated(results: Path, checkpoint: str, settings: list[str], groups: list[
     if os.path.getmtime(results) < os.path.getmtime(checkpoint):
         return False
     want = {(s, g) for s in settings for g in (groups or [None])}
+    stored = portable_path(checkpoint, results.parent)     # as trainer.evaluate writes it
     have = {(r.get("setting"), r.get("group")) for r in _rows(results)
-            if isinstance(r, dict) and r.get("checkpoint") == checkpoint}
+            if isinstance(r, dict) and r.get("checkpoint") == stored}
     return want <= have
 
 
@@ -281,6 +283,7 @@ def write_meta(results: Path, info: dict, budget: Budget, runs: list[Path]) -> P
         meta[key] = list(dict.fromkeys(list(old.get(key) or []) + list(info.get(key) or [])))
     meta["steps_per_run"] = sorted(steps)
     meta["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+    meta["environment"] = environment(gpu=budget.device != "cpu")     # "auto" may be a GPU
     from pipeline.atomic import atomic_write_json
     atomic_write_json(path, meta)
     return path

@@ -222,20 +222,6 @@ def _selection_text(selection) -> str:
     return ""
 
 
-#: the README's generated blocks: block name -> the arguments that make it (paths from the repository root)
-README_BLOCKS = {
-    "imagenette": ["experiments/results/imagenette-h200-mixed.json"],
-    "imagenette-order": ["--compare", "sorted (old)=experiments/results/imagenette-h200-3seeds.json",
-                         "--compare", "mixed=experiments/results/imagenette-h200-mixed.json"],
-    "imagenette-order-cpu": ["--compare", "sorted=experiments/results/imagenette-cpu-order-sorted.json",
-                             "--compare", "mixed=experiments/results/imagenette-cpu-order-mixed.json"],
-    "retention": ["experiments/results/retention-cpu.json"],
-    "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
-    "imagenette-h200": ["experiments/results/imagenette-h200-3seeds.json"],
-    "imagenette-h200-labelfree": ["experiments/results/imagenette-h200-labelfree-j2k200.json"],
-}
-
-
 def generate(results: list[Path], compared: list[str] = (), setting: str | None = None, view: str = "auto",
              root: Path | None = None, allow_selected: bool = False) -> str:
     """The text of one summary (what the command prints and writes into a README block);
@@ -271,7 +257,7 @@ def generate(results: list[Path], compared: list[str] = (), setting: str | None 
 
 
 def block(argv: list[str], root: Path = ROOT) -> str:
-    """A README block's content from its arguments (``README_BLOCKS``)."""
+    """A README block's content from its arguments (``benchmarks/readme_block.py``)."""
     results, compared, setting, it = [], [], None, iter(argv)
     for arg in it:
         if arg == "--compare":
@@ -285,12 +271,17 @@ def block(argv: list[str], root: Path = ROOT) -> str:
 
 
 def write_block(readme: Path, name: str, content: str) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from readme_block import BlockError, replace_block
+    from benchmarks.readme_block import BlockError, replace_block
     try:
         atomic_write(readme, replace_block(readme.read_text(), name, content))
     except (BlockError, OSError) as exc:
         raise UserError(f"{readme}: {exc}") from None
+
+
+def readme_blocks() -> dict:
+    """The experiment blocks of the registry (benchmarks/readme_block.py): name -> arguments."""
+    from benchmarks.readme_block import BLOCKS
+    return {b.name: list(b.args) for b in BLOCKS if b.renderer == "summary"}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -305,8 +296,9 @@ def write_block(readme: Path, name: str, content: str) -> None:
 @click.option("--block", "block_name", default="imagenette", show_default=True,
               help="Block name: <!-- NAME:start --> ... <!-- NAME:end -->.")
 @click.option("--all-blocks", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Regenerate every experiment block of this README (README_BLOCKS) from the results files.")
-@click.option("--only", multiple=True, type=click.Choice(list(README_BLOCKS)),
+              help="Regenerate every experiment block of this README (benchmarks/readme_block.py) "
+                   "from the results files.")
+@click.option("--only", multiple=True, metavar="NAME",
               help="With --all-blocks: only these blocks (repeatable).")
 @click.option(ALLOW_SELECTED, "allow_selected", is_flag=True,
               help=f"Show rows whose checkpoint was chosen on the images it is scored on, marked {SELECTED_MARK} "
@@ -314,7 +306,11 @@ def write_block(readme: Path, name: str, content: str) -> None:
 def cli(results, compared, setting, view, readme, block_name, all_blocks, only, allow_selected):
     """Mean ± spread over seeds of trainer.eval results."""
     if all_blocks:
-        for name, argv in README_BLOCKS.items():
+        blocks = readme_blocks()
+        unknown = sorted(set(only) - set(blocks))
+        if unknown:
+            raise UserError(f"--only {', '.join(unknown)}: not an experiment block ({', '.join(blocks)})")
+        for name, argv in blocks.items():
             if only and name not in only:
                 continue
             write_block(all_blocks, name, block(argv))

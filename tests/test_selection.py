@@ -170,7 +170,7 @@ def test_report_and_recommender_refuse_flagged_rows_unless_allowed(tmp_path, cap
     table = (out / "table1.md").read_text()
     line = next(ln for ln in table.splitlines() if ln.startswith("| jpeg-10"))
     assert "60.00 †" in line and "50.00 †" not in line and "† the checkpoint was chosen" in table
-    assert "`runs/expert-jpeg-10-s0/best.pth` on jpeg-10" in (out / "report.md").read_text()
+    assert "runs/expert-jpeg-10-s0/best.pth` on jpeg-10" in (out / "report.md").read_text()
     assert recommend.main(["--results", str(res)]) == 1
     assert "expert-jpeg-10-s0" in capsys.readouterr().err
     assert recommend.main(["--results", str(res), "--allow-selected-on-scored"]) == 0

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_output, atomic_write
+from pipeline.provenance import portable_path
 
 from . import loop
 from .clitools import UserError
@@ -40,6 +41,9 @@ from .eval_cache import EvalCache, Summary, ordered, selected_on_scored
 from .groups import resolve as resolve_groups
 
 log = logging.getLogger("trainer.eval")
+
+#: the columns that hold local paths: stored relative to the results file (``portable_rows``)
+PATH_COLUMNS = ("checkpoint", "weights", "shards_dir")
 
 #: the columns of results.json / results.csv, in order (more may follow)
 COLUMNS = ["checkpoint", "weights", "arch", "method", "trained_on", "labels", "setting", "codec", "q", "split",
@@ -118,10 +122,19 @@ def _row_id(r: dict) -> tuple:
             r.get("setting"), r.get("shards_dir"), r.get("group"))
 
 
+def portable_rows(rows: list[dict], results: str | os.PathLike) -> list[dict]:
+    """The rows as the results file ``results`` stores them: paths relative to its folder, so
+    that the file names no folder of the machine it was written on."""
+    base = Path(results).parent
+    return [{**r, **{k: portable_path(r[k], base) for k in PATH_COLUMNS if r.get(k) is not None}} for r in rows]
+
+
 def write_results(path: str | os.PathLike, rows: list[dict], merge: bool = True) -> tuple[Path, Path]:
     """JSON list at ``path`` and the same rows as CSV next to it (same stem, .csv), each
-    written atomically.  ``merge``: keep the rows already there for other (model, setting) pairs."""
+    written atomically, paths relative to ``path``'s folder.  ``merge``: keep the rows already
+    there for other (model, setting) pairs."""
     path = Path(path)
+    rows = portable_rows(rows, path)
     if merge and path.exists():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
