@@ -1,6 +1,7 @@
 """One Markdown table writer for every report, benchmark and summary."""
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable, Sequence
 
 BLANK = "—"
@@ -33,3 +34,33 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | Non
             raise ValueError(f"a row has {len(row)} cells for {n} columns: {row!r}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+# A *document* is what a benchmark writes into its results file and a README block shows:
+# paragraphs and tables, kept apart so that the table cells stay machine-readable.
+
+def _cells(line: str) -> list[str]:
+    inner = line.strip()[1:-1]
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
+
+
+def parse_document(text: str) -> list[dict]:
+    """Markdown -> parts: ``{"text": paragraph}`` or ``{"table": {"header", "align", "rows"}}``
+    (blank-line separated; ``render_document`` gives the text back)."""
+    parts = []
+    for chunk in text.strip().split("\n\n"):
+        lines = chunk.split("\n")
+        if len(lines) >= 2 and all(x.startswith("|") and x.endswith("|") for x in lines) \
+                and re.fullmatch(r"\|(-{3,}:?\|)+", lines[1]):
+            align = "".join("r" if c.endswith(":") else "l" for c in lines[1].strip("|").split("|"))
+            parts.append({"table": {"header": _cells(lines[0]), "align": align,
+                                    "rows": [_cells(x) for x in lines[2:]]}})
+        else:
+            parts.append({"text": chunk})
+    return parts
+
+
+def render_document(parts: Sequence[dict]) -> str:
+    """Parts -> Markdown (``parse_document``'s inverse)."""
+    return "\n\n".join(p["text"] if "text" in p else table(p["table"]["header"], p["table"]["rows"],
+                                                             p["table"]["align"]) for p in parts)
