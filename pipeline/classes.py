@@ -12,10 +12,26 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from .limits import MAX_CLASSES
 
 TABLE = Path(__file__).with_name("imagenet_classes.tsv")
 WNID = re.compile(r"^n\d{8}$")
+
+
+
+#: The most classes a label space may have: a classifier head is allocated from this number
+#: before anything else is read (ImageNet-21k has 21,841; 10^9 would be a 5 TB linear layer).
+MAX_CLASSES = 100_000
+
+
+class ClassCountError(ValueError):
+    """A class count (from a manifest, a checkpoint, a class table or an option) out of range."""
+
+
+def check_num_classes(n, what: str = "num_classes") -> int:
+    """``n`` when it is a whole number in 1..MAX_CLASSES, else :class:`ClassCountError`."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES:
+        raise ClassCountError(f"{what} {n!r}: must be a whole number from 1 to {MAX_CLASSES:,}")
+    return n
 
 
 class ImageNetClass(NamedTuple):

@@ -53,19 +53,3 @@ def check_pixels(width: int, height: int, what: str = "picture") -> None:
     if width * height > budget:
         raise PixelBudgetError(f"{what}: {width}x{height} = {width * height:,} pixels is over the pixel budget "
                                f"of {budget:,} (raise it with --max-pixels or {ENV})")
-
-
-#: The most classes a label space may have: a classifier head is allocated from this number
-#: before anything else is read (ImageNet-21k has 21,841; 10^9 would be a 5 TB linear layer).
-MAX_CLASSES = 100_000
-
-
-class ClassCountError(ValueError):
-    """A class count (from a manifest, a checkpoint, a class table or an option) out of range."""
-
-
-def check_num_classes(n, what: str = "num_classes") -> int:
-    """``n`` when it is a whole number in 1..MAX_CLASSES, else :class:`ClassCountError`."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES:
-        raise ClassCountError(f"{what} {n!r}: must be a whole number from 1 to {MAX_CLASSES:,}")
-    return n

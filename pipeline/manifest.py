@@ -32,7 +32,7 @@ from . import __version__
 from .atomic import atomic_output, atomic_write_json
 from .bounded import BoundedReadError, read_json
 from .codecs import Codec
-from .limits import MAX_CLASSES
+from .classes import MAX_CLASSES
 from .setting import Setting, SettingError
 
 METRICS = ("bytes", "bpp", "psnr", "ssim")

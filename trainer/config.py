@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.limits import MAX_CLASSES
+from pipeline.classes import MAX_CLASSES
 
 from .clitools import UserError
 from .losses import REDUCTIONS

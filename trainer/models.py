@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.limits import ClassCountError, check_num_classes
+from pipeline.classes import ClassCountError, check_num_classes
 
 from .clitools import UserError
 
