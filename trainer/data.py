@@ -46,7 +46,7 @@ import multiprocessing
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from pipeline.setting import Setting
 from . import tarstream
 from .clitools import UserError
 from .distributed import mix_seed
+from .completeness import check_counts, decode_sized, missing_listed, picture_size
 from .losses import UNLABELLED, LabelError
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class ShardSet:
     manifest: Manifest
     count: int
     reference: "ShardSet | None" = None
+    missing: list[str] = field(default_factory=list)   # listed and selected, not on disk (read as lost)
 
     @property
     def setting(self) -> Setting:
@@ -133,7 +135,7 @@ class ShardSet:
     def expected(self) -> dict[str, int]:
         """Shard path -> sample count, for the selected shards the manifest lists."""
         counts = self.manifest.shard_counts
-        return {s: counts[os.path.basename(s)] for s in self.shards if os.path.basename(s) in counts}
+        return {s: counts[os.path.basename(s)] for s in self.shards + self.missing if os.path.basename(s) in counts}
 
 
 def expand_shards(patterns: str | list[str]) -> list[str]:
@@ -171,6 +173,7 @@ def group_shards(patterns: str | list[str]) -> list[ShardSet]:
     a one-line :class:`pipeline.layout.PairingError` naming both folders)."""
     from pipeline.layout import check_reference
 
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     by_dir: dict[str, list[str]] = {}
     for s in expand_shards(patterns):
         by_dir.setdefault(os.path.dirname(s), []).append(s)
@@ -184,7 +187,9 @@ def group_shards(patterns: str | list[str]) -> list[ShardSet]:
             ref_shards = [os.path.join(ref_dir, os.path.basename(s)) for s in shards]
             ref_m = Manifest.load(ref_dir)
             reference = ShardSet(ref_dir, ref_shards, ref_m, _count(ref_m, ref_shards))
-        out.append(ShardSet(d, shards, m, _count(m, shards), reference))
+        check_counts(d, m.shard_counts, shards)
+        missing = missing_listed(patterns, d, list(m.shard_counts), shards)
+        out.append(ShardSet(d, shards, m, _count(m, shards + missing), reference, missing))
     return out
 
 
@@ -405,6 +410,8 @@ def tar_samples(expected: dict[str, int], skips: "SkipLog"):
                     samples = _joined(samples, shard["ref"], skips)
                 for sample in samples:
                     empty_in_a_row = 0
+                    if want is not None and read[0] > want:
+                        continue      # beyond the manifest's count: counted below, never used
                     yield sample
             except Exception as exc:  # truncated / corrupt tar: the rest of the shard is lost
                 lost = max(1, want - read[0]) if want is not None else 1
@@ -412,6 +419,9 @@ def tar_samples(expected: dict[str, int], skips: "SkipLog"):
                 continue
             if want is not None and read[0] < want:
                 skips.add(want - read[0], f"{os.path.basename(url)}: {read[0]} samples, the manifest lists {want}")
+            elif want is not None and read[0] > want:
+                skips.add(read[0] - want, f"{os.path.basename(url)}: {read[0]} samples, the manifest lists {want}: "
+                                          "not the shard the manifest describes; the samples beyond it were not used")
     return stage
 
 
@@ -453,11 +463,12 @@ def _label(value) -> int:
     return label
 
 
-def _decode(data: bytes, what: str) -> np.ndarray:
-    """A bitstream -> H x W x 3 uint8 (the pipeline's decoders: the pixels the manifests measured)."""
+def _decode(data: bytes, what: str, picture: tuple[int, int] | None = None) -> np.ndarray:
+    """A bitstream -> H x W x 3 uint8 (the pipeline's decoders: the pixels the manifests measured);
+    ``picture``: the (width, height) it must have, checked from its header before decoding."""
     from pipeline.codecs import decode_any
     try:
-        a = decode_any(data)
+        a = decode_any(data) if picture is None else decode_sized(decode_any, data, picture)
     except MemoryError:
         raise SampleError(f"{what}: out of memory while decoding") from None
     except Exception as exc:
@@ -572,8 +583,9 @@ class _Batch:
     layout): no transposition, no stacking, no copy on the way to the main process."""
 
     def __init__(self, size: int, need_comp: bool, need_clean: bool, caches: dict | None, gpu_jpeg: bool,
-                 ring: _Ring | None = None):
+                 ring: _Ring | None = None, picture: tuple[int, int] | None = None):
         self.size, self.need_comp, self.need_clean, self.caches = size, need_comp, need_clean, caches
+        self.picture = picture        # (width, height) of every picture: one sample never sizes the batch
         self.gpu_jpeg = gpu_jpeg
         self.ring = ring
         if ring is not None:
@@ -618,7 +630,7 @@ class _Batch:
         if self.need_clean or comp_from_clean:
             if clean_k is None:
                 raise SampleError("no clean.* member")
-            clean = _decode(sample[clean_k], clean_k)
+            clean = _decode(sample[clean_k], clean_k, self.picture)
         jpeg = None
         if comp_from_clean:
             if self.gpu_jpeg:
@@ -629,12 +641,12 @@ class _Batch:
                 if comp_k != "comp.jpg":
                     raise SampleError(f"{comp_k}: not a JPEG, but the batch is decoded on the GPU")
                 size = _jpeg_size(sample[comp_k], comp_k)
-                if self.jpeg_size is not None and size != self.jpeg_size:
+                if size != (self.picture or self.jpeg_size or size):
                     raise SampleError(f"{comp_k}: a {size[0]}x{size[1]} picture in a batch of "
-                                      f"{self.jpeg_size[0]}x{self.jpeg_size[1]} pictures")
+                                      f"{(self.picture or self.jpeg_size)[0]}x{(self.picture or self.jpeg_size)[1]} pictures")
                 jpeg = sample[comp_k]
             else:
-                self._put("comp", _decode(sample[comp_k], comp_k), comp_k)
+                self._put("comp", _decode(sample[comp_k], comp_k, self.picture), comp_k)
         if self.need_clean:
             self._put("clean", clean, clean_k)
         if self.caches is not None:
@@ -676,7 +688,8 @@ class _Batch:
 
 
 def decode_batches(batch_size: int, need_comp: bool, need_clean: bool, caches: dict | None, skips: "SkipLog",
-                   partial: bool = False, gpu_jpeg: bool = False, acked: torch.Tensor | None = None):
+                   partial: bool = False, gpu_jpeg: bool = False, acked: torch.Tensor | None = None,
+                   picture: tuple[int, int] | None = None):
     """Decode each sample into the batch being filled (comp.* with the pipeline's decoders,
     clean.* only when needed, the teacher's cached logits); emit full batches (and the last
     partial one when ``partial``).  A sample that fails is skipped and recorded, never the run.
@@ -688,7 +701,7 @@ def decode_batches(batch_size: int, need_comp: bool, need_clean: bool, caches: d
     def stage(src):
         w, _ = _worker()
         ring = _Ring(acked, w) if acked is not None and get_worker_info() is not None else None
-        batch = _Batch(batch_size, need_comp, need_clean, caches, gpu_jpeg, ring)
+        batch = _Batch(batch_size, need_comp, need_clean, caches, gpu_jpeg, ring, picture)
         for s in src:
             try:
                 batch.add(s)
@@ -698,7 +711,7 @@ def decode_batches(batch_size: int, need_comp: bool, need_clean: bool, caches: d
                 continue
             if batch.n == batch_size:
                 yield batch.finish()
-                batch = _Batch(batch_size, need_comp, need_clean, caches, gpu_jpeg, ring)
+                batch = _Batch(batch_size, need_comp, need_clean, caches, gpu_jpeg, ring, picture)
         if partial and batch.n:
             yield batch.finish()
     return stage
@@ -794,7 +807,7 @@ def _items(sources, need_comp: bool = True, need_clean: bool = False) -> list[di
     out = []
     for s, join in sources:
         fields = _fields(s, need_comp, need_clean, join)
-        for u in s.shards:
+        for u in s.shards + s.missing:
             item = {"url": u, "fields": fields}
             if join:
                 item["ref"] = os.path.join(s.reference.folder, os.path.basename(u))
@@ -840,7 +853,7 @@ def make_train_loader(sets: list[ShardSet], spec: LoaderSpec, *, epoch: int, ran
         tar_samples(_expected(sources), skips),
         shuffle_buffer(spec.shuffle_buffer, seed, rank, plan, spec.batch_size),
         decode_batches(spec.batch_size, need_comp, need_clean, caches, skips, gpu_jpeg=spec.gpu_jpeg,
-                       acked=acked),
+                       acked=acked, picture=picture_size(s.manifest for s, _ in sources)),
         epoch_stage(n_batches, plan),
         attach_skips(skips),
     ]
@@ -863,7 +876,7 @@ def make_eval_loader(sets: list[ShardSet], batch_size: int, *, workers: int | No
     if limit is not None:
         stages.append(_limit_samples(limit, world))
     stages += [decode_batches(batch_size, need_comp, need_clean, caches, skips, partial=True, gpu_jpeg=gpu_jpeg,
-                              acked=acked),
+                              acked=acked, picture=picture_size(s.manifest for s, _ in sources)),
                attach_skips(skips)]
     return _loader(wds.DataPipeline(*stages), workers, pin_memory, acked)
 
