@@ -105,4 +105,6 @@ def _run_jobs(jobs, backend, n_jobs, scheduler, on_item):
         for job in jobs:
             yield job.index, run_shard(job, on_item=on_item)
         return
+    # joblib starts every worker up front: never more of them than there are shards to make
+    n_jobs = min(n_jobs, len(jobs))
     yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered")(delayed(_run)(j, os.getpid()) for j in jobs)

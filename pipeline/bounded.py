@@ -50,8 +50,12 @@ def _depth(text: bytes, opening: bytes, closing: bytes) -> int:
 def _read(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
     p = Path(path)
     try:
-        with open(p, "rb") as f:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
             st = os.fstat(f.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise BoundedReadError(f"{p}: is a folder, not a {what}")
             if not stat.S_ISREG(st.st_mode):
                 raise BoundedReadError(f"{p}: not a regular file (a pipe, socket or device); refused")
             if st.st_size > max_bytes:
@@ -66,6 +70,16 @@ def _read(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise BoundedReadError(f"{p}: over the {max_bytes:,}-byte limit of a {what}")
     return data
+
+
+def read_text(path: str | os.PathLike, what: str = "text file", *, max_bytes: int = 16 << 20) -> str:
+    """A UTF-8 text file of at most ``max_bytes`` (a regular file: a FIFO or /dev/zero is
+    refused, not read for ever).  FileNotFoundError passes; the rest is a BoundedReadError."""
+    data = _read(path, what, max_bytes)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BoundedReadError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def _count_nodes(obj: Any, limit: int, where: str) -> None:

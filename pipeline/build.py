@@ -49,6 +49,10 @@ PLAN_FILE = "plan.json"
 SPLIT_NAME = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]{1,64}")
 
 
+#: worker processes of one build (each is a Python process with its codecs loaded)
+MAX_JOBS = 1024
+
+
 class BuildError(ValueError):
     """Bad input for a build (one line naming the input and the reason); nothing was written."""
 
@@ -273,8 +277,8 @@ def build(src, split: str | None, settings: Iterable, out="shards", *, shard_siz
         raise BuildError(f"--node-rank must be in 0..{num_nodes - 1} for --num-nodes {num_nodes}, got {node_rank!r}")
     if num_nodes > 1 and backend != "local":
         raise BuildError("--num-nodes/--node-rank and --backend dask are two ways to use many machines: pick one")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise BuildError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise BuildError(f"--jobs must be a whole number from 1 to {MAX_JOBS}, got {jobs!r}")
     check_backend(backend, scheduler)
     if pixel_budget is not None and (isinstance(pixel_budget, bool) or not isinstance(pixel_budget, int)
                                      or pixel_budget < 1):

@@ -77,17 +77,15 @@ def read_class_table(path: str | Path) -> dict[str, int]:
     ``index<TAB>name`` lines.  Every index is in 0..MAX_CLASSES-1 and belongs to one name,
     every name has one index: a table that gives two folders one label, or one folder two,
     would relabel images silently, so it is refused, naming the line."""
+    from .bounded import BoundedReadError, read_text
+
     p = Path(path)
     try:
-        with open(p, "rb") as f:
-            data = f.read(CLASS_TABLE_MAX_BYTES + 1)
-        if len(data) > CLASS_TABLE_MAX_BYTES:
-            raise LabelSpaceError(f"{p}: over the {CLASS_TABLE_MAX_BYTES:,}-byte limit of a class table")
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LabelSpaceError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise LabelSpaceError(f"{p}: cannot read the class table ({exc.strerror or exc})") from None
+        text = read_text(p, "class table", max_bytes=CLASS_TABLE_MAX_BYTES)
+    except FileNotFoundError:
+        raise LabelSpaceError(f"{p}: no such class table") from None
+    except BoundedReadError as exc:
+        raise LabelSpaceError(str(exc)) from None
     mapping: dict[str, int] = {}
     owner: dict[int, str] = {}
     for lineno, line in enumerate(text.splitlines()):

@@ -105,3 +105,13 @@ def test_a_huge_results_file_is_refused_by_size(tmp_path, capsys, monkeypatch):
     res.write_text(json.dumps([{"setting": "jpeg-10", "pad": "x" * 2000}]))
     assert recommend.main(["--budget", "1000", "--results", str(res)]) == 1
     assert "limit" in one_error(capsys.readouterr().err)
+
+
+def test_build_workers_are_bounded(tmp_path):
+    from pipeline.build import BuildError, build_setting
+
+    from .conftest import make_split
+    make_split(tmp_path / "src", "train", ("cat", "dog"), per_class=1)
+    with pytest.raises(BuildError, match="--jobs"):
+        build_setting(src=tmp_path / "src", split="train", codec="jpeg", q=10, out=tmp_path / "out",
+                      jobs=10**6, progress=False)

@@ -123,3 +123,26 @@ def test_a_class_table_that_would_relabel_or_allocate_is_refused(tmp_path, table
         build_setting(src=tmp_path / "src", split="train", codec="jpeg", q=10, out=tmp_path / "out", jobs=1,
                       progress=False, classes_file=tmp_path / "classes.txt")
     assert not (tmp_path / "out" / "train" / "jpeg-10" / "manifest.json").exists()
+
+
+def test_a_class_table_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    import os
+
+    from pipeline.classes import LabelSpaceError, read_class_table
+    os.mkfifo(tmp_path / "classes.txt")
+    with pytest.raises(LabelSpaceError, match="not a regular file"):
+        read_class_table(tmp_path / "classes.txt")
+
+
+@pytest.mark.parametrize("name", ["\u00b2", "\u0663", "9" * 5000])
+def test_a_group_class_that_only_looks_like_an_index_is_one_line(name):
+    # '²'.isdigit() and '٣'.isdigit() are true, int() refuses the first; 5000 digits pass the int() limit
+    from trainer.groups import GroupError, resolve
+    with pytest.raises(GroupError, match="is not a class"):
+        resolve({"g": [name]}, {"cat": 0}, None, "the shards")
+
+
+def test_a_groups_file_that_is_a_device_is_refused(tmp_path, animals, run_dir, capsys):
+    assert teval.main(eval_args(run_dir / "best.pth", animals["val3"], tmp_path / "r.json",
+                                "--classes", "/dev/zero")) == 1
+    assert "not a regular file" in one_error(capsys.readouterr().err)
