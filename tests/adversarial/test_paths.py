@@ -173,7 +173,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_no_build_worker_outlives_its_build(tmp_path, sig):
-    make_split(tmp_path / "src", "train", ("cat", "dog"), per_class=40, size=(640, 480))
+    make_split(tmp_path / "src", "train", ("cat", "dog"), per_class=16, size=(320, 240))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "shards", "--codec", "j2k", "--q", "20", "--src",
                              str(tmp_path / "src"), "--split", "train", "--out", str(tmp_path / "out"), "--jobs", "2",
