@@ -6,9 +6,9 @@
 
 webdataset decodes JPEG and JPEG 2000 through Pillow itself but knows nothing of BPG; this
 handler decodes every codec bitstream (``comp.bpg``, ``comp.jp2``, ``comp.j2k``,
-``comp.jpg``, ``comp.webp``, ``comp.avif``, ``comp.jxl``) with the project's own decoders — the pixels the manifests' PSNR and SSIM
-were measured on, under the pixel budget — and leaves everything else (``clean.webp``,
-``cls``, ``json``) to the handlers after it.  ``wds_handler_for("torchrgb")`` gives the
+``comp.jpg``, ``comp.webp``, ``comp.avif``, ``comp.jxl``) with the project's own decoders —
+the pixels the manifests' PSNR and SSIM were measured on, under the pixel budget — and
+leaves everything else (``clean.webp``, ``cls``, ``json``) to the handlers after it.  ``wds_handler_for("torchrgb")`` gives the
 other webdataset image specs.
 """
 from __future__ import annotations
