@@ -9,6 +9,7 @@ import json
 import struct
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from pipeline.crops import crop_image
 from pipeline.metrics import psnr
 
 NEW = ("webp", "avif", "jxl")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _needs(name: str):
@@ -153,6 +155,18 @@ def test_manifest_metrics_equal_skimage_on_independent_pixels(tmp_path, name):
         assert rec["ssim"] == pytest.approx(ref, abs=2e-5)
         n += 1
     assert n == 4
+
+
+def test_shards_are_byte_identical_between_builds(tmp_path):
+    from pipeline.build import build
+    from tests.conftest import make_image_folder
+    make_image_folder(tmp_path / "src", per_class=2)
+    names = [n for n in NEW if n != "jxl" or _has_imagecodecs()]
+    runs = [build(tmp_path / "src", "train", [(n, 10) for n in names], tmp_path / out, shard_size=3, jobs=jobs,
+                  progress=False) for out, jobs in (("a", 1), ("b", 2))]
+    for n in names:
+        a, b = (r[f"{n}-10"] for r in runs)
+        assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]] and len(a["shards"]) == 2
 
 
 # --------------------------------------------------------------------------- bad input
@@ -364,3 +378,57 @@ def test_extended_settings_are_distinct_registered_and_selectable():
         assert get(s.codec).validate_q(s.q) == s.q
     both = Setting.parse_list("paper,extended")
     assert len(both) == 10 + len(EXTENDED_SETTINGS)
+
+
+# --------------------------------------------------------------------------- the extended settings' table
+
+def _extended():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import extended_settings
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    return extended_settings
+
+
+def test_committed_results_cover_the_extended_settings_and_the_doc_shows_them():
+    from pipeline.setting import EXTENDED_SETTINGS
+    es = _extended()
+    result = json.loads(es.RESULTS.read_text())
+    rows = {r["setting"]: r for r in result["settings"]}
+    assert list(EXTENDED_SETTINGS) + list(es.J2K_TARGETS) == list(rows)
+    for name in EXTENDED_SETTINGS:
+        r = rows[name]
+        assert r["count"] >= 1000 and r["failed"] == 0
+        assert r["params"] == create(r["codec"], r["q"]).params()
+        assert r["bpp"] == pytest.approx(r["bytes"] * 8 / 224 ** 2)
+    # every J2K rate is matched by the closest of each codec's settings, and no neighbouring
+    # quality (q - 1, q + 1, measured on the same images for the codecs it names) comes closer
+    neighbours = result["neighbours"]
+    for codec in NEW:
+        mine = [r for r in rows.values() if r["codec"] == codec]
+        for j2k, target in es.J2K_TARGETS.items():
+            best = min(mine, key=lambda r: abs(r["bytes"] - target))
+            assert j2k in best["closest_to"]
+            around = [n for n in neighbours if n["codec"] == codec and abs(n["q"] - best["q"]) == 1]
+            if codec in result["neighbours_of"] and best["q"] > get(codec).q_range[0]:
+                assert len(around) == 2, (codec, best["q"])
+            assert all(abs(n["bytes"] - target) >= abs(best["bytes"] - target) for n in around), (codec, j2k)
+    text = es.DOC.read_text()
+    assert es.render_table(result) in text, "docs/codecs.md is stale: run experiments/extended_settings.py render"
+
+
+def test_render_replaces_only_the_marked_block(tmp_path):
+    es = _extended()
+    result = json.loads(es.RESULTS.read_text())
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"before\n{es.START}\nold table\n{es.END}\nafter\n")
+    es.render(es.RESULTS, doc)
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith(f"{es.END}\nafter\n") and "old table" not in text
+    for r in result["settings"]:
+        assert f"| {r['setting']} | {r['codec']} |" in text
+    doc.write_text("no markers\n")
+    import click
+    with pytest.raises(click.ClickException, match="markers"):
+        es.render(es.RESULTS, doc)
