@@ -77,7 +77,7 @@ def sync(device: torch.device) -> None:
 
 
 def train_step(model, opt, batch, step: loop.Step) -> int:
-    batch = loop.decode_on_device(batch, step.device)
+    batch = step.decoded(batch)
     terms = step.method.loss(model, batch, step)
     opt.zero_grad(set_to_none=True)
     terms["loss"].backward()
@@ -120,7 +120,7 @@ class Mode:
         while time.perf_counter() - t0 < seconds:
             b = next(self.it)
             if "comp_jpeg" in b:
-                b = loop.decode_on_device(b, self.device)
+                b = self.step.decoded(b)
             n += len(b["key"])
         sync(self.device)
         self._add("loader", n, time.perf_counter() - t0)

@@ -69,25 +69,25 @@ def finite(x: Any) -> float | None:
 
 # --------------------------------------------------------------------------- manifests
 
-@dataclass
+@dataclass(frozen=True)
 class SettingStats:
-    """Rate and quality of one setting on the evaluation split: a flat view of its
+    """Rate and quality of one setting on the evaluation split, read through its
     :class:`pipeline.manifest.Manifest` (the setting is the manifest's :class:`Setting`)."""
-    setting: str
-    codec: str
-    q: float | int | None
-    bytes: float | None = None
-    bpp: float | None = None
-    psnr: float | None = None
-    ssim: float | None = None
-    count: int | None = None
+    manifest: Manifest
     source: str = ""
 
     @classmethod
     def from_manifest(cls, m: Manifest, source: str = "") -> "SettingStats":
-        mean = m.get("mean") or {}
-        return cls(setting=m.name, codec=m.codec, q=m.q, bytes=finite(mean.get("bytes")), bpp=finite(mean.get("bpp")),
-                   psnr=finite(mean.get("psnr")), ssim=finite(mean.get("ssim")), count=m.get("count"), source=source)
+        return cls(m, source)
+
+    setting = property(lambda self: self.manifest.name)
+    codec = property(lambda self: self.manifest.codec)
+    q = property(lambda self: self.manifest.q)
+    count = property(lambda self: self.manifest.get("count"))
+    bytes = property(lambda self: self.manifest.mean("bytes"))
+    bpp = property(lambda self: self.manifest.mean("bpp"))
+    psnr = property(lambda self: self.manifest.mean("psnr"))
+    ssim = property(lambda self: self.manifest.mean("ssim"))
 
 
 def load_manifests(shards: str | Path | None, split: str = "val") -> dict[str, SettingStats]:

@@ -7,7 +7,7 @@
     rows = evaluate(EvalConfig(checkpoints=[str(result.best)], shards=["shards/val/*/*.tar"]))
 
 Where things live: ``config.py`` (the typed configs), ``methods.py`` (one class per training
-method), ``losses.py``, ``loop.py`` (``train_one_epoch``, ``evaluate``), ``data.py`` (the
+method), ``losses.py``, ``loop.py`` (``train_one_epoch``, ``evaluate``), ``data/`` (the
 streaming shard loader), ``teacher_cache.py``, ``models.py``, ``checkpoint.py``,
 ``training.py`` / ``evaluation.py`` (a run, an evaluation), ``run.py`` / ``eval.py`` /
 ``cache_teacher.py`` (the commands).

@@ -25,8 +25,8 @@ from pipeline.atomic import atomic_write, atomic_write_json
 from . import checkpoint, loop, methods
 from .clitools import UserError
 from .config import TrainConfig, yaml_text
-from .data import (LoaderSpec, ShardSet, check_classes, check_skips, default_workers, describe, group_shards,
-                   make_eval_loader, make_train_loader)
+from .data import (LoaderSpec, check_classes, check_skips, default_workers, describe, group_shards, make_eval_loader,
+                   make_train_loader, use_gpu_jpeg)
 from .distributed import barrier, init_distributed, mix_seed, seed_everything
 from .models import build_model, freeze_all_but_head
 from .teacher_cache import resolve_caches
@@ -116,21 +116,6 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _gpu_jpeg(sets: list[ShardSet], device: torch.device, comp: bool, what: str, quiet: bool = False) -> bool:
-    """Whether --gpu-decode can decode this loader's bitstreams on the GPU; says why not."""
-    why = None
-    if device.type != "cuda":
-        why = "no CUDA device: the loader workers decode the JPEG bitstreams on the CPU"
-    elif not comp:
-        why = "the method does not read the compressed crops"
-    elif any(s.codec != "jpeg" for s in sets):
-        why = (f"{', '.join(s.name for s in sets if s.codec != 'jpeg')} not JPEG: the loader workers decode "
-               f"the {what} bitstreams on the CPU")
-    if why is not None and not quiet:
-        log.warning("--gpu-decode: %s", why)
-    return why is None
-
-
 def train(config: TrainConfig) -> TrainResult:
     """Train one model on compressed shards (expert training, fine-tuning or stability)."""
     c = config.resolved()
@@ -213,8 +198,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     spec = LoaderSpec(batch_size=c.batch_size, workers=workers, shuffle_buffer=c.shuffle_buffer,
                       resampled=c.resampled, seed=c.seed,
-                      gpu_jpeg=c.gpu_decode and _gpu_jpeg(train_sets, d.device, needs.comp, "training"))
-    val_gpu_jpeg = c.gpu_decode and bool(val_sets) and _gpu_jpeg(val_sets, d.device, True, "validation", quiet=True)
+                      gpu_jpeg=c.gpu_decode and use_gpu_jpeg(train_sets, d.device, needs.comp, "training"))
+    val_gpu_jpeg = c.gpu_decode and bool(val_sets) and use_gpu_jpeg(val_sets, d.device, True, "validation", quiet=True)
     last_val: dict = {}
     for epoch in range(start_epoch, c.epochs):
         torch.manual_seed(mix_seed(c.seed, epoch, d.rank, 3))  # dropout / noise: depends on the epoch only
