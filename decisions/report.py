@@ -563,7 +563,7 @@ def _missing_note(results: list[Result], stats: dict[str, SettingStats], runs: l
     pending = unevaluated_runs(runs, results)
     lines += [f"- run `{run.name}` ({run.method or '?'}, {run.arch or '?'}, trained on {run.trained_on or '?'}) "
               "has no evaluation results: "
-              f"run `python -m trainer.eval` on `{run.path / 'best.pth'}`" for run in pending]
+              f"run `python -m trainer.eval` on `{run.best}`" for run in pending]
     no_manifest = sorted({r.setting for r in results} - set(stats))
     if no_manifest:
         lines.append(f"- no manifest for {', '.join(no_manifest)} (rate and quality as recorded by the evaluation)")

@@ -30,6 +30,7 @@ from pipeline.manifest import Manifest, ManifestError
 from pipeline.setting import Setting, SettingError
 from trainer import methods
 from trainer.clitools import UserError
+from trainer.rundir import RunDir
 
 # Lossless first (the reference), then the paper's codecs, then anything new alphabetically.
 CODEC_ORDER = ("lossless", "jpeg", "j2k", "bpg")
@@ -246,20 +247,19 @@ class Run:
     args: dict
     has_best: bool
 
+    @property
+    def best(self) -> Path:
+        return RunDir(self.path).best
+
 
 def load_runs(runs: str | Path | None) -> list[Run]:
-    """``runs/<name>/args.json`` -> runs; folders without args.json are not runs."""
-    if runs is None or not Path(runs).is_dir():
-        return []
+    """The runs under ``runs`` (:meth:`trainer.rundir.RunDir.find`)."""
     out = []
-    for args_path in sorted(Path(runs).glob("*/args.json")):
-        try:
-            args = json.loads(args_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            args = {}
-        folder = args_path.parent
-        out.append(Run(name=folder.name, path=folder, method=args.get("method"), arch=args.get("arch"),
-                       labels=args.get("labels"), trained_on=args.get("trained_on"), args=args, has_best=(folder / "best.pth").exists()))
+    for rd in RunDir.find(runs):
+        args = rd.args()
+        out.append(Run(name=rd.name, path=rd.path, method=args.get("method"), arch=args.get("arch"),
+                       labels=args.get("labels"), trained_on=args.get("trained_on"), args=args,
+                       has_best=rd.best.exists()))
     return out
 
 

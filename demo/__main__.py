@@ -170,20 +170,16 @@ RUN_KEYS = ("method", "arch", "weights", "labels", "alpha", "lr", "epochs", "bat
 def run_state(folder: Path, config) -> str:
     """"complete" (reuse it), "partial" (resume it), "other" (a run of other epochs, lr ...:
     train again) or "none"."""
-    import json
+    from trainer.rundir import RunDir
 
-    if not (folder / "args.json").exists():
+    run = RunDir(folder)
+    if not run.is_run():
         return "none"
-    try:
-        saved = json.loads((folder / "args.json").read_text())
-        done = sum(1 for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()) \
-            if (folder / "metrics.jsonl").exists() else 0
-    except (OSError, ValueError):
-        return "other"
+    saved = run.args()
     wanted = config.resolved()
-    if not isinstance(saved, dict) or any(saved.get(k) != getattr(wanted, k) for k in RUN_KEYS):
+    if not saved or any(saved.get(k) != getattr(wanted, k) for k in RUN_KEYS):
         return "other"
-    return "complete" if (folder / "last.pth").exists() and done >= config.epochs else "partial"
+    return "complete" if run.complete(config.epochs) else "partial"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -279,6 +275,7 @@ def run_demo(a) -> None:
     from decisions.report import report
     from trainer import EvalConfig, TrainConfig, train
     from trainer.models import build_model
+    from trainer.rundir import RunDir
 
     torch.set_num_threads(a.threads or max(1, os.cpu_count() or 1))
     arch = a.arch or ("efficientnet_lite0" if not a.weights or not a.data else "mobilenet_v2")
@@ -331,7 +328,7 @@ def run_demo(a) -> None:
                 click.echo(f"   {out} was trained with other options: training again")
                 shutil.rmtree(out)
             train(config)
-        checkpoints.append(str(out / "last.pth"))
+        checkpoints.append(str(RunDir(out).last))
 
     clock.step("evaluate", "the trained models on every setting")
     evaluate_cached(EvalConfig(checkpoints=checkpoints, shards=val_globs, out=str(results), **common),

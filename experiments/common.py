@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.setting import Setting, SettingError
 from trainer import methods
 from trainer.clitools import UserError
+from trainer.rundir import RunDir
 
 #: the settings of every experiment's val split besides the trained ones (B-clean = lossless)
 LOSSLESS = "lossless"
@@ -62,13 +63,6 @@ def run_dir(out: Path, key: str, setting: str, seed: int) -> Path:
     return Path(out) / "runs" / f"{key.replace(methods.TEACHER_LABELS, '-teacher')}-{setting}-s{seed}"
 
 
-def complete(run: Path, epochs: int) -> bool:
-    """A run that finished all its epochs (its checkpoint is reused)."""
-    metrics = run / "metrics.jsonl"
-    return (run / "best.pth").exists() and metrics.exists() and \
-        sum(1 for line in metrics.read_text().splitlines() if line.strip()) >= epochs
-
-
 @dataclass
 class Budget:
     """The training budget every trained method gets (the same number of steps for all)."""
@@ -94,13 +88,13 @@ def train_run(run: Path, train_glob: str, method: str, labels: str, seed: int, a
     """Train one run (or reuse it when complete); returns its best.pth."""
     from trainer import TrainConfig, train
 
-    if not complete(run, budget.epochs):
+    if not RunDir(run).complete(budget.epochs):
         train(TrainConfig(
             shards=[train_glob], val_shards=[val_glob] if val_glob else None, arch=arch, weights=weights,
             method=method, labels=labels, epochs=budget.epochs, train_limit=budget.train_limit, val_limit=val_limit,
             batch_size=budget.batch, seed=seed, out=str(run), resume="auto", device=budget.device, progress=False,
             **({"workers": budget.workers} if budget.workers is not None else {}), **budget.hyper(method)))
-    return run / "best.pth"
+    return RunDir(run).best
 
 
 def subset_name(src: Path, split: str, per_class: int, seed: int, tag: str = "") -> str:
@@ -221,9 +215,8 @@ def write_meta(results: Path, info: dict, budget: Budget, runs: list[Path]) -> P
             old = {}
     steps = set(old.get("steps_per_run") or [])
     for run in runs:
-        metrics = run / "metrics.jsonl"
-        if metrics.exists():
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = RunDir(run).metrics()
+        if rows:
             steps.add(sum(int(r.get("train_images") or 0) for r in rows) // budget.batch)
     meta = {**old, **info, **{k: v for k, v in asdict(budget).items()}}
     for key in ("settings", "methods", "seeds"):

@@ -42,6 +42,7 @@ from pipeline.plan import ORDERS  # noqa: E402
 from pipeline.shards import LAYOUTS, PAIR  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
+from trainer.rundir import RunDir  # noqa: E402
 
 from experiments import common  # noqa: E402
 from experiments.subsets import make_subset  # noqa: E402
@@ -197,7 +198,7 @@ def evaluate_all(a, val_globs: dict[str, str]) -> None:
     common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, workers=a.workers,
                                val_limit=a.val_limit)
     for s in a.settings:
-        checkpoints = [str(common.run_dir(a.out, methods.key(m, lab), s.name, seed) / "best.pth")
+        checkpoints = [str(RunDir(common.run_dir(a.out, methods.key(m, lab), s.name, seed)).best)
                        for seed in a.seeds for m, lab in a.methods]
         own = val_globs if a.cross else {s.name: val_globs[s.name]}
         common.evaluate_models(a.results, checkpoints, own, a.device, workers=a.workers, val_limit=a.val_limit)

@@ -17,6 +17,7 @@ source digest: equal for every setting that can be paired).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import platform
@@ -219,6 +220,12 @@ class Manifest(dict):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
         return float(value) if math.isfinite(value) else None
+
+
+def digest(manifest: dict) -> str:
+    """SHA-256 of a manifest's content, without what differs between two builds of the same bytes."""
+    stable = {k: v for k, v in manifest.items() if k not in VOLATILE}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read(path: str | Path) -> Manifest:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 
-from pipeline.manifest import Manifest
+from pipeline.manifest import Manifest, digest as manifest_digest
 from pipeline.setting import Setting
 
 from ..clitools import UserError
@@ -67,6 +69,18 @@ class ShardSet:
     def max_label(self) -> int | None:
         """The largest class index the manifest says its labels use (None: unknown)."""
         return self.manifest.max_label
+
+    def identity(self) -> str:
+        """What identifies the data these shards hold: their manifest's content (without what
+        changes on every rebuild of the same bytes; it lists each tar's SHA-256) and the name,
+        size and mtime of every selected tar (a tar replaced or edited in place behind its
+        manifest's back gets another identity).  The teacher and evaluation caches key by it."""
+        tars = []
+        for path in sorted(self.shards):
+            st = os.stat(path)
+            tars.append([os.path.basename(path), st.st_size, st.st_mtime_ns])
+        text = json.dumps({"manifest": manifest_digest(self.manifest), "tars": tars})
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def expected(self) -> dict[str, int]:
         """Shard path -> sample count, for the selected shards the manifest lists."""
