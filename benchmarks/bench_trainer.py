@@ -53,8 +53,7 @@ EPOCH = 10 ** 7   # batches: one epoch longer than any benchmark
 def make_shards(root: Path, n: int, jobs: int) -> str:
     """``n`` synthetic photos of 10 classes -> split-layout jpeg-10 (+ lossless) shards of 100."""
     from pipeline.build import build
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tests.conftest import make_image_folder
+    from benchmarks.synthetic import make_image_folder
     classes = [f"n{i:08d}" for i in range(10)]
     make_image_folder(root / "src", classes=classes, per_class=-(-n // 10), size=(300, 260))
     build(root / "src", "train", ["jpeg-10"], root / "shards", shard_size=100, jobs=jobs, layout="split",

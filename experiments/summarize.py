@@ -7,7 +7,7 @@ std over seeds.  Three views:
   ("expert (teacher labels)", method key ``expert+teacher``: ``trainer.methods``).
 - **retention** (the default when the rows have class groups, ``trainer.eval --group``):
   each group's top-1 on the model's own setting and on the clean images, beside the
-  pretrained model (``decisions.retention``).
+  pretrained model (``trainer.decisions.retention``).
 - **compare** (``--compare LABEL=FILE`` twice or more): the same (setting, method) cells of
   several results files side by side, e.g. mixed vs class-sorted shards.
 
@@ -96,8 +96,8 @@ def report(rows: list[dict]) -> str:
 
 def retention_report(rows: list[dict]) -> str:
     """The retention tables (1000-way top-1, then top1_present) of rows with class groups."""
-    from decisions.results import results_from_rows
-    from decisions.retention import markdown, retention_tables
+    from trainer.decisions.results import results_from_rows
+    from trainer.decisions.retention import markdown, retention_tables
 
     tables = retention_tables(results_from_rows([r for r in rows if r.get("group") is not None]))
     if not tables:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.classes import imagenet_name
 from tests.conftest import synthetic_rgb
-from decisions import predict
+from trainer.decisions import predict
 from trainer.models import build_model
 
 # random weights: only the plumbing is tested.  resnet18 rather than a smaller net because

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from decisions import recommend
-from decisions.recommend import Option, choose, interpolate, pareto_front
+from trainer.decisions import recommend
+from trainer.decisions.recommend import Option, choose, interpolate, pareto_front
 
 
 def row(setting, top1, nbytes, method="expert", trained_on="same", arch="resnet50", labels="dataset"):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from decisions import report
-from decisions.results import load_manifests, load_results
+from trainer.decisions import report
+from trainer.decisions.results import load_manifests, load_results
 
 # setting -> (q, mean bytes, psnr, ssim)
 SETTINGS = {

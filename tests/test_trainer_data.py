@@ -142,7 +142,7 @@ def _same_batches(a, b):
 def test_loader_yields_what_webdatasets_stock_stages_yield(shards, need_comp, need_clean, setting):
     """Same samples, same order, same pixels as the stock webdataset stages (tar reader,
     shuffle, decode_any per sample, torch.stack) for the same plan and seed."""
-    from tests import loader_reference
+    from benchmarks import loader_reference
 
     ss = group_shards(str(shards / "train" / setting / "*.tar"))
     spec = LoaderSpec(batch_size=3, workers=0, shuffle_buffer=4, seed=5)
@@ -155,7 +155,7 @@ def test_loader_yields_what_webdatasets_stock_stages_yield(shards, need_comp, ne
 
 
 def test_batches_are_channels_last_views_and_the_step_makes_them_contiguous(shards):
-    from trainer.loop import to_input
+    from trainer.methods import to_input
 
     ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
     b = next(iter(make_eval_loader(ss, 4, need_clean=True)))

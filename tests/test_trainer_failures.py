@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from decisions import predict, recommend
+from trainer.decisions import predict, recommend
 from tests.conftest import synthetic_rgb
 from tests.test_trainer_common import build_shards
 from trainer import cache_teacher, run

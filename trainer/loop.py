@@ -7,84 +7,20 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DeviceJpeg
 from .distributed import Dist, all_reduce_sum
 from .losses import LabelError
-from .methods import Method
+from .methods import Step
 
 log = logging.getLogger(__name__)
 
 #: how many skip reasons a result keeps (the counts are complete)
 MAX_REASONS = 20
-
-
-@dataclass
-class Step:
-    """How a batch becomes loss terms: the method, the frozen teacher, the device."""
-    method: Method | None = None
-    teacher: nn.Module | None = None       # frozen g (None when its logits come from the cache)
-    labels: str = "dataset"                # dataset | teacher (arg-max of g(x))
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp: bool = False                      # bf16 autocast (CUDA)
-    channels_last: bool = False
-    grad_clip: float | None = None
-    #: decodes what a ``gpu_jpeg`` loader left undecoded (made on first use, for ``device``)
-    jpeg: DeviceJpeg | None = field(default=None, repr=False, compare=False)
-
-    def decoded(self, batch: dict) -> dict:
-        """The batch with its JPEG bitstreams (if a ``gpu_jpeg`` loader left any) decoded on the device."""
-        if "comp_jpeg" not in batch:
-            return batch
-        if self.jpeg is None:
-            self.jpeg = DeviceJpeg(self.device)
-        return self.jpeg(batch)
-
-    def input(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (N,3,H,W) -> float 0..1 on the device (channels_last on request)."""
-        return to_input(x, self.device, self.channels_last)
-
-    def autocast(self):
-        return amp_context(self.device, self.amp)
-
-    def teacher_logits(self, batch: dict) -> torch.Tensor:
-        """g(x): from the cache when the batch carries it, else the frozen teacher's forward pass."""
-        if "teacher" in batch:
-            return batch["teacher"].to(self.device, non_blocking=True).float()
-        if self.teacher is None:
-            raise RuntimeError("this method needs the teacher: neither a cache nor a live teacher was given")
-        with torch.no_grad(), self.autocast():
-            return self.teacher(self.input(batch["clean"])).float()
-
-    def targets(self, batch: dict, teacher_logits: torch.Tensor | None) -> torch.Tensor:
-        if self.labels == "teacher":
-            if teacher_logits is None:
-                raise RuntimeError("--labels teacher needs the teacher (live or cached)")
-            return teacher_logits.argmax(1)
-        return batch["label"].to(self.device, non_blocking=True)
-
-
-def to_input(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """A uint8 (N,3,H,W) batch -> float 0..1 on ``device``.  The loader's batches are laid out
-    channels_last (N,H,W,3 in memory, as decoded): the copy to the device moves them as they
-    are (asynchronously from pinned memory), and the layout the model runs in is made there."""
-    x = x.to(device, non_blocking=True)
-    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-
-
-def amp_context(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked; nothing elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class Skips:

@@ -43,7 +43,8 @@ from pipeline.atomic import atomic_output, atomic_write_json
 from .clitools import UserError, run_click
 from .data import ShardSet, check_skips, folder_key, group_shards, make_eval_loader
 from .distributed import Dist, barrier, resolve_device
-from .loop import Skips, amp_context, to_input
+from .loop import Skips
+from .methods import amp_context, to_input
 from .models import build_model, state_dict_hash
 
 log = logging.getLogger(__name__)

@@ -9,14 +9,14 @@ Inputs (contracts of the other modules):
   the columns are ``trainer.evaluation.COLUMNS``);
 - ``runs/<name>/args.json`` from ``trainer.run``: which method / labels each run used.
 
-A *model* is identified by (arch, method, labels, trained_on); ``trainer.methods.key`` folds
+A *model* is identified by (arch, method, labels, trained_on); ``trainer.vocab.key`` folds
 the labels into the method so that an expert trained on teacher labels is reported as its own
 method ("expert (teacher labels)") and never mixed with the dataset-labelled expert.
 
 Rows of a class group (``trainer.eval --group``: ``group`` is set) score a subset of a
 setting's classes; they never enter Table 1, the figures or the recommender, which read the
 whole-setting rows only.  ``load_results(..., groups=True)`` returns them too, for the
-retention view (``decisions.report``).
+retention view (``trainer.decisions.report``).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.setting import Setting, SettingError
-from trainer import methods
+from trainer import vocab
 from trainer.clitools import UserError
 from trainer.rundir import RunDir
 
@@ -139,7 +139,7 @@ class Result:
 
     @property
     def mkey(self) -> str:
-        return methods.key(self.method, self.labels)
+        return vocab.key(self.method, self.labels)
 
     @property
     def model_key(self) -> tuple:

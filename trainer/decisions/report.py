@@ -1,6 +1,6 @@
 """Table 1, Fig. 4 and Fig. 5 of the paper from whatever has been measured so far.
 
-    python -m decisions.report --runs runs/ --shards shards/ --results reports/results.json --out reports/
+    python -m trainer.decisions.report --runs runs/ --shards shards/ --results reports/results.json --out reports/
 
 Writes into ``--out``:
 
@@ -37,7 +37,7 @@ import click
 from pipeline.atomic import atomic_output, atomic_write
 from pipeline.markdown import cell as md_cell, table as md_table
 from pipeline.setting import Setting
-from trainer import methods
+from trainer import vocab
 from trainer.clitools import run_click
 
 from . import retention
@@ -45,9 +45,9 @@ from .results import (Result, ResultsError, SettingStats, best_per_cell, codec_r
                       load_results, load_runs, rate_of, setting_order, single_split, unevaluated_runs)
 
 #: the paper's method columns, in its order
-METHODS = methods.names()
-method_name = methods.title
-method_rank = methods.rank
+METHODS = vocab.names()
+method_name = vocab.title
+method_rank = vocab.rank
 
 GAIN = "expert - finetune"
 
@@ -379,7 +379,7 @@ def rate_accuracy_table(series: list[Series], stats: dict[str, SettingStats], re
                                                                          ("expert+teacher", "finetune+teacher"))]
     header = ["setting", "bytes/image", "bpp", "PSNR (dB)", "SSIM"]
     header += [f"{method_name(m)} top-1" + (f" (trained on {model})" if model else "") for m, model in keys.values()]
-    header += ["expert − fine-tune" + (" (teacher labels)" if keys[e][0].endswith(methods.TEACHER_LABELS) else "")
+    header += ["expert − fine-tune" + (" (teacher labels)" if keys[e][0].endswith(vocab.TEACHER_LABELS) else "")
                for e, _ in gains]
     rows = []
     for st in settings:
@@ -632,7 +632,7 @@ def report(results_paths, shards, out, *, split: str = "val", runs=None, x: str 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point callable from tests: returns the exit status instead of exiting."""
-    return run_click(cli, argv, "python -m decisions.report")
+    return run_click(cli, argv, "python -m trainer.decisions.report")
 
 
 if __name__ == "__main__":
