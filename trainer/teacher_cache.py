@@ -45,7 +45,9 @@ from .data import ShardSet, check_skips, folder_key, group_shards, make_eval_loa
 from .distributed import Dist, barrier, resolve_device
 from .loop import Skips
 from .methods import amp_context, to_input
+from .config import TeacherCacheConfig
 from .models import build_model, state_dict_hash
+from .options import click_options
 
 log = logging.getLogger(__name__)
 
@@ -256,41 +258,31 @@ def resolve_caches(sets: list[ShardSet], teacher: torch.nn.Module, arch: str, we
 
 
 # -- command line -------------------------------------------------------------------------------
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--shards", multiple=True, required=True, help="Shard globs / brace patterns (grouped by folder).")
-@click.option("--arch", required=True, help="Architecture of the teacher (the model trained from).")
-@click.option("--weights", default=None, help="Torchvision weights name, or a weights / checkpoint file.")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write caches under OUT/<setting>/ instead of beside the shards.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--max-skip", type=click.FloatRange(0, 1), default=0.01, show_default=True,
-              help="Largest fraction of samples that may be skipped (unreadable) before it fails.")
-@click.option("--force", is_flag=True, help="Rebuild even when a valid cache exists.")
-@click.option("--progress/--no-progress", default=True)
-def cli(shards, arch, weights, num_classes, out, batch_size, workers, device, max_skip, force, progress):
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click_options(TeacherCacheConfig)
+def cli(**params):
     """Compute the teacher's logits on every clean crop of each setting, once."""
+    c = TeacherCacheConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}).resolved()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    dev = torch.device(resolve_device(device))
-    sets = group_shards(list(shards))
-    n = num_classes or sets[0].num_classes
-    teacher = build_model(arch, weights, n).to(dev).eval().requires_grad_(False)
+    dev = torch.device(resolve_device(c.device))
+    sets = group_shards(c.shards)
+    n = c.num_classes or sets[0].num_classes
+    teacher = build_model(c.arch, c.weights, n).to(dev).eval().requires_grad_(False)
     wh = state_dict_hash(teacher)
     done: set[Path] = set()
     for s in sets:
-        p = cache_path(s, arch, wh, out)
+        p = cache_path(s, c.arch, wh, c.out)
         if p in done:     # split-layout settings of one reference share its cache
             click.echo(f"{p}: shared with the other settings of {cache_target(s).folder}")
             continue
         done.add(p)
-        reason = "forced" if force else validate(p, s, arch, wh)
+        reason = "forced" if c.force else validate(p, s, c.arch, wh)
         if reason is None:
             click.echo(f"{p}: valid, kept")
             continue
         t0 = time.perf_counter()
-        build_cache(s, teacher, arch, weights, p, batch_size, workers, dev, dev.type == "cuda", progress, max_skip)
+        build_cache(s, teacher, c.arch, c.weights, p, c.batch_size, c.workers, dev, dev.type == "cuda", c.progress,
+                    c.max_skip)
         click.echo(f"{p}: {cache_target(s).manifest['count']} logits ({reason}; {time.perf_counter() - t0:.1f} s)")
     return 0
 
