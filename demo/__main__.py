@@ -371,8 +371,7 @@ def _table_only(markdown: str) -> str:
 
 def update_readme(plot: Path, table: str, elapsed: float, steps, a, arch: str, labels: str,
                   train_setting: str) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from readme_block import replace_block
+    from benchmarks.readme_block import replace_block
 
     docs = ROOT / "docs"
     atomic_write(docs / "demo_rate_accuracy.png", plot.read_bytes())

@@ -252,8 +252,7 @@ def block(argv: list[str], root: Path = ROOT) -> str:
 
 
 def write_block(readme: Path, name: str, content: str) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from readme_block import BlockError, replace_block
+    from benchmarks.readme_block import BlockError, replace_block
     try:
         atomic_write(readme, replace_block(readme.read_text(), name, content))
     except (BlockError, OSError) as exc:
