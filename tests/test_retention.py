@@ -249,7 +249,7 @@ def _md_tables(text):
 
 
 def test_report_retention_cells_are_the_mean_and_std_of_the_input_rows(tmp_path, capsys):
-    """trainer.report on group rows (A and B on the compressed setting, B on the clean images) of
+    """trainer.decisions.report on group rows (A and B on the compressed setting, B on the clean images) of
     pretrained / fine-tune / expert over 3 seeds: every cell of retention.md and retention.csv is
     the mean ± sample std of its input values, computed here with numpy; rows without groups give
     no retention section."""
