@@ -316,3 +316,12 @@ def single_split(results: list[Result], split: str) -> tuple[list[Result], list[
         return results, []
     return [r for r in results if r.split in (None, split)], sorted(splits - {split})
 
+
+def eval_value(results: list[Result], setting: str, attr: str) -> float | None:
+    """Rate or quality recorded by trainer.eval when the setting has no manifest."""
+    return next((getattr(r, attr) for r in results if r.setting == setting and getattr(r, attr) is not None), None)
+
+
+def difference(a: float | None, b: float | None) -> float | None:
+    # rounded: top-1 values have 2 decimals at most, and 0.12000000000000455 helps nobody
+    return None if a is None or b is None else round(a - b, 6)
