@@ -44,8 +44,9 @@ from trainer.clitools import run_click
 from . import retention
 from .figures import (FIG4_HEADER, cross_eval, default_caption, fig4_rows, fig5_rows, plot_cross_eval,
                       plot_rate_accuracy, rate_accuracy_series, rate_accuracy_table)
-from .results import (Result, ResultsError, SettingStats, best_per_cell, difference, eval_value, finite,
-                      load_manifests, load_results, load_runs, setting_order, single_split, unevaluated_runs)
+from .results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, Result, ResultsError, SettingStats,
+                      best_per_cell, check_selection, difference, eval_value, finite, load_manifests, load_results,
+                      load_runs, mark, selected_on_scored, setting_order, single_split, unevaluated_runs)
 
 #: the paper's method columns, in its order
 METHODS = vocab.names()
@@ -101,6 +102,8 @@ def build_table1(results: list[Result], stats: dict[str, SettingStats], arch: st
         for m in methods:
             cell = _cell(best, arch, m, s)
             row[f"top1_{m}"] = cell.top1 if cell else None
+            if cell is not None and mark([cell]):
+                row.setdefault(MARKED, set()).add(f"top1_{m}")
         # same labels on both sides: dataset labels when both ran, else the label-free pair
         row["gain"] = difference(row.get("top1_expert"), row.get("top1_finetune"))
         if row["gain"] is None:
@@ -153,12 +156,16 @@ def _paper_cells(p: dict | None) -> dict:
 
 # --------------------------------------------------------------------------- writers
 
+#: a Table 1 row's keys whose value comes from a checkpoint chosen on the images it scores
+MARKED = "_selected_on_scored"
+
+
 def markdown_table(cols: list[Column], rows: list[dict]) -> str:
     def cell(col: Column, row: dict) -> str:
         value = row.get(col.key)
         if value is None and col.key == "psnr" and row["setting"] == "lossless":
             return "∞"  # x̃ = x: PSNR is infinite, not missing
-        return md_cell(value, col.digits)
+        return md_cell(value, col.digits) + (f" {SELECTED_MARK}" if col.key in row.get(MARKED, ()) else "")
 
     align = "".join("l" if c.key == "setting" else "r" for c in cols)
     return md_table([c.title for c in cols], [[cell(c, r) for c in cols] for r in rows], align) + "\n"
@@ -220,6 +227,7 @@ def make_report(results: list[Result], stats: dict[str, SettingStats], out: Path
     written.update(_write_tables(out, stats, t1_rows, f4_rows, f5_blocks, tables_md))
     atomic_write(out / "fig4_rate_accuracy.md", "\n".join(f4_md))
     written["fig4_rate_accuracy.md"] = out / "fig4_rate_accuracy.md"
+    md.append(_selected_note([*results, *group_results]))
     md.append(_missing_note(results, stats, runs or []))
     atomic_write(out / "report.md", "\n".join(md))
     written["report.md"] = out / "report.md"
@@ -237,6 +245,8 @@ def _table_section(arch, cols, rows, results, paper, paper_arch) -> str:
     if paper is not None:
         parts.append(f"Columns \"paper …\": {paper_arch} in the paper (`{Path(paper).name}`).\n")
     parts.append(markdown_table(cols, rows))
+    if any(r.get(MARKED) for r in rows):
+        parts.append(SELECTED_NOTE + "\n")
     parts.append(_duplicates_note(results, arch))
     return "\n".join(p for p in parts if p)
 
@@ -260,6 +270,14 @@ def _duplicates_note(results: list[Result], arch: str | None) -> str:
     if not dups:
         return ""
     return "Best of several evaluations (count in brackets): " + ", ".join(dups) + ".\n"
+
+
+def _selected_note(results: list[Result]) -> str:
+    """The rows let through with ALLOW_SELECTED, by name (figures and group tables carry no mark)."""
+    flagged = sorted({f"`{r.checkpoint or r.weights}` on {r.setting}" for r in results if selected_on_scored(r)})
+    if not flagged:
+        return ""
+    return f"## Chosen on the scored images\n\n{SELECTED_NOTE}\n\n" + "\n".join(f"- {f}" for f in flagged) + "\n"
 
 
 def _missing_note(results: list[Result], stats: dict[str, SettingStats], runs: list) -> str:
@@ -294,11 +312,14 @@ def _missing_note(results: list[Result], stats: dict[str, SettingStats], runs: l
 @click.option("--paper-arch", default=None, help="Architecture of the paper's columns (default: each table's).")
 @click.option("--caption", default=None,
               help="Caption under Fig. 4: what top-1 means for these labels (default: plain top-1).")
-def cli(results_paths, shards, split, runs, out, x, archs, paper, paper_arch, caption):
+@click.option(ALLOW_SELECTED, "allow_selected", is_flag=True,
+              help="Report rows whose checkpoint was chosen on the images it is scored on, marked "
+                   f"{SELECTED_MARK} (refused without it).")
+def cli(results_paths, shards, split, runs, out, x, archs, paper, paper_arch, caption, allow_selected):
     """Build Table 1, Fig. 4 and Fig. 5 from manifests and evaluation results."""
     results, stats, written = report(results_paths, shards, out, split=split, runs=runs, x=x, archs=archs,
                                      paper=paper, paper_arch=paper_arch, warn=lambda m: click.echo(m, err=True),
-                                     caption=caption)
+                                     caption=caption, allow_selected=allow_selected)
     click.echo(f"{len(results)} result rows, {len(stats)} manifests -> {out}/")
     for name in sorted(written):
         click.echo(f"  {name}")
@@ -306,10 +327,11 @@ def cli(results_paths, shards, split, runs, out, x, archs, paper, paper_arch, ca
 
 
 def report(results_paths, shards, out, *, split: str = "val", runs=None, x: str = "bytes", archs=(),
-           paper=None, paper_arch=None, warn=None,
-           caption: str | None = None) -> tuple[list[Result], dict[str, SettingStats], dict[str, Path]]:
+           paper=None, paper_arch=None, warn=None, caption: str | None = None,
+           allow_selected: bool = False) -> tuple[list[Result], dict[str, SettingStats], dict[str, Path]]:
     """The report of the results files and the manifests under ``shards`` (the Python API of the
-    command): (result rows used, manifests used, {name: path} written)."""
+    command): (result rows used, manifests used, {name: path} written).  Rows scored on the
+    images their checkpoint was chosen on are refused unless ``allow_selected`` (then marked)."""
     warn = warn or (lambda m: None)
     results_paths = [Path(p) for p in ([results_paths] if isinstance(results_paths, (str, Path)) else results_paths)]
     present = [p for p in results_paths if p.exists()]
@@ -321,6 +343,7 @@ def report(results_paths, shards, out, *, split: str = "val", runs=None, x: str 
     if archs:
         every = [r for r in every if r.arch in archs]
     every, dropped = single_split(every, split)
+    check_selection(every, allow_selected)
     results = [r for r in every if r.group is None]
     group_results = [r for r in every if r.group is not None]
     if dropped:
