@@ -34,7 +34,8 @@ class Group(click.Group):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            super().main(*args, standalone_mode=False, **kwargs)
+            raise SystemExit(0)      # as click's standalone mode: the process ends here
         except click.ClickException as exc:
             show(exc)
             raise SystemExit(exc.exit_code) from None
