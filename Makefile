@@ -134,7 +134,7 @@ demo-docs: install ## Run the embedded demo: docs/demo-results.json, its README 
 	$(PY) -m demo --readme $(DEMO_ARGS)
 
 report: install ## Table 1, Fig. 4/5 from runs/, shards/ and reports/results.json (PAPER=paper_table1.json to compare)
-	$(PY) -m decisions.report --runs runs/ --shards $(OUT) --results reports/results.json --out reports/ \
+	$(PY) -m trainer.decisions.report --runs runs/ --shards $(OUT) --results reports/results.json --out reports/ \
 	  $(if $(PAPER),--paper $(PAPER)) $(if $(PAPER_ARCH),--paper-arch $(PAPER_ARCH))
 
 clean: ## Remove outputs (shards/, runs/, bench-out/), keep .venv

@@ -15,7 +15,7 @@ other work on the machine does not decide the result; the worker's wall-time rat
 * ``loader, in process``: the same stage list without a worker process;
 * ``before``: the same plan through webdataset's stock per-sample stages (tar reader,
   shuffle, ``decode_any`` into a tensor per sample, ``torch.stack``): the loader as it was
-  before the lean stages (``tests/loader_reference.py``);
+  before the lean stages (``benchmarks/loader_reference.py``);
 * the parts: reading only (``tarfile``; this loader's reader ``trainer.tarstream``) and
   decoding only (bitstreams already in memory), each timed for min(5 s, ``--seconds``).
 
@@ -59,8 +59,7 @@ def build_shards(work: Path, images: int, bpg_images: int, jobs: int) -> tuple[d
     if (IMAGENETTE / "val").is_dir():
         src, split, what = IMAGENETTE, "val", "Imagenette val (real ImageNet JPEGs)"
     else:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from tests.conftest import make_image_folder
+        from benchmarks.synthetic import make_image_folder
         classes = [f"n{i:08d}" for i in range(10)]
         make_image_folder(work / "src", classes=classes, per_class=-(-images // 10), size=(300, 260))
         src, split, what = work / "src", "train", "synthetic photos"
@@ -105,8 +104,7 @@ def loader(settings, workers: int):
 
 
 def stock(settings):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tests import loader_reference
+    from benchmarks import loader_reference
 
     spec = LoaderSpec(batch_size=32, workers=0, shuffle_buffer=1000, seed=0)
     return iter(loader_reference.train_loader(settings, spec, epoch=0, batches=EPOCH)[0])

@@ -55,8 +55,7 @@ EPOCH = 10 ** 7   # batches: one epoch longer than any benchmark
 def make_shards(root: Path, n: int, jobs: int) -> str:
     """``n`` synthetic photos of 10 classes -> split-layout jpeg-10 (+ lossless) shards of 100."""
     from pipeline.build import build
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tests.conftest import make_image_folder
+    from benchmarks.synthetic import make_image_folder
     classes = [f"n{i:08d}" for i in range(10)]
     make_image_folder(root / "src", classes=classes, per_class=-(-n // 10), size=(300, 260))
     build(root / "src", "train", ["jpeg-10"], root / "shards", shard_size=100, jobs=jobs, layout="split",
@@ -79,7 +78,7 @@ def sync(device: torch.device) -> None:
 
 
 def train_step(model, opt, batch, step: loop.Step) -> int:
-    batch = loop.decode_on_device(batch, step.device)
+    batch = step.decoded(batch)
     terms = step.method.loss(model, batch, step)
     opt.zero_grad(set_to_none=True)
     terms["loss"].backward()
@@ -122,7 +121,7 @@ class Mode:
         while time.perf_counter() - t0 < seconds:
             b = next(self.it)
             if "comp_jpeg" in b:
-                b = loop.decode_on_device(b, self.device)
+                b = self.step.decoded(b)
             n += len(b["key"])
         sync(self.device)
         self._add("loader", n, time.perf_counter() - t0)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -30,34 +29,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import atomic_write, atomic_write_json  # noqa: E402
-from pipeline.markdown import parse_document, render_document  # noqa: E402
+from pipeline.markdown import (BlockError, block_names, parse_document, read_block,  # noqa: E402, F401
+                               render_document, replace_block)
 from pipeline.provenance import environment, hardware, portable_path  # noqa: E402
 from trainer.clitools import UserError  # noqa: E402
 
+from experiments import summarize  # noqa: E402 - the summary blocks and their renderer
+
 RESULTS = "benchmarks/results"
-
-
-class BlockError(ValueError):
-    """The file has no such block, or a block's source is missing or unreadable."""
-
-
-def replace_block(text: str, name: str, content: str) -> str:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise BlockError(f"no '{start}' ... '{end}' block in the file")
-    return pattern.sub(lambda _: f"{start}\n{content.strip()}\n{end}", text)
-
-
-def read_block(text: str, name: str) -> str | None:
-    """The content of block ``name`` (None when the file has none)."""
-    m = re.search(rf"<!-- {re.escape(name)}:start -->\n(.*?)\n?<!-- {re.escape(name)}:end -->", text, re.S)
-    return m.group(1) if m else None
-
-
-def block_names(text: str) -> list[str]:
-    """The names of every start/end block of a Markdown text, in order."""
-    return re.findall(r"<!-- ([\w.-]+):start -->", text)
 
 
 # --------------------------------------------------------------------------- results files
@@ -101,7 +80,6 @@ def render_documents(sources: list[str], root: Path) -> str:
 
 
 def render_summary(argv: list[str], root: Path) -> str:
-    from experiments import summarize
     return summarize.block(argv, root=root)
 
 
@@ -154,15 +132,7 @@ BLOCKS = [
     _doc("README.md", "trainer", f"{RESULTS}/trainer.json"),
     _doc("README.md", "trainer-gpu", f"{RESULTS}/trainer-gpu-resnet50.json", f"{RESULTS}/trainer-gpu-mobilenet_v2.json"),
     _doc("README.md", "demo", "docs/demo-results.json"),
-    _summary("imagenette", "experiments/results/imagenette-h200-mixed.json"),
-    _summary("imagenette-order", "--compare", "sorted (old)=experiments/results/imagenette-h200-3seeds.json",
-             "--compare", "mixed=experiments/results/imagenette-h200-mixed.json"),
-    _summary("imagenette-order-cpu", "--compare", "sorted=experiments/results/imagenette-cpu-order-sorted.json",
-             "--compare", "mixed=experiments/results/imagenette-cpu-order-mixed.json"),
-    _summary("imagenette-h200", "experiments/results/imagenette-h200-3seeds.json"),
-    _summary("imagenette-h200-labelfree", "experiments/results/imagenette-h200-labelfree-j2k200.json"),
-    _summary("retention", "experiments/results/retention-cpu.json"),
-    _summary("retention-bn", "experiments/results/retention-cpu-pretrained-bn.json"),
+    *(_summary(name, *argv) for name, argv in summarize.README_BLOCKS.items()),
     _doc("tools/bpg/README.md", "bpg-tuning", f"{RESULTS}/bpg-tune.json"),
     _doc("tools/bpg/README.md", "bpg-bench", f"{RESULTS}/bpg.json"),
 ]

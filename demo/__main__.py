@@ -12,7 +12,7 @@ Steps (each reuses what an earlier run already built or measured):
  4. train     expert and fine-tuning on one setting, same budget (trainer.train); label-free
               (--labels teacher) on the embedded data
  5. evaluate  both on every val setting: where training on one setting helps the others
- 6. report    Table 1, Fig. 4 (rate-accuracy) and Fig. 5 (decisions.report)
+ 6. report    Table 1, Fig. 4 (rate-accuracy) and Fig. 5 (trainer.decisions.report)
 
 Evaluations are cached per (model bytes, shard folder content) in OUT/eval-cache
 (trainer.eval_cache): a second run with nothing changed only checks and reports.
@@ -170,20 +170,16 @@ RUN_KEYS = ("method", "arch", "weights", "labels", "alpha", "lr", "epochs", "bat
 def run_state(folder: Path, config) -> str:
     """"complete" (reuse it), "partial" (resume it), "other" (a run of other epochs, lr ...:
     train again) or "none"."""
-    import json
+    from trainer.rundir import RunDir
 
-    if not (folder / "args.json").exists():
+    run = RunDir(folder)
+    if not run.is_run():
         return "none"
-    try:
-        saved = json.loads((folder / "args.json").read_text())
-        done = sum(1 for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()) \
-            if (folder / "metrics.jsonl").exists() else 0
-    except (OSError, ValueError):
-        return "other"
+    saved = run.args()
     wanted = config.resolved()
-    if not isinstance(saved, dict) or any(saved.get(k) != getattr(wanted, k) for k in RUN_KEYS):
+    if not saved or any(saved.get(k) != getattr(wanted, k) for k in RUN_KEYS):
         return "other"
-    return "complete" if (folder / "last.pth").exists() and done >= config.epochs else "partial"
+    return "complete" if run.complete(config.epochs) else "partial"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -276,9 +272,10 @@ def run_demo(a) -> None:
     clock = Clock()
     import torch
 
-    from decisions.report import report
+    from trainer.decisions.report import report
     from trainer import EvalConfig, TrainConfig, train
     from trainer.models import build_model
+    from trainer.rundir import RunDir
 
     torch.set_num_threads(a.threads or max(1, os.cpu_count() or 1))
     arch = a.arch or ("efficientnet_lite0" if not a.weights or not a.data else "mobilenet_v2")
@@ -331,7 +328,7 @@ def run_demo(a) -> None:
                 click.echo(f"   {out} was trained with other options: training again")
                 shutil.rmtree(out)
             train(config)
-        checkpoints.append(str(out / "last.pth"))
+        checkpoints.append(str(RunDir(out).last))
 
     clock.step("evaluate", "the trained models on every setting")
     evaluate_cached(EvalConfig(checkpoints=checkpoints, shards=val_globs, out=str(results), **common),
@@ -375,9 +372,7 @@ def _table_only(markdown: str) -> str:
 def update_readme(plot: Path, table: str, elapsed: float, steps, a, arch: str, labels: str,
                   train_setting: str) -> None:
     """docs/demo-results.json (what the README's demo block is rendered from) and the plot; then
-    the block itself (benchmarks/readme_block.py)."""
-    if str(ROOT) not in sys.path:     # the source tree's registry (the docs live there, not in the package)
-        sys.path.insert(0, str(ROOT))
+    the block itself (benchmarks/readme_block.py; the demo runs from the checkout, as ``python -m demo``)."""
     from benchmarks.readme_block import BLOCKS, refresh, save
 
     docs = ROOT / "docs"

@@ -18,6 +18,7 @@ from pipeline.provenance import environment, portable_path
 from pipeline.setting import Setting, SettingError
 from trainer import methods
 from trainer.clitools import UserError
+from trainer.rundir import RunDir
 
 #: the settings of every experiment's val split besides the trained ones (B-clean = lossless)
 LOSSLESS = "lossless"
@@ -63,17 +64,10 @@ def run_dir(out: Path, key: str, setting: str, seed: int) -> Path:
     return Path(out) / "runs" / f"{key.replace(methods.TEACHER_LABELS, '-teacher')}-{setting}-s{seed}"
 
 
-def complete(run: Path, epochs: int) -> bool:
-    """A run that finished all its epochs (its checkpoint is reused)."""
-    metrics = run / "metrics.jsonl"
-    return (run / "best.pth").exists() and metrics.exists() and \
-        sum(1 for line in metrics.read_text().splitlines() if line.strip()) >= epochs
-
-
 def check_validation(run: Path, val_glob: str | None) -> None:
     """A one-line error when the run folder's args.json names other validation shards than
     ``val_glob`` (None: none)."""
-    args = Path(run) / "args.json"
+    args = RunDir(run).args_json
     if not args.exists():
         return
     try:
@@ -113,19 +107,19 @@ def train_run(run: Path, train_glob: str, method: str, labels: str, seed: int, a
     from trainer import TrainConfig, train
 
     check_validation(run, val_glob)
-    if not complete(run, budget.epochs):
+    if not RunDir(run).complete(budget.epochs):
         train(TrainConfig(
             shards=[train_glob], val_shards=[val_glob] if val_glob else None, arch=arch, weights=weights,
             method=method, labels=labels, epochs=budget.epochs, train_limit=budget.train_limit, val_limit=val_limit,
             batch_size=budget.batch, seed=seed, out=str(run), resume="auto", device=budget.device, progress=False,
             **({"workers": budget.workers} if budget.workers is not None else {}), **budget.hyper(method)))
-    return run / "best.pth"
+    return RunDir(run).best
 
 
 def scored_checkpoint(run: Path, select_per_class: int) -> Path:
     """The checkpoint of a run that the experiment scores: ``best.pth`` when the run chose its
     epoch on a selection split (``select_per_class`` > 0), else ``last.pth``."""
-    return Path(run) / ("best.pth" if select_per_class else "last.pth")
+    return RunDir(run).best if select_per_class else RunDir(run).last
 
 
 def selection_protocol(select_per_class: int) -> dict | str:
@@ -274,9 +268,8 @@ def write_meta(results: Path, info: dict, budget: Budget, runs: list[Path]) -> P
             old = {}
     steps = set(old.get("steps_per_run") or [])
     for run in runs:
-        metrics = run / "metrics.jsonl"
-        if metrics.exists():
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = RunDir(run).metrics()
+        if rows:
             steps.add(sum(int(r.get("train_images") or 0) for r in rows) // budget.batch)
     meta = {**old, **info, **{k: v for k, v in asdict(budget).items()}}
     for key in ("settings", "methods", "seeds"):

@@ -7,7 +7,7 @@ std over seeds.  Three views:
   ("expert (teacher labels)", method key ``expert+teacher``: ``trainer.methods``).
 - **retention** (the default when the rows have class groups, ``trainer.eval --group``):
   each group's top-1 on the model's own setting and on the clean images, beside the
-  pretrained model (``decisions.retention``).
+  pretrained model (``trainer.decisions.retention``).
 - **compare** (``--compare LABEL=FILE`` twice or more): the same (setting, method) cells of
   several results files side by side, e.g. mixed vs class-sorted shards.
 
@@ -38,7 +38,7 @@ from pipeline.markdown import table  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
-from decisions.results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, check_selection,  # noqa: E402
+from trainer.decisions.results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, check_selection,  # noqa: E402
                                selected_on_scored, selection_unknown)
 
 METRIC_NOTES = {"top1": "top1: arg-max over all 1000 ImageNet classes",
@@ -116,8 +116,8 @@ def report(rows: list[dict]) -> str:
 
 def retention_report(rows: list[dict]) -> str:
     """The retention tables (1000-way top-1, then top1_present) of rows with class groups."""
-    from decisions.results import results_from_rows
-    from decisions.retention import markdown, retention_tables
+    from trainer.decisions.results import results_from_rows
+    from trainer.decisions.retention import markdown, retention_tables
 
     tables = retention_tables(results_from_rows([r for r in rows if r.get("group") is not None]))
     if not tables:
@@ -162,7 +162,7 @@ def compare_report(labelled: list[tuple[str, list[dict]]], setting: str | None =
 
 def load_rows(paths: list[Path], allow_selected: bool = False) -> list[dict]:
     """The rows of results files; rows scored on the images their checkpoint was chosen on are
-    refused unless ``allow_selected`` (``decisions.results.check_selection``)."""
+    refused unless ``allow_selected`` (``trainer.decisions.results.check_selection``)."""
     rows = []
     for path in paths:
         try:
@@ -271,17 +271,31 @@ def block(argv: list[str], root: Path = ROOT) -> str:
 
 
 def write_block(readme: Path, name: str, content: str) -> None:
-    from benchmarks.readme_block import BlockError, replace_block
+    from pipeline.markdown import BlockError, replace_block
     try:
         atomic_write(readme, replace_block(readme.read_text(), name, content))
     except (BlockError, OSError) as exc:
         raise UserError(f"{readme}: {exc}") from None
 
 
+#: the README's experiment blocks: name -> the arguments that make them (paths from the repository
+#: root); the registry of every generated block (benchmarks/readme_block.py) takes them from here
+README_BLOCKS = {
+    "imagenette": ["experiments/results/imagenette-h200-mixed.json"],
+    "imagenette-order": ["--compare", "sorted (old)=experiments/results/imagenette-h200-3seeds.json",
+                         "--compare", "mixed=experiments/results/imagenette-h200-mixed.json"],
+    "imagenette-order-cpu": ["--compare", "sorted=experiments/results/imagenette-cpu-order-sorted.json",
+                             "--compare", "mixed=experiments/results/imagenette-cpu-order-mixed.json"],
+    "imagenette-h200": ["experiments/results/imagenette-h200-3seeds.json"],
+    "imagenette-h200-labelfree": ["experiments/results/imagenette-h200-labelfree-j2k200.json"],
+    "retention": ["experiments/results/retention-cpu.json"],
+    "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
+}
+
+
 def readme_blocks() -> dict:
-    """The experiment blocks of the registry (benchmarks/readme_block.py): name -> arguments."""
-    from benchmarks.readme_block import BLOCKS
-    return {b.name: list(b.args) for b in BLOCKS if b.renderer == "summary"}
+    """The experiment blocks: name -> arguments."""
+    return {name: list(argv) for name, argv in README_BLOCKS.items()}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

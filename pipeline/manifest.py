@@ -18,6 +18,9 @@ source digest: equal for every setting that can be paired).
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import math
 import platform
 import re
 import statistics
@@ -204,6 +207,38 @@ class Manifest(dict):
     @property
     def shard_counts(self) -> dict[str, int]:
         return {e["name"]: e["count"] for e in self.get("shards", [])}
+
+    @property
+    def count(self) -> int:
+        return int(self["count"])
+
+    @property
+    def num_classes(self) -> int | None:
+        """The size of the label space (None: not recorded)."""
+        n = self.get("num_classes")
+        return n if isinstance(n, int) and n > 0 else None
+
+    @property
+    def max_label(self) -> int | None:
+        """The largest class index the labels use (None: unknown)."""
+        index = self.get("class_index")
+        if isinstance(index, dict) and index:
+            values = [v for v in index.values() if isinstance(v, int)]
+            return max(values) if values else None
+        return None
+
+    def mean(self, metric: str) -> float | None:
+        """The mean of one of ``METRICS`` over the setting's images (None: unknown or not finite)."""
+        value = (self.get("mean") or {}).get(metric)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value) if math.isfinite(value) else None
+
+
+def digest(manifest: dict) -> str:
+    """SHA-256 of a manifest's content, without what differs between two builds of the same bytes."""
+    stable = {k: v for k, v in manifest.items() if k not in VOLATILE}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read(path: str | Path) -> Manifest:

@@ -64,3 +64,27 @@ def render_document(parts: Sequence[dict]) -> str:
     """Parts -> Markdown (``parse_document``'s inverse)."""
     return "\n\n".join(p["text"] if "text" in p else table(p["table"]["header"], p["table"]["rows"],
                                                              p["table"]["align"]) for p in parts)
+
+
+# -- generated blocks: <!-- NAME:start --> ... <!-- NAME:end --> -------------------------------------
+class BlockError(ValueError):
+    """The file has no such block, or a block's source is missing or unreadable."""
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise BlockError(f"no '{start}' ... '{end}' block in the file")
+    return pattern.sub(lambda _: f"{start}\n{content.strip()}\n{end}", text)
+
+
+def read_block(text: str, name: str) -> str | None:
+    """The content of block ``name`` (None when the file has none)."""
+    m = re.search(rf"<!-- {re.escape(name)}:start -->\n(.*?)\n?<!-- {re.escape(name)}:end -->", text, re.S)
+    return m.group(1) if m else None
+
+
+def block_names(text: str) -> list[str]:
+    """The names of every start/end block of a Markdown text, in order."""
+    return re.findall(r"<!-- ([\w.-]+):start -->", text)

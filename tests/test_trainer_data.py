@@ -142,7 +142,7 @@ def _same_batches(a, b):
 def test_loader_yields_what_webdatasets_stock_stages_yield(shards, need_comp, need_clean, setting):
     """Same samples, same order, same pixels as the stock webdataset stages (tar reader,
     shuffle, decode_any per sample, torch.stack) for the same plan and seed."""
-    from tests import loader_reference
+    from benchmarks import loader_reference
 
     ss = group_shards(str(shards / "train" / setting / "*.tar"))
     spec = LoaderSpec(batch_size=3, workers=0, shuffle_buffer=4, seed=5)
@@ -155,7 +155,7 @@ def test_loader_yields_what_webdatasets_stock_stages_yield(shards, need_comp, ne
 
 
 def test_batches_are_channels_last_views_and_the_step_makes_them_contiguous(shards):
-    from trainer.loop import to_input
+    from trainer.methods import to_input
 
     ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
     b = next(iter(make_eval_loader(ss, 4, need_clean=True)))
@@ -198,9 +198,9 @@ def test_uneven_shards_leave_out_or_repeat_what_the_plan_says(shards, batch, wor
 
 # -- GPU JPEG decoding: the CPU side of the path, and the fallback without CUDA -------
 def test_gpu_jpeg_batches_decode_on_a_device_to_the_loaders_pixels(shards):
-    """A gpu_jpeg loader leaves the bitstreams (headers checked) for decode_on_device, which
+    """A gpu_jpeg loader leaves the bitstreams (headers checked) for DeviceJpeg, which
     runs torchvision.io.decode_jpeg on the device: here the CPU stands in for CUDA."""
-    from trainer.loop import decode_on_device
+    from trainer.data import DeviceJpeg
 
     ss = group_shards(str(shards / "train" / "jpeg-10" / "*.tar"))
     plain = list(make_eval_loader(ss, 3))
@@ -208,7 +208,7 @@ def test_gpu_jpeg_batches_decode_on_a_device_to_the_loaders_pixels(shards):
     assert "comp" not in raw[0] and raw[0]["comp_jpeg"].dtype == torch.uint8
     assert int(raw[0]["comp_jpeg_lengths"].sum()) == raw[0]["comp_jpeg"].numel()
     for a, b in zip(plain, raw):
-        b = decode_on_device(b, torch.device("cpu"))
+        b = DeviceJpeg(torch.device("cpu"))(b)
         assert a["key"] == b["key"] and torch.equal(a["label"], b["label"])
         assert b["comp"].shape == a["comp"].shape and b["comp"].dtype == torch.uint8
         diff = (b["comp"].int() - a["comp"].int()).abs().float()
@@ -219,7 +219,8 @@ def test_a_picture_the_device_decoder_refuses_is_skipped_and_counted(shards, tmp
     import shutil
 
     from tests.test_trainer_failures import rewrite_tar
-    from trainer.loop import Skips, decode_on_device
+    from trainer.data import DeviceJpeg
+    from trainer.loop import Skips
 
     d = tmp_path / "s"
     shutil.copytree(shards / "train" / "jpeg-10", d)
@@ -227,7 +228,8 @@ def test_a_picture_the_device_decoder_refuses_is_skipped_and_counted(shards, tmp
     for tar in d.glob("*.tar"):   # a valid header, half the entropy-coded data
         rewrite_tar(tar, lambda name, data: data[: len(data) // 2] if name == victim + ".comp.jpg" else data)
     ss = group_shards(str(d / "*.tar"))
-    batches = [decode_on_device(b, torch.device("cpu")) for b in make_eval_loader(ss, 8, gpu_jpeg=True)]
+    decode = DeviceJpeg(torch.device("cpu"))
+    batches = [decode(b) for b in make_eval_loader(ss, 8, gpu_jpeg=True)]
     skips = Skips()
     for b in batches:
         skips.add(b)
@@ -251,7 +253,7 @@ def test_gpu_decode_without_cuda_falls_back_with_one_message(shards, tmp_path, c
 
 
 def test_default_workers_follow_the_cpus_and_the_ranks_per_node(monkeypatch):
-    from trainer import data
+    from trainer.data import loader as data
 
     monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -266,7 +268,7 @@ def test_default_workers_follow_the_cpus_and_the_ranks_per_node(monkeypatch):
 
 
 def test_worker_buffers_are_used_again_only_after_the_main_process_copied_them(shards):
-    """Workers reuse their shared-memory batch buffers (trainer.data._Ring): a consumer that
+    """Workers reuse their shared-memory batch buffers (trainer.data.batch._Ring): a consumer that
     keeps every batch must still see each sample's own pixels, labels and teacher rows."""
     ss = group_shards(str(shards / "train" / "lossless" / "*.tar"))
     truth = {k: (c, l) for b in make_eval_loader(ss, 8) for k, c, l in zip(b["key"], b["comp"], b["label"])}

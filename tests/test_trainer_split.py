@@ -115,7 +115,7 @@ def test_the_teacher_cache_is_the_references_built_once_for_every_setting(data, 
     assert not list((copy / "jpeg-10").glob("teacher-*")) and not list((copy / "jpeg-75").glob("teacher-*"))
     meta = json.loads(npy.with_suffix(".json").read_text())
     ref = json.loads((copy / "lossless" / "manifest.json").read_text())
-    assert meta["plan_id"] == ref["plan_id"] and meta["content"] and meta["count"] == 12
+    assert meta["plan_id"] == ref["plan_id"] and meta["identity"] and meta["count"] == 12
     # another setting of the split, a later run: the same cache, not rebuilt
     train(config(str(copy / "jpeg-75" / "*.tar"), tmp_path / "75", method="expert"))
     assert len(builds) == 1

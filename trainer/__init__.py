@@ -7,10 +7,12 @@
     rows = evaluate(EvalConfig(checkpoints=[str(result.best)], shards=["shards/val/*/*.tar"]))
 
 Where things live: ``config.py`` (the typed configs), ``methods.py`` (one class per training
-method), ``losses.py``, ``loop.py`` (``train_one_epoch``, ``evaluate``), ``data.py`` (the
-streaming shard loader), ``teacher_cache.py``, ``models.py``, ``checkpoint.py``,
+method, and ``Step``), ``vocab.py`` (the method names and titles, no torch), ``losses.py``,
+``loop.py`` (``train_one_epoch``, ``evaluate``), ``data/`` (the streaming shard loader),
+``rundir.py`` (a run folder's files), ``teacher_cache.py``, ``models.py``, ``checkpoint.py``,
 ``training.py`` / ``evaluation.py`` (a run, an evaluation), ``run.py`` / ``eval.py`` /
-``cache_teacher.py`` (the commands).
+``cache_teacher.py`` (the commands); ``decisions/`` (reports, recommendations, the receiver)
+sits above the rest and reads what it wrote.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ _LAZY = {"TrainConfig": "config", "EvalConfig": "config", "TrainResult": "traini
 
 
 def __getattr__(name: str):
-    # imported on first use, so that `python -m trainer.report` & co. do not pay for torch
+    # imported on first use, so that `python -m trainer.decisions.report` & co. do not pay for torch
     if name in _LAZY:
         import importlib
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

@@ -2,17 +2,20 @@
 ``main(argv)`` returns an exit status (console-script ready, and callable from tests).
 
 Exit status: 0 success, 1 a user error (bad input file, refused checkpoint, data loss ...;
-one line on stderr naming the input), 2 a usage error (click's), 130 interrupted.
+one line on stderr naming the input), 2 a usage error (click's), 130 interrupted; every error
+is one ``error: ...`` line (:mod:`pipeline.cli`, the pipeline's commands print theirs alike).
 """
 from __future__ import annotations
 
 import errno
+import math
 import sys
 from typing import Iterable
 
 import click
 
 from pipeline.atomic import AtomicWriteError, LockedError
+from pipeline.cli import show
 from pipeline.layout import PairingError
 from pipeline.limits import PixelBudgetError
 from pipeline.manifest import ManifestError
@@ -70,7 +73,7 @@ def run_click(cli: click.Command, argv: list[str] | None, prog_name: str, multi:
     try:
         return cli.main(args=args, prog_name=prog_name, standalone_mode=False) or 0
     except click.ClickException as exc:
-        exc.show()
+        show(exc)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -88,8 +91,25 @@ def run_click(cli: click.Command, argv: list[str] | None, prog_name: str, multi:
         return 1
 
 
+def range_problem(value, *, whole: bool = False, low: float | None = None, high: float | None = None,
+                  low_open: bool = False) -> str | None:
+    """The one range rule of every option: why ``value`` is not a whole (``whole``) or finite
+    number within the bounds ("must be a whole number >= 1"), or None when it is."""
+    if whole:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high)
+    if ok:
+        return None
+    bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
+    bounds += [f"<= {high:g}"] if high is not None else []
+    return f"must be a {'whole' if whole else 'finite'} number" + (" " + " and ".join(bounds) if bounds else "")
+
+
 class FiniteFloat(click.ParamType):
-    """A float that is finite (click's FloatRange lets NaN through every bound)."""
+    """A float that is finite (click's FloatRange lets NaN through every bound), within the
+    bounds given (:func:`range_problem`)."""
 
     name = "number"
 
@@ -104,10 +124,9 @@ class FiniteFloat(click.ParamType):
                 x = float(value)
             except (TypeError, ValueError):
                 self.fail(f"{value!r} is not a number", param, ctx)
-        if x != x or x in (float("inf"), float("-inf")):
+        if not math.isfinite(x):
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        if self.min is not None and (x < self.min or (self.min_open and x == self.min)):
-            self.fail(f"{value!r} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
-        if self.max is not None and x > self.max:
-            self.fail(f"{value!r} must be <= {self.max:g}", param, ctx)
+        problem = range_problem(x, low=self.min, high=self.max, low_open=self.min_open)
+        if problem is not None:
+            self.fail(f"{value!r} {problem}", param, ctx)
         return x

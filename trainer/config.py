@@ -1,5 +1,7 @@
 """Typed configurations of a training run and an evaluation: what the Python API takes and
-the command lines fill in.  The ranges of every numeric option are checked here, once.
+the command lines fill in.  Each field carries its help text, range and command-line spelling
+(:mod:`trainer.options`): the commands' options are made from them, and every config is
+checked against them, once.
 
     from trainer import TrainConfig, train
     result = train(TrainConfig(shards=["shards/train/j2k-200/*.tar"], arch="resnet50",
@@ -13,72 +15,78 @@ override the file) and as ``args.json`` (with what the run learnt: ``trained_on`
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.classes import MAX_CLASSES
-
-from .clitools import UserError
+from . import options as O
 from .losses import REDUCTIONS
+from .methods import get as get_method, names as method_names
+from .options import ConfigError, check_ranges, flag, opt
+from .vocab import LABEL_SOURCES
 from .optiontypes import check_types
-from .methods import LABEL_SOURCES, get as get_method, names as method_names
 
+#: the largest batch: it sizes the loader's buffers (65,536 x 224² x 3 bytes = 9.9 GB)
+MAX_BATCH = 1 << 16
 
-class ConfigError(UserError, ValueError):
-    """An option outside its range, or a bad config file (the message names it)."""
+__all__ = ["ConfigError", "EvalConfig", "TeacherCacheConfig", "TrainConfig", "read_yaml", "yaml_text"]
 
 
 @dataclass
 class TrainConfig:
     # data
-    shards: list[str] = field(default_factory=list)   # globs / brace patterns / folders
-    val_shards: list[str] | None = None                # default: no validation
-    batch_size: int = 32                               # per process
-    val_batch_size: int | None = None                  # default: 2 x batch_size
-    workers: int | None = None                         # loader processes per rank; None: from the CPU count
-    shuffle_buffer: int = 1000
-    resampled: bool = False                            # draw shards with replacement
-    train_limit: int | None = None                     # samples per epoch (quick runs)
-    val_limit: int | None = None
-    steps_per_epoch: int | None = None
-    max_skip: float = 0.01                             # largest fraction of samples that may be skipped
-    gpu_decode: bool = False                           # JPEG settings: decode on the GPU (nvJPEG), not in the workers
+    shards: list[str] = O.shards("Training shards: globs / brace patterns / folders (several allowed).")
+    val_shards: list[str] | None = opt(None, help="Validation shards (default: no validation).")
+    batch_size: int = opt(32, low=1, high=MAX_BATCH, help="Per-process batch size.")
+    val_batch_size: int | None = opt(None, low=1, high=MAX_BATCH, help="Default: 2 x batch size.")
+    workers: int | None = O.workers()
+    shuffle_buffer: int = opt(1000, low=0, high=10**7)
+    resampled: bool = opt(False, help="Draw shards with replacement (any shard count works).")
+    train_limit: int | None = opt(None, low=1, help="Samples per epoch (quick runs; default: the manifest's).")
+    val_limit: int | None = opt(None, low=1, help="Validation samples (default: all).")
+    steps_per_epoch: int | None = opt(None, low=1, help="Cap on optimisation steps per epoch.")
+    max_skip: float = O.max_skip("an epoch")
+    gpu_decode: bool = opt(False, help="JPEG settings on CUDA: decode the bitstreams on the GPU (nvJPEG) instead of "
+                                       "in the loader workers.")
     # model and method
-    method: str = "expert"
-    arch: str = "resnet50"
-    weights: str | None = None                         # torchvision weights name or a file
-    num_classes: int | None = None                     # default: the manifest's
-    alpha: float | None = None                         # default: the method's
-    kl_reduction: str = "sum"
-    labels: str = "dataset"                            # dataset | teacher
-    teacher_cache: str = "auto"                        # auto | off | PATH
-    sigma: float | None = None                         # stability noise std (0..1 scale)
-    stability_input: str = "clean"
-    stability_detach_clean: bool = False
-    stability_full: bool = False
+    method: str = opt("expert", choices=lambda: method_names(trainable=True))
+    arch: str = opt("resnet50")
+    weights: str | None = opt(None, help="Torchvision weights name (DEFAULT, IMAGENET1K_V1 ...) or a file.")
+    num_classes: int | None = O.num_classes("Default: the manifest's num_classes.")
+    alpha: float | None = opt(None, low=0, optional=False,
+                              help="KL weight (expert 1e-2, stability 5e-3; fine-tuning has none).")
+    kl_reduction: str = opt("sum", choices=REDUCTIONS, help="KL over the batch: sum (the paper's code) or batchmean.")
+    labels: str = opt("dataset", choices=LABEL_SOURCES,
+                      help="CE targets: the dataset's labels, or the teacher's arg-max on the clean crop (label-free).")
+    teacher_cache: str = opt("auto", help="auto (beside the shards; built when missing) | off (live teacher) | PATH "
+                                          "(.npy or folder).")
+    sigma: float | None = opt(None, low=0, help="Stability noise std on the 0..1 scale.")
+    stability_input: str = opt("clean", choices=("clean", "comp"),
+                               help="Stability input x: the clean crop or the compressed one.")
+    stability_detach_clean: bool = opt(False, help="Stop gradients through f(x) in the stability KL.")
+    stability_full: bool = opt(False, help="Stability: train all layers (default: the head, as the paper).")
     # optimisation (the paper's defaults)
-    epochs: int = 45
-    lr: float | None = None                            # default: the method's (per arch)
-    betas: tuple[float, float] = (0.5, 0.99)
-    weight_decay: float = 0.0
-    lr_factor: float = 0.2
-    lr_patience: int = 3
-    min_lr: float = 0.0
-    grad_clip: float | None = None
-    best_metric: str = "top1"                          # top1 | loss
+    epochs: int = opt(45, low=1, high=10**6)
+    lr: float | None = opt(None, low=0, low_open=True, optional=False,
+                           help="Default: the method's (expert 1e-5; stability per arch).")
+    betas: tuple[float, float] = opt((0.5, 0.99))
+    weight_decay: float = opt(0.0, low=0)
+    lr_factor: float = opt(0.2, low=0, low_open=True, high=1, help="LR multiplier on plateau (0.2 = /5).")
+    lr_patience: int = opt(3, low=1, high=10**6, help="Decay after this many consecutive epochs without val-loss improvement.")
+    min_lr: float = opt(0.0, low=0)
+    grad_clip: float | None = opt(None, low=0, low_open=True)
+    best_metric: str = opt("top1", choices=("top1", "loss"), help="best.pth: highest val top-1 or lowest val loss.")
     # run
-    out: str | None = None
-    resume: str | None = None                          # auto | a checkpoint path
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True                                   # bf16 autocast on CUDA
-    channels_last: bool = True                         # on CUDA
-    threads: int | None = None
-    progress: bool = True
-    log_every: int = 0
-    tensorboard: bool = False                          # also log to OUT/tensorboard/
+    out: str | None = opt(None, help="Run folder.")
+    resume: str | None = opt(None, help="'auto' (OUT/last.pth when present) or a checkpoint path.")
+    seed: int = O.seed()
+    device: str = O.device()
+    amp: bool = O.amp()
+    channels_last: bool = opt(True, help="channels_last memory layout on CUDA.")
+    threads: int | None = O.threads()
+    progress: bool = O.progress()
+    log_every: int = opt(0, low=0, help="Also log the train loss every N steps.")
+    tensorboard: bool = opt(False, help="Also log the epoch metrics to OUT/tensorboard/ (needs tensorboard).")
 
     def resolved(self) -> "TrainConfig":
         """A checked copy with the method's defaults filled in (per architecture)."""
@@ -109,33 +117,9 @@ class TrainConfig:
             raise ConfigError("no training shards: give --shards")
         if self.out in (None, ""):
             raise ConfigError("no run folder: give --out")
-        _whole(self, "batch_size", 1)
-        _whole(self, "val_batch_size", 1, optional=True)
-        _whole(self, "workers", 0, optional=True)
-        _whole(self, "shuffle_buffer", 0)
-        _whole(self, "train_limit", 1, optional=True)
-        _whole(self, "val_limit", 1, optional=True)
-        _whole(self, "steps_per_epoch", 1, optional=True)
-        _whole(self, "num_classes", 1, optional=True)
-        _whole(self, "epochs", 1)
-        _whole(self, "lr_patience", 1)
-        _whole(self, "seed", 0)
-        _whole(self, "threads", 1, optional=True)
-        _whole(self, "log_every", 0)
-        _number(self, "max_skip", 0, 1)
-        _number(self, "lr", 0, None, low_open=True)
-        _number(self, "alpha", 0, None)
-        _number(self, "sigma", 0, None, optional=True)
-        _number(self, "weight_decay", 0, None)
-        _number(self, "lr_factor", 0, 1, low_open=True)
-        _number(self, "min_lr", 0, None)
-        _number(self, "grad_clip", 0, None, low_open=True, optional=True)
+        check_ranges(self)
         if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
             raise ConfigError(f"--betas {self.betas}: two numbers in [0, 1)")
-        _choice(self, "kl_reduction", REDUCTIONS)
-        _choice(self, "labels", LABEL_SOURCES)
-        _choice(self, "stability_input", ("clean", "comp"))
-        _choice(self, "best_metric", ("top1", "loss"))
         _device(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,26 +136,30 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    shards: list[str] = field(default_factory=list)    # globs / brace patterns; one folder = one setting
-    checkpoints: list[str] = field(default_factory=list)  # run checkpoints (best.pth / last.pth)
-    weights: list[str] = field(default_factory=list)   # plain weights files or torchvision names (need arch)
-    arch: str | None = None
-    num_classes: int | None = None
-    out: str | None = "results.json"                   # JSON results (CSV beside it); None: not written
-    overwrite: bool = False                            # replace --out instead of merging rows into it
-    batch_size: int = 64
-    workers: int | None = None                         # loader processes; None: from the CPU count
-    limit: int | None = None                           # samples per setting (quick checks)
-    max_skip: float = 0.01
-    device: str = "auto"
-    threads: int | None = None
-    amp: bool = True
-    progress: bool = True
-    cache: bool = True                                 # reuse unchanged (model, setting) results (eval_cache)
-    cache_dir: str | None = None                       # default: eval-cache/ beside out
-    force: bool = False                                # evaluate again even what the cache holds
-    groups: Any = field(default_factory=dict)         # class groups scored apart: {NAME: [class, ...]}
-    classes: list[str] = field(default_factory=list)   # files of groups (trainer/groups.py)
+    shards: list[str] = O.shards("Globs / brace patterns; grouped by folder = setting.", required=True)
+    checkpoints: list[str] = opt(factory=list, flag="--checkpoint", help="Run checkpoint(s) (best.pth / last.pth).")
+    weights: list[str] = opt(factory=list, help="Plain weights file(s) or torchvision weights names (need --arch).")
+    arch: str | None = opt(None, help="Architecture of plain --weights.")
+    num_classes: int | None = O.num_classes()
+    out: str | None = opt("results.json", help="JSON results (CSV written next to it).")
+    overwrite: bool = opt(False, help="Replace --out instead of merging rows into it.")
+    batch_size: int = opt(64, low=1, high=MAX_BATCH)
+    workers: int | None = O.workers()
+    limit: int | None = opt(None, low=1, help="Samples per setting (quick checks).")
+    max_skip: float = O.max_skip("a setting")
+    device: str = O.device()
+    threads: int | None = O.threads()
+    amp: bool = O.amp()
+    progress: bool = O.progress()
+    cache: bool = opt(True, help="Reuse the results of (model, setting) pairs evaluated before with the same bytes "
+                                 "and options.")
+    cache_dir: str | None = opt(None, help="Where cached results live (default: eval-cache/ beside --out).")
+    force: bool = opt(False, help="Evaluate again what the cache holds (and refresh it).")
+    groups: Any = opt(factory=dict, flag="--group", metavar="NAME=CLASS,...", multiple=True,
+                      help="A class group scored apart (class folder names, ImageNet wnids or indices); repeatable.")
+    classes: list[str] = opt(factory=list, metavar="FILE",
+                             help="Groups from a file: NAME=CLASS,... lines, or one class a line (the group is the "
+                                  "file's name); repeatable.")
 
     def resolved(self) -> "EvalConfig":
         """A checked copy; the groups of ``classes`` files are merged into ``groups``."""
@@ -186,12 +174,7 @@ class EvalConfig:
             raise ConfigError("nothing to evaluate: give --checkpoint and/or --arch with --weights")
         if c.weights and not c.arch:
             raise ConfigError("--weights needs --arch")
-        _whole(c, "batch_size", 1)
-        _whole(c, "workers", 0, optional=True)
-        _whole(c, "limit", 1, optional=True)
-        _whole(c, "num_classes", 1, optional=True)
-        _whole(c, "threads", 1, optional=True)
-        _number(c, "max_skip", 0, 1)
+        check_ranges(c)
         _device(c)
         return c
 
@@ -200,48 +183,38 @@ class EvalConfig:
         return cls(**_known(cls, data, source))
 
 
+@dataclass
+class TeacherCacheConfig:
+    """``trainer.cache_teacher``: the teacher's logits on every clean crop of the settings."""
+    shards: list[str] = O.shards("Shard globs / brace patterns (grouped by folder).", required=True)
+    arch: str | None = opt(None, required=True, help="Architecture of the teacher (the model trained from).")
+    weights: str | None = opt(None, help="Torchvision weights name, or a weights / checkpoint file.")
+    num_classes: int | None = O.num_classes()
+    out: str | None = opt(None, help="Write caches under OUT/<setting>/ instead of beside the shards.")
+    batch_size: int = opt(64, low=1, high=MAX_BATCH)
+    workers: int | None = O.workers()
+    device: str = O.device()
+    max_skip: float = O.max_skip("a setting")
+    force: bool = opt(False, help="Rebuild even when a valid cache exists.")
+    progress: bool = O.progress()
+
+    def resolved(self) -> "TeacherCacheConfig":
+        c = dataclasses.replace(self, shards=_paths(self.shards, "shards"))
+        if not c.shards:
+            raise ConfigError("no shards: give --shards")
+        check_ranges(c)
+        return c
+
+
 # -- checks -------------------------------------------------------------------------------------
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _paths(value, name: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, (str, Path)):
         return [str(value)]
     if not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{_flag(name)}: expected a list of paths, got {value!r}")
+        raise ConfigError(f"{flag(name)}: expected a list of paths, got {value!r}")
     return [str(v) for v in value]
-
-
-#: upper bounds of whole-number options: each sizes an allocation, a loop or a seed
-HIGH = {"seed": 2**63 - 1, "batch_size": 1 << 16, "val_batch_size": 1 << 16, "workers": 256, "threads": 4096,
-        "shuffle_buffer": 10**7, "num_classes": MAX_CLASSES, "epochs": 10**6, "lr_patience": 10**6}
-#: the bound of the others (sample counts, steps)
-HIGH_DEFAULT = 10**12
-
-
-def _whole(c, name: str, low: int, optional: bool = False) -> None:
-    v = getattr(c, name)
-    if v is None and optional:
-        return
-    high = HIGH.get(name, HIGH_DEFAULT)
-    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-        shown = repr(v) if len(repr(v)) <= 24 else repr(v)[:21] + "..."
-        raise ConfigError(f"{_flag(name)} {shown}: must be a whole number >= {low} and <= {high:,}")
-
-
-def _number(c, name: str, low: float | None, high: float | None, low_open: bool = False,
-            optional: bool = False) -> None:
-    v = getattr(c, name)
-    if v is None and optional:
-        return
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    ok = ok and (low is None or (v > low if low_open else v >= low)) and (high is None or v <= high)
-    if not ok:
-        rng = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
-        raise ConfigError(f"{_flag(name)} {v!r}: must be a finite number {rng}")
 
 
 def _device(c) -> None:
@@ -250,11 +223,6 @@ def _device(c) -> None:
         resolve_device(c.device)
     except DeviceError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def _choice(c, name: str, choices) -> None:
-    if getattr(c, name) not in choices:
-        raise ConfigError(f"{_flag(name)} {getattr(c, name)!r}: choose from {', '.join(choices)}")
 
 
 def _known(cls, data: dict[str, Any], source: str) -> dict[str, Any]:

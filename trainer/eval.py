@@ -27,38 +27,13 @@ import time
 
 import click
 
-from .clitools import FiniteFloat, run_click
+from .clitools import run_click
 from .config import EvalConfig
-
-D = EvalConfig()
+from .options import click_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--checkpoint", "checkpoints", multiple=True, help="Run checkpoint(s) (best.pth / last.pth).")
-@click.option("--arch", default=None, help="Architecture of plain --weights.")
-@click.option("--weights", multiple=True, help="Plain weights file(s) or torchvision weights names (need --arch).")
-@click.option("--num-classes", type=int, default=None)
-@click.option("--shards", multiple=True, required=True, help="Globs / brace patterns; grouped by folder = setting.")
-@click.option("--out", default=D.out, show_default=True, help="JSON results (CSV written next to it).")
-@click.option("--overwrite", is_flag=True, help="Replace --out instead of merging rows into it.")
-@click.option("--batch-size", type=int, default=D.batch_size, show_default=True)
-@click.option("--workers", type=int, default=D.workers, show_default=True)
-@click.option("--limit", type=int, default=None, help="Samples per setting (quick checks).")
-@click.option("--max-skip", type=FiniteFloat(0), default=D.max_skip, show_default=True,
-              help="Largest fraction of a setting's samples that may be skipped before it fails.")
-@click.option("--device", default=D.device, show_default=True)
-@click.option("--threads", type=int, default=None)
-@click.option("--amp/--no-amp", default=D.amp, show_default=True)
-@click.option("--progress/--no-progress", default=D.progress, show_default=True)
-@click.option("--cache/--no-cache", default=D.cache, show_default=True,
-              help="Reuse the results of (model, setting) pairs evaluated before with the same bytes and options.")
-@click.option("--cache-dir", default=None, help="Where cached results live (default: eval-cache/ beside --out).")
-@click.option("--force", is_flag=True, help="Evaluate again what the cache holds (and refresh it).")
-@click.option("--group", "groups", multiple=True, metavar="NAME=CLASS,...",
-              help="A class group scored apart (class folder names, ImageNet wnids or indices); repeatable.")
-@click.option("--classes", multiple=True, metavar="FILE",
-              help="Groups from a file: NAME=CLASS,... lines, or one class a line (the group is the file's "
-                   "name); repeatable.")
+@click_options(EvalConfig)
 def cli(**params):
     """Top-1 / top-5 of models on every setting of the shards."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -32,10 +32,9 @@ from pathlib import Path
 
 from pipeline.atomic import AtomicWriteError, atomic_write_json
 from pipeline.bounded import read_json
-from pipeline.manifest import VOLATILE
-from pipeline.shards import file_sha256
+from pipeline.manifest import digest as manifest_digest
 
-from .models import is_weights_file, load_model
+from .models import load_model, model_identity
 
 log = logging.getLogger("trainer.eval")
 
@@ -47,32 +46,6 @@ DIR_NAME = "eval-cache"
 #: EvalConfig fields that cannot change a row (what to evaluate, where to write, how fast)
 NOT_IN_KEY = frozenset({"shards", "checkpoints", "weights", "arch", "num_classes", "out", "overwrite",
                         "batch_size", "workers", "device", "threads", "progress", "cache", "cache_dir", "force"})
-
-
-def manifest_digest(manifest: dict) -> str:
-    """SHA-256 of a manifest's content, without what differs between two builds of the same bytes."""
-    stable = {k: v for k, v in manifest.items() if k not in VOLATILE}
-    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def state_dict_digest(state_dict: dict) -> str:
-    import torch
-
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())  # numpy has no bfloat16
-    return h.hexdigest()
-
-
-def set_identity(s) -> dict:
-    """What identifies the data a :class:`trainer.data.ShardSet` holds."""
-    tars = []
-    for path in sorted(s.shards):
-        st = os.stat(path)
-        tars.append([os.path.basename(path), st.st_size, st.st_mtime_ns])
-    return {"manifest": manifest_digest(s.manifest), "tars": tars}
 
 
 #: what a checkpoint records when no shard folder chose it (``trainer.training``)
@@ -164,19 +137,14 @@ class EvalCache:
         return self._models[key]
 
     def _digest(self, source, arch, num_classes) -> str | None:
-        if is_weights_file(source):
-            try:
-                return "file:" + file_sha256(Path(source))
-            except OSError:
-                return None      # load_model names the problem when it is evaluated
-        # a weights name: what it resolves to (a torchvision or package upgrade may change it)
-        loaded = load_model(source, arch=arch, num_classes=num_classes)
-        self._loaded[(str(source), arch, num_classes)] = loaded
-        return "state_dict:" + state_dict_digest(loaded[0].state_dict())
+        identity, loaded = model_identity(source, arch, num_classes)
+        if loaded is not None:
+            self._loaded[(str(source), arch, num_classes)] = loaded
+        return identity
 
     # -- entries --------------------------------------------------------------------------------
     def _entry(self, model_id: str, arch, num_classes, s) -> tuple[Path, dict]:
-        text = json.dumps({"model": model_id, "arch": arch, "num_classes": num_classes, "data": set_identity(s),
+        text = json.dumps({"model": model_id, "arch": arch, "num_classes": num_classes, "data": s.identity(),
                            "options": self.options}, sort_keys=True, default=str)
         return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()}.json", json.loads(text)
 

@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,105 +16,12 @@ from torch import nn
 from .distributed import Dist, all_reduce_sum
 from .clitools import UserError
 from .losses import check_labels
-from .methods import Method
+from .methods import Step
 
 log = logging.getLogger(__name__)
 
 #: how many skip reasons a result keeps (the counts are complete)
 MAX_REASONS = 20
-
-
-@dataclass
-class Step:
-    """How a batch becomes loss terms: the method, the frozen teacher, the device."""
-    method: Method | None = None
-    teacher: nn.Module | None = None       # frozen g (None when its logits come from the cache)
-    labels: str = "dataset"                # dataset | teacher (arg-max of g(x))
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp: bool = False                      # bf16 autocast (CUDA)
-    channels_last: bool = False
-    grad_clip: float | None = None
-
-    def input(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (N,3,H,W) -> float 0..1 on the device (channels_last on request)."""
-        return to_input(x, self.device, self.channels_last)
-
-    def autocast(self):
-        return amp_context(self.device, self.amp)
-
-    def teacher_logits(self, batch: dict) -> torch.Tensor:
-        """g(x): from the cache when the batch carries it, else the frozen teacher's forward pass."""
-        if "teacher" in batch:
-            return batch["teacher"].to(self.device, non_blocking=True).float()
-        if self.teacher is None:
-            raise RuntimeError("this method needs the teacher: neither a cache nor a live teacher was given")
-        with torch.no_grad(), self.autocast():
-            return self.teacher(self.input(batch["clean"])).float()
-
-    def targets(self, batch: dict, teacher_logits: torch.Tensor | None) -> torch.Tensor:
-        if self.labels == "teacher":
-            if teacher_logits is None:
-                raise RuntimeError("--labels teacher needs the teacher (live or cached)")
-            return teacher_logits.argmax(1)
-        return batch["label"].to(self.device, non_blocking=True)
-
-
-def to_input(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """A uint8 (N,3,H,W) batch -> float 0..1 on ``device``.  The loader's batches are laid out
-    channels_last (N,H,W,3 in memory, as decoded): the copy to the device moves them as they
-    are (asynchronously from pinned memory), and the layout the model runs in is made there."""
-    x = x.to(device, non_blocking=True)
-    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-
-
-_refused = [0]   # batches the device decoder refused (logged once)
-
-
-def decode_on_device(batch: dict, device: torch.device) -> dict:
-    """Decode the JPEG bitstreams a ``gpu_jpeg`` loader left in the batch (``comp_jpeg``) with
-    ``torchvision.io.decode_jpeg(..., device=device)`` (nvJPEG on CUDA), into ``comp``.  A batch
-    the device decoder refuses is decoded picture by picture on the CPU with the pipeline's
-    decoder; pictures that fail there too are dropped from the batch and recorded as skipped."""
-    if "comp_jpeg" not in batch:
-        return batch
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    data = batch.pop("comp_jpeg")
-    lengths = batch.pop("comp_jpeg_lengths").tolist()
-    streams = list(torch.split(data, lengths))
-    try:
-        with warnings.catch_warnings():   # torchvision 0.29 deprecates its decoders for TorchCodec's
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pictures = decode_jpeg(streams, mode=ImageReadMode.RGB, device=device)
-        batch["comp"] = torch.stack(pictures)
-        return batch
-    except RuntimeError as exc:
-        if not _refused[0]:
-            log.warning("decode_jpeg on %s refused a batch (%s): decoding such batches picture by picture on the "
-                        "CPU (logged once)", device, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__)
-        _refused[0] += 1
-    from pipeline.codecs import decode_any
-    keep, pictures, skips = [], [], list(batch.get("skips") or [])
-    for i, (key, stream) in enumerate(zip(batch["key"], streams)):
-        try:
-            pictures.append(torch.from_numpy(np.array(decode_any(stream.numpy().tobytes()))).permute(2, 0, 1))
-            keep.append(i)
-        except Exception as exc:  # noqa: BLE001 - one bad picture never stops the run
-            skips.append((1, f"{key}: comp.jpg: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"))
-    for k in [k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (len(streams),)]:
-        batch[k] = batch[k][keep]
-    batch["key"] = [batch["key"][i] for i in keep]
-    batch["comp"] = torch.stack(pictures).to(device) if pictures else torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
-    batch["skips"] = skips
-    return batch
-
-
-def amp_context(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked; nothing elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class DivergedError(UserError, FloatingPointError):
@@ -157,7 +60,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True, leave=False)
     t0 = time.perf_counter()
     for batch in loader:
-        batch = decode_on_device(batch, step.device)
+        batch = step.decoded(batch)
         skips.add(batch)
         if batch["label"].numel() == 0:  # only skip records
             continue
@@ -246,7 +149,7 @@ def evaluate(model: nn.Module, loader, step: Step, d: Dist | None = None, progre
         bar = tqdm(desc=desc, unit="img", dynamic_ncols=True, leave=False)
     t0 = time.perf_counter()
     for batch in loader:
-        batch = decode_on_device(batch, step.device)
+        batch = step.decoded(batch)
         skips.add(batch)
         if batch["label"].numel() == 0:  # only skip records
             continue

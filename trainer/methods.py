@@ -4,30 +4,30 @@ A method declares what its loss needs from the loader (the compressed crop x̃, 
 crop x, the teacher g), its defaults (per architecture where the paper gives them), and its
 loss on one batch.  Adding a method is one class with ``@register``.
 
-This module also owns the method vocabulary the reports use: the paper's column order,
-display names, and the one key that tells a run trained on teacher labels apart
-(``expert+teacher``, shown "expert (teacher labels)").
+The method vocabulary the reports use (column order, display names, ``expert+teacher``)
+is :mod:`trainer.vocab`'s, which needs no torch; registering a method declares it there.
+:class:`Step` (how a batch becomes loss terms: device, autocast, teacher) is the other half
+of a method's ``loss``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from pipeline.registry import Registry
 
+from . import vocab
 from .clitools import UserError
+from .data import DeviceJpeg
 from .losses import CrossEntropyLoss, ExpertLoss, StabilityLoss
+from .vocab import LABEL_SOURCES, TEACHER_LABELS, key, rank, split_key, title
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .loop import Step
-
-#: where the CE targets come from: the dataset's labels, or g's arg-max on the clean crop
-LABEL_SOURCES = ("dataset", "teacher")
-#: appended to a method's name for runs trained on teacher labels (reports, recommend, summaries)
-TEACHER_LABELS = "+teacher"
+__all__ = ["LABEL_SOURCES", "TEACHER_LABELS", "Method", "MethodError", "Needs", "REGISTRY", "Step", "amp_context",
+           "create", "get", "key", "names", "rank", "register", "split_key", "title", "to_input"]
 
 
 class MethodError(UserError, ValueError):
@@ -47,7 +47,7 @@ class Method:
 
     #: registry name (``--method``)
     name: ClassVar[str]
-    #: display name in tables and plots
+    #: display name in tables and plots (default: the one :mod:`trainer.vocab` declares)
     title: ClassVar[str]
     #: False for a reference that is evaluated, never trained (pretrained)
     trainable: ClassVar[bool] = True
@@ -86,7 +86,85 @@ class Method:
         raise NotImplementedError(f"method {self.name!r} is not trainable")
 
 
-REGISTRY: Registry[type[Method]] = Registry("method", MethodError)
+# -- a batch's way through the model ------------------------------------------------------------
+@dataclass
+class Step:
+    """How a batch becomes loss terms: the method, the frozen teacher, the device."""
+    method: Method | None = None
+    teacher: nn.Module | None = None       # frozen g (None when its logits come from the cache)
+    labels: str = "dataset"                # dataset | teacher (arg-max of g(x))
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: bool = False                      # bf16 autocast (CUDA)
+    channels_last: bool = False
+    grad_clip: float | None = None
+    #: decodes what a ``gpu_jpeg`` loader left undecoded (made on first use, for ``device``)
+    jpeg: DeviceJpeg | None = field(default=None, repr=False, compare=False)
+
+    def decoded(self, batch: dict) -> dict:
+        """The batch with its JPEG bitstreams (if a ``gpu_jpeg`` loader left any) decoded on the device."""
+        if "comp_jpeg" not in batch:
+            return batch
+        if self.jpeg is None:
+            self.jpeg = DeviceJpeg(self.device)
+        return self.jpeg(batch)
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N,3,H,W) -> float 0..1 on the device (channels_last on request)."""
+        return to_input(x, self.device, self.channels_last)
+
+    def autocast(self):
+        return amp_context(self.device, self.amp)
+
+    def teacher_logits(self, batch: dict) -> torch.Tensor:
+        """g(x): from the cache when the batch carries it, else the frozen teacher's forward pass."""
+        if "teacher" in batch:
+            return batch["teacher"].to(self.device, non_blocking=True).float()
+        if self.teacher is None:
+            raise RuntimeError("this method needs the teacher: neither a cache nor a live teacher was given")
+        with torch.no_grad(), self.autocast():
+            return self.teacher(self.input(batch["clean"])).float()
+
+    def targets(self, batch: dict, teacher_logits: torch.Tensor | None) -> torch.Tensor:
+        if self.labels == "teacher":
+            if teacher_logits is None:
+                raise RuntimeError("--labels teacher needs the teacher (live or cached)")
+            return teacher_logits.argmax(1)
+        return batch["label"].to(self.device, non_blocking=True)
+
+
+def to_input(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A uint8 (N,3,H,W) batch -> float 0..1 on ``device``.  The loader's batches are laid out
+    channels_last (N,H,W,3 in memory, as decoded): the copy to the device moves them as they
+    are (asynchronously from pinned memory), and the layout the model runs in is made there."""
+    x = x.to(device, non_blocking=True)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def amp_context(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when asked; nothing elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+
+class _Methods(Registry):
+    """The method registry, kept in step with the vocabulary the reports read."""
+
+    def register(self, cls):
+        if "title" not in cls.__dict__:
+            cls.title = vocab.title(cls.name)
+        super().register(cls)
+        vocab.declare(cls.name, cls.title)
+        return cls
+
+    def unregister(self, name: str) -> None:
+        super().unregister(name)
+        vocab.forget(name)
+
+
+REGISTRY: Registry[type[Method]] = _Methods("method", MethodError)
 register = REGISTRY.register
 get = REGISTRY.get
 
@@ -101,7 +179,6 @@ def names(trainable: bool | None = None) -> tuple[str, ...]:
 class Pretrained(Method):
     """The initial weights, evaluated on every setting (the paper's first column)."""
     name = "pretrained"
-    title = "pretrained"
     trainable = False
 
 
@@ -110,7 +187,6 @@ class Stability(Method):
     """Zheng et al.: ``L = CE(f(x), y) + alpha * KL(softmax f(x) || softmax f(x'))``,
     ``x' = x + N(0, sigma^2)`` on the 0..1 scale; the classifier head only, as in the paper."""
     name = "stability"
-    title = "stability"
     defaults = {"lr": 1e-6, "alpha": 5e-3, "sigma": 4e-2}
     # the paper's values (reference/paper_table1.json, "stability_training")
     arch_defaults = {"mnasnet1_0": {"lr": 1e-6, "alpha": 5e-3, "sigma": 4e-2},
@@ -143,7 +219,6 @@ class Stability(Method):
 class Finetune(Method):
     """Plain fine-tuning on x̃: ``L = CE(f(x̃), y)``."""
     name = "finetune"
-    title = "fine-tune"
     defaults = {"lr": 1e-5}
     fixed = {"alpha": 0.0}
 
@@ -164,7 +239,6 @@ class Expert(Method):
     """Marie et al.: ``L = CE(f(x̃), y) + alpha * KL(softmax g(x) || softmax f(x̃))``, g the
     frozen initial model on the clean crop."""
     name = "expert"
-    title = "expert"
     uses_teacher = True
     # the paper: alpha 1e-2, lr 1e-5 (mnasnet1_0; resnet50 best of 1e-5, 5e-6, 1e-6)
     defaults = {"lr": 1e-5, "alpha": 1e-2}
@@ -187,30 +261,3 @@ def create(config: Any) -> Method:
     if not cls.trainable:
         raise MethodError(f"method {config.method!r} is not trained; evaluate its weights with trainer.eval")
     return cls(config)
-
-
-# -- the vocabulary of the reports ---------------------------------------------------------------
-def key(method: str, labels: str | None = None) -> str:
-    """``("expert", "teacher")`` -> ``"expert+teacher"``: a run on teacher labels is its own method."""
-    return method + TEACHER_LABELS if labels == "teacher" else method
-
-
-def split_key(k: str) -> tuple[str, str]:
-    """``"expert+teacher"`` -> ``("expert", "teacher")``; ``"expert"`` -> ``("expert", "dataset")``."""
-    if k.endswith(TEACHER_LABELS):
-        return k[: -len(TEACHER_LABELS)], "teacher"
-    return k, "dataset"
-
-
-def title(k: str) -> str:
-    """Display name of a method key: "fine-tune", "expert (teacher labels)"."""
-    base, labels = split_key(k)
-    name = REGISTRY.get(base).title if base in REGISTRY else base
-    return f"{name} (teacher labels)" if labels == "teacher" else name
-
-
-def rank(k: str) -> tuple[int, int, str]:
-    """Sort key: the paper's order, each teacher-label variant after the dataset-label block."""
-    base, labels = split_key(k)
-    order = names()
-    return (int(labels == "teacher"), order.index(base) if base in order else len(order), base)

@@ -252,14 +252,30 @@ def set_train_mode(model: nn.Module, head_only: bool = False) -> None:
         model.train()
 
 
-def state_dict_hash(model: nn.Module) -> str:
-    """sha256 (16 hex) of a network's float32 weights, names included: identifies a teacher."""
+def model_identity(source, arch: str | None = None, num_classes: int | None = None) -> tuple[str | None, tuple | None]:
+    """A model's content identity, by where its weights come from: the SHA-256 of a weights or
+    checkpoint file's bytes, or (a weights name: ``DEFAULT``, ``IMAGENET1K_V1``) of the weights
+    the name resolves to now (:func:`state_dict_hash`; an upgrade may change them).  Returns it
+    with ``load_model``'s (model, meta) when the weights had to be loaded for it; None for an
+    unreadable file (``load_model`` names the problem)."""
+    if is_weights_file(source):
+        from pipeline.shards import file_sha256
+        try:
+            return "file:" + file_sha256(Path(source)), None
+        except OSError:
+            return None, None
+    loaded = load_model(source, arch=arch, num_classes=num_classes)
+    return "state_dict:" + state_dict_hash(loaded[0]), loaded
+
+
+def state_dict_hash(model: nn.Module | dict) -> str:
+    """A model's content identity: the SHA-256 of its network's weights (names, dtypes, shapes and
+    values).  The teacher cache names its files by it and the evaluation cache keys by it."""
     net = model.net if isinstance(model, Classifier) else model
+    state = net if isinstance(net, dict) else net.state_dict()
     h = hashlib.sha256()
-    for k, v in sorted(net.state_dict().items()):
-        h.update(k.encode())
-        t = v.detach().cpu()
-        if t.is_floating_point():
-            t = t.float()
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())  # numpy has no bfloat16
+    return h.hexdigest()

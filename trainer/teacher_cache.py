@@ -8,17 +8,17 @@ Which clean crops: a pair-layout setting carries its own, so its cache lives in 
 A split-layout setting's clean crops are its reference's (``OUT/<split>/lossless``), the
 same for every split-layout setting of the split: their cache is the reference's, built
 once and shared by all of them (and by the ``lossless`` setting itself).  It is keyed by
-the reference folder, its ``plan_id`` and the shards' SHA-256 (the manifest's), the arch
-and the weights.
+the reference folder, its ``plan_id`` and its shards' identity
+(:meth:`trainer.data.ShardSet.identity`), the arch and the weights.
 
 Files, in that folder (or under ``--out/<setting>/``): ``teacher-<arch>-<hash>.npy``
 (float16 logits, one row per sample, memory-mappable) and ``teacher-<arch>-<hash>.json``
-(arch, weights, weights_hash, count, skipped, num_classes, setting, plan_id, content, keys
+(arch, weights, weights_hash, count, skipped, num_classes, setting, plan_id, identity, keys
 in row order).  ``hash`` = sha256 of the teacher's weights
 (``trainer.models.state_dict_hash``), so a cache is only ever used with the exact teacher
 that made it.  A cache covers every shard the folder's manifest lists; it is valid when
 arch, weights hash and count (+ the samples skipped while building it) match the manifest,
-and so do the plan and the shards' content when the manifest records them.
+and so do the plan and the shards' identity.
 
 Every path is built from the user's shard folder or ``--out``, the setting name of a
 checked manifest (``pipeline.manifest.Manifest``: never a path separator) and a checked
@@ -26,7 +26,6 @@ arch name, so a hostile manifest cannot make the cache write anywhere else.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -44,8 +43,11 @@ from pipeline.bounded import read_json
 from .clitools import UserError, run_click
 from .data import ShardSet, check_skips, folder_key, group_shards, make_eval_loader
 from .distributed import Dist, barrier, resolve_device
-from .loop import Skips, amp_context, to_input
+from .loop import Skips
+from .methods import amp_context, to_input
+from .config import TeacherCacheConfig
 from .models import build_model, state_dict_hash
+from .options import click_options
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +105,6 @@ def cache_target(shards: ShardSet) -> ShardSet:
     return shards.reference if shards.reference is not None else shards
 
 
-def content_digest(manifest) -> str | None:
-    """One digest of a folder's shards (names and the manifest's SHA-256 of each tar); None
-    when the manifest does not record them."""
-    entries = manifest.get("shards") or []
-    if not entries or not all(isinstance(e.get("sha256"), str) for e in entries):
-        return None
-    text = "".join(f"{e['name']}:{e['sha256']}\n" for e in entries)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def cache_path(shards: ShardSet, arch: str, weights_hash: str, root: str | os.PathLike | None = None) -> Path:
     """Where the cache of ``shards`` for this teacher lives: beside the clean crops (the
     setting's folder, or its reference's), or under ``root/<that folder's setting>/``."""
@@ -150,19 +142,18 @@ def validate(path: str | os.PathLike, shards: ShardSet, arch: str, weights_hash:
     plan = shards.manifest.get("plan_id")
     if plan is not None and meta.get("plan_id", plan) != plan:
         return f"built for plan {meta.get('plan_id')}, the shards are of plan {plan}"
-    content = content_digest(shards.manifest)
-    if content is not None and meta.get("content", content) != content:
-        return "built from other shards (their SHA-256 differ)"
+    if meta.get("identity") != _whole(shards).identity():
+        return "built from other shards, or the shards changed since"
     return None
 
 
-def _all_shards(shards: ShardSet) -> list[str]:
+def _whole(shards: ShardSet) -> ShardSet:
     """Every shard the manifest lists (a cache covers the whole setting)."""
     names = list(shards.manifest.shard_counts)
     paths = [os.path.join(shards.folder, n) for n in names]
-    if names and all(os.path.isfile(p) for p in paths):
-        return paths
-    return shards.shards
+    if not (names and all(os.path.isfile(p) for p in paths)):
+        paths = shards.shards
+    return ShardSet(shards.folder, paths, shards.manifest, shards.manifest.count)
 
 
 @torch.no_grad()
@@ -176,8 +167,7 @@ def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: 
     path = Path(path)
     device = torch.device(device)
     teacher = teacher.to(device).eval()
-    full_paths = _all_shards(shards)
-    full = ShardSet(shards.folder, full_paths, shards.manifest, int(shards.manifest["count"]))
+    full = _whole(shards)
     loader = make_eval_loader([full], batch_size, workers=workers, need_comp=False, need_clean=True)
     keys: list[str] = []
     rows: list[np.ndarray] = []
@@ -209,7 +199,7 @@ def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: 
             "weights_hash": state_dict_hash(teacher), "count": len(keys), "skipped": full.count - len(keys),
             "skip_reasons": skips.reasons + ([f"{missing} sample(s) missing against the manifest"] if missing > 0 else []),
             "num_classes": int(logits.shape[1]) if logits.size else 0, "setting": shards.name,
-            "plan_id": shards.manifest.get("plan_id"), "content": content_digest(shards.manifest),
+            "plan_id": shards.manifest.get("plan_id"), "identity": full.identity(),
             "dtype": "float16", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": time.perf_counter() - t0, "keys": keys}
     with atomic_output(path, "wb") as f:
@@ -267,41 +257,31 @@ def resolve_caches(sets: list[ShardSet], teacher: torch.nn.Module, arch: str, we
 
 
 # -- command line -------------------------------------------------------------------------------
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--shards", multiple=True, required=True, help="Shard globs / brace patterns (grouped by folder).")
-@click.option("--arch", required=True, help="Architecture of the teacher (the model trained from).")
-@click.option("--weights", default=None, help="Torchvision weights name, or a weights / checkpoint file.")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write caches under OUT/<setting>/ instead of beside the shards.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--max-skip", type=click.FloatRange(0, 1), default=0.01, show_default=True,
-              help="Largest fraction of samples that may be skipped (unreadable) before it fails.")
-@click.option("--force", is_flag=True, help="Rebuild even when a valid cache exists.")
-@click.option("--progress/--no-progress", default=True)
-def cli(shards, arch, weights, num_classes, out, batch_size, workers, device, max_skip, force, progress):
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click_options(TeacherCacheConfig)
+def cli(**params):
     """Compute the teacher's logits on every clean crop of each setting, once."""
+    c = TeacherCacheConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}).resolved()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    dev = torch.device(resolve_device(device))
-    sets = group_shards(list(shards))
-    n = num_classes or sets[0].num_classes
-    teacher = build_model(arch, weights, n).to(dev).eval().requires_grad_(False)
+    dev = torch.device(resolve_device(c.device))
+    sets = group_shards(c.shards)
+    n = c.num_classes or sets[0].num_classes
+    teacher = build_model(c.arch, c.weights, n).to(dev).eval().requires_grad_(False)
     wh = state_dict_hash(teacher)
     done: set[Path] = set()
     for s in sets:
-        p = cache_path(s, arch, wh, out)
+        p = cache_path(s, c.arch, wh, c.out)
         if p in done:     # split-layout settings of one reference share its cache
             click.echo(f"{p}: shared with the other settings of {cache_target(s).folder}")
             continue
         done.add(p)
-        reason = "forced" if force else validate(p, s, arch, wh)
+        reason = "forced" if c.force else validate(p, s, c.arch, wh)
         if reason is None:
             click.echo(f"{p}: valid, kept")
             continue
         t0 = time.perf_counter()
-        build_cache(s, teacher, arch, weights, p, batch_size, workers, dev, dev.type == "cuda", progress, max_skip)
+        build_cache(s, teacher, c.arch, c.weights, p, c.batch_size, c.workers, dev, dev.type == "cuda", c.progress,
+                    c.max_skip)
         click.echo(f"{p}: {cache_target(s).manifest['count']} logits ({reason}; {time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -1,37 +1,31 @@
 """``train(config) -> TrainResult``: one training run, top to bottom.
 
-Run folder: ``args.yaml`` (the resolved config; ``--config`` repeats the run), ``args.json``
-(the same plus what the run learnt from the shards), ``metrics.jsonl`` + ``summary.csv``
-(one row per epoch), ``last.pth`` / ``best.pth`` (atomic), ``tensorboard/`` on request.
+The run folder's files and what they mean are :mod:`trainer.rundir`'s.
 With ``resume="auto"`` (or a path) a killed run continues from its last completed epoch;
 with the same seed a resumed CPU run ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
-import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from pipeline.atomic import atomic_write, atomic_write_json, make_folder
-from pipeline.bounded import BoundedReadError, loads_json
+from pipeline.atomic import make_folder
 
 from . import checkpoint, labelspace, loop, methods
 from .clitools import UserError
 from .config import TrainConfig, yaml_text
-from .data import (LoaderSpec, ShardSet, check_classes, check_skips, default_workers, describe, group_shards,
-                   make_eval_loader, make_train_loader)
+from .data import (LoaderSpec, check_classes, check_skips, default_workers, describe, group_shards, make_eval_loader,
+                   make_train_loader, use_gpu_jpeg)
 from .distributed import barrier, init_distributed, mix_seed, seed_everything
 from .eval_cache import LAST_EPOCH, TRAIN_LOSS, selection_record
 from .models import build_model, freeze_all_but_head
+from .rundir import RunDir
 from .teacher_cache import resolve_caches
 
 log = logging.getLogger("trainer.run")
@@ -53,7 +47,7 @@ class TrainResult:
 
     @property
     def best(self) -> Path:
-        return self.out / "best.pth"
+        return RunDir(self.out).best
 
 
 def make_scheduler(optimizer, c: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
@@ -63,10 +57,10 @@ def make_scheduler(optimizer, c: TrainConfig) -> torch.optim.lr_scheduler.Reduce
                                                       patience=max(0, c.lr_patience - 1), min_lr=c.min_lr)
 
 
-def _resume_checkpoint(c: TrainConfig, out: Path) -> tuple[str | None, dict | None]:
+def _resume_checkpoint(c: TrainConfig, run: RunDir) -> tuple[str | None, dict | None]:
     resume = c.resume
     if resume == "auto":
-        resume = str(out / "last.pth") if (out / "last.pth").exists() else None
+        resume = str(run.last) if run.last.exists() else None
     if not resume:
         return None, None
     ckpt = checkpoint.load(resume)
@@ -90,51 +84,12 @@ def _restore(resume: str, ckpt: dict, model, optimizer, scheduler) -> None:
         raise checkpoint.CheckpointError(f"{resume}: does not fit this run ({text[:200]})") from None
 
 
-def _summary_csv(rows: list[dict]) -> str:
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def _read_metrics(out: Path) -> list[dict]:
-    p = out / "metrics.jsonl"
-    if not p.exists():
-        return []
-    rows = []
-    for line in p.read_text().splitlines():
-        try:
-            rows.append(loads_json(line, str(p)))
-        except BoundedReadError:
-            break  # a half-written last line of a killed run
-    return rows
-
-
-def _tensorboard(out: Path):
+def _tensorboard(run: RunDir):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise UserError("--tensorboard needs the tensorboard package: pip install 'm2m-expert[tensorboard]'") from None
-    return SummaryWriter(str(out / "tensorboard"))
-
-
-def _gpu_jpeg(sets: list[ShardSet], device: torch.device, comp: bool, what: str, quiet: bool = False) -> bool:
-    """Whether --gpu-decode can decode this loader's bitstreams on the GPU; says why not."""
-    why = None
-    if device.type != "cuda":
-        why = "no CUDA device: the loader workers decode the JPEG bitstreams on the CPU"
-    elif not comp:
-        why = "the method does not read the compressed crops"
-    elif any(s.codec != "jpeg" for s in sets):
-        why = (f"{', '.join(s.name for s in sets if s.codec != 'jpeg')} not JPEG: the loader workers decode "
-               f"the {what} bitstreams on the CPU")
-    if why is not None and not quiet:
-        log.warning("--gpu-decode: %s", why)
-    return why is None
+    return SummaryWriter(str(run.tensorboard))
 
 
 def _check_finite(model, when: str) -> None:
@@ -155,7 +110,8 @@ def train(config: TrainConfig) -> TrainResult:
     cuda = d.device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True    # fixed 224² inputs: let cuDNN pick its fastest kernels
-    resume, ckpt = _resume_checkpoint(c, out)
+    run = RunDir(out)
+    resume, ckpt = _resume_checkpoint(c, run)
 
     train_sets = group_shards(c.shards)
     val_sets = group_shards(c.val_shards) if c.val_shards else []
@@ -178,7 +134,7 @@ def train(config: TrainConfig) -> TrainResult:
                  " (from the CPU count)" if auto_workers else "")
         if val_sets:
             log.info("val: %s", describe(val_sets))
-    writer = _tensorboard(out) if c.tensorboard and d.main else None
+    writer = _tensorboard(run) if c.tensorboard and d.main else None
     barrier(d)
 
     # model, frozen teacher (a copy of the initial weights, kept outside DDP)
@@ -219,17 +175,12 @@ def train(config: TrainConfig) -> TrainResult:
     args = {**c.to_dict(), **info}
     rows: list[dict] = []
     if d.main:
-        atomic_write(out / "args.yaml", yaml_text(c.to_dict()))
-        atomic_write_json(out / "args.json", dict(sorted(args.items())))
-        rows = [r for r in _read_metrics(out) if r.get("epoch", 0) < start_epoch]
-        atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        if rows:
-            atomic_write(out / "summary.csv", _summary_csv(rows))
+        rows = run.start(c.to_dict(), args, yaml_text(c.to_dict()), keep_before=start_epoch)
 
     spec = LoaderSpec(batch_size=c.batch_size, workers=workers, shuffle_buffer=c.shuffle_buffer,
                       resampled=c.resampled, seed=c.seed,
-                      gpu_jpeg=c.gpu_decode and _gpu_jpeg(train_sets, d.device, needs.comp, "training"))
-    val_gpu_jpeg = c.gpu_decode and bool(val_sets) and _gpu_jpeg(val_sets, d.device, True, "validation", quiet=True)
+                      gpu_jpeg=c.gpu_decode and use_gpu_jpeg(train_sets, d.device, needs.comp, "training"))
+    val_gpu_jpeg = c.gpu_decode and bool(val_sets) and use_gpu_jpeg(val_sets, d.device, True, "validation", quiet=True)
     last_val: dict = {}
     if val_sets:
         best_on = selection_record(val_sets, "val_top1" if c.best_metric == "top1" else "val_loss")
@@ -260,10 +211,7 @@ def train(config: TrainConfig) -> TrainResult:
             best = score
         if d.main:
             rows.append(row)
-            fd = os.open(out / "metrics.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            with os.fdopen(fd, "a") as f:   # appended in place: never through a link planted since
-                f.write(json.dumps(row) + "\n")
-            atomic_write(out / "summary.csv", _summary_csv(rows))
+            run.add_epoch(row, rows)
             if writer is not None:
                 for k, v in row.items():
                     if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
@@ -279,14 +227,14 @@ def train(config: TrainConfig) -> TrainResult:
             state = {"model": model.net.state_dict(), "arch": c.arch, "num_classes": n_classes, "epoch": epoch + 1,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "args": args, "best_metric": best, "metrics": row}
-            checkpoint.save({**state, "selected_on": LAST_EPOCH}, out / "last.pth")
+            checkpoint.save({**state, "selected_on": LAST_EPOCH}, run.last)
             if improved:
-                checkpoint.save({**state, "selected_on": best_on}, out / "best.pth")
+                checkpoint.save({**state, "selected_on": best_on}, run.best)
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                       for k, v in row.items()))
         barrier(d)
-    if d.main and not (out / "best.pth").exists() and (out / "last.pth").exists():
-        atomic_write(out / "best.pth", (out / "last.pth").read_bytes(), fsync=True)
+    if d.main:
+        run.finish()
     if writer is not None:
         writer.close()
     if d.enabled:

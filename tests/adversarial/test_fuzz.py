@@ -41,7 +41,7 @@ hostile = st.one_of(
 def warm():
     """Import and first-call costs (torch, the method registry) outside the deadlines."""
     import trainer.training  # noqa: F401
-    from decisions.results import load_results  # noqa: F401
+    from trainer.decisions.results import load_results  # noqa: F401
     from trainer.config import TrainConfig
     TrainConfig(shards=["x.tar"], out="runs/x", device="cpu").resolved()
 
@@ -92,7 +92,7 @@ def test_the_manifest_reader_on_edited_manifests(manifest_dict, edits):
                                                                  "count", "split", "group"]), values), max_size=3)
        .map(json.dumps))
 def test_the_results_reader(text):
-    from decisions.results import ResultsError, load_results
+    from trainer.decisions.results import ResultsError, load_results
     try:
         load_results(_write(text))
     except (ResultsError, UserError) as exc:
@@ -171,7 +171,8 @@ def test_the_tar_reader(members, flips, cut, claim, tmp_path):
 @given(value=st.binary(max_size=30) | st.integers(-2**40, 2**40).map(lambda n: str(n).encode())
        | st.integers(4000, 6000).map(lambda n: b"7" * n))
 def test_the_label_parser(value):
-    from trainer.data import SampleError, _label
+    from trainer.data import SampleError
+    from trainer.data.batch import _label
     try:
         label = _label(value)
     except SampleError as exc:

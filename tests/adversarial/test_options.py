@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from decisions import predict
+from trainer.decisions import predict
 from tests.conftest import synthetic_rgb
 from trainer import eval as teval, run
 

@@ -57,8 +57,8 @@ def _read_image(infile: str, cfmt: str | None) -> tuple[np.ndarray, str]:
     gray scaled to 8 bits, not clipped); a one-line error naming the file otherwise."""
     from PIL import Image
 
-    from pipeline.crops import to_rgb
-    from pipeline.limits import PixelBudgetError, check_pixels
+    from .image import to_rgb
+    from .limits import PixelBudgetError, check_pixels
 
     try:
         with Image.open(infile, formats=list(INPUT_FORMATS)) as img:
@@ -83,14 +83,13 @@ def _read_image(infile: str, cfmt: str | None) -> tuple[np.ndarray, str]:
 @click.option("-o", "outfile", default="out.png", show_default=True,
               help="output image (.png or .ppm, by extension)")
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
-              help="refuse pictures larger than this [default: the pipeline's pixel budget, M2M_MAX_PIXELS]")
+              help="refuse pictures larger than this [default: the project's pixel budget, M2M_MAX_PIXELS]")
 def dec(infile, outfile, max_pixels):
     """Decode a BPG file to PNG/PPM."""
     from PIL import Image
 
-    from pipeline.limits import max_pixels as budget
-
     from . import BpgError, decode
+    from .limits import max_pixels as budget
 
     with open(infile, "rb") as f:
         data = f.read()

@@ -1,4 +1,5 @@
-"""The decisions taken from what was measured, apart from the training stack:
+"""The decisions taken from what was measured, above the training stack (which they read, never
+the other way round):
 
 - ``results.py``: reads what the pipeline and the trainer wrote (manifests, ``results.json``,
   run folders) into rows the others share;
@@ -6,6 +7,6 @@
 - ``recommend.py``: the best measured (setting, model) for a bandwidth budget;
 - ``predict.py``: the receiver, classifying the bitstreams cameras send.
 
-``python -m decisions.report|recommend|predict`` (or ``m2m-report``, ``m2m-recommend``,
-``m2m-predict``); ``python -m trainer.report|recommend|predict`` still work.
+``python -m trainer.decisions.report|recommend|predict`` (or ``m2m-report``, ``m2m-recommend``,
+``m2m-predict``).  The reports import no torch (``predict`` does, when it classifies).
 """

@@ -9,14 +9,14 @@ Inputs (contracts of the other modules):
   the columns are ``trainer.evaluation.COLUMNS``);
 - ``runs/<name>/args.json`` from ``trainer.run``: which method / labels each run used.
 
-A *model* is identified by (arch, method, labels, trained_on); ``trainer.methods.key`` folds
+A *model* is identified by (arch, method, labels, trained_on); ``trainer.vocab.key`` folds
 the labels into the method so that an expert trained on teacher labels is reported as its own
 method ("expert (teacher labels)") and never mixed with the dataset-labelled expert.
 
 Rows of a class group (``trainer.eval --group``: ``group`` is set) score a subset of a
 setting's classes; they never enter Table 1, the figures or the recommender, which read the
 whole-setting rows only.  ``load_results(..., groups=True)`` returns them too, for the
-retention view (``decisions.report``).
+retention view (``trainer.decisions.report``).
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ from pipeline.bounded import BoundedReadError, read_json
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.provenance import resolve_path
 from pipeline.setting import Setting, SettingError
-from trainer import methods
+from trainer import vocab
 from trainer.clitools import UserError
+from trainer.rundir import RunDir
 
 # Lossless first (the reference), then the paper's codecs, then anything new alphabetically.
 CODEC_ORDER = ("lossless", "jpeg", "j2k", "bpg")
@@ -119,25 +120,25 @@ def finite(x: Any) -> float | None:
 
 # --------------------------------------------------------------------------- manifests
 
-@dataclass
+@dataclass(frozen=True)
 class SettingStats:
-    """Rate and quality of one setting on the evaluation split: a flat view of its
+    """Rate and quality of one setting on the evaluation split, read through its
     :class:`pipeline.manifest.Manifest` (the setting is the manifest's :class:`Setting`)."""
-    setting: str
-    codec: str
-    q: float | int | None
-    bytes: float | None = None
-    bpp: float | None = None
-    psnr: float | None = None
-    ssim: float | None = None
-    count: int | None = None
+    manifest: Manifest
     source: str = ""
 
     @classmethod
     def from_manifest(cls, m: Manifest, source: str = "") -> "SettingStats":
-        mean = m.get("mean") or {}
-        return cls(setting=m.name, codec=m.codec, q=m.q, bytes=finite(mean.get("bytes")), bpp=finite(mean.get("bpp")),
-                   psnr=finite(mean.get("psnr")), ssim=finite(mean.get("ssim")), count=m.get("count"), source=source)
+        return cls(m, source)
+
+    setting = property(lambda self: self.manifest.name)
+    codec = property(lambda self: self.manifest.codec)
+    q = property(lambda self: self.manifest.q)
+    count = property(lambda self: self.manifest.get("count"))
+    bytes = property(lambda self: self.manifest.mean("bytes"))
+    bpp = property(lambda self: self.manifest.mean("bpp"))
+    psnr = property(lambda self: self.manifest.mean("psnr"))
+    ssim = property(lambda self: self.manifest.mean("ssim"))
 
 
 def load_manifests(shards: str | Path | None, split: str = "val") -> dict[str, SettingStats]:
@@ -189,7 +190,7 @@ class Result:
 
     @property
     def mkey(self) -> str:
-        return methods.key(self.method, self.labels)
+        return vocab.key(self.method, self.labels)
 
     @property
     def model_key(self) -> tuple:
@@ -298,20 +299,19 @@ class Run:
     args: dict
     has_best: bool
 
+    @property
+    def best(self) -> Path:
+        return RunDir(self.path).best
+
 
 def load_runs(runs: str | Path | None) -> list[Run]:
-    """``runs/<name>/args.json`` -> runs; folders without args.json are not runs."""
-    if runs is None or not Path(runs).is_dir():
-        return []
+    """The runs under ``runs`` (:meth:`trainer.rundir.RunDir.find`)."""
     out = []
-    for args_path in sorted(Path(runs).glob("*/args.json")):
-        try:
-            args = read_json(args_path, "run description")
-        except (OSError, BoundedReadError):
-            args = {}
-        folder = args_path.parent
-        out.append(Run(name=folder.name, path=folder, method=args.get("method"), arch=args.get("arch"),
-                       labels=args.get("labels"), trained_on=args.get("trained_on"), args=args, has_best=(folder / "best.pth").exists()))
+    for rd in RunDir.find(runs):
+        args = rd.args()
+        out.append(Run(name=rd.name, path=rd.path, method=args.get("method"), arch=args.get("arch"),
+                       labels=args.get("labels"), trained_on=args.get("trained_on"), args=args,
+                       has_best=rd.best.exists()))
     return out
 
 
@@ -368,3 +368,12 @@ def single_split(results: list[Result], split: str) -> tuple[list[Result], list[
         return results, []
     return [r for r in results if r.split in (None, split)], sorted(splits - {split})
 
+
+def eval_value(results: list[Result], setting: str, attr: str) -> float | None:
+    """Rate or quality recorded by trainer.eval when the setting has no manifest."""
+    return next((getattr(r, attr) for r in results if r.setting == setting and getattr(r, attr) is not None), None)
+
+
+def difference(a: float | None, b: float | None) -> float | None:
+    # rounded: top-1 values have 2 decimals at most, and 0.12000000000000455 helps nobody
+    return None if a is None or b is None else round(a - b, 6)

@@ -14,7 +14,7 @@ import torch
 import webdataset as wds
 
 from pipeline.codecs import decode_any
-from trainer import data
+from trainer.data import loader as data
 
 
 def _chw(a: np.ndarray) -> torch.Tensor:

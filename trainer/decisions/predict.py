@@ -1,8 +1,8 @@
 """The receiver (server side): classify transmitted bitstreams with a trained model.
 
-    python -m decisions.predict --model runs/r50-bpg41/best.pth image.bpg more.jpg other.j2k
-    python -m decisions.predict --model mobilenet_v2_imagenet.pth --arch mobilenet_v2 *.jpg
-    python -m decisions.predict --arch resnet50 --weights IMAGENET1K_V1 --json image.jpg
+    python -m trainer.decisions.predict --model runs/r50-bpg41/best.pth image.bpg more.jpg other.j2k
+    python -m trainer.decisions.predict --model mobilenet_v2_imagenet.pth --arch mobilenet_v2 *.jpg
+    python -m trainer.decisions.predict --arch resnet50 --weights IMAGENET1K_V1 --json image.jpg
 
 Files are recognised by content (JPEG, JPEG 2000 codestream or JP2, BPG, lossy and lossless
 WebP, AVIF, JPEG XL codestream or container, PNG), never by extension, and decoded exactly as a receiver would (``pipeline.codecs.decode_any``).
@@ -247,7 +247,7 @@ def cli(files, model_path, arch, weights, k, batch_size, device, max_pixels, max
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point callable from tests: returns the exit status instead of exiting."""
-    return run_click(cli, argv, "python -m decisions.predict")
+    return run_click(cli, argv, "python -m trainer.decisions.predict")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ It reads the rows of class groups (``trainer.eval --group A=... --group B=...``)
 (arch, trained setting, method) the top-1 of each group on the setting the model was trained
 on ("own setting") and on every other evaluated setting (lossless: the clean images), beside
 the pretrained model on the same sets.  Several runs of one cell (seeds) give mean ± sample
-std and their count.  ``decisions.report`` shows it beside Table 1 when group rows exist;
+std and their count.  ``trainer.decisions.report`` shows it beside Table 1 when group rows exist;
 ``experiments/summarize.py`` writes the README's table from the same function.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from pipeline.markdown import table as md_table
-from trainer import methods
+from trainer import vocab
 
 from .results import Result, setting_order
 
@@ -80,7 +80,7 @@ def retention_tables(results: list[Result]) -> list[RetentionTable]:
         table_rows = []
         for t in trained:
             keys = ["pretrained"] + sorted({r.mkey for r in mine if r.trained_on == t and t is not None},
-                                           key=methods.rank)
+                                           key=vocab.rank)
             for mkey in keys:
                 row = RetentionRow(t or "—", mkey)
                 for r in mine:
@@ -106,7 +106,7 @@ def column_title(group: str, where: str) -> str:
 
 def markdown(t: RetentionTable, metric: str = "top1", digits: int = 2) -> str:
     header = ["trained on", "method", *(column_title(g, w) for g, w in t.columns)]
-    body = [[r.trained_on, methods.title(r.method), *(r.cell(g, w, metric).text(digits) for g, w in t.columns)]
+    body = [[r.trained_on, vocab.title(r.method), *(r.cell(g, w, metric).text(digits) for g, w in t.columns)]
             for r in t.rows]
     return md_table(header, body, "ll" + "r" * len(t.columns))
 
@@ -119,7 +119,7 @@ def csv_rows(tables: list[RetentionTable]) -> list[dict]:
                 c1, cp = r.cell(g, w, "top1"), r.cell(g, w, "top1_present")
                 if not c1.values and not cp.values:
                     continue
-                out.append({"arch": t.arch, "trained_on": r.trained_on, "method": methods.title(r.method),
+                out.append({"arch": t.arch, "trained_on": r.trained_on, "method": vocab.title(r.method),
                             "group": g, "evaluated_on": r.trained_on if w == OWN else w,
                             "top1_mean": c1.mean, "top1_std": c1.std, "top1_present_mean": cp.mean,
                             "top1_present_std": cp.std, "n": len(c1.values)})

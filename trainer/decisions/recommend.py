@@ -1,8 +1,8 @@
 """Pick the codec setting and model for a bandwidth budget, from measured results only.
 
-    python -m decisions.recommend --budget 1000 --results reports/results.json [--manifests shards/]
-    python -m decisions.recommend --bpp 0.2 --results reports/results.json
-    python -m decisions.recommend --min-top1 65 --results reports/results.json
+    python -m trainer.decisions.recommend --budget 1000 --results reports/results.json [--manifests shards/]
+    python -m trainer.decisions.recommend --bpp 0.2 --results reports/results.json
+    python -m trainer.decisions.recommend --min-top1 65 --results reports/results.json
 
 Every evaluated (setting, model) pair is an option: its rate is the mean bytes (or bpp) per
 image that trainer.eval measured (else the manifest's), its value the top-1 measured on that
@@ -31,7 +31,7 @@ import click
 
 from pipeline.setting import Setting
 from trainer.clitools import FiniteFloat, run_click
-from trainer.methods import title as method_name
+from trainer.vocab import title as method_name
 
 from .results import (ALLOW_SELECTED, SELECTED_NOTE, Result, ResultsError, SettingStats,
                       check_selection, load_manifests, load_results, mark, quality_of, rate_of, single_split)
@@ -352,7 +352,7 @@ def print_human(options, front, choice, estimates, x, limit, min_top1) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point callable from tests: returns the exit status instead of exiting."""
-    return run_click(cli, argv, "python -m decisions.recommend")
+    return run_click(cli, argv, "python -m trainer.decisions.recommend")
 
 
 if __name__ == "__main__":

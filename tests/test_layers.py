@@ -1,0 +1,142 @@
+"""Layers point down: tools.bpg < pipeline < trainer < trainer.decisions < scripts (demo,
+experiments, benchmarks), read from the source with ``ast`` (every import, also those inside
+functions and under ``if TYPE_CHECKING``), and no two modules import each other."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("tools", "pipeline", "trainer", "demo", "experiments", "benchmarks")
+#: (module prefix, layer), the longest prefix wins; tests sit above everything
+LAYERS = (("tools", 0), ("pipeline", 1), ("trainer", 2), ("trainer.decisions", 3), ("demo", 4),
+          ("experiments", 4), ("benchmarks", 4), ("tests", 5))
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer(module: str) -> int | None:
+    best = None
+    for prefix, n in LAYERS:
+        if module == prefix or module.startswith(prefix + "."):
+            if best is None or len(prefix) > len(best[0]):
+                best = (prefix, n)
+    return None if best is None else best[1]
+
+
+def project_modules() -> dict[str, Path]:
+    out = {}
+    for folder in FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            out[module_name(path)] = path
+    return out
+
+
+def imports(module: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules ``module`` imports (a name imported from a package that is itself a
+    module counts as that module)."""
+    is_package = path.name == "__init__.py"
+    package = module if is_package else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)] if package else []
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else mod for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known and layer(t) is not None:
+                t = t.rpartition(".")[0]      # an attribute of a module: the module
+            if t in known and t != module:
+                found.add(t)
+            elif t and t.split(".")[0] not in {f for f in FOLDERS} and t not in sys.stdlib_module_names \
+                    and (ROOT / "benchmarks" / f"{t.split('.')[0]}.py").exists():
+                found.add("benchmarks." + t.split(".")[0])   # a script put on sys.path by hand
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = project_modules()
+    known = set(mods) | {module_name(p) for p in (ROOT / "tests").rglob("*.py")}   # targets, never walked
+    return {m: imports(m, p, known) for m, p in mods.items()}
+
+
+def test_the_walk_sees_the_project():
+    g = graph()
+    assert {"tools.bpg", "pipeline.manifest", "trainer.data.loader", "trainer.decisions.report", "demo.__main__",
+            "experiments.common"} <= set(g)
+    assert "trainer.vocab" in g["trainer.decisions.report"] and "trainer.data.batch" in g["trainer.data.loader"]
+
+
+def test_no_upward_import():
+    g = graph()
+    upward = sorted(f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+                    for a, targets in g.items() for b in targets if layer(b) > layer(a))
+    assert upward == []
+
+
+def test_no_import_cycle():
+    g = graph()
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):   # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(g.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            scc = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                scc.append(w)
+                if w == v:
+                    break
+            if len(scc) > 1:
+                cycles.append(sorted(scc))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    assert cycles == []
+
+
+def test_the_walk_would_see_an_upward_import_and_a_cycle(tmp_path, monkeypatch):
+    """The checks can fail: a type-only import of the trainer in the pipeline, and two
+    trainer modules importing each other, are both found."""
+    fake = {"pipeline.x": tmp_path / "x.py", "trainer.a": tmp_path / "a.py", "trainer.b": tmp_path / "b.py"}
+    fake["pipeline.x"].write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from trainer import a\n")
+    fake["trainer.a"].write_text("def f():\n    from .b import g\n")
+    fake["trainer.b"].write_text("from . import a\n")
+    known = set(fake)
+    assert imports("pipeline.x", fake["pipeline.x"], known) == {"trainer.a"}
+    assert imports("trainer.a", fake["trainer.a"], known) == {"trainer.b"}
+    assert imports("trainer.b", fake["trainer.b"], known) == {"trainer.a"}
+
+
+@pytest.mark.parametrize("module", ["trainer.decisions.report", "trainer.decisions.results",
+                                    "trainer.decisions.recommend", "trainer.decisions.retention",
+                                    "trainer.vocab", "trainer.rundir"])
+def test_the_reports_do_not_import_torch(module):
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
