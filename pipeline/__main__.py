@@ -203,8 +203,8 @@ cli.user_errors = (CodecError, SettingError, PixelBudgetError, BackendError, Ato
 
 
 def main(argv=None):
-    terminate_as_interrupt()
-    return cli.main(args=argv, prog_name="python -m pipeline", standalone_mode=True)
+    with terminate_as_interrupt():
+        return cli.main(args=argv, prog_name="python -m pipeline", standalone_mode=True)
 
 
 if __name__ == "__main__":

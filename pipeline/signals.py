@@ -10,6 +10,7 @@ check, between images, that the process that started it is still there.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -21,13 +22,22 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
-def terminate_as_interrupt() -> None:
-    """Install the handlers (main thread only; elsewhere a no-op)."""
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """``with terminate_as_interrupt(): ...``: the handlers for the time of a command, the
+    caller's own restored after it (a program calling ``main()`` keeps its signal handling);
+    outside the main thread, nothing changes."""
+    previous = {}
     for s in SIGNALS:
         try:
-            signal.signal(s, _interrupt)
+            previous[s] = signal.signal(s, _interrupt)
         except ValueError:   # not the main thread
-            return
+            break
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class Orphaned(BaseException):

@@ -67,9 +67,13 @@ def spread_options(argv: list[str], names: Iterable[str]) -> list[str]:
 def run_click(cli: click.Command, argv: list[str] | None, prog_name: str, multi: Iterable[str] = ()) -> int:
     """Run a click command; return its exit status instead of exiting."""
     args = list(sys.argv[1:] if argv is None else argv)
-    terminate_as_interrupt()
     if multi:
         args = spread_options(args, multi)
+    with terminate_as_interrupt():
+        return _run(cli, args, prog_name)
+
+
+def _run(cli: click.Command, args: list[str], prog_name: str) -> int:
     try:
         return cli.main(args=args, prog_name=prog_name, standalone_mode=False) or 0
     except click.ClickException as exc:

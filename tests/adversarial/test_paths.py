@@ -198,3 +198,14 @@ def test_no_build_worker_outlives_its_build(tmp_path, sig):
         os.kill(w, signal.SIGKILL)
     assert not survivors, f"worker(s) {survivors} outlived the build"
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_a_command_called_in_process_leaves_the_callers_signal_handlers(tmp_path, capsys):
+    def mine(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert run.main(["--shards", str(tmp_path / "none.tar"), "--out", str(tmp_path / "r")]) == 1
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
