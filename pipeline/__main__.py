@@ -22,10 +22,11 @@ from .limits import DEFAULT_MAX_PIXELS, PixelBudgetError
 from .plan import DEFAULT_ORDER, DEFAULT_SEED, ORDERS
 from .setting import Setting, SettingError
 from .shards import LAYOUTS, PAIR
+from .signals import terminate_as_interrupt
 
 #: errors that are the user's input or environment, not a bug: one line, exit 1
 USER_ERRORS = (CodecError, SettingError, FileNotFoundError, NotADirectoryError, ValueError, LockedError,
-               AtomicWriteError, BackendError, PixelBudgetError, manifest_mod.ManifestError)
+               AtomicWriteError, BackendError, PixelBudgetError, manifest_mod.ManifestError, OSError)
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:
@@ -202,7 +203,8 @@ cli.user_errors = (CodecError, SettingError, PixelBudgetError, BackendError, Ato
 
 
 def main(argv=None):
-    return cli.main(args=argv, prog_name="python -m pipeline", standalone_mode=True)
+    with terminate_as_interrupt():
+        return cli.main(args=argv, prog_name="python -m pipeline", standalone_mode=True)
 
 
 if __name__ == "__main__":

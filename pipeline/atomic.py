@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +41,39 @@ class AtomicWriteError(OSError):
 def _reason(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device"
+    if exc.errno == errno.EROFS:
+        return "a read-only file system"
     return exc.strerror or str(exc)
+
+
+def make_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """``mkdir -p`` with a one-line :class:`AtomicWriteError` (read-only, no permission, a
+    file in the way) instead of an OSError traceback."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AtomicWriteError(exc.errno, f"cannot create the {what} {path}: {_reason(exc)}") from None
+    return path
+
+
+class RecordingWriter:
+    """A file object that remembers the OSError of a failed write: libraries that write
+    through it from C++ (torch.save) report a failure as a RuntimeError without the cause,
+    and this keeps the cause (a full disk) for the one-line message."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
 
 
 @contextlib.contextmanager
@@ -99,8 +132,21 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> "FolderLock":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        make_folder(self.folder)
+        try:
+            # never through a planted link: a symbolic link is refused by the open, a hard link
+            # or anything but a plain file by the check below (the holder line truncates the file)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            why = "a symbolic link" if exc.errno == errno.ELOOP else _reason(exc)
+            raise AtomicWriteError(exc.errno, f"cannot lock {self.folder}: {self.path} is {why}; refused "
+                                              "(remove it if no build is running)") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            why = "not a plain file" if not stat.S_ISREG(st.st_mode) else f"a file with {st.st_nlink} hard links"
+            raise AtomicWriteError(errno.EPERM, f"cannot lock {self.folder}: {self.path} is {why}; refused "
+                                                "(remove it if no build is running)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 from joblib import Parallel, delayed
 
 from .shards import ShardJob, run_shard
+from .signals import Orphaned, orphan_guard
 
 BACKENDS = ("local", "dask")
 INSTALL_HINT = "pip install -e .[cluster]"
@@ -34,9 +35,14 @@ def _one_thread_per_worker() -> None:
         os.environ[var] = "1"
 
 
-def _run(job: ShardJob) -> tuple[int, dict]:
+def _run(job: ShardJob, parent: int | None = None) -> tuple[int, dict]:
+    """One shard in a worker process; ``parent``: the pid of the build that started the worker
+    (a local worker stops, committing nothing, between two images once that process is gone)."""
     _one_thread_per_worker()
-    return job.index, run_shard(job)
+    try:
+        return job.index, run_shard(job, on_item=orphan_guard(parent))
+    except Orphaned:
+        os._exit(70)
 
 
 def check_backend(backend: str, scheduler: str | None = None) -> None:
@@ -99,4 +105,6 @@ def _run_jobs(jobs, backend, n_jobs, scheduler, on_item):
         for job in jobs:
             yield job.index, run_shard(job, on_item=on_item)
         return
-    yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered")(delayed(_run)(j) for j in jobs)
+    # joblib starts every worker up front: never more of them than there are shards to make
+    n_jobs = min(n_jobs, len(jobs))
+    yield from Parallel(n_jobs=n_jobs, return_as="generator_unordered")(delayed(_run)(j, os.getpid()) for j in jobs)

@@ -19,8 +19,8 @@ second build of the same folder is refused with the holder's name.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -28,6 +28,8 @@ from tqdm import tqdm
 
 from . import manifest as manifest_mod
 from .atomic import FolderLock, LockedError, atomic_write_json
+from .bounded import read_json
+from .classes import label_space_id
 from .backends import check_backend, run_jobs
 from .codecs import Codec, CodecError, create, get
 from .limits import max_pixels
@@ -41,6 +43,14 @@ from .sources import display, list_source
 log = logging.getLogger("pipeline")
 
 PLAN_FILE = "plan.json"
+
+
+#: a split is one plain folder name: it is joined to --src and to --out, and recorded
+SPLIT_NAME = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]{1,64}")
+
+
+#: worker processes of one build (each is a Python process with its codecs loaded)
+MAX_JOBS = 1024
 
 
 class BuildError(ValueError):
@@ -106,7 +116,7 @@ def _split_users(ref_dir: Path) -> list[str]:
     users = []
     for p in sorted(ref_dir.parent.glob("*/manifest.json")):
         try:
-            if json.loads(p.read_text()).get("layout") == SPLIT:
+            if read_json(p, "manifest").get("layout") == SPLIT:
                 users.append(p.parent.name)
         except (OSError, ValueError, AttributeError):
             continue
@@ -170,7 +180,8 @@ def _plan_doc(target: Target, codec: Codec, plan: SplitPlan, source, shard_plans
         "plan_id": plan.plan_id,
         "source": {"root": display(source.root), "folders": source.folders,
                    "classes": [source.class_names[source.index[f]] for f in source.folders],
-                   "class_index": source.index, "num_classes": source.num_classes, "rejected": source.rejected},
+                   "class_index": source.index, "num_classes": source.num_classes,
+                   "label_space": label_space_id(source.class_names), "rejected": source.rejected},
         "num_nodes": num_nodes,
         "shards": [{"name": shard_name(i), "plan": p, "items": len(items)}
                    for i, (p, items) in enumerate(zip(shard_plans, plan.shards))],
@@ -180,7 +191,7 @@ def _plan_doc(target: Target, codec: Codec, plan: SplitPlan, source, shard_plans
 def read_plan(folder: str | Path) -> dict:
     p = Path(folder) / PLAN_FILE
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
+        doc = read_json(p, "plan")
     except FileNotFoundError:
         raise BuildError(f"{folder}: no {PLAN_FILE}; not a shard folder of this pipeline (or one built by an older "
                          "version): rebuild it") from None
@@ -253,6 +264,9 @@ def build(src, split: str | None, settings: Iterable, out="shards", *, shard_siz
           verify: bool = False) -> dict[str, Manifest | None]:
     """Build ``out/<split>/<setting>/`` for every setting in one pass; return the manifests
     by setting name (None for a setting whose other ranks have not finished yet)."""
+    if split is not None and not (isinstance(split, str) and SPLIT_NAME.fullmatch(split)):
+        raise BuildError(f"--split {str(split)[:40]!r}: a split is one folder name (letters, digits, '.', '_', '-'; "
+                         "not '.' or '..', no '/'): it names the output folder OUT/<split>")
     if layout not in LAYOUTS:
         raise BuildError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if order not in ORDERS:
@@ -263,8 +277,8 @@ def build(src, split: str | None, settings: Iterable, out="shards", *, shard_siz
         raise BuildError(f"--node-rank must be in 0..{num_nodes - 1} for --num-nodes {num_nodes}, got {node_rank!r}")
     if num_nodes > 1 and backend != "local":
         raise BuildError("--num-nodes/--node-rank and --backend dask are two ways to use many machines: pick one")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise BuildError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise BuildError(f"--jobs must be a whole number from 1 to {MAX_JOBS}, got {jobs!r}")
     check_backend(backend, scheduler)
     if pixel_budget is not None and (isinstance(pixel_budget, bool) or not isinstance(pixel_budget, int)
                                      or pixel_budget < 1):

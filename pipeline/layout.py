@@ -11,11 +11,11 @@ pairing samples by key; ``python -m pipeline check FOLDER`` runs it from the she
 """
 from __future__ import annotations
 
-import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bounded import read_json
 from .manifest import Manifest, ManifestError
 from .setting import Setting, SettingError
 from .shards import REFERENCE, SPLIT, record_path, shard_index
@@ -53,7 +53,7 @@ def reference_folder(folder: str | Path) -> Path | None:
 
 def _keys_of_record(folder: Path, index: int) -> list[str] | None:
     try:
-        return [s["key"] for s in json.loads(record_path(folder, index).read_text())["samples"]]
+        return [s["key"] for s in read_json(record_path(folder, index), "shard record")["samples"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -4,7 +4,8 @@ Fixed keys (other tools rely on them): ``codec`` (str), ``q`` (number or null), 
 ``split``, ``count`` (int), ``mean`` and ``median`` (each ``{"bytes", "bpp", "psnr", "ssim"}``),
 ``shards`` (list of ``{"name", "count", "keys", "bytes", "sha256"}``: ``keys`` is a digest
 of the shard's sample keys in order, ``bytes`` and ``sha256`` describe the tar), ``classes``
-(names), ``num_classes``, ``failed`` (list of ``{"path", "reason"}``).  PSNR statistics are
+(names), ``num_classes``, ``label_space`` (the label space's id, :func:`pipeline.classes.label_space_id`;
+absent from older manifests), ``failed`` (list of ``{"path", "reason"}``).  PSNR statistics are
 over images with finite PSNR; images reconstructed exactly are counted in
 ``psnr_infinite`` (all of them in ``lossless``, where psnr is null).
 
@@ -32,7 +33,9 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_output, atomic_write_json
+from .bounded import BoundedReadError, read_json
 from .codecs import Codec
+from .classes import MAX_CLASSES
 from .setting import Setting, SettingError
 
 METRICS = ("bytes", "bpp", "psnr", "ssim")
@@ -76,6 +79,8 @@ def build(codec: Codec, plan: dict, records: list[dict]) -> dict:
         "class_folders": source["folders"],
         "class_index": source["class_index"],
         "num_classes": source["num_classes"],
+        # the identity of the whole label space (pipeline.classes.label_space_id)
+        "label_space": source.get("label_space"),
         "failed": failed,
         "codec_params": codec.params(),
         "bitstream": next((f for f in fields if f.startswith("comp.")), None),
@@ -132,11 +137,11 @@ class Manifest(dict):
         if p.is_dir():
             p = p / "manifest.json"
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = read_json(p, "manifest")
         except FileNotFoundError:
             raise ManifestError(f"no manifest at {p}; build the shards with `make shards`") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"{p} is not a readable manifest ({exc})") from None
+        except BoundedReadError as exc:
+            raise ManifestError(f"{exc} (not a readable manifest)") from None
         return cls.from_dict(data, p.parent, source=str(p))
 
     @classmethod
@@ -160,8 +165,16 @@ class Manifest(dict):
                         and isinstance(e.get("count"), int) and e["count"] >= 0):
                     raise ManifestError(f"bad shard entry {e!r} (expected name shard-NNNNNN.tar and a count)")
             n = data.get("num_classes")
-            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-                raise ManifestError(f"num_classes {n!r} is not a whole number")
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CLASSES):
+                raise ManifestError(f"num_classes {n!r} is not a whole number from 0 to {MAX_CLASSES:,}")
+            index = data.get("class_index")
+            if index is not None and not (isinstance(index, dict) and all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (n or MAX_CLASSES)
+                    for v in index.values())):
+                raise ManifestError("class_index is not a mapping of class folders to indices below num_classes")
+            space = data.get("label_space")
+            if space is not None and not (isinstance(space, str) and len(space) <= 64):
+                raise ManifestError(f"label_space {str(space)[:40]!r} is not a label-space id")
         except SettingError as exc:
             raise ManifestError(f"{source}: {exc}") from None
         except ManifestError as exc:
@@ -172,7 +185,7 @@ class Manifest(dict):
     def setting(self) -> Setting:
         name = self.get("setting")
         if name is None:  # manifests written before the name was stored
-            return Setting(self["codec"], self.get("q"))
+            return Setting(self.get("codec"), self.get("q"))
         return Setting.parse(name)
 
     @property

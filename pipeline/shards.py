@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import atomic_output, atomic_write_json
+from .bounded import read_json
 from .codecs import Codec, create
 from .codecs.lossless import encode_lossless
 from .crops import load_crop
@@ -324,7 +325,7 @@ def load_record(out_dir: Path, index: int, plan: str | None = None, verify: bool
     its SHA-256 must match too.  ``verify`` hashes every tar whatever its stat says."""
     rec_file = record_path(out_dir, index)
     try:
-        rec = json.loads(rec_file.read_text())
+        rec = read_json(rec_file, "shard record")
     except (OSError, ValueError):
         return None
     if not isinstance(rec, dict) or rec.get("format") != FORMAT_VERSION:

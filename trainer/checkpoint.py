@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pipeline.atomic import atomic_output
+from pipeline.atomic import RecordingWriter, atomic_output
 
 from .clitools import UserError
 
@@ -80,5 +80,11 @@ def _short(exc: BaseException) -> str:
 def save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save through the project's atomic writer (fsync'd: a checkpoint must survive a crash)."""
     with atomic_output(path, "wb", fsync=True) as f:
-        torch.save(obj, f)
+        out = RecordingWriter(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError as exc:
+            if out.error is None:
+                raise
+            raise out.error from exc   # atomic_output makes it one line: the output, the reason, nothing committed
     return Path(path)

@@ -7,6 +7,7 @@ is one ``error: ...`` line (:mod:`pipeline.cli`, the pipeline's commands print t
 """
 from __future__ import annotations
 
+import errno
 import math
 import sys
 from typing import Iterable
@@ -19,6 +20,7 @@ from pipeline.layout import PairingError
 from pipeline.limits import PixelBudgetError
 from pipeline.manifest import ManifestError
 from pipeline.setting import SettingError
+from pipeline.signals import terminate_as_interrupt
 
 
 class UserError(Exception):
@@ -29,6 +31,13 @@ class UserError(Exception):
 #: errors shown as one line: ours, and the pipeline's about files the user gave us
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, SettingError, ManifestError, AtomicWriteError,
                                                 LockedError, PixelBudgetError, PairingError)
+
+
+#: OSErrors that are the machine's state, not a bug: a full or read-only disk, permissions,
+#: a missing or misplaced path, a link where a file should be, too many open files
+ENVIRONMENT_ERRNOS = frozenset(getattr(errno, n) for n in (
+    "ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOENT", "ENOTDIR", "EISDIR", "ELOOP", "EFBIG", "EMFILE",
+    "ENFILE", "ENAMETOOLONG", "EEXIST", "EXDEV", "EIO") if hasattr(errno, n))
 
 
 def one_line(exc: BaseException) -> str:
@@ -60,6 +69,11 @@ def run_click(cli: click.Command, argv: list[str] | None, prog_name: str, multi:
     args = list(sys.argv[1:] if argv is None else argv)
     if multi:
         args = spread_options(args, multi)
+    with terminate_as_interrupt():
+        return _run(cli, args, prog_name)
+
+
+def _run(cli: click.Command, args: list[str], prog_name: str) -> int:
     try:
         return cli.main(args=args, prog_name=prog_name, standalone_mode=False) or 0
     except click.ClickException as exc:
@@ -72,6 +86,12 @@ def run_click(cli: click.Command, argv: list[str] | None, prog_name: str, multi:
         return 130
     except USER_ERRORS as exc:
         click.echo(f"error: {one_line(exc)}", err=True)
+        return 1
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or one_line(exc)}", err=True)
         return 1
 
 

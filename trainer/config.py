@@ -24,6 +24,10 @@ from .losses import REDUCTIONS
 from .methods import get as get_method, names as method_names
 from .options import ConfigError, check_ranges, flag, opt
 from .vocab import LABEL_SOURCES
+from .optiontypes import check_types
+
+#: the largest batch: it sizes the loader's buffers (65,536 x 224² x 3 bytes = 9.9 GB)
+MAX_BATCH = 1 << 16
 
 __all__ = ["ConfigError", "EvalConfig", "TeacherCacheConfig", "TrainConfig", "read_yaml", "yaml_text"]
 
@@ -33,10 +37,10 @@ class TrainConfig:
     # data
     shards: list[str] = O.shards("Training shards: globs / brace patterns / folders (several allowed).")
     val_shards: list[str] | None = opt(None, help="Validation shards (default: no validation).")
-    batch_size: int = opt(32, low=1, help="Per-process batch size.")
-    val_batch_size: int | None = opt(None, low=1, help="Default: 2 x batch size.")
+    batch_size: int = opt(32, low=1, high=MAX_BATCH, help="Per-process batch size.")
+    val_batch_size: int | None = opt(None, low=1, high=MAX_BATCH, help="Default: 2 x batch size.")
     workers: int | None = O.workers()
-    shuffle_buffer: int = opt(1000, low=0)
+    shuffle_buffer: int = opt(1000, low=0, high=10**7)
     resampled: bool = opt(False, help="Draw shards with replacement (any shard count works).")
     train_limit: int | None = opt(None, low=1, help="Samples per epoch (quick runs; default: the manifest's).")
     val_limit: int | None = opt(None, low=1, help="Validation samples (default: all).")
@@ -62,13 +66,13 @@ class TrainConfig:
     stability_detach_clean: bool = opt(False, help="Stop gradients through f(x) in the stability KL.")
     stability_full: bool = opt(False, help="Stability: train all layers (default: the head, as the paper).")
     # optimisation (the paper's defaults)
-    epochs: int = opt(45, low=1)
+    epochs: int = opt(45, low=1, high=10**6)
     lr: float | None = opt(None, low=0, low_open=True, optional=False,
                            help="Default: the method's (expert 1e-5; stability per arch).")
     betas: tuple[float, float] = opt((0.5, 0.99))
     weight_decay: float = opt(0.0, low=0)
     lr_factor: float = opt(0.2, low=0, low_open=True, high=1, help="LR multiplier on plateau (0.2 = /5).")
-    lr_patience: int = opt(3, low=1, help="Decay after this many consecutive epochs without val-loss improvement.")
+    lr_patience: int = opt(3, low=1, high=10**6, help="Decay after this many consecutive epochs without val-loss improvement.")
     min_lr: float = opt(0.0, low=0)
     grad_clip: float | None = opt(None, low=0, low_open=True)
     best_metric: str = opt("top1", choices=("top1", "loss"), help="best.pth: highest val top-1 or lowest val loss.")
@@ -116,6 +120,7 @@ class TrainConfig:
         check_ranges(self)
         if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
             raise ConfigError(f"--betas {self.betas}: two numbers in [0, 1)")
+        _device(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
@@ -138,7 +143,7 @@ class EvalConfig:
     num_classes: int | None = O.num_classes()
     out: str | None = opt("results.json", help="JSON results (CSV written next to it).")
     overwrite: bool = opt(False, help="Replace --out instead of merging rows into it.")
-    batch_size: int = opt(64, low=1)
+    batch_size: int = opt(64, low=1, high=MAX_BATCH)
     workers: int | None = O.workers()
     limit: int | None = opt(None, low=1, help="Samples per setting (quick checks).")
     max_skip: float = O.max_skip("a setting")
@@ -170,6 +175,7 @@ class EvalConfig:
         if c.weights and not c.arch:
             raise ConfigError("--weights needs --arch")
         check_ranges(c)
+        _device(c)
         return c
 
     @classmethod
@@ -185,7 +191,7 @@ class TeacherCacheConfig:
     weights: str | None = opt(None, help="Torchvision weights name, or a weights / checkpoint file.")
     num_classes: int | None = O.num_classes()
     out: str | None = opt(None, help="Write caches under OUT/<setting>/ instead of beside the shards.")
-    batch_size: int = opt(64, low=1)
+    batch_size: int = opt(64, low=1, high=MAX_BATCH)
     workers: int | None = O.workers()
     device: str = O.device()
     max_skip: float = O.max_skip("a setting")
@@ -211,6 +217,14 @@ def _paths(value, name: str) -> list[str]:
     return [str(v) for v in value]
 
 
+def _device(c) -> None:
+    from .distributed import DeviceError, resolve_device
+    try:
+        resolve_device(c.device)
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _known(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of option names to values")
@@ -219,20 +233,21 @@ def _known(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
+    check_types(cls, data, source, ConfigError)
     return data
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping (safe loader: plain data only)."""
-    import yaml
+    from pipeline.bounded import BoundedReadError, read_yaml as bounded_yaml
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = bounded_yaml(p, "YAML file")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: not a readable YAML file ({str(exc).splitlines()[0]})") from None
+    except BoundedReadError as exc:
+        raise ConfigError(str(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .clitools import UserError
+
 
 @dataclass
 class Dist:
@@ -27,10 +29,32 @@ class Dist:
         return self.rank == 0
 
 
+class DeviceError(UserError, ValueError):
+    """A --device that is not a device of this machine (one line, names it)."""
+
+
+#: the device types a run may ask for; anything else is refused before torch sees it
+DEVICE_TYPES = ("cpu", "cuda")
+
+
 def resolve_device(device: str | None) -> str:
-    """``auto`` (or None) -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    """``auto`` (or None) -> ``cuda`` when a GPU is visible, else ``cpu``; an explicit device
+    is checked: a known type (``cpu``, ``cuda``, ``cuda:N``), and a GPU that is there."""
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str):
+        raise DeviceError(f"--device {device!r}: choose auto, cpu, cuda or cuda:N")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise DeviceError(f"--device {device[:40]!r}: choose auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device}: no CUDA GPU is visible on this machine (use --device cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return device
 
 

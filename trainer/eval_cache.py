@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 
 from pipeline.atomic import AtomicWriteError, atomic_write_json
+from pipeline.bounded import read_json
 from pipeline.manifest import digest as manifest_digest
 
 from .models import load_model, model_identity
@@ -172,7 +173,7 @@ class EvalCache:
 
     def _read(self, path: Path, key: dict) -> list[dict] | None:
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = read_json(path, "evaluation cache entry")
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError, ValueError) as exc:

@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_output, atomic_write
+from pipeline.bounded import BoundedReadError, read_json
 from pipeline.provenance import portable_path
 
-from . import loop
+from . import labelspace, loop
 from .clitools import UserError
 from .config import EvalConfig
 from .data import DataLossError, ShardSet, check_classes, check_skips, group_shards, make_eval_loader
@@ -66,6 +67,8 @@ def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64
     if step.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_classes(sets, int(meta.get("num_classes") or 1000), f"{meta.get('checkpoint') or meta.get('weights')}")
+    for s in sets:
+        labelspace.check([s], labelspace.of_model(meta), meta.get("checkpoint") or meta.get("weights"))
     rows, failures = [], []
     for s in sets:
         loader = make_eval_loader([s], batch_size, workers=workers, rank=d.rank, world=d.world, limit=limit,
@@ -137,8 +140,8 @@ def write_results(path: str | os.PathLike, rows: list[dict], merge: bool = True)
     rows = portable_rows(rows, path)
     if merge and path.exists():
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            old = read_json(path, "results file")
+        except (OSError, BoundedReadError) as exc:
             raise UserError(f"{path}: cannot merge into it, not a readable results file ({exc}); "
                             "fix it or give --overwrite") from None
         if not isinstance(old, list):

@@ -53,15 +53,21 @@ def check_group(name: str, classes, where: str = "--group") -> tuple[str, list[s
     return name, items
 
 
+#: a groups file larger than this is not one
+GROUPS_MAX_BYTES = 16 << 20
+
+
 def read_classes_file(path: str | Path) -> dict[str, list[str]]:
     """The groups of a ``--classes`` file (see the module docstring)."""
+    from pipeline.bounded import BoundedReadError, read_text
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p, "class groups file", max_bytes=GROUPS_MAX_BYTES)
     except FileNotFoundError:
         raise GroupError(f"--classes {p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GroupError(f"--classes {p}: not a readable text file ({exc})") from None
+    except BoundedReadError as exc:
+        reason = str(exc).removeprefix(f"{p}: ")
+        raise GroupError(f"--classes {p}: not a readable text file ({reason})") from None
     lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
@@ -116,7 +122,7 @@ def resolve(groups: dict[str, list[str]], class_index: dict | None, num_classes:
                 ids.append(index[c])
             elif WNID.match(c) and num_classes == 1000 and c in wnid_to_index():
                 ids.append(wnid_to_index()[c])
-            elif c.isdigit() and (num_classes is None or int(c) < num_classes):
+            elif c.isascii() and c.isdigit() and len(c) <= 9 and (num_classes is None or int(c) < num_classes):
                 ids.append(int(c))
             else:
                 known = ", ".join(sorted(index)[:10]) + (" ..." if len(index) > 10 else "")

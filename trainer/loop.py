@@ -14,13 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import Dist, all_reduce_sum
-from .losses import LabelError
+from .clitools import UserError
+from .losses import check_labels
 from .methods import Step
 
 log = logging.getLogger(__name__)
 
 #: how many skip reasons a result keeps (the counts are complete)
 MAX_REASONS = 20
+
+
+class DivergedError(UserError, FloatingPointError):
+    """A non-finite loss or weight: the run stops before such a model can be saved."""
 
 
 class Skips:
@@ -67,6 +72,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
         optimizer.step()
         bs = int(batch["label"].shape[0])
         vals = torch.stack([terms["loss"].detach(), terms["ce"], terms["kl"]]).double().cpu()
+        if not bool(torch.isfinite(vals).all()):
+            raise DivergedError(f"epoch {epoch}, step {steps + 1}: the loss is {vals[0].item()} (ce {vals[1].item()}, "
+                                f"kl {vals[2].item()}): training diverged (a learning rate too high?); "
+                                "nothing of this epoch was saved")
         sums += vals * bs
         n_img += bs
         steps += 1
@@ -148,13 +157,10 @@ def evaluate(model: nn.Module, loader, step: Step, d: Dist | None = None, progre
         with step.autocast():
             out = model(step.input(x)).float()
         y = batch["label"].to(step.device)
-        valid = y >= 0
+        valid = check_labels(y, out.shape[1], f"{desc}: label")
         count += int(y.numel())
         if valid.any():
             o, yv = out[valid], y[valid]
-            if int(yv.max()) >= o.shape[1]:
-                raise LabelError(f"{desc}: label {int(yv.max())} but the model has {o.shape[1]} outputs: the "
-                                 "shards and the model disagree on the classes")
             total.add(o, yv)
             for name, tally in tallies.items():
                 mine = torch.isin(yv, members[name])

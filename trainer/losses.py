@@ -49,12 +49,28 @@ class LabelError(UserError, ValueError):
     """A class index the model has no output for (shards and model disagree on the classes)."""
 
 
-def masked_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+#: the one label that means "no label" (a flat folder of images); every other label is a class
+UNLABELLED = -1
+
+
+def check_labels(target: torch.Tensor, n_outputs: int, what: str = "label",
+                 ignore_index: int = UNLABELLED) -> torch.Tensor:
+    """The mask of labelled samples; :class:`LabelError` for any label that is neither
+    ``ignore_index`` nor a class index in [0, n_outputs).  Training and evaluation share this
+    rule, so a label such as -7 is never trained as class 0 and evaluated as unlabelled."""
+    labelled = target != ignore_index
+    bad = labelled & ((target < 0) | (target >= n_outputs))
+    if bool(bad.any()):
+        value = int(target[bad][0])
+        raise LabelError(f"{what} {value} but the model has {n_outputs} outputs (0..{n_outputs - 1}; "
+                         f"{ignore_index} means unlabelled): the shards and the model disagree on the classes "
+                         "(--num-classes)")
+    return labelled
+
+
+def masked_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = UNLABELLED) -> torch.Tensor:
     """Mean cross-entropy over the samples whose target is not ``ignore_index`` (0 if none)."""
-    if target.numel() and int(target.max()) >= logits.shape[1]:
-        raise LabelError(f"label {int(target.max())} but the model has {logits.shape[1]} outputs: the shards "
-                         "and the model disagree on the classes (--num-classes)")
-    valid = target != ignore_index
+    valid = check_labels(target, logits.shape[1], ignore_index=ignore_index)
     per = F.cross_entropy(logits.float(), target.clamp_min(0), reduction="none") * valid
     return per.sum() / valid.sum().clamp_min(1)
 

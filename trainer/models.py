@@ -17,6 +17,8 @@ import torch
 import torchvision
 from torch import nn
 
+from pipeline.classes import ClassCountError, check_num_classes
+
 from .clitools import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,6 +111,10 @@ def _check_arch(arch: Any, source: str = "arch") -> str:
 
 def _build_net(arch: str, weights: str | None, num_classes: int) -> nn.Module:
     _check_arch(arch)
+    try:  # the head is allocated from this number: bounded before anything is built
+        check_num_classes(num_classes, f"{arch}: num_classes")
+    except ClassCountError as exc:
+        raise ModelError(str(exc)) from None
     if arch == "efficientnet_lite0":
         net = _efficientnet_lite0(num_classes)
         if weights is not None:
@@ -173,8 +179,10 @@ def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
             if arch is not None and arch != a:
                 raise ModelError(f"{path_or_weights}: checkpoint arch is {a}, not {arch}")
             n = ckpt.get("num_classes", 1000)
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ModelError(f"{path_or_weights}: num_classes {n!r} is not a positive whole number")
+            try:
+                check_num_classes(n, f"{path_or_weights}: num_classes")
+            except ClassCountError as exc:
+                raise ModelError(str(exc)) from None
             net = _build_net(a, None, n)
             _load_strict(net, sd, path_or_weights, a)
             args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}

@@ -15,7 +15,13 @@ from typing import Any, Callable
 
 import click
 
+from pipeline.classes import MAX_CLASSES
+
 from .clitools import FiniteFloat, UserError, range_problem
+
+
+#: the bound of a whole-number option without its own (sample counts, steps): every one sizes a loop
+MAX_WHOLE = 10**12
 
 
 class ConfigError(UserError, ValueError):
@@ -63,16 +69,16 @@ def device():
 
 
 def workers():
-    return opt(None, low=0, help="Loader processes per rank (default: the CPUs available / ranks on the node - 1, "
+    return opt(None, low=0, high=256, help="Loader processes per rank (default: the CPUs available / ranks on the node - 1, "
                                  "1 to 32).")
 
 
 def seed():
-    return opt(0, low=0)
+    return opt(0, low=0, high=2**63 - 1)     # what every seeded generator takes
 
 
 def threads():
-    return opt(None, low=1, help="torch CPU threads.")
+    return opt(None, low=1, high=4096, help="torch CPU threads.")
 
 
 def progress():
@@ -89,7 +95,7 @@ def max_skip(what: str = "an epoch"):
 
 
 def num_classes(help: str | None = None):
-    return opt(None, low=1, help=help)
+    return opt(None, low=1, high=MAX_CLASSES, help=help)   # sizes the classifier head
 
 
 def shards(help: str, required: bool = False):
@@ -117,7 +123,8 @@ def check_value(name: str, value: Any, kind: type, spec: Spec, optional: bool) -
             raise ConfigError(f"{flag(name)} {value!r}: choose from {', '.join(map(str, choices))}")
         return
     if kind in (int, float):
-        problem = range_problem(value, whole=kind is int, low=spec.low, high=spec.high, low_open=spec.low_open)
+        high = spec.high if spec.high is not None or kind is float else MAX_WHOLE
+        problem = range_problem(value, whole=kind is int, low=spec.low, high=high, low_open=spec.low_open)
         if problem is not None:
             raise ConfigError(f"{flag(name)} {value!r}: {problem}")
 

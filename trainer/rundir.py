@@ -12,10 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.atomic import atomic_write, atomic_write_json
+from pipeline.atomic import atomic_write, atomic_write_json, make_folder
+from pipeline.bounded import BoundedReadError, loads_json, read_json
 
 ARGS_YAML = "args.yaml"
 ARGS_JSON = "args.json"
@@ -65,8 +67,8 @@ class RunDir:
     def args(self) -> dict:
         """``args.json`` ({} when absent or unreadable)."""
         try:
-            data = json.loads((self.path / ARGS_JSON).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = read_json(self.path / ARGS_JSON, "run description")
+        except (OSError, BoundedReadError):
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -81,8 +83,8 @@ class RunDir:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+                row = loads_json(line, str(self.path / METRICS))
+            except BoundedReadError:
                 break
             if isinstance(row, dict):
                 rows.append(row)
@@ -103,7 +105,7 @@ class RunDir:
     def start(self, config: dict, args: dict, yaml_text: str, keep_before: int) -> list[dict]:
         """Record a run's configuration, and keep the metrics of the epochs before ``keep_before``
         (a resumed run); returns the rows kept."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path, "run folder")
         atomic_write(self.args_yaml, yaml_text)
         atomic_write_json(self.path / ARGS_JSON, dict(sorted(args.items())))
         rows = [r for r in self.metrics() if r.get("epoch", 0) < keep_before]
@@ -114,7 +116,8 @@ class RunDir:
 
     def add_epoch(self, row: dict, rows: list[dict]) -> None:
         """Append an epoch's row (``rows``: every row so far, ``row`` last) to the metrics."""
-        with open(self.path / METRICS, "a") as f:
+        fd = os.open(self.path / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "a") as f:   # appended in place: never through a link planted since
             f.write(json.dumps(row) + "\n")
         atomic_write(self.path / SUMMARY, summary_csv(rows))
 

@@ -100,6 +100,8 @@ def members(path: str, want: Callable[[str], bool] | None = None) -> Iterator[tu
                     raise TarError(f"invalid pax size {pax['size']!r}") from None
             if size < 0:
                 raise TarError(f"negative member size {size}")
+            if size > end - f.tell():         # before read(size) allocates what the header claims
+                raise TarError(f"ends inside a member ({max(0, end - f.tell())} of {size} bytes)")
             pad = -size % BLOCK
             if kind in _REGULAR:
                 name = _name(head, long_name, pax)

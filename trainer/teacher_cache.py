@@ -26,7 +26,6 @@ arch name, so a hostile manifest cannot make the cache write anywhere else.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from pipeline.atomic import atomic_output, atomic_write_json
+from pipeline.bounded import read_json
 
 from .clitools import UserError, run_click
 from .data import ShardSet, check_skips, folder_key, group_shards, make_eval_loader
@@ -74,8 +74,7 @@ class TeacherCache:
     @property
     def meta(self) -> dict:
         if self._meta is None:
-            with open(self.meta_path, encoding="utf-8") as f:
-                self._meta = json.load(f)
+            self._meta = read_json(self.meta_path, "teacher cache description")
         return self._meta
 
     def _open(self):
@@ -124,7 +123,7 @@ def validate(path: str | os.PathLike, shards: ShardSet, arch: str, weights_hash:
     if not path.exists() or not meta_p.exists():
         return "absent"
     try:
-        meta = json.loads(meta_p.read_text(encoding="utf-8"))
+        meta = read_json(meta_p, "teacher cache description")
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # truncated / corrupt
         return f"unreadable ({type(exc).__name__})"

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, loop, methods
+from pipeline.atomic import make_folder
+
+from . import checkpoint, labelspace, loop, methods
 from .clitools import UserError
 from .config import TrainConfig, yaml_text
 from .data import (LoaderSpec, check_classes, check_skips, default_workers, describe, group_shards, make_eval_loader,
@@ -90,6 +92,14 @@ def _tensorboard(run: RunDir):
     return SummaryWriter(str(run.tensorboard))
 
 
+def _check_finite(model, when: str) -> None:
+    """Refuse to go on (and to save) with a non-finite weight or buffer."""
+    for name, t in model.net.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise loop.DivergedError(f"{when}: {name} holds non-finite values: training diverged (a learning rate "
+                                     "too high?); the model was not saved")
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train one model on compressed shards (expert training, fine-tuning or stability)."""
     c = config.resolved()
@@ -105,6 +115,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     train_sets = group_shards(c.shards)
     val_sets = group_shards(c.val_shards) if c.val_shards else []
+    space = labelspace.check(train_sets + val_sets, labelspace.of_model(ckpt or {}), resume, same_count=train_sets)
     n_classes = c.num_classes or train_sets[0].num_classes
     check_classes(train_sets + val_sets, n_classes)
     classes = train_sets[0].manifest.get("classes")
@@ -116,9 +127,9 @@ def train(config: TrainConfig) -> TrainResult:
     c = dataclasses.replace(c, workers=workers)
     info = {"num_classes": n_classes, "trained_on": ",".join(sorted({s.name for s in train_sets})),
             "classes": classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes)
-            else None, "world_size": d.world}
+            else None, "world_size": d.world, "label_space": space}
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out, "run folder")
         log.info("train: %s; %d loader worker(s) per rank%s", describe(train_sets), workers,
                  " (from the CPU count)" if auto_workers else "")
         if val_sets:
@@ -211,6 +222,7 @@ def train(config: TrainConfig) -> TrainResult:
         if val_sets:
             check_skips(last_val["skipped"], last_val["count"], c.max_skip, f"epoch {epoch} validation",
                         last_val["skip_reasons"])
+        _check_finite(model, f"epoch {epoch}")
         if d.main:
             state = {"model": model.net.state_dict(), "arch": c.arch, "num_classes": n_classes, "epoch": epoch + 1,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

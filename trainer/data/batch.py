@@ -5,30 +5,42 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from ..completeness import decode_sized
+from ..losses import UNLABELLED
 from .gpu_jpeg import jpeg_size
 from .plan import worker
 from .shardsets import folder_key
 from .skips import SampleError, SkipLog, first_line
 
 
+_LABEL = re.compile(rb"\s*-?[0-9]{1,9}\s*")
+
+
 def _label(value) -> int:
-    try:
-        return int(value.decode() if isinstance(value, (bytes, bytearray)) else value)
-    except (ValueError, UnicodeDecodeError):
-        raise SampleError(f"label {value!r} is not a class index") from None
+    """A ``.cls`` member: ASCII digits of a class index, or -1 (unlabelled); anything else
+    (-7, 10^5000 digits, Unicode digits) is the sample's counted skip."""
+    raw = value if isinstance(value, (bytes, bytearray)) else str(value).encode("utf-8", "replace")
+    if not _LABEL.fullmatch(raw):
+        raise SampleError(f"label {bytes(raw[:24])!r} is not a class index")
+    label = int(raw)
+    if label < UNLABELLED:
+        raise SampleError(f"label {label} is not a class index (nor {UNLABELLED}, unlabelled)")
+    return label
 
 
-def _decode(data: bytes, what: str) -> np.ndarray:
-    """A bitstream -> H x W x 3 uint8 (the pipeline's decoders: the pixels the manifests measured)."""
+def _decode(data: bytes, what: str, picture: tuple[int, int] | None = None) -> np.ndarray:
+    """A bitstream -> H x W x 3 uint8 (the pipeline's decoders: the pixels the manifests measured);
+    ``picture``: the (width, height) it must have, checked from its header before decoding."""
     from pipeline.codecs import decode_any
     try:
-        a = decode_any(data)
+        a = decode_any(data) if picture is None else decode_sized(decode_any, data, picture)
     except MemoryError:
         raise SampleError(f"{what}: out of memory while decoding") from None
     except Exception as exc:
@@ -126,8 +138,9 @@ class _Batch:
     layout): no transposition, no stacking, no copy on the way to the main process."""
 
     def __init__(self, size: int, need_comp: bool, need_clean: bool, caches: dict | None, gpu_jpeg: bool,
-                 ring: _Ring | None = None):
+                 ring: _Ring | None = None, picture: tuple[int, int] | None = None):
         self.size, self.need_comp, self.need_clean, self.caches = size, need_comp, need_clean, caches
+        self.picture = picture        # (width, height) of every picture: one sample never sizes the batch
         self.gpu_jpeg = gpu_jpeg
         self.ring = ring
         if ring is not None:
@@ -172,7 +185,7 @@ class _Batch:
         if self.need_clean or comp_from_clean:
             if clean_k is None:
                 raise SampleError("no clean.* member")
-            clean = _decode(sample[clean_k], clean_k)
+            clean = _decode(sample[clean_k], clean_k, self.picture)
         jpeg = None
         if comp_from_clean:
             if self.gpu_jpeg:
@@ -183,12 +196,13 @@ class _Batch:
                 if comp_k != "comp.jpg":
                     raise SampleError(f"{comp_k}: not a JPEG, but the batch is decoded on the GPU")
                 size = jpeg_size(sample[comp_k], comp_k)
-                if self.jpeg_size is not None and size != self.jpeg_size:
+                want = self.picture or self.jpeg_size or size
+                if size != want:
                     raise SampleError(f"{comp_k}: a {size[0]}x{size[1]} picture in a batch of "
-                                      f"{self.jpeg_size[0]}x{self.jpeg_size[1]} pictures")
+                                      f"{want[0]}x{want[1]} pictures")
                 jpeg = sample[comp_k]
             else:
-                self._put("comp", _decode(sample[comp_k], comp_k), comp_k)
+                self._put("comp", _decode(sample[comp_k], comp_k, self.picture), comp_k)
         if self.need_clean:
             self._put("clean", clean, clean_k)
         if self.caches is not None:
@@ -230,7 +244,8 @@ class _Batch:
 
 
 def decode_batches(batch_size: int, need_comp: bool, need_clean: bool, caches: dict | None, skips: "SkipLog",
-                   partial: bool = False, gpu_jpeg: bool = False, acked: torch.Tensor | None = None):
+                   partial: bool = False, gpu_jpeg: bool = False, acked: torch.Tensor | None = None,
+                   picture: tuple[int, int] | None = None):
     """Decode each sample into the batch being filled (comp.* with the pipeline's decoders,
     clean.* only when needed, the teacher's cached logits); emit full batches (and the last
     partial one when ``partial``).  A sample that fails is skipped and recorded, never the run.
@@ -242,7 +257,7 @@ def decode_batches(batch_size: int, need_comp: bool, need_clean: bool, caches: d
     def stage(src):
         w, _ = worker()
         ring = _Ring(acked, w) if acked is not None and get_worker_info() is not None else None
-        batch = _Batch(batch_size, need_comp, need_clean, caches, gpu_jpeg, ring)
+        batch = _Batch(batch_size, need_comp, need_clean, caches, gpu_jpeg, ring, picture)
         for s in src:
             try:
                 batch.add(s)
@@ -252,7 +267,7 @@ def decode_batches(batch_size: int, need_comp: bool, need_clean: bool, caches: d
                 continue
             if batch.n == batch_size:
                 yield batch.finish()
-                batch = _Batch(batch_size, need_comp, need_clean, caches, gpu_jpeg, ring)
+                batch = _Batch(batch_size, need_comp, need_clean, caches, gpu_jpeg, ring, picture)
         if partial and batch.n:
             yield batch.finish()
     return stage

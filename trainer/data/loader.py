@@ -12,6 +12,7 @@ import torch
 import webdataset as wds
 
 from ..clitools import UserError
+from ..completeness import picture_size
 from ..distributed import mix_seed
 from .batch import decode_batches
 from .plan import (PlannedShards, ShardList, epoch_plan, epoch_stage, limit_samples, resampled_shards,
@@ -86,7 +87,7 @@ def _items(sources, need_comp: bool = True, need_clean: bool = False) -> list[di
     out = []
     for s, join in sources:
         fields = _fields(s, need_comp, need_clean, join)
-        for u in s.shards:
+        for u in s.shards + s.missing:
             item = {"url": u, "fields": fields}
             if join:
                 item["ref"] = os.path.join(s.reference.folder, os.path.basename(u))
@@ -132,7 +133,7 @@ def make_train_loader(sets: list[ShardSet], spec: LoaderSpec, *, epoch: int, ran
         tar_samples(_expected(sources), skips),
         shuffle_buffer(spec.shuffle_buffer, seed, rank, plan, spec.batch_size),
         decode_batches(spec.batch_size, need_comp, need_clean, caches, skips, gpu_jpeg=spec.gpu_jpeg,
-                       acked=acked),
+                       acked=acked, picture=picture_size(s.manifest for s, _ in sources)),
         epoch_stage(n_batches, plan),
         attach_skips(skips),
     ]
@@ -155,7 +156,7 @@ def make_eval_loader(sets: list[ShardSet], batch_size: int, *, workers: int | No
     if limit is not None:
         stages.append(limit_samples(limit, world))
     stages += [decode_batches(batch_size, need_comp, need_clean, caches, skips, partial=True, gpu_jpeg=gpu_jpeg,
-                              acked=acked),
+                              acked=acked, picture=picture_size(s.manifest for s, _ in sources)),
                attach_skips(skips)]
     return _loader(wds.DataPipeline(*stages), workers, pin_memory, acked)
 

@@ -70,6 +70,8 @@ def tar_samples(expected: dict[str, int], skips: "SkipLog"):
                     samples = _joined(samples, shard["ref"], skips)
                 for sample in samples:
                     empty_in_a_row = 0
+                    if want is not None and read[0] > want:
+                        continue      # beyond the manifest's count: counted below, never used
                     yield sample
             except Exception as exc:  # truncated / corrupt tar: the rest of the shard is lost
                 lost = max(1, want - read[0]) if want is not None else 1
@@ -77,4 +79,7 @@ def tar_samples(expected: dict[str, int], skips: "SkipLog"):
                 continue
             if want is not None and read[0] < want:
                 skips.add(want - read[0], f"{os.path.basename(url)}: {read[0]} samples, the manifest lists {want}")
+            elif want is not None and read[0] > want:
+                skips.add(read[0] - want, f"{os.path.basename(url)}: {read[0]} samples, the manifest lists {want}: "
+                                          "not the shard the manifest describes; the samples beyond it were not used")
     return stage

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from braceexpand import braceexpand
@@ -16,6 +16,7 @@ from pipeline.manifest import Manifest, digest as manifest_digest
 from pipeline.setting import Setting
 
 from ..clitools import UserError
+from ..completeness import check_counts, missing_listed
 from ..losses import LabelError
 
 log = logging.getLogger("trainer.data")
@@ -40,6 +41,7 @@ class ShardSet:
     manifest: Manifest
     count: int
     reference: "ShardSet | None" = None
+    missing: list[str] = field(default_factory=list)   # listed and selected, not on disk (read as lost)
 
     @property
     def setting(self) -> Setting:
@@ -85,7 +87,7 @@ class ShardSet:
     def expected(self) -> dict[str, int]:
         """Shard path -> sample count, for the selected shards the manifest lists."""
         counts = self.manifest.shard_counts
-        return {s: counts[os.path.basename(s)] for s in self.shards if os.path.basename(s) in counts}
+        return {s: counts[os.path.basename(s)] for s in self.shards + self.missing if os.path.basename(s) in counts}
 
 
 def expand_shards(patterns: str | list[str]) -> list[str]:
@@ -123,6 +125,7 @@ def group_shards(patterns: str | list[str]) -> list[ShardSet]:
     a one-line :class:`pipeline.layout.PairingError` naming both folders)."""
     from pipeline.layout import check_reference
 
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     by_dir: dict[str, list[str]] = {}
     for s in expand_shards(patterns):
         by_dir.setdefault(os.path.dirname(s), []).append(s)
@@ -136,7 +139,9 @@ def group_shards(patterns: str | list[str]) -> list[ShardSet]:
             ref_shards = [os.path.join(ref_dir, os.path.basename(s)) for s in shards]
             ref_m = Manifest.load(ref_dir)
             reference = ShardSet(ref_dir, ref_shards, ref_m, _count(ref_m, ref_shards))
-        out.append(ShardSet(d, shards, m, _count(m, shards), reference))
+        check_counts(d, m.shard_counts, shards)
+        missing = missing_listed(patterns, d, list(m.shard_counts), shards)
+        out.append(ShardSet(d, shards, m, _count(m, shards + missing), reference, missing))
     return out
 
 

@@ -201,11 +201,6 @@ def format_prediction(p: Prediction) -> str:
     return "\n".join(lines)
 
 
-def _default_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", default=None,
@@ -230,7 +225,8 @@ def cli(files, model_path, arch, weights, k, batch_size, device, max_pixels, max
     if max_pixels is not None:
         from pipeline.limits import set_max_pixels
         set_max_pixels(max_pixels)
-    device = device or _default_device()
+    from trainer.distributed import resolve_device
+    device = resolve_device(device or "auto")
     model, meta = load(model_path, arch, weights, device)  # a refused / bad file: one line (UserError)
 
     def report_error(p: Prediction) -> None:

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.atomic import atomic_output, atomic_write
+from pipeline.atomic import atomic_output, atomic_write, make_folder
+from pipeline.bounded import read_json
 from pipeline.markdown import cell as md_cell, table as md_table
 from pipeline.setting import Setting
 from trainer import vocab
@@ -124,13 +125,12 @@ def _cell(best: dict, arch: str | None, mkey: str, setting: str) -> Result | Non
 
 def load_paper(path: str | Path, arch: str) -> dict:
     """paper_table1.json -> {(codec, q): {"psnr", "ssim", "bytes", <method>: top-1}}."""
-    import json
 
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path, "paper table")
         settings = data["settings"]
         archs = sorted({k for s in settings for k, v in s.items() if isinstance(v, dict)})
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ResultsError(f"{path}: not a paper table (a JSON object with a 'settings' list; {exc})") from None
     if arch not in archs:
         raise ResultsError(f"{path}: no architecture {arch!r} (the paper has {', '.join(archs)})")
@@ -189,7 +189,7 @@ def make_report(results: list[Result], stats: dict[str, SettingStats], out: Path
                 runs: list | None = None, split: str = "val", caption: str | None = None,
                 group_results: list[Result] = ()) -> dict:
     """Write every artefact into ``out``; returns {name: path} of what was written."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "report folder")
     archs = sorted({r.arch for r in results}) or [None]
     written: dict[str, Path] = {}
     md = [f"# Report\n\nRates and quality: mean over the `{split}` split (manifests). Top-1 in %, "

@@ -20,12 +20,12 @@ retention view (``trainer.decisions.report``).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from pipeline.bounded import BoundedReadError, read_json
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.provenance import resolve_path
 from pipeline.setting import Setting, SettingError
@@ -227,11 +227,11 @@ def results_from_rows(rows: list[dict], source: str = "rows") -> list[Result]:
 
 def _results_file(path: Path) -> list[Result]:
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, "results file")
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such results file (write it with python -m trainer.eval)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"{path}: not a readable results file ({exc})") from exc
+    except (OSError, BoundedReadError) as exc:
+        raise ResultsError(f"{exc} (not a readable results file)") from None
     if isinstance(data, dict) and isinstance(data.get("results"), list):
         data = data["results"]  # tolerate a wrapped list
     if not isinstance(data, list):
