@@ -15,7 +15,7 @@ A results file ``X.json`` may have ``X.meta.json`` beside it (written by the exp
 scripts): its budget is printed under the tables.
 
     python experiments/summarize.py runs/experiments/imagenette/results.json
-    python experiments/summarize.py experiments/results/imagenette-h200-mixed.json --readme README.md --block imagenette
+    python experiments/summarize.py experiments/results/imagenette-cpu.json --readme README.md --block imagenette
     python experiments/summarize.py experiments/results/retention-cpu.json --readme README.md --block retention
     python experiments/summarize.py --compare mixed=a.json --compare sorted=b.json --setting j2k-200
 """
@@ -281,13 +281,9 @@ def write_block(readme: Path, name: str, content: str) -> None:
 #: the README's experiment blocks: name -> the arguments that make them (paths from the repository
 #: root); the registry of every generated block (benchmarks/readme_block.py) takes them from here
 README_BLOCKS = {
-    "imagenette": ["experiments/results/imagenette-h200-mixed.json"],
-    "imagenette-order": ["--compare", "sorted (old)=experiments/results/imagenette-h200-3seeds.json",
-                         "--compare", "mixed=experiments/results/imagenette-h200-mixed.json"],
-    "imagenette-order-cpu": ["--compare", "sorted=experiments/results/imagenette-cpu-order-sorted.json",
-                             "--compare", "mixed=experiments/results/imagenette-cpu-order-mixed.json"],
-    "imagenette-h200": ["experiments/results/imagenette-h200-3seeds.json"],
-    "imagenette-h200-labelfree": ["experiments/results/imagenette-h200-labelfree-j2k200.json"],
+    "imagenette": ["experiments/results/imagenette-cpu.json"],
+    "imagenette-order-cpu": ["--compare", "sorted=experiments/results/imagenette-cpu-sorted.json",
+                             "--compare", "mixed=experiments/results/imagenette-cpu.json", "--setting", "j2k-200"],
     "retention": ["experiments/results/retention-cpu.json"],
     "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
 }
