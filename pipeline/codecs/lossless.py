@@ -29,6 +29,7 @@ class LosslessCodec(Codec):
     ext = "webp"
     magics = ()
     q_range = None
+    pil_formats = ("WEBP", "PNG")
     options_spec = {"method": Option(int, 0, "WebP lossless effort, 0 fast .. 6 smallest", range=(0, 6))}
 
     def encode(self, rgb: np.ndarray) -> bytes:
@@ -36,7 +37,7 @@ class LosslessCodec(Codec):
 
     def decode(self, data: bytes) -> np.ndarray:
         # a receiver may get lossless images as WebP or PNG; Pillow decodes both
-        return pil_decode(data, "lossless WebP/PNG", ["WEBP", "PNG"])
+        return pil_decode(data, "lossless WebP/PNG", self.pil_formats)
 
     @classmethod
     def sniff(cls, data: bytes) -> bool:
