@@ -179,6 +179,8 @@ class Codec(abc.ABC):
             with Image.open(io.BytesIO(data), formats=list(cls.pil_formats)) as img:
                 width, height = img.size
                 quality = cls.pil_quality(img)
+        except Image.DecompressionBombError as exc:   # Pillow's own bound, far above ours: over budget too
+            raise PictureTooLargeError(f"{cls.name} picture: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - hostile data must end in CodecError, whatever broke
             raise CodecError(f"unreadable {cls.name} header ({len(data)} bytes): {exc}") from None
         cls.check_pixels(width, height)

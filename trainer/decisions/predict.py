@@ -62,6 +62,10 @@ class InputError(Exception):
     """A file that cannot be classified (unreadable / undecodable / over a limit)."""
 
 
+class InputTooLargeError(InputError):
+    """A picture whose header announces more pixels than the pixel budget."""
+
+
 def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``; a FIFO, a device or a folder is
     refused without blocking (O_NONBLOCK, then fstat on what was opened)."""
@@ -110,7 +114,9 @@ def probe_input(data: bytes):
 
     try:
         return probe(data)
-    except (CodecError, PixelBudgetError) as exc:
+    except PixelBudgetError as exc:
+        raise InputTooLargeError(str(exc)) from None
+    except CodecError as exc:
         raise InputError(str(exc)) from None
     except Exception as exc:  # a parser bug on hostile input must not stop the other files
         raise InputError(f"unreadable header ({type(exc).__name__}: {exc})") from None
@@ -128,7 +134,9 @@ def decode_input(data: bytes, name: str) -> tuple[np.ndarray, Prediction]:
         pred = Prediction(file=name, codec=codec, bytes=len(data),
                           received_size=[int(rgb.shape[1]), int(rgb.shape[0])])
         rgb, pred.cropped = model_input(rgb)
-    except (CodecError, PixelBudgetError) as exc:
+    except PixelBudgetError as exc:
+        raise InputTooLargeError(str(exc)) from None
+    except CodecError as exc:
         raise InputError(str(exc)) from None
     except MemoryError:
         raise InputError("out of memory while decoding (lower --max-pixels)") from None
