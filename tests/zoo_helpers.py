@@ -25,8 +25,10 @@ def entry_of(setting: str, bpp: float | None) -> dict:
             "bpp": bpp, "pixels_per_image": CROP, "weight": 1.0}
 
 
-def write_expert(folder: Path, trained_on: list[dict] | None, seed: int, num_classes: int = 10) -> Path:
-    """A run folder (args.json + best.pth) of a random ``ARCH`` with these settings."""
+def write_expert(folder: Path, trained_on: list[dict] | None, seed: int, num_classes: int = 10,
+                 favour: int | None = None) -> Path:
+    """A run folder (args.json + best.pth) of a random ``ARCH`` with these settings; ``favour``:
+    a class it answers whatever the image."""
     import torch
 
     from trainer import checkpoint
@@ -38,6 +40,9 @@ def write_expert(folder: Path, trained_on: list[dict] | None, seed: int, num_cla
     head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     torch.nn.init.normal_(head.weight, std=0.5)
     torch.nn.init.normal_(head.bias, std=0.5)
+    if favour is not None:
+        with torch.no_grad():
+            head.bias[favour] += 100.0
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "args.json").write_text(json.dumps({"arch": ARCH}))
     state = {"model": model.net.state_dict(), "arch": ARCH, "num_classes": num_classes, "epoch": 1,

@@ -68,15 +68,21 @@ class _Item:
     x: np.ndarray
     pred: Prediction
     done: asyncio.Future
+    submitted: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class Stats:
+    """Counters since start; the ``*_s`` sums let a client split a steady-state interval's
+    latency into its parts (the benchmark reads them from ``GET /v1/stats``)."""
     requests: int = 0
     images: int = 0
     errors: int = 0
-    decode_s: float = 0.0
-    forward_s: float = 0.0
+    decode_s: float = 0.0           # per image: probe, route and decode (in the decode threads)
+    wait_s: float = 0.0             # per image: decoded, until its forward starts
+    image_forward_s: float = 0.0    # per image: the forward of its batch
+    handler_s: float = 0.0          # per request: in the handler, body read included
+    forward_s: float = 0.0          # per forward
     forwards: int = 0
     batched_images: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -134,6 +140,7 @@ class MicroBatcher:
                 groups.setdefault(it.expert.name, []).append(it)
             for items in groups.values():
                 t0 = time.perf_counter()
+                self.stats.wait_s += sum(t0 - it.submitted for it in items)
                 try:
                     await loop.run_in_executor(self._pool, answer, items[0].expert, [it.x for it in items],
                                                [it.pred for it in items], self.device, self.k)
@@ -142,7 +149,9 @@ class MicroBatcher:
                         if not it.done.done():
                             it.done.set_exception(HttpError(500, f"forward failed ({type(exc).__name__}: {exc})"))
                     continue
-                self.stats.forward_s += time.perf_counter() - t0
+                took = time.perf_counter() - t0
+                self.stats.forward_s += took
+                self.stats.image_forward_s += took * len(items)
                 self.stats.forwards += 1
                 self.stats.batched_images += len(items)
                 for it in items:
@@ -230,6 +239,7 @@ class Service:
                 self.inflight -= 1
         if status != 200:
             self.stats.errors += 1
+        self.stats.handler_s += time.perf_counter() - t0
         log.info("%s %s %d codec=%s bytes=%s route=%s %.1f ms", request.method, request.url.path, status,
                  info["codec"], info["bytes"], json.dumps(info["route"]), 1000 * (time.perf_counter() - t0))
         return JSONResponse(body, status_code=status, headers={"Connection": "close"} if status in (408, 413) else None)

@@ -23,6 +23,7 @@ them once into torch's cache).
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,13 +106,17 @@ class Entry:
     settings: tuple[str, ...] | None = None
 
 
-def expert_entries(source: str | os.PathLike) -> list[Entry]:
-    """The checkpoints ``--experts`` names: run folders under a folder, one run folder, or a YAML list."""
+def expert_entries(source: str | os.PathLike, select: str | None = None) -> list[Entry]:
+    """The checkpoints ``--experts`` names: run folders under a folder, one run folder, or a YAML list;
+    ``select``: only the run folders whose name matches this glob."""
     p = Path(source)
     if p.is_dir():
         runs = [RunDir(p)] if RunDir(p).is_run() else RunDir.find(p)
+        if select is not None:
+            runs = [r for r in runs if fnmatch.fnmatchcase(r.name, select)]
         if not runs:
-            raise ZooError(f"{p}: no run folders (folders with args.json) in it")
+            raise ZooError(f"{p}: no run folders (folders with args.json) in it"
+                           + (f" whose name matches {select!r}" if select is not None else ""))
         out = []
         for run in runs:
             ckpt = run.best if run.best.is_file() else run.last
@@ -180,13 +185,14 @@ def card_of(entry: Entry, trained_on: list[dict]) -> ExpertCard:
 
 
 def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch: str | None = None,
-             device: str = "cpu") -> Zoo:
-    """Load every expert and the default once, in eval mode on ``device``."""
+             device: str = "cpu", select: str | None = None) -> Zoo:
+    """Load every expert (``select``: see :func:`expert_entries`) and the default once, in eval
+    mode on ``device``."""
     from trainer import checkpoint
     from trainer.models import load_model
 
     loaded: dict[str, Expert] = {}
-    for entry in expert_entries(experts) if experts is not None else []:
+    for entry in expert_entries(experts, select) if experts is not None else []:
         ckpt = checkpoint.load(entry.checkpoint)
         card = card_of(entry, checkpoint.training_settings(ckpt) if isinstance(ckpt, dict) else [])
         if not card.settings:
