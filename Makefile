@@ -50,7 +50,7 @@ BENCH_GPU_ARGS  ?=
 
 SYSTEM_PACKAGES := libopenjp2-7
 
-.PHONY: help install system-deps shards shards-paper test test-fast bench bench-gpu demo demo-docs report clean
+.PHONY: help install system-deps shards shards-paper test test-fast bench bench-gpu bench-serve demo demo-docs report clean
 
 help: ## Show the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -129,6 +129,12 @@ bench-gpu: install ## Trainer throughput at steady state on a CUDA GPU (resnet50
 	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS) --markdown bench-out/trainer-gpu-mnv2.md
 	cat bench-out/trainer-gpu-r50.md <(echo) bench-out/trainer-gpu-mnv2.md > bench-out/trainer-gpu.md
 	$(PY) benchmarks/readme_block.py README.md trainer-gpu bench-out/trainer-gpu.md
+
+# about 2 minutes: 3 points x (BENCH_SECONDS + warm-up), the server's start, the model alone at each batch size
+bench-serve: install ## m2m-serve at steady state (MobileNetV2, 1/8/32 clients); refreshes docs/receiver.md
+	@mkdir -p bench-out
+	$(PY) benchmarks/bench_serve.py --seconds $(BENCH_SECONDS) --markdown bench-out/serve.md --json benchmarks/results/serve.json
+	$(PY) benchmarks/readme_block.py serve
 
 demo: install ## The whole flow on the embedded default (or DATA=... WEIGHTS=... ARCH=...)
 	$(PY) -m demo $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(ARCH),--arch $(ARCH)) $(DEMO_ARGS)
