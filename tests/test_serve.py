@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 #: allocation driven by what a request declares
 RSS_BOUND_MB = 1536
 TIMEOUT_S = 3
+MAX_INFLIGHT = 20
 
 
 def _j2k_declaring(width: int, height: int) -> bytes:
@@ -90,7 +91,8 @@ def server(zoo, tmp_path_factory):
     log = tmp_path_factory.mktemp("log") / "serve.log"
     cmd = [sys.executable, "-m", "trainer.decisions.serve", "--experts", str(zoo / "runs"),
            "--default", str(zoo / "default.pth"), "--arch", ARCH, "--host", "127.0.0.1", "--port", str(port),
-           "--max-body", str(4 << 20), "--timeout", str(TIMEOUT_S), "--threads", "2"]
+           "--max-body", str(4 << 20), "--timeout", str(TIMEOUT_S), "--threads", "2",
+           "--max-inflight", str(MAX_INFLIGHT)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT)
@@ -272,6 +274,31 @@ def test_a_slow_client_is_cut_off_and_others_are_served_meanwhile(server, files,
         status, reason = slow.result(timeout=TIMEOUT_S + 10)
     assert status == 408 and "--timeout" in reason
     assert time.monotonic() - t0 < TIMEOUT_S + 3
+
+
+def test_requests_past_max_inflight_get_503_at_once(server, files):
+    port = server[0]
+    good = files["img00.bin"].read_bytes()
+    head = f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: {len(good)}\r\n\r\n".encode()
+    held = []
+    try:
+        for _ in range(MAX_INFLIGHT):          # each holds a slot, its body unfinished
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(head + good[:10])
+            held.append(s)
+        deadline = time.monotonic() + 5
+        while _get(port, "/health")[1]["in_flight"] < MAX_INFLIGHT and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        status, answer = _post(port, good)
+        assert status == 503 and "--max-inflight" in answer["error"] and time.monotonic() - t0 < 1
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 5
+    while _get(port, "/health")[1]["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _post(port, good)[0] == 200
 
 
 def test_models_health_logs_and_memory(server):

@@ -219,6 +219,7 @@ class Service:
         return pred
 
     async def handle(self, request, batch: bool):
+        from starlette.requests import ClientDisconnect
         from starlette.responses import JSONResponse
 
         t0 = time.perf_counter()
@@ -235,6 +236,11 @@ class Service:
             except asyncio.TimeoutError:
                 status, body = (408 if info["bytes"] == 0 else 503), {
                     "error": f"not answered within {self.limits.timeout:g} s (--timeout)"}
+            except ClientDisconnect:
+                status, body = 400, {"error": "the client closed the connection before sending its body"}
+            except Exception as exc:  # noqa: BLE001 - one request's failure is its answer; the server goes on
+                log.exception("request failed")
+                status, body = 500, {"error": f"internal error ({type(exc).__name__}: {str(exc)[:200]})"}
             finally:
                 self.inflight -= 1
         if status != 200:
@@ -242,7 +248,7 @@ class Service:
         self.stats.handler_s += time.perf_counter() - t0
         log.info("%s %s %d codec=%s bytes=%s route=%s %.1f ms", request.method, request.url.path, status,
                  info["codec"], info["bytes"], json.dumps(info["route"]), 1000 * (time.perf_counter() - t0))
-        return JSONResponse(body, status_code=status, headers={"Connection": "close"} if status in (408, 413) else None)
+        return JSONResponse(body, status_code=status, headers={"Connection": "close"} if status in (408, 413, 503) else None)
 
     async def _serve(self, request, batch: bool, info: dict):
         data = await self.read_body(request)
