@@ -238,3 +238,31 @@ def test_rate_alone_separates_j2k_but_not_bpg_and_jpeg(paper_zoo_and_images):
     share = {codec: float(np.mean(v)) for codec, v in right.items()}
     assert share["j2k"] >= 0.99, share
     assert share["bpg"] < 0.95 and share["jpeg"] < 0.99, share
+
+
+def test_probe_of_damaged_bitstreams_is_a_probe_or_a_codec_error():
+    """Truncations and flipped bytes of every format: the header reader answers or refuses in
+    one CodecError, never another exception (the server answers 4xx on it)."""
+    rng = np.random.default_rng(0)
+    rgb = synthetic_rgb(40, 56, seed=5)
+    streams = [create("jpeg", 10).encode(rgb), create("j2k", 200).encode(rgb),
+               create("j2k", 200, container="j2k").encode(rgb), create("bpg", 41, effort=1).encode(rgb),
+               create("lossless").encode(rgb)]
+    outcomes = {"probe": 0, "refused": 0}
+    for data in streams:
+        for _ in range(60):
+            b = bytearray(data)
+            if rng.random() < 0.3:
+                b = b[: int(rng.integers(4, len(b)))]
+            for _ in range(int(rng.integers(1, 4))):
+                i = int(rng.integers(4, len(b)))
+                b[i] = int(rng.integers(0, 256))
+            try:
+                p = probe(bytes(b))
+            except CodecError as exc:
+                assert "\n" not in str(exc)
+                outcomes["refused"] += 1
+            else:
+                assert p.width > 0 and p.height > 0
+                outcomes["probe"] += 1
+    assert outcomes["probe"] and outcomes["refused"]
