@@ -21,6 +21,7 @@ from .config import TrainConfig, yaml_text
 from .data import (LoaderSpec, check_classes, check_skips, default_workers, describe, group_shards, make_eval_loader,
                    make_train_loader, use_gpu_jpeg)
 from .distributed import barrier, init_distributed, mix_seed, seed_everything
+from .eval_cache import LAST_EPOCH, TRAIN_LOSS, selection_record
 from .models import build_model, freeze_all_but_head
 from .rundir import RunDir
 from .teacher_cache import resolve_caches
@@ -28,7 +29,10 @@ from .teacher_cache import resolve_caches
 log = logging.getLogger("trainer.run")
 
 #: what a run checkpoint holds (plain types only: it is read back with weights_only=True)
-CHECKPOINT_KEYS = ("model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric")
+#: "selected_on": what chose the checkpoint (``trainer.eval_cache.selection_record``, LAST_EPOCH or
+#: TRAIN_LOSS); trainer.eval flags a score on the same images (missing in older checkpoints: unknown)
+CHECKPOINT_KEYS = ("model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric",
+                   "selected_on")
 
 
 @dataclass
@@ -167,6 +171,10 @@ def train(config: TrainConfig) -> TrainResult:
                       gpu_jpeg=c.gpu_decode and use_gpu_jpeg(train_sets, d.device, needs.comp, "training"))
     val_gpu_jpeg = c.gpu_decode and bool(val_sets) and use_gpu_jpeg(val_sets, d.device, True, "validation", quiet=True)
     last_val: dict = {}
+    if val_sets:
+        best_on = selection_record(val_sets, "val_top1" if c.best_metric == "top1" else "val_loss")
+    else:  # the lowest train loss: the last epoch of a one-epoch run, never the evaluation images
+        best_on = TRAIN_LOSS
     for epoch in range(start_epoch, c.epochs):
         torch.manual_seed(mix_seed(c.seed, epoch, d.rank, 3))  # dropout / noise: depends on the epoch only
         loader, n_batches = make_train_loader(train_sets, spec, epoch=epoch, rank=d.rank, world=d.world,
@@ -207,9 +215,9 @@ def train(config: TrainConfig) -> TrainResult:
             state = {"model": model.net.state_dict(), "arch": c.arch, "num_classes": n_classes, "epoch": epoch + 1,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "args": args, "best_metric": best, "metrics": row}
-            checkpoint.save(state, run.last)
+            checkpoint.save({**state, "selected_on": LAST_EPOCH}, run.last)
             if improved:
-                checkpoint.save(state, run.best)
+                checkpoint.save({**state, "selected_on": best_on}, run.best)
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                       for k, v in row.items()))
         barrier(d)
