@@ -128,10 +128,10 @@ bench-gpu: install ## Trainer throughput at steady state on a CUDA GPU (resnet50
 	$(BLOCK) trainer-gpu
 
 # about 2 minutes: 3 points x (BENCH_SECONDS + warm-up), the server's start, the model alone at each batch size
-bench-serve: install ## m2m-serve at steady state (MobileNetV2, 1/8/32 clients); refreshes docs/receiver.md
-	@mkdir -p bench-out
-	$(PY) benchmarks/bench_serve.py --seconds $(BENCH_SECONDS) --markdown bench-out/serve.md --json benchmarks/results/serve.json
-	$(PY) benchmarks/readme_block.py serve
+bench-serve: install ## m2m-serve at steady state (MobileNetV2, 1/8/32 clients); writes $(RESULTS)/serve.json, refreshes docs/receiver.md
+	@mkdir -p $(RESULTS)
+	$(PY) benchmarks/bench_serve.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/serve.json
+	$(BLOCK) serve
 
 demo: install ## The whole flow on the embedded default (or DATA=... WEIGHTS=... ARCH=...)
 	$(PY) -m demo $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(ARCH),--arch $(ARCH)) $(DEMO_ARGS)
