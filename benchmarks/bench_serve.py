@@ -12,7 +12,7 @@ when ../shared is absent) one after another.  Each point runs ``--warmup`` secon
 server's own counters (``GET /v1/stats``) into decode (probe, route, decode), the wait for a
 micro-batch, the forward of that batch, and the rest (HTTP, JSON, the client).  The model's own
 rate is ``predict.classify`` (the same tensor work as the server's forward) on a batch of that
-size in this process, the server stopped.  Clients and server share the machine's cores.
+size in this process right after each point, the server idle.  Clients and server share the machine's cores.
 """
 from __future__ import annotations
 
@@ -161,12 +161,15 @@ def run_point(port: int, images: list[bytes], clients: int, warmup: float, secon
             "parts_ms": parts}
 
 
-def forward_rate(weights: str | None, batch: int, seconds: float) -> float:
+def load_model_alone(weights: str | None):
+    from trainer.models import build_model, load_model
+    return (load_model(weights, arch=ARCH)[0] if weights else build_model(ARCH, None, 1000)).eval()
+
+
+def forward_rate(model, batch: int, seconds: float) -> float:
     """Images/s of the model alone (predict.classify: to float, forward, softmax, top-5) at ``batch``."""
     from trainer.decisions.predict import classify
-    from trainer.models import build_model, load_model
 
-    model = (load_model(weights, arch=ARCH)[0] if weights else build_model(ARCH, None, 1000)).eval()
     rng = np.random.default_rng(0)
     xs = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
     for _ in range(3):
@@ -178,7 +181,7 @@ def forward_rate(weights: str | None, batch: int, seconds: float) -> float:
     return n * batch / (time.perf_counter() - t0)
 
 
-def markdown(points: list[dict], source: str, weights_note: str) -> str:
+def markdown(points: list[dict], source: str, weights_note: str, load: float, threads: int) -> str:
     rows = []
     for p in points:
         parts = p["parts_ms"]
@@ -190,8 +193,10 @@ def markdown(points: list[dict], source: str, weights_note: str) -> str:
             "HTTP and rest", "model alone, img/s (batch = clients)", "served / model"]
     text = table(head, rows)
     return (f"m2m-serve with MobileNetV2 ({weights_note}) on a 2-core x86-64 CPU, 224² JPEG quality-10 "
-            f"bitstreams ({source}); clients on the same cores; {points[0]['seconds']:.0f} s timed per point "
-            f"after warm-up.  Shares: of the mean latency.\n\n{text}\n")
+            f"bitstreams ({source}); clients on the same cores; forwards on {threads} thread(s), in the server "
+            f"(`--threads {threads}`) and for the model alone; {points[0]['seconds']:.0f} s timed per point "
+            f"after warm-up.  Shares: of the mean latency.  The 1-minute load average, read after each point, "
+            f"was {load:.1f} at its highest: other processes shared the cores when above 2.\n\n{text}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,26 +206,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--forward-seconds", type=float, default=8.0)
     p.add_argument("--clients", default="1,8,32")
     p.add_argument("--images", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of a forward, in the server (--threads) and for the model alone; 1 leaves "
+                        "the other core of a 2-core machine to decoding, HTTP and the clients")
     p.add_argument("--markdown", default=None)
     p.add_argument("--json", default=None, help="the results file docs/receiver.md's block is rendered from")
     a = p.parse_args(argv)
     clients = [int(c) for c in a.clients.split(",")]
     weights = str(WEIGHTS) if WEIGHTS.is_file() else None
     images, source = jpeg10_images(a.images)
+    import torch
+    torch.set_num_threads(a.threads)
+    model = load_model_alone(weights)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         port = free_port()
-        proc = start_server(port, weights, Path(tmp) / "serve.log", [])
+        proc = start_server(port, weights, Path(tmp) / "serve.log", ["--threads", str(a.threads)])
         try:
-            points = [run_point(port, images, c, a.warmup, a.seconds) for c in clients]
+            points = []
+            for c in clients:
+                pt = run_point(port, images, c, a.warmup, a.seconds)
+                pt["load_average"] = os.getloadavg()[0]
+                # the model alone right after, the server idle: the same conditions of the machine
+                pt["model_rate"] = forward_rate(model, c, a.forward_seconds)
+                points.append(pt)
         finally:
             proc.terminate()
             proc.wait(30)
     for pt in points:
-        pt["model_rate"] = forward_rate(weights, pt["clients"], a.forward_seconds)
         print(f"{pt['clients']:>3} clients: {pt['rps']:.1f} req/s, p50 {pt['p50_ms']:.0f} ms, "
               f"p99 {pt['p99_ms']:.0f} ms, batch {pt['mean_batch']:.1f}; model alone {pt['model_rate']:.1f} img/s",
               file=sys.stderr)
-    text = markdown(points, source, "ImageNet weights" if weights else "random weights: no weights file found")
+    text = markdown(points, source, "ImageNet weights" if weights else "random weights: no weights file found",
+                    max(p["load_average"] for p in points), a.threads)
     print(text)
     if a.markdown:
         atomic_write(a.markdown, text)
