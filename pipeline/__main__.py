@@ -76,7 +76,8 @@ def cli(verbose: int) -> None:
 @click.option("--codec", default=None, help=f"Codec name ({', '.join(available())}).")
 @click.option("--q", default=None, help="Quality value (JPEG quality, J2K compression ratio, BPG -q); none for lossless.")
 @click.option("--settings", default=None, metavar="NAMES",
-              help="Several settings in one pass, e.g. lossless,jpeg-10,j2k-200,bpg-41, or paper (lossless and the paper's nine).")
+              help="Several settings in one pass, e.g. lossless,jpeg-10,j2k-200,bpg-41, or paper (lossless and "
+                   "the paper's nine), or extended (WebP, AVIF and JPEG XL at the paper's J2K rates).")
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Image root: SRC/<split>/<class>/<image>.")
 @click.option("--split", default=None, help="Sub-folder of SRC to process (train, val, ...); omit to use SRC itself.")
 @click.option("--out", default="shards", show_default=True, type=click.Path(file_okay=False), help="Output root.")

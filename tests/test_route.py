@@ -247,7 +247,8 @@ def test_probe_of_damaged_bitstreams_is_a_probe_or_a_codec_error():
     rgb = synthetic_rgb(40, 56, seed=5)
     streams = [create("jpeg", 10).encode(rgb), create("j2k", 200).encode(rgb),
                create("j2k", 200, container="j2k").encode(rgb), create("bpg", 41, effort=1).encode(rgb),
-               create("lossless").encode(rgb)]
+               create("lossless").encode(rgb), create("webp", 50).encode(rgb), create("avif", 60).encode(rgb),
+               create("jxl", 2.0).encode(rgb)]
     outcomes = {"probe": 0, "refused": 0}
     for data in streams:
         for _ in range(60):

@@ -16,7 +16,7 @@ import abc
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -105,6 +105,9 @@ class Codec(abc.ABC):
     options_spec: ClassVar[dict[str, Option]] = {}
     #: the Pillow plugins that may open this codec's bitstreams (decoding and probing)
     pil_formats: ClassVar[tuple[str, ...]] = ()
+    #: the project's own reader of the picture size from the header (raising ValueError), for
+    #: formats whose decoder allocates the picture as soon as it opens it; None: Pillow's lazy open
+    header_size: ClassVar[Callable[[bytes], tuple[int, int]] | None] = None
 
     def __init__(self, q: float | None = None, **options: Any):
         self.q = self.validate_q(q)
@@ -171,9 +174,14 @@ class Codec(abc.ABC):
     @classmethod
     def probe(cls, data: bytes) -> Probe:
         """The header's size (checked against the pixel budget) and quality, nothing decoded;
-        CodecError when the header cannot be read.  Pillow codecs read it lazily; the others
-        override this."""
+        CodecError when the header cannot be read.  ``header_size`` when the codec has one,
+        else Pillow's lazy open; a codec whose bitstreams carry a quality overrides this or
+        :meth:`pil_quality`."""
         from PIL import Image
+
+        if cls.header_size is not None:
+            cls.check_header(data, cls.header_size, cls.name)
+            return Probe(cls.name, *cls.header_size(data), len(data))
 
         try:
             with Image.open(io.BytesIO(data), formats=list(cls.pil_formats)) as img:
@@ -198,6 +206,16 @@ class Codec(abc.ABC):
             check_pixels(width, height, f"{cls.name} picture")
         except PixelBudgetError as exc:
             raise PictureTooLargeError(str(exc)) from None
+
+    @classmethod
+    def check_header(cls, data: bytes, size_of: Callable[[bytes], tuple[int, int]], what: str) -> None:
+        """Read the picture size with ``size_of`` (a header reader raising ValueError) and
+        check it against the pixel budget, before a decoder sees the data."""
+        try:
+            width, height = size_of(data)
+        except ValueError as exc:
+            raise CodecError(f"undecodable {what} data ({len(data)} bytes): {exc}") from None
+        cls.check_pixels(width, height)
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries (or tools) behind this codec (written into manifests)."""
@@ -301,7 +319,8 @@ def probe(data: bytes) -> Probe:
 
 
 def decode_any(data: bytes) -> np.ndarray:
-    """Decode a JPEG / JPEG 2000 / BPG / PNG bitstream, recognised by its content."""
+    """Decode a bitstream of any registered codec (JPEG, JPEG 2000, BPG, WebP, AVIF, JPEG XL,
+    PNG), recognised by its content."""
     cls = detect(data)
     if cls not in _DECODERS:
         _DECODERS[cls] = cls(cls.default_q)

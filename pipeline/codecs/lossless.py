@@ -13,14 +13,11 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
-from .base import Codec, Option, pil_decode, register
+from .base import Codec, Option, Probe, pil_decode, register
+from .headers import webp_image_chunk, webp_size
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _is_webp(data: bytes) -> bool:
-    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
 
 
 @register
@@ -37,12 +34,23 @@ class LosslessCodec(Codec):
 
     def decode(self, data: bytes) -> np.ndarray:
         # a receiver may get lossless images as WebP or PNG; Pillow decodes both
+        if webp_image_chunk(data) is not None:
+            self.check_header(data, webp_size, "lossless WebP")
         return pil_decode(data, "lossless WebP/PNG", self.pil_formats)
 
     @classmethod
+    def probe(cls, data: bytes):
+        # a WebP's size from its header (libwebp would decode at open); a PNG's from Pillow's lazy open
+        if webp_image_chunk(data) is not None:
+            cls.check_header(data, webp_size, "lossless WebP")
+            return Probe(cls.name, *webp_size(data), len(data))
+        return super().probe(data)
+
+    @classmethod
     def sniff(cls, data: bytes) -> bool:
-        # PNG too: a receiver may get lossless images in either format; Pillow decodes both
-        return _is_webp(data) or data.startswith(PNG_MAGIC)
+        # PNG too: a receiver may get lossless images in either format; Pillow decodes both.
+        # Lossy WebP (a VP8 picture) is the webp codec's.
+        return webp_image_chunk(data) == b"VP8L" or data.startswith(PNG_MAGIC)
 
     @classmethod
     def versions(cls):

@@ -81,7 +81,7 @@ def rate_accuracy_series(results: list[Result], stats: dict[str, SettingStats], 
 
 
 _METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
-CODEC_TITLES = {"jpeg": "JPEG", "j2k": "JPEG 2000", "bpg": "BPG"}
+CODEC_TITLES = {"jpeg": "JPEG", "j2k": "JPEG 2000", "bpg": "BPG", "webp": "WebP", "avif": "AVIF", "jxl": "JPEG XL"}
 RATE_LABELS = {"bytes": "bytes per image (log scale)", "bpp": "bits per pixel (log scale)"}
 
 

@@ -9,8 +9,8 @@ With ``--experts``, each file is answered by the expert of its codec and rate
 (:mod:`trainer.decisions.route`; the rule is in docs/receiver.md), and each answer names
 the expert and the reason; ``m2m-serve`` is the same receiver as an HTTP service.
 
-Files are recognised by content (JPEG, JPEG 2000 codestream or JP2, BPG, PNG, WebP), never
-by extension, and decoded exactly as a receiver would (``pipeline.codecs.decode_any``).
+Files are recognised by content (JPEG, JPEG 2000 codestream or JP2, BPG, lossy and lossless
+WebP, AVIF, JPEG XL codestream or container, PNG), never by extension, and decoded exactly as a receiver would (``pipeline.codecs.decode_any``).
 
 Geometry: a camera following the paper transmits the 224x224 crop itself, which is fed to
 the model as is.  Any other size gets the rule that made those crops (and ImageNet
@@ -289,7 +289,7 @@ def _default_device() -> str:
               help="Largest received file read.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (errors included) to stdout.")
 def cli(files, model_path, experts, default, arch, weights, k, batch_size, device, max_pixels, max_bytes, as_json):
-    """Classify received bitstreams (JPEG, JPEG 2000, BPG, PNG; detected by content)."""
+    """Classify received bitstreams (JPEG, JPEG 2000, BPG, WebP, AVIF, JPEG XL, PNG; detected by content)."""
     routed = experts is not None or default is not None
     if routed and (model_path is not None or weights is not None):
         raise click.UsageError("--experts/--default route between models: give them without --model or --weights")
