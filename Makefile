@@ -50,7 +50,7 @@ BENCH_GPU_ARGS  ?=
 
 SYSTEM_PACKAGES := libopenjp2-7
 
-.PHONY: help install system-deps shards shards-paper test test-fast bench bench-gpu demo demo-docs report clean
+.PHONY: help install system-deps shards shards-paper test test-fast bench bench-gpu bench-serve demo demo-docs report clean
 
 help: ## Show the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -126,6 +126,12 @@ bench-gpu: install ## Trainer throughput at steady state on a CUDA GPU (resnet50
 	$(PY) benchmarks/bench_trainer.py --device cuda --arch mobilenet_v2 --batch-size 64 --modes $(BENCH_GPU_MODES) \
 	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS) --json $(RESULTS)/trainer-gpu-mobilenet_v2.json
 	$(BLOCK) trainer-gpu
+
+# about 2 minutes: 3 points x (BENCH_SECONDS + warm-up), the server's start, the model alone at each batch size
+bench-serve: install ## m2m-serve at steady state (MobileNetV2, 1/8/32 clients); writes $(RESULTS)/serve.json, refreshes docs/receiver.md
+	@mkdir -p $(RESULTS)
+	$(PY) benchmarks/bench_serve.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/serve.json
+	$(BLOCK) serve
 
 demo: install ## The whole flow on the embedded default (or DATA=... WEIGHTS=... ARCH=...)
 	$(PY) -m demo $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(ARCH),--arch $(ARCH)) $(DEMO_ARGS)

@@ -138,6 +138,7 @@ BLOCKS = [
     _doc("README.md", "trainer", f"{RESULTS}/trainer.json"),
     _doc("README.md", "trainer-gpu", f"{RESULTS}/trainer-gpu-resnet50.json", f"{RESULTS}/trainer-gpu-mobilenet_v2.json"),
     _doc("README.md", "demo", "docs/demo-results.json"),
+    _doc("docs/receiver.md", "serve", f"{RESULTS}/serve.json"),
     *(_summary(name, *argv) for name, argv in summarize.README_BLOCKS.items()),
     _doc("tools/bpg/README.md", "bpg-tuning", f"{RESULTS}/bpg-tune.json"),
     _doc("tools/bpg/README.md", "bpg-bench", f"{RESULTS}/bpg.json"),

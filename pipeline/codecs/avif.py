@@ -35,6 +35,7 @@ def _avif_module():
 @register
 class AvifCodec(Codec):
     name = "avif"
+    header_size = staticmethod(heif_size)
     ext = "avif"
     q_range = (0, 100)
     q_meaning = "AVIF quality (libavif's 0..100, mapped to the AV1 quantizer)"

@@ -68,6 +68,24 @@ class Option:
         return value
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What a bitstream's headers say, read without decoding its picture: the codec (by
+    content), the picture size, and the codec's own quality value where the format carries
+    one (``quality_source`` says where it was read)."""
+    codec: str
+    width: int
+    height: int
+    bytes: int
+    quality: int | float | None = None
+    quality_source: str | None = None
+
+    @property
+    def bpp(self) -> float:
+        """Bits per pixel of the decoded size: the rate, whatever the picture's size."""
+        return 8.0 * self.bytes / (self.width * self.height)
+
+
 class Codec(abc.ABC):
     #: registry name, e.g. "jpeg"
     name: ClassVar[str]
@@ -85,6 +103,11 @@ class Codec(abc.ABC):
     default_q: ClassVar[float | None] = None
     #: codec options by name; the CLI's ``--option name=value``
     options_spec: ClassVar[dict[str, Option]] = {}
+    #: the Pillow plugins that may open this codec's bitstreams (decoding and probing)
+    pil_formats: ClassVar[tuple[str, ...]] = ()
+    #: the project's own reader of the picture size from the header (raising ValueError), for
+    #: formats whose decoder allocates the picture as soon as it opens it; None: Pillow's lazy open
+    header_size: ClassVar[Callable[[bytes], tuple[int, int]] | None] = None
 
     def __init__(self, q: float | None = None, **options: Any):
         self.q = self.validate_q(q)
@@ -147,6 +170,34 @@ class Codec(abc.ABC):
         for key, opt in cls.options_spec.items():
             lines.append(f"    -o {key}=<{opt.type.__name__}>  {opt.describe()}: {opt.help}")
         return lines
+
+    @classmethod
+    def probe(cls, data: bytes) -> Probe:
+        """The header's size (checked against the pixel budget) and quality, nothing decoded;
+        CodecError when the header cannot be read.  ``header_size`` when the codec has one,
+        else Pillow's lazy open; a codec whose bitstreams carry a quality overrides this or
+        :meth:`pil_quality`."""
+        from PIL import Image
+
+        if cls.header_size is not None:
+            cls.check_header(data, cls.header_size, cls.name)
+            return Probe(cls.name, *cls.header_size(data), len(data))
+
+        try:
+            with Image.open(io.BytesIO(data), formats=list(cls.pil_formats)) as img:
+                width, height = img.size
+                quality = cls.pil_quality(img)
+        except Image.DecompressionBombError as exc:   # Pillow's own bound, far above ours: over budget too
+            raise PictureTooLargeError(f"{cls.name} picture: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - hostile data must end in CodecError, whatever broke
+            raise CodecError(f"unreadable {cls.name} header ({len(data)} bytes): {exc}") from None
+        cls.check_pixels(width, height)
+        return Probe(cls.name, width, height, len(data), *quality)
+
+    @classmethod
+    def pil_quality(cls, img) -> tuple[Any, str | None]:
+        """(quality, where it was read) from an opened Pillow image; (None, None) by default."""
+        return None, None
 
     @classmethod
     def check_pixels(cls, width: int, height: int) -> None:
@@ -260,6 +311,11 @@ def detect(data: bytes) -> type[Codec]:
 
 
 _DECODERS: dict[type[Codec], Codec] = {}
+
+
+def probe(data: bytes) -> Probe:
+    """:meth:`Codec.probe` of the codec this bitstream belongs to (by content)."""
+    return detect(data).probe(data)
 
 
 def decode_any(data: bytes) -> np.ndarray:

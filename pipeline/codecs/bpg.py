@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Codec, CodecError, Option, register
+from .base import Codec, CodecError, Option, Probe, register
 
 
 @register
@@ -60,6 +60,17 @@ class BpgCodec(Codec):
             return bpgenc_encode(rgb, q, effort, chroma, self._bpgenc)
         from tools.bpg import encode
         return encode(rgb, q=q, effort=effort, chroma=chroma)
+
+    @classmethod
+    def probe(cls, data: bytes) -> Probe:
+        from tools.bpg import BpgError, read_header, read_q
+        try:
+            h = read_header(data)
+            cls.check_pixels(h.picture_width, h.picture_height)
+            q = read_q(data)
+        except BpgError as exc:
+            raise CodecError(f"unreadable BPG header ({len(data)} bytes): {exc}") from None
+        return Probe(cls.name, h.picture_width, h.picture_height, len(data), q, "slice QP")
 
     def decode(self, data: bytes) -> np.ndarray:
         from tools.bpg import BpgError, decode, read_header

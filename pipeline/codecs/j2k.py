@@ -78,6 +78,7 @@ class J2kCodec(Codec):
     ext = "jp2"
     extensions = ("jp2", "j2k")
     magics = (J2K_MAGIC, JP2_MAGIC)
+    pil_formats = ("JPEG2000",)
     q_range = (1, 10000)
     q_integer = False
     q_meaning = "compression ratio (raw 24-bit RGB bytes / compressed bytes)"
@@ -113,7 +114,7 @@ class J2kCodec(Codec):
             return f.read()
 
     def decode(self, data: bytes) -> np.ndarray:
-        return pil_decode(data, "JPEG 2000", ["JPEG2000"])
+        return pil_decode(data, "JPEG 2000", self.pil_formats)
 
     def params(self):
         return {"q": self.q, "wavelet": "5/3 reversible", **self.options}

@@ -34,6 +34,7 @@ def _imagecodecs():
 @register
 class JxlCodec(Codec):
     name = "jxl"
+    header_size = staticmethod(jxl_size)
     ext = "jxl"
     magics = (JXL_CODESTREAM, JXL_CONTAINER)
     q_range = (0, 99)     # libjxl's 100 is lossless: the lossless setting's job

@@ -13,7 +13,7 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
-from .base import Codec, Option, pil_decode, register
+from .base import Codec, Option, Probe, pil_decode, register
 from .headers import webp_image_chunk, webp_size
 
 
@@ -26,6 +26,7 @@ class LosslessCodec(Codec):
     ext = "webp"
     magics = ()
     q_range = None
+    pil_formats = ("WEBP", "PNG")
     options_spec = {"method": Option(int, 0, "WebP lossless effort, 0 fast .. 6 smallest", range=(0, 6))}
 
     def encode(self, rgb: np.ndarray) -> bytes:
@@ -35,7 +36,15 @@ class LosslessCodec(Codec):
         # a receiver may get lossless images as WebP or PNG; Pillow decodes both
         if webp_image_chunk(data) is not None:
             self.check_header(data, webp_size, "lossless WebP")
-        return pil_decode(data, "lossless WebP/PNG", ["WEBP", "PNG"])
+        return pil_decode(data, "lossless WebP/PNG", self.pil_formats)
+
+    @classmethod
+    def probe(cls, data: bytes):
+        # a WebP's size from its header (libwebp would decode at open); a PNG's from Pillow's lazy open
+        if webp_image_chunk(data) is not None:
+            cls.check_header(data, webp_size, "lossless WebP")
+            return Probe(cls.name, *webp_size(data), len(data))
+        return super().probe(data)
 
     @classmethod
     def sniff(cls, data: bytes) -> bool:

@@ -21,6 +21,7 @@ from .headers import webp_image_chunk, webp_size
 @register
 class WebpCodec(Codec):
     name = "webp"
+    header_size = staticmethod(webp_size)
     ext = "webp"
     q_range = (0, 100)
     q_meaning = "WebP quality"

@@ -375,6 +375,7 @@ class PpsInfo:
     pps_deblocking_filter_disabled_flag: int = 0
     pps_loop_filter_across_slices_enabled_flag: int = 0
     chroma_qp_offset_list_enabled_flag: int = 0
+    init_qp_minus26: int = 0
 
 
 def parse_pps(nal: bytes) -> PpsInfo:
@@ -391,7 +392,7 @@ def parse_pps(nal: bytes) -> PpsInfo:
     r.u(1, "cabac_init_present_flag")
     r.ue("num_ref_idx_l0_default_active_minus1")
     r.ue("num_ref_idx_l1_default_active_minus1")
-    r.se("init_qp_minus26")
+    p.init_qp_minus26 = r.se("init_qp_minus26")
     r.u(1, "constrained_intra_pred_flag")
     transform_skip = r.u(1, "transform_skip_enabled_flag")
     if r.u(1, "cu_qp_delta_enabled_flag"):
@@ -434,9 +435,16 @@ def parse_pps(nal: bytes) -> PpsInfo:
     return p
 
 
-def slice_lfas_flag_position(nal: bytes, pps: PpsInfo, sao_enabled: int, chroma_format_idc: int) -> int | None:
-    """Bit position (in the unescaped NAL) of slice_loop_filter_across_slices_enabled_flag in
-    the header of an IDR slice segment, or None when the header does not carry the flag."""
+@dataclass
+class _SliceHead:
+    """An intra slice segment header read up to its QP: the reader stands after slice_qp_delta."""
+    reader: BitReader
+    slice_qp_delta: int
+    sao_luma: int
+    sao_chroma: int
+
+
+def _read_slice_head(nal: bytes, pps: PpsInfo, sao_enabled: int, chroma_format_idc: int) -> _SliceHead:
     if nal_type(nal) not in (NAL_IDR_W_RADL, NAL_IDR_N_LP):
         raise BpgError(f"HEVC slice: NAL type {nal_type(nal)} is not an IDR picture")
     r = BitReader(unescape_nal(nal[:64]), "HEVC slice header")
@@ -455,7 +463,20 @@ def slice_lfas_flag_position(nal: bytes, pps: PpsInfo, sao_enabled: int, chroma_
         sao_luma = r.u(1, "slice_sao_luma_flag")
         if chroma_format_idc:
             sao_chroma = r.u(1, "slice_sao_chroma_flag")
-    r.se("slice_qp_delta")
+    return _SliceHead(r, r.se("slice_qp_delta"), sao_luma, sao_chroma)
+
+
+def slice_qp(nal: bytes, pps: PpsInfo, sao_enabled: int, chroma_format_idc: int) -> int:
+    """SliceQpY of an IDR slice segment (26 + init_qp_minus26 + slice_qp_delta, H.265 7.4.7.1):
+    the quantiser the encoder was given (bpgenc's -q) when it used a constant QP."""
+    return 26 + pps.init_qp_minus26 + _read_slice_head(nal, pps, sao_enabled, chroma_format_idc).slice_qp_delta
+
+
+def slice_lfas_flag_position(nal: bytes, pps: PpsInfo, sao_enabled: int, chroma_format_idc: int) -> int | None:
+    """Bit position (in the unescaped NAL) of slice_loop_filter_across_slices_enabled_flag in
+    the header of an IDR slice segment, or None when the header does not carry the flag."""
+    head = _read_slice_head(nal, pps, sao_enabled, chroma_format_idc)
+    r, sao_luma, sao_chroma = head.reader, head.sao_luma, head.sao_chroma
     if pps.pps_slice_chroma_qp_offsets_present_flag:
         r.se("slice_cb_qp_offset")
         r.se("slice_cr_qp_offset")

@@ -3,6 +3,11 @@
     python -m trainer.decisions.predict --model runs/r50-bpg41/best.pth image.bpg more.jpg other.j2k
     python -m trainer.decisions.predict --model mobilenet_v2_imagenet.pth --arch mobilenet_v2 *.jpg
     python -m trainer.decisions.predict --arch resnet50 --weights IMAGENET1K_V1 --json image.jpg
+    python -m trainer.decisions.predict --experts runs/ --default pretrained --arch mobilenet_v2 *.jpg
+
+With ``--experts``, each file is answered by the expert of its codec and rate
+(:mod:`trainer.decisions.route`; the rule is in docs/receiver.md), and each answer names
+the expert and the reason; ``m2m-serve`` is the same receiver as an HTTP service.
 
 Files are recognised by content (JPEG, JPEG 2000 codestream or JP2, BPG, lossy and lossless
 WebP, AVIF, JPEG XL codestream or container, PNG), never by extension, and decoded exactly as a receiver would (``pipeline.codecs.decode_any``).
@@ -42,6 +47,8 @@ class Prediction:
     cropped: bool = False                      # Resize(256)+CenterCrop(224) was applied
     top: list[dict] = field(default_factory=list)   # [{"index", "name", "prob"}], best first
     error: str | None = None
+    expert: str | None = None                  # with --experts: the model that answered
+    route: str | None = None                   # ... and why
 
 
 # --------------------------------------------------------------------------- decoding
@@ -53,6 +60,10 @@ DEFAULT_MAX_BYTES = 64 * 2**20
 
 class InputError(Exception):
     """A file that cannot be classified (unreadable / undecodable / over a limit)."""
+
+
+class InputTooLargeError(InputError):
+    """A picture whose header announces more pixels than the pixel budget."""
 
 
 def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
@@ -92,19 +103,40 @@ def read_input(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarr
     """Bytes -> 224x224x3 uint8 as the model sees it, and the prediction record so far.
     Raises InputError naming the reason; nothing that goes wrong with one file (a decoder
     error, the pixel budget, running out of memory) escapes as anything else."""
-    data = read_bytes(path, max_bytes)
-    from pipeline.codecs import decode_any, detect
-    from pipeline.codecs.base import CodecError
+    return decode_input(read_bytes(path, max_bytes), str(path))
+
+
+def probe_input(data: bytes):
+    """The bitstream's headers (:func:`pipeline.codecs.probe`: codec, size within the pixel
+    budget, quality), nothing decoded; InputError naming the reason."""
+    from pipeline.codecs import CodecError, probe
+    from pipeline.limits import PixelBudgetError
+
+    try:
+        return probe(data)
+    except PixelBudgetError as exc:
+        raise InputTooLargeError(str(exc)) from None
+    except CodecError as exc:
+        raise InputError(str(exc)) from None
+    except Exception as exc:  # a parser bug on hostile input must not stop the other files
+        raise InputError(f"unreadable header ({type(exc).__name__}: {exc})") from None
+
+
+def decode_input(data: bytes, name: str) -> tuple[np.ndarray, Prediction]:
+    """:func:`read_input` of bytes already received (the server's request bodies)."""
+    from pipeline.codecs import CodecError, decode_any, detect
     from pipeline.limits import PixelBudgetError, check_pixels
 
     try:
         codec = detect(data).name
         rgb = decode_any(data)
         check_pixels(int(rgb.shape[1]), int(rgb.shape[0]), "decoded picture")
-        pred = Prediction(file=str(path), codec=codec, bytes=len(data),
+        pred = Prediction(file=name, codec=codec, bytes=len(data),
                           received_size=[int(rgb.shape[1]), int(rgb.shape[0])])
         rgb, pred.cropped = model_input(rgb)
-    except (CodecError, PixelBudgetError) as exc:
+    except PixelBudgetError as exc:
+        raise InputTooLargeError(str(exc)) from None
+    except CodecError as exc:
         raise InputError(str(exc)) from None
     except MemoryError:
         raise InputError("out of memory while decoding (lower --max-pixels)") from None
@@ -159,24 +191,49 @@ def classify(model, batch: list[np.ndarray], device: str, k: int) -> tuple[np.nd
     return top.values.cpu().numpy(), top.indices.cpu().numpy(), int(probs.shape[1])
 
 
-def predict_files(files: list[Path], model, meta: dict, device: str = "cpu", k: int = 5,
-                  batch_size: int = 16, on_error=None, max_bytes: int = DEFAULT_MAX_BYTES) -> list[Prediction]:
-    """Predictions in input order; failed files carry ``error`` (and go to ``on_error``)."""
-    preds: list[Prediction] = []
-    pending: list[tuple[np.ndarray, Prediction]] = []
+def answer(expert, batch: list[np.ndarray], preds: list[Prediction], device: str, k: int) -> None:
+    """Fill ``top`` of each prediction with one forward of ``expert`` over the batch."""
+    values, indices, n = classify(expert.model, batch, device, k)
+    names = class_names(expert.meta, n)
+    for pred, vals, idxs in zip(preds, values, indices):
+        pred.top = [{"index": int(i), "name": names[int(i)], "prob": float(v)} for v, i in zip(vals, idxs)]
 
-    def flush():
-        if not pending:
-            return
-        values, indices, n = classify(model, [x for x, _ in pending], device, k)
-        names = class_names(meta, n)
-        for (_, pred), vals, idxs in zip(pending, values, indices):
-            pred.top = [{"index": int(i), "name": names[int(i)], "prob": float(v)} for v, i in zip(vals, idxs)]
-        pending.clear()
+
+def route_input(zoo, data: bytes, name: str):
+    """(expert, 224² input, prediction so far) of one received bitstream: headers first (the
+    route and the pixel budget), then the decode.  InputError naming the reason."""
+    from .route import RouteError
+
+    probe = probe_input(data)
+    try:
+        expert, route = zoo.choose(probe)
+    except RouteError as exc:
+        raise InputError(str(exc)) from None
+    x, pred = decode_input(data, name)
+    if route is not None:
+        pred.expert, pred.route = expert.name, route.reason
+    return expert, x, pred
+
+
+def predict_files(files: list[Path], model, meta: dict, device: str = "cpu", k: int = 5,
+                  batch_size: int = 16, on_error=None, max_bytes: int = DEFAULT_MAX_BYTES,
+                  zoo=None) -> list[Prediction]:
+    """Predictions in input order; failed files carry ``error`` (and go to ``on_error``).
+    ``zoo`` (:func:`trainer.decisions.zoo.load_zoo`): each file goes to its expert, and
+    ``model``/``meta`` are not used."""
+    from .zoo import Zoo
+
+    zoo = zoo or Zoo.single(model, meta, "model")
+    preds: list[Prediction] = []
+    pending: dict[str, tuple[object, list[np.ndarray], list[Prediction]]] = {}
+
+    def flush(name: str) -> None:
+        expert, xs, ps = pending.pop(name)
+        answer(expert, xs, ps, device, k)
 
     for path in files:
         try:
-            x, pred = read_input(Path(path), max_bytes)
+            expert, x, pred = route_input(zoo, read_bytes(Path(path), max_bytes), str(path))
         except InputError as exc:
             pred = Prediction(file=str(path), error=str(exc))
             if on_error:
@@ -184,10 +241,13 @@ def predict_files(files: list[Path], model, meta: dict, device: str = "cpu", k: 
             preds.append(pred)
             continue
         preds.append(pred)
-        pending.append((x, pred))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+        _, xs, ps = pending.setdefault(expert.name, (expert, [], []))
+        xs.append(x)
+        ps.append(pred)
+        if len(xs) >= batch_size:
+            flush(expert.name)
+    for name in list(pending):
+        flush(name)
     return preds
 
 
@@ -197,6 +257,8 @@ def format_prediction(p: Prediction) -> str:
     w, h = p.received_size
     geometry = f"{w}x{h}" + (" -> Resize(256)+CenterCrop(224)" if p.cropped else "")
     lines = [f"{p.file}: {p.codec}, {p.bytes} bytes, {geometry}"]
+    if p.expert is not None:
+        lines.append(f"  expert {p.expert}: {p.route}")
     lines += [f"  {rank}. {t['prob'] * 100:6.2f}%  {t['name']} ({t['index']})" for rank, t in enumerate(p.top, 1)]
     return "\n".join(lines)
 
@@ -205,6 +267,11 @@ def format_prediction(p: Prediction) -> str:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", default=None,
               help="Run checkpoint (best.pth / last.pth) or a plain weights file (then give --arch).")
+@click.option("--experts", default=None,
+              help="Route each file to its expert: a folder of run folders, or a YAML list of checkpoints.")
+@click.option("--default", "default", default=None,
+              help="With --experts: the model when no expert fits: a checkpoint, a weights file (with --arch), "
+                   "or 'pretrained' (the torchvision weights of --arch).")
 @click.option("--arch", default=None, help="Architecture of plain weights (e.g. resnet50, mnasnet1_0).")
 @click.option("--weights", default=None,
               help="Torchvision weights name (e.g. IMAGENET1K_V1) with --arch, instead of --model.")
@@ -216,10 +283,13 @@ def format_prediction(p: Prediction) -> str:
 @click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_BYTES, show_default=True,
               help="Largest received file read.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (errors included) to stdout.")
-def cli(files, model_path, arch, weights, k, batch_size, device, max_pixels, max_bytes, as_json):
+def cli(files, model_path, experts, default, arch, weights, k, batch_size, device, max_pixels, max_bytes, as_json):
     """Classify received bitstreams (JPEG, JPEG 2000, BPG, WebP, AVIF, JPEG XL, PNG; detected by content)."""
-    if (model_path is None) == (weights is None):
-        raise click.UsageError("give --model PATH, or --arch with --weights NAME")
+    routed = experts is not None or default is not None
+    if routed and (model_path is not None or weights is not None):
+        raise click.UsageError("--experts/--default route between models: give them without --model or --weights")
+    if not routed and (model_path is None) == (weights is None):
+        raise click.UsageError("give --model PATH, or --arch with --weights NAME, or --experts DIR")
     if weights is not None and arch is None:
         raise click.UsageError("--weights needs --arch")
     if max_pixels is not None:
@@ -227,13 +297,18 @@ def cli(files, model_path, arch, weights, k, batch_size, device, max_pixels, max
         set_max_pixels(max_pixels)
     from trainer.distributed import resolve_device
     device = resolve_device(device or "auto")
-    model, meta = load(model_path, arch, weights, device)  # a refused / bad file: one line (UserError)
+    zoo = model = meta = None
+    if routed:
+        from .zoo import load_zoo
+        zoo = load_zoo(experts, default, arch, device)
+    else:
+        model, meta = load(model_path, arch, weights, device)  # a refused / bad file: one line (UserError)
 
     def report_error(p: Prediction) -> None:
         click.echo(f"error: {p.file}: {p.error}", err=True)
 
     preds = predict_files(list(files), model, meta, device, k, batch_size, on_error=report_error,
-                          max_bytes=max_bytes)
+                          max_bytes=max_bytes, zoo=zoo)
     if as_json:
         click.echo(json.dumps([asdict(p) for p in preds], indent=2))
     else:

@@ -1,0 +1,216 @@
+"""A zoo of experts: the models a receiver holds, loaded once, and the rule that picks one per
+received bitstream (:mod:`trainer.decisions.route`).
+
+Where experts come from (``--experts``):
+
+- a folder of run folders the trainer wrote (``runs/``; read through :class:`trainer.rundir.RunDir`,
+  ``best.pth`` of each, else ``last.pth``), or one run folder;
+- a small YAML file, one entry per checkpoint, paths relative to the file::
+
+      - {path: runs/jpeg-10/best.pth}
+      - {path: old/model.pth, settings: [j2k-200]}
+
+  ``settings`` names the settings an entry answers for: a subset of its checkpoint's
+  ``trained_on``, or, for a checkpoint that has none, the settings it was trained on (their
+  rate then unknown: such an expert is matched by quality, or as its codec's only one).
+
+Every checkpoint is read with ``weights_only=True`` (:mod:`trainer.checkpoint`): nothing
+executable.  A checkpoint without ``trained_on`` can only be the default.
+
+The default (``--default``): a checkpoint or weights file (plain weights need ``--arch``), or
+``pretrained``: the torchvision ImageNet weights of ``--arch`` (by name, which may download
+them once into torch's cache).
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.codecs import Probe
+from trainer.clitools import UserError
+from trainer.rundir import RunDir
+
+from .route import DEFAULT, ExpertCard, Route, RouteError, Router, TrainedSetting
+
+#: a list of experts is typed by hand: anything bigger is not one
+MAX_YAML_BYTES = 1 << 20
+PRETRAINED = "pretrained"
+
+
+class ZooError(UserError, ValueError):
+    """A zoo that cannot be built (one line naming the file or folder and the reason)."""
+
+
+@dataclass
+class Expert:
+    card: ExpertCard
+    model: Any
+    meta: dict
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+@dataclass
+class Zoo:
+    """Experts by name, the default model (or None), and the router over them.  ``routed``
+    False: a single model answers everything (``predict --model``), and answers carry no route."""
+    experts: dict[str, Expert]
+    default: Expert | None
+    routed: bool = True
+    router: Router = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.router = Router([e.card for e in self.experts.values()])
+
+    @classmethod
+    def single(cls, model, meta: dict, name: str) -> "Zoo":
+        return cls({}, Expert(ExpertCard(name), model, meta, name), routed=False)
+
+    def choose(self, probe: Probe) -> tuple[Expert, Route | None]:
+        """The expert that answers this bitstream, and why; RouteError when none fits and there
+        is no default."""
+        if not self.routed:
+            return self.default, None
+        route = self.router.route(probe)
+        if route.expert == DEFAULT:
+            if self.default is None:
+                raise RouteError(f"no expert for {probe.codec} and no default model (--default)")
+            return self.default, route
+        return self.experts[route.expert], route
+
+    def models(self) -> list[dict]:
+        """What ``GET /v1/models`` lists."""
+        out = [{"name": e.name, "role": "specialist" if e.card.specialist else "generalist",
+                "arch": e.meta.get("arch"), "num_classes": e.meta.get("num_classes"),
+                "settings": [{"setting": s.setting, "codec": s.codec, "q": s.q, "bpp": s.bpp}
+                             for s in e.card.settings]} for e in self.experts.values()]
+        if self.default is not None:
+            out.append({"name": DEFAULT, "role": "default", "source": self.default.path,
+                        "arch": self.default.meta.get("arch"), "num_classes": self.default.meta.get("num_classes"),
+                        "settings": []})
+        return out
+
+
+# --------------------------------------------------------------------------- sources
+
+@dataclass(frozen=True)
+class Entry:
+    name: str               # how answers name the expert: the folder or path as the user gave it
+    checkpoint: Path
+    settings: tuple[str, ...] | None = None
+
+
+def expert_entries(source: str | os.PathLike, select: str | None = None) -> list[Entry]:
+    """The checkpoints ``--experts`` names: run folders under a folder, one run folder, or a YAML list;
+    ``select``: only the run folders whose name matches this glob."""
+    p = Path(source)
+    if p.is_dir():
+        runs = [RunDir(p)] if RunDir(p).is_run() else RunDir.find(p)
+        if select is not None:
+            runs = [r for r in runs if fnmatch.fnmatchcase(r.name, select)]
+        if not runs:
+            raise ZooError(f"{p}: no run folders (folders with args.json) in it"
+                           + (f" whose name matches {select!r}" if select is not None else ""))
+        out = []
+        for run in runs:
+            ckpt = run.best if run.best.is_file() else run.last
+            if not ckpt.is_file():
+                raise ZooError(f"{run.path}: no {run.best.name} nor {run.last.name}: the run has not saved a checkpoint")
+            out.append(Entry(_display(p, run.path), ckpt))
+        return out
+    if p.is_file():
+        return _yaml_entries(p)
+    raise ZooError(f"{p}: no such folder or file (give a folder of run folders or a YAML list)")
+
+
+def _display(root: Path, run: Path) -> str:
+    """``runs/j2k-200``: the run folder as reached from the folder given."""
+    return str(root / run.name) if run != root else str(root)
+
+
+def _yaml_entries(path: Path) -> list[Entry]:
+    import yaml
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ZooError(f"{path}: {size:,} bytes is over the {MAX_YAML_BYTES:,}-byte limit of a list of experts")
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ZooError(f"{path}: cannot read the list of experts ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise ZooError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, list) or not data:
+        raise ZooError(f"{path}: expected a YAML list of {{path: ..., settings: [...]}} entries")
+    out = []
+    for i, item in enumerate(data, 1):
+        where = f"{path}: entry {i}"
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str) or set(item) - {"path", "settings"}:
+            raise ZooError(f"{where}: expected {{path: FILE, settings: [NAMES]}} (settings optional)")
+        settings = item.get("settings")
+        if settings is not None and not (isinstance(settings, list) and settings
+                                         and all(isinstance(s, str) for s in settings)):
+            raise ZooError(f"{where}: settings must be a non-empty list of setting names")
+        ckpt = Path(item["path"])
+        out.append(Entry(item["path"], ckpt if ckpt.is_absolute() else path.parent / ckpt,
+                         tuple(settings) if settings else None))
+    return out
+
+
+def card_of(entry: Entry, trained_on: list[dict]) -> ExpertCard:
+    """The routing card of an expert: its checkpoint's settings, narrowed (or, for a checkpoint
+    without them, given) by the entry's ``settings``."""
+    where = f"{entry.checkpoint}"
+    try:
+        settings = [TrainedSetting.from_entry(e, where) for e in trained_on]
+        if entry.settings is not None:
+            if settings:
+                known = {s.setting: s for s in settings}
+                missing = [n for n in entry.settings if n not in known]
+                if missing:
+                    raise ZooError(f"{where}: not trained on {', '.join(missing)} "
+                                   f"(trained on {', '.join(known)})")
+                settings = [known[n] for n in entry.settings]
+            else:
+                settings = [TrainedSetting.named(n, where) for n in entry.settings]
+    except RouteError as exc:
+        raise ZooError(str(exc)) from None
+    return ExpertCard(entry.name, tuple(settings))
+
+
+def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch: str | None = None,
+             device: str = "cpu", select: str | None = None) -> Zoo:
+    """Load every expert (``select``: see :func:`expert_entries`) and the default once, in eval
+    mode on ``device``."""
+    from trainer import checkpoint
+    from trainer.models import load_model
+
+    loaded: dict[str, Expert] = {}
+    for entry in expert_entries(experts, select) if experts is not None else []:
+        ckpt = checkpoint.load(entry.checkpoint)
+        card = card_of(entry, checkpoint.training_settings(ckpt) if isinstance(ckpt, dict) else [])
+        if not card.settings:
+            raise ZooError(f"{entry.checkpoint}: the checkpoint does not say what it was trained on (no trained_on); "
+                           "give it as --default, or name its settings in a YAML list")
+        if entry.name in loaded:
+            raise ZooError(f"{entry.checkpoint}: expert {entry.name!r} listed twice")
+        model, meta = load_model(entry.checkpoint)
+        loaded[entry.name] = Expert(card, model.to(device).eval(), meta, str(entry.checkpoint))
+    default_expert = None
+    if default is not None:
+        if default == PRETRAINED:
+            if arch is None:
+                raise ZooError("--default pretrained needs --arch (the architecture whose torchvision weights to use)")
+            model, meta = load_model("DEFAULT", arch=arch)
+        else:
+            model, meta = load_model(default, arch=arch)
+        default_expert = Expert(ExpertCard(DEFAULT), model.to(device).eval(), meta, default)
+    if not loaded and default_expert is None:
+        raise ZooError("no model: give --experts, --default, or both")
+    return Zoo(loaded, default_expert)
