@@ -150,7 +150,7 @@ def test_zoo_cards_from_a_yaml_list(tmp_path):
     ("- {path: r1/best.pth, settings: [jpeg-75]}\n", "not trained on jpeg-75"),
     ("- {path: r1/best.pth, oops: 1}\n", "expected {path: FILE"),
     ("{a: 1}\n", "expected a YAML list"),
-    ("- [unclosed\n", "not YAML"),
+    ("- [unclosed\n", "not a readable list of experts"),
 ])
 def test_bad_lists_are_one_line_errors(tmp_path, text, reason):
     write_expert(tmp_path / "r1", [entry_of("jpeg-10", 0.5)], seed=0)

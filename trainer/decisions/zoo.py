@@ -135,17 +135,12 @@ def _display(root: Path, run: Path) -> str:
 
 
 def _yaml_entries(path: Path) -> list[Entry]:
-    import yaml
+    from pipeline.bounded import BoundedReadError, read_yaml
 
-    try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise ZooError(f"{path}: {size:,} bytes is over the {MAX_YAML_BYTES:,}-byte limit of a list of experts")
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ZooError(f"{path}: cannot read the list of experts ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise ZooError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
+    try:   # the project's one bounded reader: size, nesting and aliases checked before anything is built
+        data = read_yaml(path, "list of experts", max_bytes=MAX_YAML_BYTES)
+    except BoundedReadError as exc:
+        raise ZooError(str(exc)) from None
     if not isinstance(data, list) or not data:
         raise ZooError(f"{path}: expected a YAML list of {{path: ..., settings: [...]}} entries")
     out = []
