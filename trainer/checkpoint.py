@@ -82,3 +82,21 @@ def save(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_output(path, "wb", fsync=True) as f:
         torch.save(obj, f)
     return Path(path)
+
+
+# -- what a run checkpoint says about its training (the receiver and the reports read these) --------
+def training_settings(ckpt: dict) -> list[dict]:
+    """The settings a run checkpoint was trained on, in the order given (``trained_on``: setting,
+    codec, q, bytes_per_image, bpp, pixels_per_image, weight); an empty list for a checkpoint
+    without them (an older one: its setting is unknown)."""
+    value = ckpt.get("trained_on") if isinstance(ckpt, dict) else None
+    if not isinstance(value, list):
+        return []
+    return [dict(e) for e in value if isinstance(e, dict) and isinstance(e.get("setting"), str)]
+
+
+def bn_mode(ckpt: dict) -> str:
+    """How the run trained its normalisation layers: ``train`` or ``frozen`` (``train`` when the
+    checkpoint does not say: what every run did before the option existed)."""
+    value = ckpt.get("bn") if isinstance(ckpt, dict) else None
+    return value if value in ("train", "frozen") else "train"
