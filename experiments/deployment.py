@@ -132,9 +132,9 @@ def publish(a, val_globs: dict[str, str]) -> Path:
             continue
         row = {**r, **extra}
         base = a.publish.resolve().parent
-        for k in ("checkpoint", "shards_dir"):
-            if isinstance(row.get(k), str) and os.path.isabs(row[k]):
-                row[k] = os.path.relpath(row[k], base)
+        for k in ("checkpoint", "shards_dir"):     # relative to the results file: it reads the same anywhere
+            if isinstance(row.get(k), str):
+                row[k] = os.path.relpath(os.path.abspath(row[k]), base)
         if row.get("weights"):
             row["weights"] = Path(row["weights"]).name
         out.append(row)
