@@ -97,43 +97,40 @@ test: install ## Run the test suite (CPU; tests that need ../shared skip without
 test-fast: install ## The test suite without the tests marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: install ## Benchmarks: pipeline, BPG codec, trainer; refreshes the README tables
-	@mkdir -p bench-out
-	$(PY) benchmarks/bench_pipeline.py --images 384 --markdown bench-out/pipeline.md --scale-images 48 --scale-markdown bench-out/scale.md
-	$(PY) benchmarks/readme_block.py README.md pipeline bench-out/pipeline.md
-	$(PY) benchmarks/readme_block.py README.md scale bench-out/scale.md
-	$(PY) benchmarks/bench_pipeline.py --images 96 --storage-only --markdown bench-out/storage.md
-	$(PY) benchmarks/readme_block.py README.md storage bench-out/storage.md
+# the benchmarks write their results files (benchmarks/results/*.json: numbers, command, environment);
+# the README blocks are rendered from those files (benchmarks/readme_block.py, the registry of every block)
+RESULTS := benchmarks/results
+BLOCK   := $(PY) benchmarks/readme_block.py
+
+bench: install ## Benchmarks: pipeline, BPG codec, trainer; writes benchmarks/results/*.json and refreshes the README tables
+	@mkdir -p $(RESULTS)
+	$(PY) benchmarks/bench_pipeline.py --images 384 --json $(RESULTS)/pipeline.json --scale-images 48 --scale-json $(RESULTS)/scale.json
+	$(PY) benchmarks/bench_pipeline.py --images 96 --storage-only --json $(RESULTS)/storage.json
+	$(BLOCK) pipeline scale storage
 	@if [ -d ../shared/imagenette/train ]; then \
-	  $(PY) benchmarks/bench_mixing.py --markdown bench-out/mixing.md && \
-	  $(PY) benchmarks/readme_block.py README.md mixing bench-out/mixing.md; fi
+	  $(PY) benchmarks/bench_mixing.py --json $(RESULTS)/mixing.json && $(BLOCK) mixing; fi
 	@if [ -f benchmarks/bench_bpg.py ]; then \
-	  $(PY) benchmarks/bench_bpg.py --markdown bench-out/bpg.md && \
-	  $(PY) benchmarks/readme_block.py README.md bpg bench-out/bpg.md && \
-	  $(PY) benchmarks/readme_block.py tools/bpg/README.md bpg-bench bench-out/bpg.md; fi
+	  $(PY) benchmarks/bench_bpg.py --json $(RESULTS)/bpg.json && $(BLOCK) bpg bpg-bench; fi
 	@if [ -x ../shared/bpg-genuine/bpgenc ] && [ -d ../shared/imagenette ]; then \
-	  $(PY) benchmarks/bpg_tune.py --evaluate-only --markdown bench-out/bpg-tune.md && \
-	  $(PY) benchmarks/readme_block.py tools/bpg/README.md bpg-tuning bench-out/bpg-tune.md; fi
-	$(PY) benchmarks/bench_loader.py --seconds $(BENCH_SECONDS) --markdown bench-out/loader.md
-	$(PY) benchmarks/readme_block.py README.md loader bench-out/loader.md
-	$(PY) benchmarks/bench_trainer.py --seconds $(BENCH_SECONDS) --markdown bench-out/trainer.md
-	$(PY) benchmarks/readme_block.py README.md trainer bench-out/trainer.md
+	  $(PY) benchmarks/bpg_tune.py --evaluate-only --json $(RESULTS)/bpg-tune.json && $(BLOCK) bpg-tuning; fi
+	$(PY) benchmarks/bench_loader.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/loader.json
+	$(PY) benchmarks/bench_trainer.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/trainer.json
+	$(BLOCK) loader trainer
 
 # make bench-gpu on a machine with a CUDA GPU: about 5 minutes (2 archs x 2 modes x 3 columns x 20 s, plus set-up);
 # BENCH_GPU_MODES=finetune,expert-live,expert-cached adds the live teacher, BENCH_GPU_ARGS=--gpu-decode uses nvJPEG
 bench-gpu: install ## Trainer throughput at steady state on a CUDA GPU (resnet50, mobilenet_v2); refreshes the README table
-	@mkdir -p bench-out
+	@mkdir -p $(RESULTS)
 	$(PY) benchmarks/bench_trainer.py --device cuda --arch resnet50 --batch-size 64 --modes $(BENCH_GPU_MODES) \
-	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS) --markdown bench-out/trainer-gpu-r50.md
+	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS) --json $(RESULTS)/trainer-gpu-resnet50.json
 	$(PY) benchmarks/bench_trainer.py --device cuda --arch mobilenet_v2 --batch-size 64 --modes $(BENCH_GPU_MODES) \
-	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS) --markdown bench-out/trainer-gpu-mnv2.md
-	cat bench-out/trainer-gpu-r50.md <(echo) bench-out/trainer-gpu-mnv2.md > bench-out/trainer-gpu.md
-	$(PY) benchmarks/readme_block.py README.md trainer-gpu bench-out/trainer-gpu.md
+	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS) --json $(RESULTS)/trainer-gpu-mobilenet_v2.json
+	$(BLOCK) trainer-gpu
 
 demo: install ## The whole flow on the embedded default (or DATA=... WEIGHTS=... ARCH=...)
 	$(PY) -m demo $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(ARCH),--arch $(ARCH)) $(DEMO_ARGS)
 
-demo-docs: install ## Run the embedded demo and refresh its table and plot in README.md
+demo-docs: install ## Run the embedded demo: docs/demo-results.json, its README table and the plot
 	$(PY) -m demo --readme $(DEMO_ARGS)
 
 report: install ## Table 1, Fig. 4/5 from runs/, shards/ and reports/results.json (PAPER=paper_table1.json to compare)

@@ -16,7 +16,7 @@ wall time, and the ratios are given for both.
 Images: the 224² sources in ../shared/bpg-vectors (real crops) when present, otherwise
 224² crops of scikit-image's bundled photos.
 
-    python benchmarks/bench_bpg.py [--q 41] [--rounds 5] [--markdown out.md]
+    python benchmarks/bench_bpg.py [--q 41] [--rounds 5] [--markdown out.md] [--json benchmarks/results/bpg.json]
 """
 from __future__ import annotations
 
@@ -174,6 +174,7 @@ def main(argv=None) -> None:
     ap.add_argument("--q", type=int, default=41)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
+    ap.add_argument("--json", type=Path, help="the results file the README block is rendered from (benchmarks/readme_block.py)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows, ratios, what = run(args.q, args.rounds)
@@ -182,6 +183,9 @@ def main(argv=None) -> None:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text)
+    if args.json:
+        from benchmarks.readme_block import save
+        save(args.json, text, "benchmarks/bench_bpg.py", sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

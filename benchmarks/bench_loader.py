@@ -1,6 +1,6 @@
 """One loader worker against the cost of reading the tar and decoding the bitstream.
 
-    python benchmarks/bench_loader.py [--images 2000] [--seconds 20] [--markdown bench-out/loader.md]
+    python benchmarks/bench_loader.py [--images 2000] [--seconds 20] [--markdown bench-out/loader.md] [--json benchmarks/results/loader.json]
 
 On the same shards, side by side (modes interleaved over ``--rounds`` rounds, torch with one
 thread as in a loader worker, shards in the page cache: CPU cost, not disk bandwidth):
@@ -9,7 +9,7 @@ Cost = CPU time per sample (of this process, or of the loader's worker process),
 other work on the machine does not decide the result; the worker's wall-time rate is given too.
 
 * ``tar + decode``: Python's ``tarfile`` reads each shard and ``decode_any`` decodes each
-  ``comp.*`` member, nothing else: the floor the issue measured the loader against;
+  ``comp.*`` member, nothing else: the floor the loader is measured against;
 * ``loader, 1 worker``: the trainer's train loader (its defaults: shuffle buffer 1000,
   batch 32) in one worker process, batches taken by the main process;
 * ``loader, in process``: the same stage list without a worker process;
@@ -271,11 +271,15 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="untimed seconds after the shuffle buffer's fill")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="jobs for building the shards")
     p.add_argument("--markdown", default=None)
+    p.add_argument("--json", default=None, help="the results file the README block is rendered from (benchmarks/readme_block.py)")
     a = p.parse_args(argv)
     text = bench(a)
     print(text)
     if a.markdown:
         atomic_write(a.markdown, text + "\n")
+    if a.json:
+        from benchmarks.readme_block import save
+        save(a.json, text, "benchmarks/bench_loader.py", sys.argv[1:] if argv is None else argv)
     return 0
 
 

@@ -9,7 +9,7 @@ train loader (shuffle buffer 1000, batch 32, 2 workers) and reports the mean num
 distinct classes per batch over one epoch, beside the i.i.d. expectation C(1 - (1 - 1/C)^B)
 for C classes in proportion to the data.
 
-    python benchmarks/bench_mixing.py [--src ../shared/imagenette --split train] [--markdown out.md]
+    python benchmarks/bench_mixing.py [--src ../shared/imagenette --split train] [--markdown out.md] [--json benchmarks/results/mixing.json]
 """
 from __future__ import annotations
 
@@ -81,6 +81,7 @@ def main(argv=None):
     ap.add_argument("--shuffle-buffer", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--json", type=Path, help="the results file the README block is rendered from (benchmarks/readme_block.py)")
     args = ap.parse_args(argv)
     if not (args.src / args.split).is_dir():
         print(f"skipping: {args.src / args.split} is absent", file=sys.stderr)
@@ -116,6 +117,9 @@ def main(argv=None):
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text + "\n")
+    if args.json:
+        from benchmarks.readme_block import save
+        save(args.json, text, "benchmarks/bench_mixing.py", sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ otherwise views of scikit-image's bundled photos.
 
     python benchmarks/bench_pipeline.py [--images 96] [--settings jpeg-10,j2k-200] [--markdown out.md]
         [--scale-images 32 --scale-markdown scale.md] [--storage-only]
+        [--json benchmarks/results/pipeline.json --scale-json benchmarks/results/scale.json]
 """
 from __future__ import annotations
 
@@ -277,7 +278,14 @@ def main(argv=None):
     ap.add_argument("--scale-rounds", type=int, default=2, help="rounds of the one-pass comparison (fastest kept)")
     ap.add_argument("--scale-markdown", type=Path, help="write the scale tables here (skipped when absent)")
     ap.add_argument("--storage-only", action="store_true", help="only the clean-crop storage comparison")
+    ap.add_argument("--json", type=Path, help="the results file the README block is rendered from (benchmarks/readme_block.py)")
+    ap.add_argument("--scale-json", type=Path, help="the scale tables' results file (skipped when absent)")
     args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+
+    def save(path, text):
+        from benchmarks.readme_block import save
+        save(path, text, "benchmarks/bench_pipeline.py", argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
@@ -298,6 +306,8 @@ def main(argv=None):
             print(text)
             if args.markdown:
                 args.markdown.write_text(text + "\n")
+            if args.json:
+                save(args.json, text)
             return
         settings = [s for s in Setting.parse_list(args.settings) if s.codec in available()]
         text, _ = per_setting(settings, subset, split, paths, tmp, args.jobs, label)
@@ -306,15 +316,20 @@ def main(argv=None):
         if args.markdown:
             args.markdown.parent.mkdir(parents=True, exist_ok=True)
             args.markdown.write_text(text + "\n")
-        if args.scale_markdown:
+        if args.json:
+            save(args.json, text)
+        if args.scale_markdown or args.scale_json:
             paper = [s for s in Setting.parse_list(PAPER) if s.codec in available()]
             n = min(args.scale_images, len(paths))
             chosen = paths[:: max(1, len(paths) // n)][:n]
             scale_text = scale(paper, imagenet_sized(chosen, tmp / "scale-src", split), split, n, tmp, label,
                                args.scale_rounds)
             print("\n" + scale_text)
-            args.scale_markdown.parent.mkdir(parents=True, exist_ok=True)
-            args.scale_markdown.write_text(scale_text + "\n")
+            if args.scale_markdown:
+                args.scale_markdown.parent.mkdir(parents=True, exist_ok=True)
+                args.scale_markdown.write_text(scale_text + "\n")
+            if args.scale_json:
+                save(args.scale_json, scale_text)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

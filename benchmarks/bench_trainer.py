@@ -1,6 +1,6 @@
 """Trainer throughput at steady state: does the loader keep the model busy?
 
-    python benchmarks/bench_trainer.py [--arch mobilenet_v2] [--batch-size 16] [--markdown bench-out/trainer.md]
+    python benchmarks/bench_trainer.py [--arch mobilenet_v2] [--batch-size 16] [--json benchmarks/results/trainer.json]
     python benchmarks/bench_trainer.py --device cuda --arch resnet50 --batch-size 64     # make bench-gpu
 
 For each mode (fine-tuning; expert training with a live teacher; expert training with the
@@ -20,6 +20,8 @@ expert modes read the clean crops from the reference, or the cache).  Loader wor
 trainer's default (the CPU count), or ``--workers``.  On CUDA: bf16 autocast,
 channels_last, pinned memory, non-blocking copies, cuDNN autotuning (the trainer's settings);
 ``--gpu-decode`` decodes the JPEG bitstreams with nvJPEG instead of in the workers.
+After each round it prints that round's rates and the running totals over the rounds so
+far; the table gives the totals over all rounds.
 
 Goals: expert (cached teacher) costs <= 1.05 x fine-tuning per step; on a GPU, end to end
 >= 0.9 x the training step.
@@ -154,8 +156,17 @@ class Mode:
     def rate(self, what: str) -> float:
         return self.images[what] / self.seconds[what]
 
+    def snapshot(self) -> tuple[dict, dict]:
+        return dict(self.images), dict(self.seconds)
 
-def bench(a) -> str:
+    def round_rate(self, what: str, before: tuple[dict, dict]) -> float:
+        """The rate of the stretch since ``before`` (one round) alone."""
+        return (self.images[what] - before[0][what]) / (self.seconds[what] - before[1][what])
+
+
+def bench(a) -> tuple[str, list[dict]]:
+    """(the Markdown table and notes, each round's rates per mode: that round's own and the
+    running totals over the rounds so far, img/s)."""
     device = torch.device(a.device)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -188,13 +199,21 @@ def bench(a) -> str:
         m.warm(model, opt, a.warmup)
     print(f"warmed up ({len(runs)} mode(s), {workers} loader worker(s) each)", flush=True)
     per = a.seconds / a.rounds
+    rounds = []
     for r in range(a.rounds):
         for m in runs:
+            before = m.snapshot()
             m.time_loader(per)
             m.time_step(model, opt, per)
             m.time_e2e(model, opt, per)
-            print(f"round {r} {m.name}: loader {m.rate('loader'):.1f} step {m.rate('step'):.1f} "
-                  f"end to end {m.rate('e2e'):.1f} img/s", flush=True)
+            alone = {w: m.round_rate(w, before) for w in ("loader", "step", "e2e")}
+            rounds.append({"round": r, "mode": m.name, "this_round": alone,
+                           "running": {w: m.rate(w) for w in ("loader", "step", "e2e")}})
+            print(f"round {r} {m.name}: this round loader {alone['loader']:.1f} step {alone['step']:.1f} "
+                  f"end to end {alone['e2e']:.1f} img/s (end to end / step {alone['e2e'] / alone['step']:.2f}); "
+                  f"rounds 0-{r} together: loader {m.rate('loader'):.1f} step {m.rate('step'):.1f} "
+                  f"end to end {m.rate('e2e'):.1f} img/s (end to end / step {m.rate('e2e') / m.rate('step'):.2f})",
+                  flush=True)
     base = next((m for m in runs if m.name == "finetune"), runs[0])
     header = ["mode", "loader only (img/s)", "training step (img/s)", "end to end (img/s)", "end to end / step",
               "loader / step", "step cost vs fine-tuning", "end-to-end cost vs fine-tuning"]
@@ -227,7 +246,7 @@ def bench(a) -> str:
     for m in runs:
         m.it = None
     tmp.cleanup()
-    return text
+    return text, rounds
 
 
 def device_name(device: torch.device, threads: int) -> str:
@@ -252,11 +271,17 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--gpu-decode", action="store_true", help="decode the JPEG bitstreams on the GPU (nvJPEG)")
     p.add_argument("--markdown", default=None)
+    p.add_argument("--json", default=None, help="the results file the README block is rendered from "
+                   "(benchmarks/readme_block.py)")
     a = p.parse_args(argv)
-    text = bench(a)
+    text, rounds = bench(a)
     print(text)
     if a.markdown:
         atomic_write(a.markdown, text + "\n")
+    if a.json:
+        from benchmarks.readme_block import save
+        save(a.json, text, "benchmarks/bench_trainer.py", sys.argv[1:] if argv is None else argv,
+             gpu=a.device.startswith("cuda"), rounds=rounds)
     return 0
 
 

@@ -371,7 +371,9 @@ def _table_only(markdown: str) -> str:
 
 def update_readme(plot: Path, table: str, elapsed: float, steps, a, arch: str, labels: str,
                   train_setting: str) -> None:
-    from benchmarks.readme_block import replace_block
+    """docs/demo-results.json (what the README's demo block is rendered from) and the plot; then
+    the block itself (benchmarks/readme_block.py; the demo runs from the checkout, as ``python -m demo``)."""
+    from benchmarks.readme_block import BLOCKS, refresh, save
 
     docs = ROOT / "docs"
     atomic_write(docs / "demo_rate_accuracy.png", plot.read_bytes())
@@ -380,9 +382,9 @@ def update_readme(plot: Path, table: str, elapsed: float, steps, a, arch: str, l
              f"`{train_setting}` for {a.epochs} epochs, lr {a.lr:g}, α {a.alpha:g}, labels: {labels}; all three "
              f"models evaluated on every setting; wall time {elapsed / 60:.1f} min on {os.cpu_count()} CPU cores: "
              f"{per_step}). Top-1 in %.\n\n{_table_only(table)}\n\n![rate-accuracy](docs/demo_rate_accuracy.png)")
-    readme = ROOT / "README.md"
-    atomic_write(readme, replace_block(readme.read_text(), "demo", block))
-    click.echo("README.md demo block and docs/demo_rate_accuracy.png refreshed")
+    save(docs / "demo-results.json", block, "-m", ["demo", *sys.argv[1:]])
+    refresh([b for b in BLOCKS if b.name == "demo"], ROOT)
+    click.echo("docs/demo-results.json, the README.md demo block and docs/demo_rate_accuracy.png refreshed")
 
 
 if __name__ == "__main__":

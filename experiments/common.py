@@ -14,6 +14,7 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.provenance import environment, portable_path
 from pipeline.setting import Setting, SettingError
 from trainer import methods
 from trainer.clitools import UserError
@@ -63,6 +64,22 @@ def run_dir(out: Path, key: str, setting: str, seed: int) -> Path:
     return Path(out) / "runs" / f"{key.replace(methods.TEACHER_LABELS, '-teacher')}-{setting}-s{seed}"
 
 
+def check_validation(run: Path, val_glob: str | None) -> None:
+    """A one-line error when the run folder's args.json names other validation shards than
+    ``val_glob`` (None: none)."""
+    args = RunDir(run).args_json
+    if not args.exists():
+        return
+    try:
+        had = json.loads(args.read_text(encoding="utf-8")).get("val_shards") or None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise UserError(f"{args}: not a readable run record ({exc}); remove {run} to train it again") from None
+    want = [val_glob] if val_glob else None
+    if had != want:
+        raise UserError(f"{run}: trained with validation shards {had or 'none'}, this experiment chooses on "
+                        f"{want or 'none'}; remove the run folder or choose another OUT")
+
+
 @dataclass
 class Budget:
     """The training budget every trained method gets (the same number of steps for all)."""
@@ -87,9 +104,11 @@ def train_run(run: Path, train_glob: str | list[str], method: str, labels: str, 
               budget: Budget, val_glob: str | None = None, val_limit: int | None = None, **extra) -> Path:
     """Train one run (or reuse it when complete); returns its best.pth.  ``train_glob``: one
     setting's shards, or a list (a run on several settings); ``extra``: further TrainConfig
-    fields (``bn``, ``setting_weights``, ``steps_per_epoch`` ...)."""
+    fields (``bn``, ``setting_weights``, ``steps_per_epoch`` ...).  A run folder that was
+    trained with other validation shards is refused: its best.pth was chosen on other data."""
     from trainer import TrainConfig, train
 
+    check_validation(run, val_glob)
     if not RunDir(run).complete(budget.epochs):
         train(TrainConfig(
             shards=[train_glob] if isinstance(train_glob, str) else list(train_glob),
@@ -98,6 +117,39 @@ def train_run(run: Path, train_glob: str | list[str], method: str, labels: str, 
             batch_size=budget.batch, seed=seed, out=str(run), resume="auto", device=budget.device, progress=False,
             **({"workers": budget.workers} if budget.workers is not None else {}), **budget.hyper(method), **extra))
     return RunDir(run).best
+
+
+def scored_checkpoint(run: Path, select_per_class: int) -> Path:
+    """The checkpoint of a run that the experiment scores: ``best.pth`` when the run chose its
+    epoch on a selection split (``select_per_class`` > 0), else ``last.pth``."""
+    return RunDir(run).best if select_per_class else RunDir(run).last
+
+
+def selection_protocol(select_per_class: int) -> dict | str:
+    """What the results' meta file says about how the scored checkpoints were chosen."""
+    from trainer.eval_cache import LAST_EPOCH
+    return {"split": SELECT_SPLIT, "per_class": select_per_class} if select_per_class else LAST_EPOCH
+
+
+#: the name of the selection split: train images outside the train subset (``select_subset``)
+SELECT_SPLIT = "train-select"
+
+
+def select_subset(src: Path, subsets: Path, train_subset: Path, per_class: int, seed: int,
+                  val_subset: Path | None = None) -> Path:
+    """The selection subset: ``per_class`` train images of each class that ``train_subset``
+    does not hold, checked disjoint from it and from ``val_subset``."""
+    from experiments.subsets import RECORD, check_disjoint, make_subset
+
+    name = subset_name(src, "select", per_class, seed, tag=f"not-{Path(train_subset).name}")
+    dest = make_subset(src, Path(subsets) / name, {"train": per_class}, seed=seed, exclude=train_subset)
+    check_disjoint(train_subset, dest, *([val_subset] if val_subset is not None else []))
+    empty = sorted(cls for cls, files in json.loads((dest / RECORD).read_text())["files"]["train"].items()
+                   if not files)
+    if empty:
+        raise UserError(f"{src}/train: no image of {', '.join(empty)} is left outside the train subset for the "
+                        "selection split: lower TRAIN_PER_CLASS or give SELECT_PER_CLASS=0")
+    return dest
 
 
 def subset_name(src: Path, split: str, per_class: int, seed: int, tag: str = "") -> str:
@@ -147,8 +199,9 @@ def evaluated(results: Path, checkpoint: str, settings: list[str], groups: list[
     if os.path.getmtime(results) < os.path.getmtime(checkpoint):
         return False
     want = {(s, g) for s in settings for g in (groups or [None])}
+    stored = portable_path(checkpoint, results.parent)     # as trainer.evaluate writes it
     have = {(r.get("setting"), r.get("group")) for r in _rows(results)
-            if isinstance(r, dict) and r.get("checkpoint") == checkpoint}
+            if isinstance(r, dict) and r.get("checkpoint") == stored}
     return want <= have
 
 
@@ -226,6 +279,7 @@ def write_meta(results: Path, info: dict, budget: Budget, runs: list[Path]) -> P
         meta[key] = list(dict.fromkeys(list(old.get(key) or []) + list(info.get(key) or [])))
     meta["steps_per_run"] = sorted(steps)
     meta["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+    meta["environment"] = environment(gpu=budget.device != "cpu")     # "auto" may be a GPU
     from pipeline.atomic import atomic_write_json
     atomic_write_json(path, meta)
     return path

@@ -16,7 +16,13 @@ The data: a seeded, class-balanced subset of SRC (``--train-per-class`` train im
 ``--val-per-class`` val images of every class, ``experiments/subsets.py``), made as a folder of
 links under ``SHARDS/../subsets``; train shards in ``--order`` (mixed, the default, or sorted) of
 ``--shard-size``; the val shards (the same for every model and every experiment that uses
-the same val subset) in ``SHARDS/<val subset>/val``.  Every step reuses finished work
+the same val subset) in ``SHARDS/<val subset>/val``.  No model is chosen on the val images
+it is scored on: each run validates every epoch on a selection split (``--select-per-class``
+train images of every class that the train subset does not hold, checked disjoint from
+the train and val subsets) and the tables score its best.pth; with ``--select-per-class 0``
+there is no validation and the tables score last.pth.  The meta file beside the results
+says which (``"selection"``), and every row says whether its checkpoint was chosen on the
+images it scores (``selected_on_scored_data``; the summary and the report refuse those).  Every step reuses finished work
 (shards, complete runs, models already in the results file), so the script can be re-run.
 It calls the Python APIs (``pipeline.build.build``, ``trainer.train``, ``trainer.evaluate``,
 ``trainer.decisions.report.report``), never a command line.
@@ -42,7 +48,6 @@ from pipeline.plan import ORDERS  # noqa: E402
 from pipeline.shards import LAYOUTS, PAIR  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
-from trainer.rundir import RunDir  # noqa: E402
 
 from experiments import common  # noqa: E402
 from experiments.subsets import make_subset  # noqa: E402
@@ -51,18 +56,24 @@ from experiments.subsets import make_subset  # noqa: E402
 parse_methods = common.parse_methods
 
 
-def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
-    """Subsets and shards; returns ({setting: train glob}, {setting: val glob}) and sets
-    ``a.val_root`` (the val shards' root, whose manifests the report reads)."""
+def prepare(a) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Subsets and shards; returns ({setting: train glob}, {setting: val glob}, {setting:
+    selection glob}, empty without a selection split) and sets ``a.val_root`` (the val
+    shards' root, whose manifests the report reads)."""
     train_name = common.subset_name(a.src, "train", a.train_per_class, a.subset_seed)
     val_name = common.subset_name(a.src, "val", a.val_per_class, a.subset_seed)
+    select_name = common.subset_name(a.src, "select", a.select_per_class, a.subset_seed, tag=f"not-{train_name}")
     names = [s.name for s in a.settings]
     train_root = a.shards / train_name / a.order
     val_root = a.val_root = a.shards / val_name
+    # the selection images are train images: their shards say split "train", in a folder of their own
+    select_root = a.shards / select_name
     globs = ({s: common.shard_glob(train_root, "train", s) for s in names},
-             {s: common.shard_glob(val_root, "val", s) for s in names})
+             {s: common.shard_glob(val_root, "val", s) for s in names},
+             {s: common.shard_glob(select_root, "train", s) for s in names} if a.select_per_class else {})
     if a.prebuilt:       # shards carried to a machine without the source images (a GPU machine, say)
-        common.check_prebuilt({**globs[0], **{f"val {k}": v for k, v in globs[1].items()}})
+        common.check_prebuilt({**globs[0], **{f"val {k}": v for k, v in globs[1].items()},
+                               **{f"selection {k}": v for k, v in globs[2].items()}})
         return globs
     if not (a.src / "train").is_dir() or not (a.src / "val").is_dir():
         raise UserError(f"no {a.src}/train or {a.src}/val: set SRC=/path/to/imagenette")
@@ -72,25 +83,28 @@ def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
     val_src = make_subset(a.src, subsets / val_name, {"val": a.val_per_class}, seed=a.subset_seed)
     common.build_shards(train_src, "train", names, train_root, a.shard_size, jobs, order=a.order, layout=a.layout)
     common.build_shards(val_src, "val", names, val_root, a.shard_size, jobs, layout=a.layout)
+    if a.select_per_class:
+        select_src = common.select_subset(a.src, subsets, train_src, a.select_per_class, a.subset_seed, val_src)
+        common.build_shards(select_src, "train", names, select_root, a.shard_size, jobs, layout=a.layout)
     return globs
 
 
-def train_seed(a, seed: int, train_globs: dict[str, str], val_globs: dict[str, str]) -> None:
+def train_seed(a, seed: int, train_globs: dict[str, str], select_globs: dict[str, str]) -> None:
     for setting in a.settings:
         for method, labels in a.methods:
             common.train_run(common.run_dir(a.out, methods.key(method, labels), setting.name, seed),
                              train_globs[setting.name], method, labels, seed, a.arch, a.weights, a.budget,
-                             val_glob=val_globs[setting.name] if a.val_during else None, val_limit=a.val_limit)
+                             val_glob=select_globs.get(setting.name), val_limit=a.select_limit)
 
 
-def _train_seed_logged(a, seed: int, train_globs, val_globs) -> None:
+def _train_seed_logged(a, seed: int, train_globs, select_globs) -> None:
     """A seed in its own process (--parallel-seeds), its output in OUT/train-s<seed>.log."""
     import logging
     log_path = a.out / f"train-s{seed}.log"
     with open(log_path, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         logging.basicConfig(level=logging.INFO, stream=f, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        train_seed(a, seed, train_globs, val_globs)
+        train_seed(a, seed, train_globs, select_globs)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -113,7 +127,7 @@ def _train_seed_logged(a, seed: int, train_globs, val_globs) -> None:
 @click.option("--train-limit", envvar="TRAIN_LIMIT", type=click.IntRange(min=1), default=None,
               help="Samples per epoch (default: the whole train subset).")
 @click.option("--val-limit", envvar="VAL_LIMIT", type=click.IntRange(min=1), default=None,
-              help="Default: the whole val subset.")
+              help="Val samples scored per setting (default: the whole val subset).")
 @click.option("--batch", envvar="BATCH", type=click.IntRange(min=1), default=32)
 @click.option("--lr", envvar="LR", type=float, default=1e-4)
 @click.option("--alpha", envvar="ALPHA", type=float, default=1e-2)
@@ -128,8 +142,11 @@ def _train_seed_logged(a, seed: int, train_globs, val_globs) -> None:
               default=Path("runs/experiments/shards"), help="Shard root; the subsets' links go to SHARDS/../subsets.")
 @click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None, help="Default: all cores.")
 @click.option("--device", envvar="DEVICE", default="auto")
-@click.option("--val-during/--no-val-during", envvar="VAL_DURING", default=False,
-              help="Per-epoch validation (without it the lr schedule follows the train loss).")
+@click.option("--select-per-class", envvar="SELECT_PER_CLASS", type=click.IntRange(min=0), default=50,
+              help="Train images of each class outside the train subset, validated on every epoch to choose "
+                   "best.pth (never the val images the tables score); 0: no validation, the last epoch is scored.")
+@click.option("--select-limit", envvar="SELECT_LIMIT", type=click.IntRange(min=1), default=None,
+              help="Selection samples per validation (default: the whole selection subset).")
 @click.option("--cross/--no-cross", envvar="CROSS", default=False,
               help="Evaluate every model on every setting (else on its own setting only).")
 @click.option("--parallel-seeds/--serial-seeds", envvar="PARALLEL_SEEDS", default=False,
@@ -163,12 +180,13 @@ def cli(**params):
 
 def run(a) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
-    train_globs, val_globs = prepare(a)
+    train_globs, val_globs, select_globs = prepare(a)
     if a.build_only:
         return
     if a.parallel_seeds:
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_train_seed_logged, args=(a, seed, train_globs, val_globs)) for seed in a.seeds]
+        procs = [ctx.Process(target=_train_seed_logged, args=(a, seed, train_globs, select_globs))
+                 for seed in a.seeds]
         for p in procs:
             p.start()
         for p in procs:
@@ -178,7 +196,7 @@ def run(a) -> None:
             raise UserError(f"seed(s) {', '.join(map(str, failed))} failed: see {a.out}/train-s*.log")
     else:
         for seed in a.seeds:
-            train_seed(a, seed, train_globs, val_globs)
+            train_seed(a, seed, train_globs, select_globs)
     if a.train_only:
         return
     t0 = time.time()
@@ -188,7 +206,7 @@ def run(a) -> None:
         codestream_check(a)
     from trainer.decisions.report import report
     from experiments.summarize import report as summary
-    report([a.results], a.val_root, a.out / "reports", runs=a.out / "runs")
+    report([a.results], a.val_root, a.out / "reports", runs=a.out / "runs")  # refuses rows chosen on val
     text = summary(json.loads(a.results.read_text()))
     click.echo(text)
     atomic_write(a.out / "summary.md", text + "\n")
@@ -198,7 +216,8 @@ def evaluate_all(a, val_globs: dict[str, str]) -> None:
     common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, workers=a.workers,
                                val_limit=a.val_limit)
     for s in a.settings:
-        checkpoints = [str(RunDir(common.run_dir(a.out, methods.key(m, lab), s.name, seed)).best)
+        checkpoints = [str(common.scored_checkpoint(common.run_dir(a.out, methods.key(m, lab), s.name, seed),
+                                                    a.select_per_class))
                        for seed in a.seeds for m, lab in a.methods]
         own = val_globs if a.cross else {s.name: val_globs[s.name]}
         common.evaluate_models(a.results, checkpoints, own, a.device, workers=a.workers, val_limit=a.val_limit)
@@ -229,6 +248,7 @@ def write_meta(a, train_globs: dict[str, str], seconds: float) -> None:
         "experiment": "imagenette", "arch": a.arch, "weights": Path(a.weights).name,
         "settings": [s.name for s in a.settings], "methods": [methods.key(m, lab) for m, lab in a.methods],
         "seeds": a.seeds, "train_per_class": a.train_per_class, "val_per_class": a.val_per_class,
+        "selection": common.selection_protocol(a.select_per_class),
         "subset_seed": a.subset_seed, "order": a.order, "shard_size": a.shard_size, "loader": loader,
         "eval_seconds_last_invocation": round(seconds)}, a.budget, runs)
 

@@ -158,9 +158,9 @@ def run(a) -> str:
         for s in a.settings:
             for method, labels in a.methods:
                 run_path = common.run_dir(a.out, methods.key(method, labels), s.name, seed)
-                best = common.train_run(run_path, train_globs[s.name], method, labels, seed, a.arch, a.weights,
-                                        a.budget)
-                checkpoints.setdefault(s.name, []).append(str(best))
+                common.train_run(run_path, train_globs[s.name], method, labels, seed, a.arch, a.weights, a.budget)
+                # no validation: the last epoch is scored (never a checkpoint chosen on the val images)
+                checkpoints.setdefault(s.name, []).append(str(common.scored_checkpoint(run_path, 0)))
     if a.train_only:
         return ""
     common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, groups=groups, workers=a.workers)
@@ -178,7 +178,8 @@ def run(a) -> str:
 
 
 def with_pretrained_bn(best: Path, arch: str, weights: str) -> Path:
-    """``best-pretrained-bn.pth`` beside a run's ``best.pth``: the trained weights with the
+    """``<name>-pretrained-bn.pth`` beside a run's checkpoint ``<name>.pth`` (the one scored,
+    ``last.pth``), which records what chose it: the trained weights with the
     pretrained model's batch-norm running statistics (those of clean images).  Training in
     train mode moves the statistics to the compressed training images; scoring this variant
     on clean images separates what the weights kept from what the statistics changed."""
@@ -186,7 +187,7 @@ def with_pretrained_bn(best: Path, arch: str, weights: str) -> Path:
     from trainer.models import build_model
 
     best = Path(best)
-    out = best.with_name("best-pretrained-bn.pth")
+    out = best.with_name(f"{best.stem}-pretrained-bn.pth")
     if out.exists() and out.stat().st_mtime >= best.stat().st_mtime:
         return out
     state = checkpoint.load(best)
@@ -218,6 +219,7 @@ def write_meta(a, seconds: float) -> None:
         "groups": {"A": a.a_classes, "B": a.b_classes}, "seeds": a.seeds,
         "train_per_class": a.train_per_class, "val_per_class": a.val_per_class, "subset_seed": a.subset_seed,
         "order": "mixed", "shard_size": a.shard_size, "loader": loader,
+        "selection": common.selection_protocol(0),
         "wall_seconds_last_invocation": round(seconds)}, a.budget, runs)
 
 

@@ -13,6 +13,8 @@ subset holds for them.  ``DEST/subset.json`` records the source, the parameters 
 chosen files.  A second call with the same arguments changes nothing (the links keep their
 modification times, so the pipeline's plan and shards are reused); a call with other
 arguments for an existing DEST is refused rather than silently replacing the selection.
+``exclude`` draws from the images another subset did not take (the selection split of the
+experiments: train images outside the train subset), and :func:`check_disjoint` checks it.
 """
 from __future__ import annotations
 
@@ -41,9 +43,12 @@ def choose(files: list[str], n: int | None, seed: int, split: str, cls: str) -> 
 
 
 def make_subset(src: str | Path, dest: str | Path, per_class: dict[str, int | None],
-                classes: list[str] | None = None, seed: int = 0) -> Path:
-    """Make (or check and reuse) the subset folder ``dest``; returns it."""
+                classes: list[str] | None = None, seed: int = 0, exclude: str | Path | None = None) -> Path:
+    """Make (or check and reuse) the subset folder ``dest``; returns it.  ``exclude``: another
+    subset folder of the same source whose images are not drawn (a selection split carved
+    from the train images beside the train subset); the two are checked disjoint."""
     src, dest = Path(src).resolve(), Path(dest)
+    taken = _record(Path(exclude))["files"] if exclude is not None else {}
     selection: dict[str, dict[str, list[str]]] = {}
     for split, n in per_class.items():
         root = src / split
@@ -57,14 +62,14 @@ def make_subset(src: str | Path, dest: str | Path, per_class: dict[str, int | No
         selection[split] = {}
         for cls in sorted(wanted):
             files = [f.name for f in (root / cls).iterdir() if f.is_file() and not f.name.startswith(".")]
-            selection[split][cls] = choose(files, n, seed, split, cls)
+            left = set((taken.get(split) or {}).get(cls) or ())
+            selection[split][cls] = choose([f for f in files if f not in left], n, seed, split, cls)
     record = {"source": str(src), "per_class": per_class, "classes": classes, "seed": seed, "files": selection}
+    if exclude is not None:
+        record["disjoint_from"] = Path(exclude).name
     path = dest / RECORD
     if path.exists():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SubsetError(f"{path}: not a readable subset record ({exc}); remove {dest} to remake it") from None
+        old = _record(dest)
         if old != record:
             raise SubsetError(f"{dest} holds another subset (source, sizes, classes or seed differ); "
                               "remove it or choose another folder")
@@ -82,4 +87,37 @@ def make_subset(src: str | Path, dest: str | Path, per_class: dict[str, int | No
                 link.symlink_to(target)
     if not path.exists():
         atomic_write_json(path, record)
+    if exclude is not None:
+        check_disjoint(dest, exclude)
     return dest
+
+
+def _record(dest: Path) -> dict:
+    path = dest / RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SubsetError(f"{dest}: not a subset folder (no {RECORD})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SubsetError(f"{path}: not a readable subset record ({exc}); remove {dest} to remake it") from None
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        raise SubsetError(f"{path}: not a subset record (no files); remove {dest} to remake it")
+    return record
+
+
+def images(dest: str | Path) -> set[str]:
+    """The source images a subset folder holds: ``<source>/<split>/<class>/<file>`` paths."""
+    record = _record(Path(dest))
+    return {f"{record.get('source')}/{split}/{cls}/{name}" for split, by_class in record["files"].items()
+            for cls, names in by_class.items() for name in names}
+
+
+def check_disjoint(*dests: str | Path) -> None:
+    """A one-line error when two of these subset folders hold the same source image (a model
+    would then be trained, chosen or scored twice on it)."""
+    seen: dict[str, Path] = {}
+    for dest in map(Path, dests):
+        for image in sorted(images(dest)):
+            if image in seen:
+                raise SubsetError(f"{dest} and {seen[image]} share {image}: the subsets must be disjoint")
+            seen[image] = dest

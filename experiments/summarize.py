@@ -41,6 +41,9 @@ from pipeline.markdown import table  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
+from trainer.decisions.results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, check_selection,  # noqa: E402
+                               selected_on_scored, selection_unknown)
+
 METRIC_NOTES = {"top1": "top1: arg-max over all 1000 ImageNet classes",
                 "top1_present": "top1_present: arg-max over the classes present in the data only, e.g. Imagenette's 10"}
 
@@ -53,23 +56,40 @@ def column(row: dict) -> str:
 def _cell(v: list[float]) -> str:
     if not v:
         return "—"
-    return f"{statistics.mean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
+    return (f"{statistics.mean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
+            + (f" {SELECTED_MARK}" if getattr(v, "marked", False) else ""))
+
+
+def _selected_note(rows: list[dict]) -> str:
+    text = f"\n\n{SELECTED_NOTE}" if any(selected_on_scored(r) for r in rows) else ""
+    unknown = sum(selection_unknown(r) for r in rows if r.get("group") is None)
+    if unknown:
+        text += (f"\n\n{unknown} row(s) of checkpoints that do not record what chose them (written before "
+                 f"they did): whether they were chosen on the scored images is unknown.")
+    return text
 
 
 def _gain(e: list[float], f: list[float]) -> str | None:
     return f"{statistics.mean(e) - statistics.mean(f):+.2f}" if e and f else None
 
 
-def own_cells(rows: list[dict], metric: str) -> tuple[dict[tuple[str, str], list[float]], dict[str, dict]]:
+class Values(list):
+    """The values of one table cell; ``marked``: one of them comes from a checkpoint chosen on
+    the images it is scored on (let through with --allow-selected-on-scored)."""
+    marked = False
+
+
+def own_cells(rows: list[dict], metric: str) -> tuple[dict[tuple[str, str], Values], dict[str, dict]]:
     """{(setting, method key): values} of the whole-setting rows of models on their own setting
     (pretrained on every setting), and {setting: {"bytes": bytes/img, "psnr": dB}}."""
-    acc: dict[tuple[str, str], list[float]] = defaultdict(list)
+    acc: dict[tuple[str, str], Values] = defaultdict(Values)
     info: dict[str, dict] = defaultdict(dict)
     for r in rows:
         if r.get("group") is not None:
             continue
         if (r["method"] == "pretrained" or r.get("trained_on") == r["setting"]) and r.get(metric) is not None:
             acc[(r["setting"], column(r))].append(r[metric])
+            acc[(r["setting"], column(r))].marked |= selected_on_scored(r)
             for k, col in (("bytes", "mean_bytes"), ("psnr", "mean_psnr")):
                 if r.get(col) is not None:
                     info[r["setting"]][k] = r[col]
@@ -94,7 +114,7 @@ def report(rows: list[dict]) -> str:
     text = summarize(rows, "top1") + f"\n\n({METRIC_NOTES['top1']})"
     if any(r.get("top1_present") is not None for r in rows if r.get("group") is None):
         text += "\n\n" + summarize(rows, "top1_present") + f"\n\n({METRIC_NOTES['top1_present']})"
-    return text
+    return text + _selected_note(rows)
 
 
 def retention_report(rows: list[dict]) -> str:
@@ -113,7 +133,7 @@ def retention_report(rows: list[dict]) -> str:
         parts.append(f"1000-way top-1{arch} (%, mean ± sample std over {n} seed(s)):\n\n" + markdown(t, "top1"))
         parts.append(f"top1_present{arch} (%, arg-max over the group's own classes):\n\n"
                      + markdown(t, "top1_present"))
-    return "\n\n".join(parts)
+    return "\n\n".join(parts) + _selected_note(rows)
 
 
 #: the deployment targets: (what, the model's setting, the reference, the largest shortfall in points)
@@ -231,10 +251,12 @@ def compare_report(labelled: list[tuple[str, list[dict]]], setting: str | None =
     text = compare(labelled, setting, "top1") + f"\n\n({METRIC_NOTES['top1']})"
     if any(r.get("top1_present") is not None for _, rows in labelled for r in rows):
         text += "\n\n" + compare(labelled, setting, "top1_present") + f"\n\n({METRIC_NOTES['top1_present']})"
-    return text
+    return text + _selected_note([r for _, rows in labelled for r in rows])
 
 
-def load_rows(paths: list[Path]) -> list[dict]:
+def load_rows(paths: list[Path], allow_selected: bool = False) -> list[dict]:
+    """The rows of results files; rows scored on the images their checkpoint was chosen on are
+    refused unless ``allow_selected`` (``trainer.decisions.results.check_selection``)."""
     rows = []
     for path in paths:
         try:
@@ -244,7 +266,7 @@ def load_rows(paths: list[Path]) -> list[dict]:
         if not isinstance(data, list) or not all(isinstance(r, dict) and "method" in r and "setting" in r
                                                  for r in data):
             raise UserError(f"{path}: expected a list of trainer.eval rows")
-        rows += data
+        rows += check_selection(data, allow_selected, str(path))
     return rows
 
 
@@ -279,22 +301,19 @@ def budget_line(paths: list[Path]) -> str:
             f"val subset {m.get('val_per_class')} per class; {m.get('epochs')} epoch(s)"
             + (f" of {m['train_limit']} samples" if m.get("train_limit") else "")
             + f", batch {m.get('batch')}, {'/'.join(map(str, steps)) or '?'} steps per run, lr {m.get('lr')}, "
-            f"α {m.get('alpha')}; {m.get('device')} on {m.get('machine')}, loader workers {m.get('workers')}." + feed)
+            f"α {m.get('alpha')}; {m.get('device')} on {m.get('machine')}, loader workers {m.get('workers')}." + feed
+            + _selection_text(m.get("selection")))
     return "\n".join(lines)
 
 
-#: the README's generated blocks: block name -> the arguments that make it (paths from the repository root)
-README_BLOCKS = {
-    "imagenette": ["experiments/results/imagenette-h200-mixed.json"],
-    "imagenette-order": ["--compare", "sorted (old)=experiments/results/imagenette-h200-3seeds.json",
-                         "--compare", "mixed=experiments/results/imagenette-h200-mixed.json"],
-    "imagenette-order-cpu": ["--compare", "sorted=experiments/results/imagenette-cpu-order-sorted.json",
-                             "--compare", "mixed=experiments/results/imagenette-cpu-order-mixed.json"],
-    "retention": ["experiments/results/retention-cpu.json"],
-    "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
-    "imagenette-h200": ["experiments/results/imagenette-h200-3seeds.json"],
-    "imagenette-h200-labelfree": ["experiments/results/imagenette-h200-labelfree-j2k200.json"],
-}
+def _selection_text(selection) -> str:
+    """How the scored checkpoints were chosen (meta files written before this was recorded: nothing)."""
+    if isinstance(selection, dict):
+        return (f" Checkpoints chosen (best epoch) on {selection.get('per_class')} train images per class outside "
+                f"the train subset ({selection.get('split')}), never on the scored images.")
+    if selection:
+        return f" Checkpoints scored: the {selection} (no validation)."
+    return ""
 
 
 #: --view: name -> the report of a list of rows
@@ -302,7 +321,7 @@ VIEWS = {"table1": report, "retention": retention_report, "deployment": deployme
 
 
 def generate(results: list[Path], compared: list[str] = (), setting: str | None = None, view: str = "auto",
-             root: Path | None = None) -> str:
+             root: Path | None = None, allow_selected: bool = False) -> str:
     """The text of one summary (what the command prints and writes into a README block);
     relative paths are taken from ``root`` when given."""
     def at(p) -> Path:
@@ -317,7 +336,7 @@ def generate(results: list[Path], compared: list[str] = (), setting: str | None 
             if not sep or not label or not path:
                 raise UserError(f"--compare {item!r}: write LABEL=FILE")
             paths.append(at(path))
-            labelled.append((label, load_rows([paths[-1]])))
+            labelled.append((label, load_rows([paths[-1]], allow_selected)))
         if len(labelled) < 2:
             raise UserError("--compare: give two results files or more")
         text = compare_report(labelled, setting)
@@ -325,7 +344,7 @@ def generate(results: list[Path], compared: list[str] = (), setting: str | None 
         if not results:
             raise UserError("give one or more results files (or --compare LABEL=FILE ...)")
         paths = [at(p) for p in results]
-        rows = load_rows(paths)
+        rows = load_rows(paths, allow_selected)
         if view == "auto":
             view = ("deployment" if any("model" in r for r in rows) else
                     "retention" if any(r.get("group") is not None for r in rows) else "table1")
@@ -337,7 +356,7 @@ def generate(results: list[Path], compared: list[str] = (), setting: str | None 
 
 
 def block(argv: list[str], root: Path = ROOT) -> str:
-    """A README block's content from its arguments (``README_BLOCKS``)."""
+    """A README block's content from its arguments (``benchmarks/readme_block.py``)."""
     results, compared, setting, view, it = [], [], None, "auto", iter(argv)
     for arg in it:
         if arg == "--compare":
@@ -353,11 +372,31 @@ def block(argv: list[str], root: Path = ROOT) -> str:
 
 
 def write_block(readme: Path, name: str, content: str) -> None:
-    from benchmarks.readme_block import BlockError, replace_block
+    from pipeline.markdown import BlockError, replace_block
     try:
         atomic_write(readme, replace_block(readme.read_text(), name, content))
     except (BlockError, OSError) as exc:
         raise UserError(f"{readme}: {exc}") from None
+
+
+#: the README's experiment blocks: name -> the arguments that make them (paths from the repository
+#: root); the registry of every generated block (benchmarks/readme_block.py) takes them from here
+README_BLOCKS = {
+    "imagenette": ["experiments/results/imagenette-h200-mixed.json"],
+    "imagenette-order": ["--compare", "sorted (old)=experiments/results/imagenette-h200-3seeds.json",
+                         "--compare", "mixed=experiments/results/imagenette-h200-mixed.json"],
+    "imagenette-order-cpu": ["--compare", "sorted=experiments/results/imagenette-cpu-order-sorted.json",
+                             "--compare", "mixed=experiments/results/imagenette-cpu-order-mixed.json"],
+    "imagenette-h200": ["experiments/results/imagenette-h200-3seeds.json"],
+    "imagenette-h200-labelfree": ["experiments/results/imagenette-h200-labelfree-j2k200.json"],
+    "retention": ["experiments/results/retention-cpu.json"],
+    "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
+}
+
+
+def readme_blocks() -> dict:
+    """The experiment blocks: name -> arguments."""
+    return {name: list(argv) for name, argv in README_BLOCKS.items()}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -373,19 +412,27 @@ def write_block(readme: Path, name: str, content: str) -> None:
 @click.option("--block", "block_name", default="imagenette", show_default=True,
               help="Block name: <!-- NAME:start --> ... <!-- NAME:end -->.")
 @click.option("--all-blocks", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Regenerate every experiment block of this README (README_BLOCKS) from the results files.")
-@click.option("--only", multiple=True, type=click.Choice(list(README_BLOCKS)),
+              help="Regenerate every experiment block of this README (benchmarks/readme_block.py) "
+                   "from the results files.")
+@click.option("--only", multiple=True, metavar="NAME",
               help="With --all-blocks: only these blocks (repeatable).")
-def cli(results, compared, setting, view, readme, block_name, all_blocks, only):
+@click.option(ALLOW_SELECTED, "allow_selected", is_flag=True,
+              help=f"Show rows whose checkpoint was chosen on the images it is scored on, marked {SELECTED_MARK} "
+                   "(refused without it).")
+def cli(results, compared, setting, view, readme, block_name, all_blocks, only, allow_selected):
     """Mean ± spread over seeds of trainer.eval results."""
     if all_blocks:
-        for name, argv in README_BLOCKS.items():
+        blocks = readme_blocks()
+        unknown = sorted(set(only) - set(blocks))
+        if unknown:
+            raise UserError(f"--only {', '.join(unknown)}: not an experiment block ({', '.join(blocks)})")
+        for name, argv in blocks.items():
             if only and name not in only:
                 continue
             write_block(all_blocks, name, block(argv))
             click.echo(f"{all_blocks}: block {name} regenerated")
         return 0
-    text = generate(list(results), list(compared), setting, view)
+    text = generate(list(results), list(compared), setting, view, allow_selected=allow_selected)
     click.echo(text)
     if readme:
         source = " ".join(f"--compare {c}" for c in compared) if compared else " ".join(str(p) for p in results)

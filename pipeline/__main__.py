@@ -1,7 +1,7 @@
 """Command line: ``python -m pipeline shards --codec j2k --q 200 --src DIR --split val``.
 
 Every user error (bad value, missing folder, locked folder, full disk, ...) ends with one
-line ``Error: <input>: <reason>`` and a non-zero status, never a traceback (``-vv`` shows
+line ``error: <input>: <reason>`` (:mod:`pipeline.cli`) and a non-zero status, never a traceback (``-vv`` shows
 tracebacks of skipped images in the log).
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import click
 from . import manifest as manifest_mod
 from .atomic import AtomicWriteError, LockedError
 from .backends import BACKENDS, BackendError
+from .cli import CommandError, Group, one_line
 from .codecs import CodecError, available, get
 from .limits import DEFAULT_MAX_PIXELS, PixelBudgetError
 from .plan import DEFAULT_ORDER, DEFAULT_SEED, ORDERS
@@ -63,11 +64,7 @@ def _settings(codec: str | None, q: str | None, settings: str | None) -> list:
     return [(codec, _parse_q(q))]
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for tracebacks of skipped files).")
 def cli(verbose: int) -> None:
     """Pre-compression pipeline: image folder -> 224² crops -> codecs -> metrics -> WebDataset shards."""
@@ -79,7 +76,8 @@ def cli(verbose: int) -> None:
 @click.option("--codec", default=None, help=f"Codec name ({', '.join(available())}).")
 @click.option("--q", default=None, help="Quality value (JPEG quality, J2K compression ratio, BPG -q); none for lossless.")
 @click.option("--settings", default=None, metavar="NAMES",
-              help="Several settings in one pass, e.g. lossless,jpeg-10,j2k-200,bpg-41, or paper (lossless and the paper's nine).")
+              help="Several settings in one pass, e.g. lossless,jpeg-10,j2k-200,bpg-41, or paper (lossless and "
+                   "the paper's nine), or extended (WebP, AVIF and JPEG XL at the paper's J2K rates).")
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Image root: SRC/<split>/<class>/<image>.")
 @click.option("--split", default=None, help="Sub-folder of SRC to process (train, val, ...); omit to use SRC itself.")
 @click.option("--out", default="shards", show_default=True, type=click.Path(file_okay=False), help="Output root.")
@@ -123,7 +121,7 @@ def shards(codec, q, settings, src, split, out, layout, order, seed, jobs, shard
                           seed=seed, backend=backend, scheduler=scheduler, num_nodes=num_nodes, node_rank=node_rank,
                           pixel_budget=max_pixels, verify=verify)
     except USER_ERRORS as exc:
-        raise click.ClickException(_one_line(exc)) from None
+        raise CommandError(one_line(exc)) from None
     worst = None
     for name, m in manifests.items():
         if m is None:
@@ -140,7 +138,7 @@ def shards(codec, q, settings, src, split, out, layout, order, seed, jobs, shard
         click.echo(f"{len(m['failed'])} input(s) skipped in {name}; see 'failed' in its manifest, e.g. "
                    f"{m['failed'][0]['path']}: {m['failed'][0]['reason']}", err=True)
         if frac > max_failed:
-            raise click.ClickException(f"{name}: {len(m['failed'])} of {m['count'] + len(m['failed'])} inputs failed "
+            raise CommandError(f"{name}: {len(m['failed'])} of {m['count'] + len(m['failed'])} inputs failed "
                                        f"({100 * frac:.1f}%), more than --max-failed {max_failed:g}; the manifest "
                                        "lists them")
 
@@ -156,7 +154,7 @@ def manifest(folders, verify):
         try:
             m = write_manifest(folder, verify=verify)
         except USER_ERRORS as exc:
-            raise click.ClickException(_one_line(exc)) from None
+            raise CommandError(one_line(exc)) from None
         manifest_mod.print_summary(m)
 
 
@@ -172,7 +170,7 @@ def check(folders, deep):
         try:
             pairing = check_reference(folder, deep=deep)
         except USER_ERRORS as exc:
-            raise click.ClickException(_one_line(exc)) from None
+            raise CommandError(one_line(exc)) from None
         if pairing is None:
             click.echo(f"{folder}: self-contained (pair layout or lossless)")
         else:
@@ -196,8 +194,11 @@ def summary(folders):
         try:
             m = manifest_mod.read(folder)
         except USER_ERRORS as exc:
-            raise click.ClickException(_one_line(exc)) from None
+            raise CommandError(one_line(exc)) from None
         manifest_mod.print_summary(m)
+
+
+cli.user_errors = (CodecError, SettingError, PixelBudgetError, BackendError, AtomicWriteError, LockedError)
 
 
 def main(argv=None):

@@ -21,6 +21,16 @@ LOSSLESS = "lossless"
 PAPER_SETTINGS = (LOSSLESS, "jpeg-75", "jpeg-10", "jpeg-5", "j2k-75", "j2k-200", "j2k-400",
                   "bpg-41", "bpg-46", "bpg-51")
 PAPER = "paper"
+#: WebP, AVIF and JPEG XL at the rates of the paper's j2k-75, j2k-200 and j2k-400 (2003, 761
+#: and 390 bytes a crop): for each rate, the quality whose mean bytes on Imagenette val crops
+#: come closest (bisected on 300 crops, checked against q - 1 and q + 1 on 1000).  None of the three gets down to 761 bytes on a 224² crop (their lowest
+#: quality makes 900-1300 bytes), so its lowest quality stands for both j2k-200 and j2k-400.
+#: docs/codecs.md has the numbers; ``experiments/extended_settings.py`` finds and checks them.
+#: ``--settings extended``.
+EXTENDED_SETTINGS = ("webp-7", "webp-0", "avif-28", "avif-0", "jxl-13", "jxl-0")
+EXTENDED = "extended"
+#: names that stand for a set of settings in a list of names
+SETTING_SETS = {PAPER: PAPER_SETTINGS, EXTENDED: EXTENDED_SETTINGS}
 
 _CODEC = re.compile(r"[a-z][a-z0-9_]*")
 _NAME = re.compile(r"(?P<codec>[a-z][a-z0-9_]*)(?:-(?P<q>\d+(?:\.\d+)?))?")
@@ -85,9 +95,9 @@ class Setting:
     @classmethod
     def parse_list(cls, text: str | Iterable[str]) -> list["Setting"]:
         """``"jpeg-75,jpeg-10,lossless"`` (or a list of names) -> settings, duplicates refused;
-        ``paper`` stands for :data:`PAPER_SETTINGS`."""
+        ``paper`` stands for :data:`PAPER_SETTINGS`, ``extended`` for :data:`EXTENDED_SETTINGS`."""
         parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else text)]
-        parts = [n for p in parts for n in (PAPER_SETTINGS if p == PAPER else (p,))]
+        parts = [n for p in parts for n in SETTING_SETS.get(p, (p,))]
         out = [cls.parse(p) for p in parts if p]
         if not out:
             raise SettingError(f"no setting names in {text!r}")

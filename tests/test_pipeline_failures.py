@@ -34,10 +34,10 @@ def _run_cli(*args) -> tuple[int, str]:
 
 
 def _one_line_error(code: int, text: str) -> str:
-    """The CLI failed with one 'Error:' line and no traceback; return that line."""
+    """The CLI failed with one 'error:' line and no traceback; return that line."""
     assert code != 0, text
     assert "Traceback" not in text, text
-    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, text
     return errors[0]
 
@@ -329,3 +329,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_every_command_error_is_one_lowercase_error_line(image_folder, tmp_path):
+    """The pipeline's usage errors and the errors its commands let through print like the
+    trainer's: one ``error:`` line, status 2 for a usage error, 1 for a user error."""
+    src, _ = image_folder
+    code, text = _run_cli("shards", "--codec", "jpeg", "--q", "10", "--src", tmp_path / "absent", "--out", tmp_path / "o")
+    assert code == 2 and "Usage" not in text and "absent" in _one_line_error(code, text)
+    code, text = _run_cli("shards", "--codec", "nope", "--src", src, "--out", tmp_path / "o", "--no-progress")
+    assert code == 1 and "unknown codec 'nope'" in _one_line_error(code, text)

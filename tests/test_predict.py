@@ -1,4 +1,4 @@
-"""trainer.predict, the receiver: bitstreams in, top-5 out, bad files reported and skipped."""
+"""trainer.decisions.predict, the receiver: bitstreams in, top-5 out, bad files reported and skipped."""
 from __future__ import annotations
 
 import io

@@ -1,4 +1,4 @@
-"""trainer.recommend on a hand-made set of (bytes, top-1) points with known answers."""
+"""trainer.decisions.recommend on a hand-made set of (bytes, top-1) points with known answers."""
 from __future__ import annotations
 
 import json

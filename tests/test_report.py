@@ -1,4 +1,4 @@
-"""trainer.report on tiny hand-written manifests and results: the tables repeat the inputs,
+"""trainer.decisions.report on tiny hand-written manifests and results: the tables repeat the inputs,
 blanks where nothing was measured, and the figures plot exactly what their CSVs say."""
 from __future__ import annotations
 

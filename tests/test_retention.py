@@ -181,13 +181,15 @@ def test_retention_script_end_to_end(tmp_path, capsys):
     assert sorted(manifest["class_index"].values()) == [0, 217]           # A only, ImageNet indices
     meta = json.loads((results.parent / "ret.meta.json").read_text())
     assert meta["groups"]["B"] == ["n02979186", "n03000684"] and meta["steps_per_run"] == [2]
+    assert meta["selection"] == "last epoch"
+    assert all(r["selected_on_scored_data"] is False for r in rows)
     out = capsys.readouterr().out
     assert "A (own setting)" in out and "B (lossless)" in out
     # the batch-norm check: the trained weights with the pretrained statistics, on clean images only
     bn = json.loads((results.parent / "bn.json").read_text())
     assert {r["setting"] for r in bn} == {"lossless"}
-    assert sorted({r["checkpoint"] for r in bn if r["checkpoint"]}) == sorted(
-        str(tmp_path / "out" / "runs" / run / "best-pretrained-bn.pth")
+    assert sorted({r["checkpoint"] for r in bn if r["checkpoint"]}) == sorted(   # relative to the results file
+        f"../out/runs/{run}/last-pretrained-bn.pth"
         for run in ("finetune-jpeg-10-s0", "expert-jpeg-10-s0", "expert-teacher-jpeg-10-s0"))
     before = (results.read_text(), (tmp_path / "out" / "runs" / "finetune-jpeg-10-s0" / "metrics.jsonl").read_text())
     assert retention.main(argv) == 0
@@ -230,7 +232,7 @@ def test_readme_blocks_are_generated_from_the_results_files():
     import re
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    for name, argv in summarize.README_BLOCKS.items():
+    for name, argv in summarize.readme_blocks().items():
         m = re.search(rf"<!-- {re.escape(name)}:start -->\n(.*?)\n<!-- {re.escape(name)}:end -->", text, re.S)
         assert m, f"README.md has no {name} block"
         assert m.group(1).strip() == summarize.block(argv).strip(), f"README block {name} is out of date"
@@ -249,7 +251,7 @@ def _md_tables(text):
 
 
 def test_report_retention_cells_are_the_mean_and_std_of_the_input_rows(tmp_path, capsys):
-    """trainer.report on group rows (A and B on the compressed setting, B on the clean images) of
+    """trainer.decisions.report on group rows (A and B on the compressed setting, B on the clean images) of
     pretrained / fine-tune / expert over 3 seeds: every cell of retention.md and retention.csv is
     the mean ± sample std of its input values, computed here with numpy; rows without groups give
     no retention section."""

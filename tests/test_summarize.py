@@ -67,7 +67,7 @@ def test_imagenette_script_runs_through_the_apis(tmp_path, capsys):
     from experiments import imagenette
 
     for split, seed in (("train", 0), ("val", 100)):
-        make_image_folder(tmp_path / "src", classes=("n01440764", "n02102040"), per_class=2, size=(260, 240),
+        make_image_folder(tmp_path / "src", classes=("n01440764", "n02102040"), per_class=3, size=(260, 240),
                           split=split, seed=seed)
     torch.manual_seed(0)
     torch.save(build_model("mobilenet_v3_small", None, 1000).net.state_dict(), tmp_path / "w.pth")
@@ -75,6 +75,7 @@ def test_imagenette_script_runs_through_the_apis(tmp_path, capsys):
     argv = ["--src", str(tmp_path / "src"), "--weights", str(tmp_path / "w.pth"), "--arch", "mobilenet_v3_small",
             "--settings", "jpeg-10", "--methods", "finetune expert-teacher", "--seeds", "0", "--epochs", "1",
             "--train-limit", "4", "--batch", "2", "--workers", "0", "--jobs", "1", "--out", str(out),
+            "--train-per-class", "2", "--val-per-class", "2", "--select-per-class", "1",
             "--shards", str(tmp_path / "shards"), "--device", "cpu"]
     assert imagenette.main(argv) == 0
     rows = json.loads((out / "results.json").read_text())
@@ -82,6 +83,11 @@ def test_imagenette_script_runs_through_the_apis(tmp_path, capsys):
         ("expert", "teacher"), ("finetune", "dataset"), ("pretrained", "dataset")]
     assert all(r["count"] == 4 and r["skipped"] == 0 for r in rows)
     assert (out / "runs" / "expert-teacher-jpeg-10-s0" / "best.pth").exists()
+    # chosen on the selection split, scored on the val images: never flagged
+    assert all(r["selected_on_scored_data"] is False for r in rows)
+    assert all(r["checkpoint"].endswith("best.pth") for r in rows if r["checkpoint"])
+    meta = json.loads((out / "results.meta.json").read_text())
+    assert meta["selection"] == {"split": "train-select", "per_class": 1}
     summary = (out / "summary.md").read_text()
     assert "| jpeg-10 |" in summary and "expert (teacher labels)" in summary
     assert (out / "reports" / "table1.md").exists()

@@ -51,7 +51,7 @@ def weights_file(tmp_path_factory):
 def one_error_line(err: str) -> str:
     lines = [l for l in err.splitlines() if l.strip()]
     assert "Traceback" not in err, err[-3000:]
-    errors = [l for l in lines if l.startswith("error:") or l.startswith("Error:")]
+    errors = [l for l in lines if l.startswith("error:")]
     assert len(errors) == 1, err[-3000:]
     return errors[0]
 

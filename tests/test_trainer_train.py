@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -99,6 +100,14 @@ def test_teacher_cache_gives_the_live_loss(shards, tmp_path):
     assert p.exists() and validate(p, ss[0], ARCH, state_dict_hash(teacher)) is None
     assert validate(p, ss[0], "resnet18", state_dict_hash(teacher)) is not None
     assert validate(p, ss[0], ARCH, "0" * 16) is not None
+    # a tar touched behind its manifest's back gives the shards another identity: the cache is not used
+    tar, st = ss[0].shards[0], os.stat(ss[0].shards[0])
+    os.utime(tar, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        assert "other shards" in validate(p, ss[0], ARCH, state_dict_hash(teacher))
+    finally:
+        os.utime(tar, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert validate(p, ss[0], ARCH, state_dict_hash(teacher)) is None
     batch = _batch(shards, need_clean=True, caches=caches)
     assert batch["teacher"].dtype == torch.float16 and batch["teacher"].shape == (4, 1000)
     with torch.no_grad():

@@ -2,7 +2,8 @@
 ``main(argv)`` returns an exit status (console-script ready, and callable from tests).
 
 Exit status: 0 success, 1 a user error (bad input file, refused checkpoint, data loss ...;
-one line on stderr naming the input), 2 a usage error (click's), 130 interrupted.
+one line on stderr naming the input), 2 a usage error (click's), 130 interrupted; every error
+is one ``error: ...`` line (:mod:`pipeline.cli`, the pipeline's commands print theirs alike).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Iterable
 import click
 
 from pipeline.atomic import AtomicWriteError, LockedError
+from pipeline.cli import show
 from pipeline.layout import PairingError
 from pipeline.limits import PixelBudgetError
 from pipeline.manifest import ManifestError
@@ -61,7 +63,7 @@ def run_click(cli: click.Command, argv: list[str] | None, prog_name: str, multi:
     try:
         return cli.main(args=args, prog_name=prog_name, standalone_mode=False) or 0
     except click.ClickException as exc:
-        exc.show()
+        show(exc)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -31,18 +31,46 @@ import os
 from pathlib import Path
 
 from pipeline.atomic import AtomicWriteError, atomic_write_json
+from pipeline.manifest import digest as manifest_digest
 
 from .models import load_model, model_identity
 
 log = logging.getLogger("trainer.eval")
 
 #: bump when what a row means changes (a new score, another skip rule): old entries are then unused
-VERSION = 1
+#: (2: rows carry ``selected_on_scored_data``)
+VERSION = 2
 #: the folder name beside the results file
 DIR_NAME = "eval-cache"
 #: EvalConfig fields that cannot change a row (what to evaluate, where to write, how fast)
 NOT_IN_KEY = frozenset({"shards", "checkpoints", "weights", "arch", "num_classes", "out", "overwrite",
                         "batch_size", "workers", "device", "threads", "progress", "cache", "cache_dir", "force"})
+
+
+#: what a checkpoint records when no shard folder chose it (``trainer.training``)
+LAST_EPOCH = "last epoch"
+TRAIN_LOSS = "train loss"
+
+
+def selection_record(sets: list, metric: str) -> dict:
+    """What a checkpoint chosen by ``metric`` on the shard sets ``sets`` records as
+    ``selected_on``: per setting folder, its manifest digest and the shard file names."""
+    return {"by": metric, "folders": [{"setting": s.name, "manifest": manifest_digest(s.manifest),
+                                       "shards": sorted(os.path.basename(p) for p in s.shards)} for s in sets]}
+
+
+def selected_on_scored(selected_on, s) -> bool | None:
+    """Whether a checkpoint's ``selected_on`` record shares images with the shard set ``s``:
+    the same manifest content and at least one shard file in common.  None: the record is
+    missing or unreadable (a checkpoint written before the record existed)."""
+    if selected_on in (LAST_EPOCH, TRAIN_LOSS):
+        return False
+    folders = selected_on.get("folders") if isinstance(selected_on, dict) else None
+    if not isinstance(folders, list):
+        return None
+    digest, names = manifest_digest(s.manifest), {os.path.basename(p) for p in s.shards}
+    return any(isinstance(f, dict) and f.get("manifest") == digest and names & set(f.get("shards") or ())
+               for f in folders)
 
 
 def _no_nan(row: dict) -> dict:

@@ -13,6 +13,11 @@ With class groups (``EvalConfig.groups``, ``--group A=...``; ``trainer/groups.py
 ``top1_present`` the top-1 with the arg-max over the group's classes only.  A skipped
 sample's class is unknown, so a group row's ``skipped`` is the setting's, and its
 ``expected`` is None.
+
+``selected_on_scored_data`` says whether the checkpoint was chosen (best epoch) on the images
+of that setting folder (``trainer.eval_cache.selected_on_scored``): such a score is optimistic
+and the decisions refuse it unless asked.  False for plain weights and for a checkpoint
+chosen without validation, None for a checkpoint that does not record what chose it.
 """
 from __future__ import annotations
 
@@ -25,21 +30,26 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_output, atomic_write
+from pipeline.provenance import portable_path
 
 from . import loop
 from .clitools import UserError
 from .config import EvalConfig
 from .data import DataLossError, ShardSet, check_classes, check_skips, group_shards, make_eval_loader
 from .distributed import Dist, init_distributed
-from .eval_cache import EvalCache, Summary, ordered
+from .eval_cache import EvalCache, Summary, ordered, selected_on_scored
 from .groups import resolve as resolve_groups
 
 log = logging.getLogger("trainer.eval")
 
+#: the columns that hold local paths: stored relative to the results file (``portable_rows``)
+PATH_COLUMNS = ("checkpoint", "weights", "shards_dir")
+
 #: the columns of results.json / results.csv, in order (more may follow)
 COLUMNS = ["checkpoint", "weights", "arch", "method", "trained_on", "labels", "setting", "codec", "q", "split",
            "shards_dir", "top1", "top5", "top1_present", "count", "labelled", "skipped", "expected", "loss",
-           "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "epoch", "group", "group_classes"]
+           "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "epoch", "group", "group_classes",
+           "selected_on_scored_data"]
 
 
 def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64, workers: int = 2,
@@ -86,7 +96,9 @@ def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64
                "expected": s.count if limit is None else None,
                "loss": r["loss"], "mean_bytes": mean.get("bytes"), "mean_bpp": mean.get("bpp"),
                "mean_psnr": mean.get("psnr"), "mean_ssim": mean.get("ssim"), "epoch": meta.get("epoch"),
-               "group": None, "group_classes": None}
+               "group": None, "group_classes": None,
+               "selected_on_scored_data": (False if meta.get("checkpoint") is None
+                                           else selected_on_scored(meta.get("selected_on"), s))}
         rows.append(row)
         for name, g in (r.get("groups") or {}).items():
             rows.append({**row, **{k: g[k] for k in ("top1", "top5", "top1_present", "loss", "labelled")},
@@ -110,10 +122,19 @@ def _row_id(r: dict) -> tuple:
             r.get("setting"), r.get("shards_dir"), r.get("group"))
 
 
+def portable_rows(rows: list[dict], results: str | os.PathLike) -> list[dict]:
+    """The rows as the results file ``results`` stores them: paths relative to its folder, so
+    that the file names no folder of the machine it was written on."""
+    base = Path(results).parent
+    return [{**r, **{k: portable_path(r[k], base) for k in PATH_COLUMNS if r.get(k) is not None}} for r in rows]
+
+
 def write_results(path: str | os.PathLike, rows: list[dict], merge: bool = True) -> tuple[Path, Path]:
     """JSON list at ``path`` and the same rows as CSV next to it (same stem, .csv), each
-    written atomically.  ``merge``: keep the rows already there for other (model, setting) pairs."""
+    written atomically, paths relative to ``path``'s folder.  ``merge``: keep the rows already
+    there for other (model, setting) pairs."""
     path = Path(path)
+    rows = portable_rows(rows, path)
     if merge and path.exists():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))

@@ -165,7 +165,8 @@ def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
     """(model, meta) from a run checkpoint (arch read from it) or plain weights (arch needed).
 
     meta: arch, num_classes, method ("pretrained" for plain weights), trained_on, labels,
-    checkpoint (path or None), weights, epoch, args."""
+    checkpoint (path or None), weights, epoch, args, selected_on (a run checkpoint's record of
+    what chose it: ``trainer.eval_cache.selected_on_scored``; None if it has none)."""
     if is_weights_file(path_or_weights):
         sd, ckpt = load_state_dict_file(path_or_weights)
         if ckpt is not None:
@@ -180,7 +181,8 @@ def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
             args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
             meta = {"checkpoint": str(path_or_weights), "weights": args.get("weights"), "arch": a,
                     "num_classes": n, "method": args.get("method"), "trained_on": args.get("trained_on"),
-                    "labels": args.get("labels", "dataset"), "epoch": ckpt.get("epoch"), "args": args}
+                    "labels": args.get("labels", "dataset"), "epoch": ckpt.get("epoch"), "args": args,
+                    "selected_on": ckpt.get("selected_on")}
             return _classifier(net, a), meta
         if arch is None:
             raise ModelError(f"{path_or_weights} holds plain weights: give --arch")

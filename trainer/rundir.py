@@ -46,6 +46,10 @@ class RunDir:
         return self.path / LAST
 
     @property
+    def args_json(self) -> Path:
+        return self.path / ARGS_JSON
+
+    @property
     def args_yaml(self) -> Path:
         return self.path / ARGS_YAML
 

@@ -22,6 +22,7 @@ from .data import (LoaderSpec, check_classes, check_skips, default_workers, desc
                    make_train_loader, use_gpu_jpeg)
 from .distributed import barrier, init_distributed, mix_seed, seed_everything
 from .data.mixing import asked_shares, check_mixable, setting_weights, shares
+from .eval_cache import LAST_EPOCH, TRAIN_LOSS, selection_record
 from .models import build_model, freeze_all_but_head, norm_layers
 from .rundir import RunDir
 from .teacher_cache import resolve_caches
@@ -29,8 +30,12 @@ from .teacher_cache import resolve_caches
 log = logging.getLogger("trainer.run")
 
 #: what a run checkpoint holds (plain types only: it is read back with weights_only=True)
+#: "selected_on": what chose the checkpoint (``trainer.eval_cache.selection_record``, LAST_EPOCH or
+#: TRAIN_LOSS); trainer.eval flags a score on the same images (missing in older checkpoints: unknown);
+#: "trained_on" and "bn": what it was trained on and how (:func:`trained_on`; read back with
+#: ``trainer.checkpoint.training_settings`` and ``bn_mode``)
 CHECKPOINT_KEYS = ("model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric",
-                   "trained_on", "bn")
+                   "selected_on", "trained_on", "bn")
 
 
 def trained_on(sets, weights: list[float]) -> list[dict]:
@@ -190,6 +195,10 @@ def train(config: TrainConfig) -> TrainResult:
     val_gpu_jpeg = c.gpu_decode and bool(val_sets) and use_gpu_jpeg(val_sets, d.device, True, "validation", quiet=True)
     last_val: dict = {}
     names, mixed = [s.name for s in train_sets], len(train_sets) > 1
+    if val_sets:
+        best_on = selection_record(val_sets, "val_top1" if c.best_metric == "top1" else "val_loss")
+    else:  # the lowest train loss: the last epoch of a one-epoch run, never the evaluation images
+        best_on = TRAIN_LOSS
     for epoch in range(start_epoch, c.epochs):
         torch.manual_seed(mix_seed(c.seed, epoch, d.rank, 3))  # dropout / noise: depends on the epoch only
         loader, n_batches = make_train_loader(train_sets, spec, epoch=epoch, rank=d.rank, world=d.world,
@@ -235,9 +244,9 @@ def train(config: TrainConfig) -> TrainResult:
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "args": args, "best_metric": best, "metrics": row,
                      "trained_on": trained_on(train_sets, weights), "bn": c.bn}
-            checkpoint.save(state, run.last)
+            checkpoint.save({**state, "selected_on": LAST_EPOCH}, run.last)
             if improved:
-                checkpoint.save(state, run.best)
+                checkpoint.save({**state, "selected_on": best_on}, run.best)
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                       for k, v in row.items()))
         barrier(d)

@@ -2,12 +2,12 @@
 webdataset readers of the shards.
 
 Importing this package registers every codec module.  Libraries behind a codec (PyAV for
-BPG, glymur for J2K encoding) are imported only when they are used, so a missing one fails
-with a clear message then, not here.
+BPG, glymur for J2K encoding, imagecodecs for JPEG XL) are imported only when they are
+used, so a missing one fails with a clear message then, not here.
 """
 from .base import (Codec, CodecError, Option, PictureTooLargeError, available, create, decode_any, detect,
                    get, register)
-from . import bpg, jpeg, j2k, lossless  # noqa: F401  (registration)
+from . import avif, bpg, jpeg, j2k, jxl, lossless, webp  # noqa: F401  (registration)
 from .wds import wds_handler, wds_handler_for
 
 __all__ = ["Codec", "CodecError", "Option", "PictureTooLargeError", "available", "create", "decode_any",

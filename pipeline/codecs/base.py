@@ -16,7 +16,7 @@ import abc
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -156,6 +156,16 @@ class Codec(abc.ABC):
         except PixelBudgetError as exc:
             raise PictureTooLargeError(str(exc)) from None
 
+    @classmethod
+    def check_header(cls, data: bytes, size_of: Callable[[bytes], tuple[int, int]], what: str) -> None:
+        """Read the picture size with ``size_of`` (a header reader raising ValueError) and
+        check it against the pixel budget, before a decoder sees the data."""
+        try:
+            width, height = size_of(data)
+        except ValueError as exc:
+            raise CodecError(f"undecodable {what} data ({len(data)} bytes): {exc}") from None
+        cls.check_pixels(width, height)
+
     def versions(self) -> dict[str, str]:
         """Versions of the libraries (or tools) behind this codec (written into manifests)."""
         return {}
@@ -253,7 +263,8 @@ _DECODERS: dict[type[Codec], Codec] = {}
 
 
 def decode_any(data: bytes) -> np.ndarray:
-    """Decode a JPEG / JPEG 2000 / BPG / PNG bitstream, recognised by its content."""
+    """Decode a bitstream of any registered codec (JPEG, JPEG 2000, BPG, WebP, AVIF, JPEG XL,
+    PNG), recognised by its content."""
     cls = detect(data)
     if cls not in _DECODERS:
         _DECODERS[cls] = cls(cls.default_q)

@@ -14,13 +14,10 @@ import PIL
 from PIL import Image, features
 
 from .base import Codec, Option, pil_decode, register
+from .headers import webp_image_chunk, webp_size
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _is_webp(data: bytes) -> bool:
-    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
 
 
 @register
@@ -36,12 +33,15 @@ class LosslessCodec(Codec):
 
     def decode(self, data: bytes) -> np.ndarray:
         # a receiver may get lossless images as WebP or PNG; Pillow decodes both
+        if webp_image_chunk(data) is not None:
+            self.check_header(data, webp_size, "lossless WebP")
         return pil_decode(data, "lossless WebP/PNG", ["WEBP", "PNG"])
 
     @classmethod
     def sniff(cls, data: bytes) -> bool:
-        # PNG too: a receiver may get lossless images in either format; Pillow decodes both
-        return _is_webp(data) or data.startswith(PNG_MAGIC)
+        # PNG too: a receiver may get lossless images in either format; Pillow decodes both.
+        # Lossy WebP (a VP8 picture) is the webp codec's.
+        return webp_image_chunk(data) == b"VP8L" or data.startswith(PNG_MAGIC)
 
     @classmethod
     def versions(cls):

@@ -6,9 +6,9 @@
 
 webdataset decodes JPEG and JPEG 2000 through Pillow itself but knows nothing of BPG; this
 handler decodes every codec bitstream (``comp.bpg``, ``comp.jp2``, ``comp.j2k``,
-``comp.jpg``) with the project's own decoders — the pixels the manifests' PSNR and SSIM
-were measured on, under the pixel budget — and leaves everything else (``clean.webp``,
-``cls``, ``json``) to the handlers after it.  ``wds_handler_for("torchrgb")`` gives the
+``comp.jpg``, ``comp.webp``, ``comp.avif``, ``comp.jxl``) with the project's own decoders —
+the pixels the manifests' PSNR and SSIM were measured on, under the pixel budget — and
+leaves everything else (``clean.webp``, ``cls``, ``json``) to the handlers after it.  ``wds_handler_for("torchrgb")`` gives the
 other webdataset image specs.
 """
 from __future__ import annotations
@@ -50,7 +50,9 @@ def wds_handler_for(imagespec: str = "rgb8") -> Callable[[str, bytes], Any]:
     extensions = _codec_extensions()
 
     def handler(key: str, data: bytes):
-        if key.rsplit(".", 1)[-1].lower() not in extensions:
+        # webdataset passes ".comp.webp"; only comp.* is a bitstream (clean.webp is not lossy WebP)
+        field, _, ext = key.lstrip(".").lower().rpartition(".")
+        if field != "comp" or ext not in extensions:
             return None
         rgb = decode_any(data)                    # recognised by content; CodecError if bad
         return rgb if imagespec == "rgb8" else _convert(rgb, imagespec)

@@ -241,7 +241,7 @@ def decode_batches(batch_size: int, need_comp: bool, need_clean: bool, caches: d
     partial one when ``partial``).  A sample that fails is skipped and recorded, never the run.
 
     ``gpu_jpeg``: JPEG bitstreams are left undecoded (``comp_jpeg``: the bytes end to end,
-    ``comp_jpeg_lengths``) for :func:`trainer.loop.decode_on_device`; their headers are checked
+    ``comp_jpeg_lengths``) for :class:`trainer.data.DeviceJpeg`; their headers are checked
     here (pixel budget, equal sizes).  ``acked``: in a worker, reuse the batch buffers the main
     process has copied out (:class:`_Ring`, :class:`_CopyOut`)."""
     def stage(src):

@@ -35,7 +35,7 @@ class LoaderSpec:
     shuffle_buffer: int = 1000
     resampled: bool = False
     seed: int = 0
-    gpu_jpeg: bool = False               # leave JPEG bitstreams for the GPU (trainer.loop.decode_on_device)
+    gpu_jpeg: bool = False               # leave JPEG bitstreams for the GPU (trainer.data.DeviceJpeg)
 
 
 def default_workers() -> int:

@@ -4,8 +4,8 @@
     python -m trainer.decisions.predict --model mobilenet_v2_imagenet.pth --arch mobilenet_v2 *.jpg
     python -m trainer.decisions.predict --arch resnet50 --weights IMAGENET1K_V1 --json image.jpg
 
-Files are recognised by content (JPEG, JPEG 2000 codestream or JP2, BPG, PNG, WebP), never
-by extension, and decoded exactly as a receiver would (``pipeline.codecs.decode_any``).
+Files are recognised by content (JPEG, JPEG 2000 codestream or JP2, BPG, lossy and lossless
+WebP, AVIF, JPEG XL codestream or container, PNG), never by extension, and decoded exactly as a receiver would (``pipeline.codecs.decode_any``).
 
 Geometry: a camera following the paper transmits the 224x224 crop itself, which is fed to
 the model as is.  Any other size gets the rule that made those crops (and ImageNet
@@ -222,7 +222,7 @@ def _default_device() -> str:
               help="Largest received file read.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (errors included) to stdout.")
 def cli(files, model_path, arch, weights, k, batch_size, device, max_pixels, max_bytes, as_json):
-    """Classify received bitstreams (JPEG, JPEG 2000, BPG, PNG; detected by content)."""
+    """Classify received bitstreams (JPEG, JPEG 2000, BPG, WebP, AVIF, JPEG XL, PNG; detected by content)."""
     if (model_path is None) == (weights is None):
         raise click.UsageError("give --model PATH, or --arch with --weights NAME")
     if weights is not None and arch is None:

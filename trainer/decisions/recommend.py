@@ -33,7 +33,8 @@ from pipeline.setting import Setting
 from trainer.clitools import FiniteFloat, run_click
 from trainer.vocab import title as method_name
 
-from .results import Result, ResultsError, SettingStats, load_manifests, load_results, quality_of, rate_of, single_split
+from .results import (ALLOW_SELECTED, SELECTED_NOTE, Result, ResultsError, SettingStats,
+                      check_selection, load_manifests, load_results, mark, quality_of, rate_of, single_split)
 
 UNITS = {"bytes": "bytes/image", "bpp": "bpp"}
 
@@ -288,7 +289,10 @@ def stats_from(manifests: Path | None, split: str) -> dict[str, SettingStats]:
               help="Only these methods (repeatable; pretrained, stability, finetune, expert, expert+teacher).")
 @click.option("--interpolate", is_flag=True, help="Also estimate untested q between measured settings.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def cli(results_paths, budget, bpp, min_top1, manifests, split, archs, methods, interpolate, as_json):
+@click.option(ALLOW_SELECTED, "allow_selected", is_flag=True,
+              help="Also use rows whose checkpoint was chosen on the images it is scored on (refused without it).")
+def cli(results_paths, budget, bpp, min_top1, manifests, split, archs, methods, interpolate, as_json,
+        allow_selected):
     """Pareto front of (rate, top-1) and the best measured choice for a budget."""
     if budget is not None and bpp is not None:
         raise click.UsageError("give --budget (bytes/image) or --bpp, not both")
@@ -297,6 +301,9 @@ def cli(results_paths, budget, bpp, min_top1, manifests, split, archs, methods, 
         results, dropped = single_split(load_results(results_paths), split)
         if dropped:
             click.echo(f"warning: results of split(s) {', '.join(dropped)} left out (--split {split})", err=True)
+        check_selection(results, allow_selected)
+        if mark(results):
+            click.echo(f"warning: {SELECTED_NOTE}", err=True)
         options = options_from(results, stats_from(manifests, split))
     except ResultsError as exc:
         raise click.ClickException(str(exc)) from exc

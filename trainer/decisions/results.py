@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.manifest import Manifest, ManifestError
+from pipeline.provenance import resolve_path
 from pipeline.setting import Setting, SettingError
 from trainer import vocab
 from trainer.clitools import UserError
@@ -40,6 +41,55 @@ REQUIRED_RESULT_KEYS = ("arch", "method", "setting", "top1")
 
 class ResultsError(UserError, ValueError):
     """A results / manifest file that cannot be used (the message names the file)."""
+
+
+# --------------------------------------------------------------------------- selection
+
+#: the results column (``trainer.evaluation``): the checkpoint was chosen on the images it scores
+SELECTED = "selected_on_scored_data"
+#: the option that lets such rows through, marked
+ALLOW_SELECTED = "--allow-selected-on-scored"
+SELECTED_MARK = "†"
+SELECTED_NOTE = (f"{SELECTED_MARK} the checkpoint was chosen (best epoch) on the images it is scored on "
+                 f"({ALLOW_SELECTED}): an optimistic score.")
+
+
+def _field(row, key: str, attr: str | None = None):
+    return row.get(key) if isinstance(row, dict) else getattr(row, attr or key, None)
+
+
+def selected_on_scored(row) -> bool:
+    """True for a row (a results dict or a :class:`Result`) whose checkpoint was chosen on the
+    images it scores; False when it was not, or when that is unknown (older results files)."""
+    flag = row.get(SELECTED) if isinstance(row, dict) else row.selected_on_scored
+    return flag is True
+
+
+def selection_unknown(row: dict) -> bool:
+    """A results row of a checkpoint that does not record what chose it (an older checkpoint):
+    the column is there and null.  A row without the column (an older results file) is not
+    counted: nothing was asked."""
+    return SELECTED in row and row[SELECTED] is None and row.get("checkpoint") is not None
+
+
+def check_selection(rows: list, allow: bool = False, source: str = "") -> list:
+    """The rule every summary and report applies: rows scored on the images their checkpoint
+    was chosen on are refused (a one-line error naming the first of them) unless ``allow``;
+    then they are kept, and :func:`mark` and ``SELECTED_NOTE`` show them.  Returns ``rows``."""
+    flagged = [r for r in rows if selected_on_scored(r)]
+    if flagged and not allow:
+        r = flagged[0]
+        model = _field(r, "checkpoint") or _field(r, "weights") or f"{_field(r, 'method')} model"
+        more = f" (and {len(flagged) - 1} other row(s))" if len(flagged) > 1 else ""
+        raise ResultsError(f"{source + ': ' if source else ''}{model} on {_field(r, 'setting')}: the checkpoint "
+                           f"was chosen on the images it is scored on ({SELECTED}){more}; choose it on another "
+                           f"split, or give {ALLOW_SELECTED} to show such rows marked {SELECTED_MARK}")
+    return rows
+
+
+def mark(rows: Iterable) -> str:
+    """SELECTED_MARK when one of ``rows`` is scored on the images its checkpoint was chosen on."""
+    return SELECTED_MARK if any(selected_on_scored(r) for r in rows) else ""
 
 
 # --------------------------------------------------------------------------- settings
@@ -135,6 +185,7 @@ class Result:
     weights: str | None = None
     top1_present: float | None = None
     group: str | None = None       # a class group's name (None: the whole setting)
+    selected_on_scored: bool | None = None   # SELECTED (None: not recorded)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -204,7 +255,7 @@ def _result_row(path: Path, index: int, row: dict) -> Result | None:
     codec, q = setting.codec, setting.q
     known = {"arch", "method", "labels", "trained_on", "setting", "codec", "q", "top1", "top5",
              "count", "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "split", "checkpoint", "weights",
-             "top1_present", "group"}
+             "top1_present", "group", SELECTED}
     group = row.get("group")
     if group is not None and not isinstance(group, str):
         raise ResultsError(f"{path}: row {index}: group {group!r} is not a name")
@@ -214,8 +265,9 @@ def _result_row(path: Path, index: int, row: dict) -> Result | None:
         top1=float(row["top1"]), top5=finite(row.get("top5")), count=row.get("count"),
         bytes=finite(row.get("mean_bytes")), bpp=finite(row.get("mean_bpp")),
         psnr=finite(row.get("mean_psnr")), ssim=finite(row.get("mean_ssim")), split=row.get("split"),
-        checkpoint=row.get("checkpoint"), weights=row.get("weights"),
+        checkpoint=resolve_path(row.get("checkpoint"), path.parent), weights=row.get("weights"),
         top1_present=finite(row.get("top1_present")), group=group or None,
+        selected_on_scored=row.get(SELECTED) if isinstance(row.get(SELECTED), bool) else None,
         extra={k: v for k, v in row.items() if k not in known})
 
 
@@ -316,3 +368,12 @@ def single_split(results: list[Result], split: str) -> tuple[list[Result], list[
         return results, []
     return [r for r in results if r.split in (None, split)], sorted(splits - {split})
 
+
+def eval_value(results: list[Result], setting: str, attr: str) -> float | None:
+    """Rate or quality recorded by trainer.eval when the setting has no manifest."""
+    return next((getattr(r, attr) for r in results if r.setting == setting and getattr(r, attr) is not None), None)
+
+
+def difference(a: float | None, b: float | None) -> float | None:
+    # rounded: top-1 values have 2 decimals at most, and 0.12000000000000455 helps nobody
+    return None if a is None or b is None else round(a - b, 6)
