@@ -52,14 +52,18 @@ def run_name(kind: str, bn: str, seed: int) -> str:
     return f"expert-{kind}-bn-{bn}-s{seed}"
 
 
-def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
-    """Subsets and split-layout shards; ({train setting: glob}, {val setting: glob})."""
+def prepare(a, build: bool = True) -> tuple[dict[str, str], dict[str, str]]:
+    """Subsets and split-layout shards (``build``: made when missing); ({train setting: glob},
+    {val setting: glob})."""
     train_name = common.subset_name(a.src, "train", a.train_per_class, a.subset_seed)
     val_name = common.subset_name(a.src, "val", a.val_per_class, a.subset_seed)
     train_root, a.val_root = a.shards / train_name / "mixed", a.shards / val_name
     trained = [common.LOSSLESS] + [s for s in a.specialists if s != common.LOSSLESS]
     globs = ({s: common.shard_glob(train_root, "train", s) for s in trained},
              {s: common.shard_glob(a.val_root, "val", s) for s in PAPER_SETTINGS})
+    if not build:
+        common.check_prebuilt({**globs[0], **{f"val {k}": v for k, v in globs[1].items()}})
+        return globs
     if not (a.src / "train").is_dir() or not (a.src / "val").is_dir():
         raise UserError(f"no {a.src}/train or {a.src}/val: set SRC=/path/to/imagenette")
     jobs = a.jobs or os.cpu_count() or 1
@@ -110,40 +114,45 @@ def train_all(a, train_globs: dict[str, str], seeds: list[int]) -> None:
 
 def publish(a, val_globs: dict[str, str]) -> Path:
     """The committed results file: OUT/results.json's rows of this experiment's models, each with
-    its kind (``model``), ``bn`` mode and seed, checkpoint paths relative to the file."""
+    its kind (``model``), ``bn`` mode, seed and training settings (read from the checkpoint),
+    paths relative to the file (``trainer.evaluation.portable_rows``)."""
     from trainer import checkpoint as ck
+    from trainer.evaluation import PATH_COLUMNS, portable_rows
 
     rows = json.loads(a.results.read_text(encoding="utf-8"))
+    here = a.results.resolve().parent
+
+    def local(p: str) -> str:      # a row's path as written (absolute, or relative to the results file)
+        return os.path.normpath(p if os.path.isabs(p) else os.path.join(here, p))
+
     by_ckpt = {}
     for m in models(a):
-        path = str(RunDir(m["run"]).last)
+        path = RunDir(m["run"]).last
         c = ck.load(path)
-        by_ckpt[path] = {"model": m["model"], "bn": ck.bn_mode(c), "seed": m["seed"],
-                         "trained_settings": [e["setting"] for e in ck.training_settings(c)]}
+        by_ckpt[os.path.normpath(str(path.resolve()))] = {
+            "model": m["model"], "bn": ck.bn_mode(c), "seed": m["seed"],
+            "trained_settings": [e["setting"] for e in ck.training_settings(c)]}
     out = []
     for r in rows:
         if r.get("group") is not None or r.get("setting") not in val_globs:
             continue
+        r = {**r, **{k: local(r[k]) for k in PATH_COLUMNS if isinstance(r.get(k), str) and k != "weights"}}
         if r.get("method") == "pretrained" and r.get("arch") == a.arch:
             extra = {"model": PRETRAINED, "bn": None, "seed": None, "trained_settings": []}
+            r["weights"] = Path(r["weights"]).name if r.get("weights") else None
         elif r.get("checkpoint") in by_ckpt:
             extra = by_ckpt[r["checkpoint"]]
         else:
             continue
-        row = {**r, **extra}
-        base = a.publish.resolve().parent
-        for k in ("checkpoint", "shards_dir"):     # relative to the results file: it reads the same anywhere
-            if isinstance(row.get(k), str):
-                row[k] = os.path.relpath(os.path.abspath(row[k]), base)
-        if row.get("weights"):
-            row["weights"] = Path(row["weights"]).name
-        out.append(row)
+        out.append({**r, **extra})
     a.publish.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(a.publish, out)
+    atomic_write_json(a.publish, portable_rows(out, a.publish))
     return a.publish
 
 
-def write_meta(a, seconds: dict) -> None:
+def write_meta(a, seconds: dict | None) -> None:
+    """The meta file beside the published results (``seconds``: the time each phase took; None
+    keeps what an earlier invocation recorded)."""
     steps = specialist_steps(a.train_globs, a.specialists, a.budget)
     common.write_meta(a.publish, {
         "experiment": "deployment", "arch": a.arch, "weights": Path(a.weights).name,
@@ -152,7 +161,7 @@ def write_meta(a, seconds: dict) -> None:
         "setting_weights": a.setting_weights or "equal", "generalist_steps_per_epoch": steps,
         "train_per_class": a.train_per_class, "val_per_class": a.val_per_class, "subset_seed": a.subset_seed,
         "order": "mixed", "layout": "split", "shard_size": a.shard_size, "selection": "last epoch (no validation)",
-        "seconds": seconds}, a.budget, [m["run"] for m in models(a)])
+        **({"seconds": seconds} if seconds is not None else {})}, a.budget, [m["run"] for m in models(a)])
 
 
 def figure(results: Path, out: Path) -> Path:
@@ -243,6 +252,9 @@ def figure(results: Path, out: Path) -> Path:
 @click.option("--figure", "figure_path", envvar="FIGURE", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("docs/deployment.png"))
 @click.option("--figure-only", is_flag=True, help="Only draw --figure from the --publish file.")
+@click.option("--report-only", is_flag=True,
+              help="Only publish OUT/results.json's rows, the meta file, the figure and the table (no training, "
+                   "no evaluation).")
 @click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None)
 @click.option("--device", envvar="DEVICE", default="auto")
 @click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1)
@@ -271,10 +283,27 @@ def cli(**params):
     return 0
 
 
+def report_only(a) -> None:
+    a.train_globs, val_globs = prepare(a, build=False)
+    done = [s for s in a.seeds if all(RunDir(m["run"]).last.is_file() for m in models(a) if m["seed"] == s)]
+    a.seeds = done
+    publish(a, val_globs)
+    write_meta(a, None)
+    finish(a)
+
+
+def finish(a) -> None:
+    figure(a.publish, a.figure_path)
+    from experiments.summarize import generate
+    click.echo(generate([a.publish], view="deployment"))
+
+
 def run(a) -> None:
     """Shards, then seed by seed: train its models and evaluate them (a seed finished is
     published before the next one starts), then the table and the figure."""
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.report_only:
+        return report_only(a)
     seconds = {"training": 0, "evaluation": 0}
     t0 = time.time()
     a.train_globs, val_globs = prepare(a)
@@ -294,9 +323,7 @@ def run(a) -> None:
         seconds["evaluation"] += round(time.time() - t0)
         publish(a, val_globs)
         write_meta(a, seconds)
-    figure(a.publish, a.figure_path)
-    from experiments.summarize import generate
-    click.echo(generate([a.publish], view="deployment"))
+    finish(a)
 
 
 def main(argv=None) -> int:
