@@ -96,20 +96,18 @@ def models(a) -> list[dict]:
     return out
 
 
-def train_all(a, train_globs: dict[str, str], seeds: list[int]) -> None:
-    steps = specialist_steps(train_globs, a.specialists, a.budget)
-    mixed = [train_globs[common.LOSSLESS]] + [train_globs[s] for s in a.specialists]
-    for m in models(a):
-        if m["seed"] not in seeds:
-            continue
-        t0 = time.time()
-        if m["model"] == SPECIALIST:
-            common.train_run(m["run"], train_globs[m["setting"]], "expert", "dataset", m["seed"], a.arch, a.weights,
-                             a.budget, bn=m["bn"])
-        else:
-            common.train_run(m["run"], mixed, "expert", "dataset", m["seed"], a.arch, a.weights, a.budget,
-                             bn=m["bn"], steps_per_epoch=steps, setting_weights=a.setting_weights or None)
-        click.echo(f"{m['run'].name}: {time.time() - t0:.0f} s", err=True)
+def train_one(a, m: dict, train_globs: dict[str, str]) -> None:
+    """Train one model of :func:`models` (or reuse it when complete)."""
+    t0 = time.time()
+    if m["model"] == SPECIALIST:
+        common.train_run(m["run"], train_globs[m["setting"]], "expert", "dataset", m["seed"], a.arch, a.weights,
+                         a.budget, bn=m["bn"])
+    else:
+        mixed = [train_globs[common.LOSSLESS]] + [train_globs[s] for s in a.specialists]
+        common.train_run(m["run"], mixed, "expert", "dataset", m["seed"], a.arch, a.weights, a.budget, bn=m["bn"],
+                         steps_per_epoch=specialist_steps(train_globs, a.specialists, a.budget),
+                         setting_weights=a.setting_weights or None)
+    click.echo(f"{m['run'].name}: trained in {time.time() - t0:.0f} s", err=True)
 
 
 def publish(a, val_globs: dict[str, str]) -> Path:
@@ -128,6 +126,8 @@ def publish(a, val_globs: dict[str, str]) -> Path:
     by_ckpt = {}
     for m in models(a):
         path = RunDir(m["run"]).last
+        if not path.is_file():       # not trained yet
+            continue
         c = ck.load(path)
         by_ckpt[os.path.normpath(str(path.resolve()))] = {
             "model": m["model"], "bn": ck.bn_mode(c), "seed": m["seed"],
@@ -156,7 +156,9 @@ def write_meta(a, seconds: dict | None) -> None:
     steps = specialist_steps(a.train_globs, a.specialists, a.budget)
     common.write_meta(a.publish, {
         "experiment": "deployment", "arch": a.arch, "weights": Path(a.weights).name,
-        "settings": list(PAPER_SETTINGS), "methods": ["expert"], "seeds": a.seeds, "bn": a.bn,
+        "settings": list(PAPER_SETTINGS), "methods": ["expert"], "bn": a.bn,
+        "seeds": [s for s in a.seeds if any(RunDir(m["run"]).last.is_file() for m in models(a) if m["seed"] == s)],
+        "models_trained": [m["run"].name for m in models(a) if RunDir(m["run"]).last.is_file()],
         "specialists": a.specialists, "generalist": [common.LOSSLESS] + a.specialists,
         "setting_weights": a.setting_weights or "equal", "generalist_steps_per_epoch": steps,
         "train_per_class": a.train_per_class, "val_per_class": a.val_per_class, "subset_seed": a.subset_seed,
@@ -285,8 +287,6 @@ def cli(**params):
 
 def report_only(a) -> None:
     a.train_globs, val_globs = prepare(a, build=False)
-    done = [s for s in a.seeds if all(RunDir(m["run"]).last.is_file() for m in models(a) if m["seed"] == s)]
-    a.seeds = done
     publish(a, val_globs)
     write_meta(a, None)
     finish(a)
@@ -299,8 +299,8 @@ def finish(a) -> None:
 
 
 def run(a) -> None:
-    """Shards, then seed by seed: train its models and evaluate them (a seed finished is
-    published before the next one starts), then the table and the figure."""
+    """Shards, then model by model (seed by seed, in --bn order): train it, evaluate it and
+    publish what is done, then the table and the figure."""
     a.out.mkdir(parents=True, exist_ok=True)
     if a.report_only:
         return report_only(a)
@@ -311,16 +311,14 @@ def run(a) -> None:
     t0 = time.time()
     common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, workers=a.workers)
     seconds["evaluation"] += round(time.time() - t0)
-    all_seeds = a.seeds
-    for i in range(len(all_seeds)):
-        a.seeds = all_seeds[: i + 1]
+    for m in models(a):
         t0 = time.time()
-        train_all(a, a.train_globs, seeds=[all_seeds[i]])
+        train_one(a, m, a.train_globs)
         seconds["training"] += round(time.time() - t0)
         t0 = time.time()
-        common.evaluate_models(a.results, [str(RunDir(m["run"]).last) for m in models(a)], val_globs, a.device,
-                               workers=a.workers)
+        common.evaluate_models(a.results, [str(RunDir(m["run"]).last)], val_globs, a.device, workers=a.workers)
         seconds["evaluation"] += round(time.time() - t0)
+        click.echo(f"{m['run'].name}: evaluated in {time.time() - t0:.0f} s", err=True)
         publish(a, val_globs)
         write_meta(a, seconds)
     finish(a)
