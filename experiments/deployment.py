@@ -88,11 +88,12 @@ def models(a) -> list[dict]:
     out = []
     for seed in a.seeds:
         for bn in a.bn:
+            # the generalist first: it alone serves every rate, so a run cut short should have it
+            out.append({"model": GENERALIST, "setting": None, "bn": bn, "seed": seed,
+                        "run": a.out / "runs" / run_name(GENERALIST, bn, seed)})
             for s in a.specialists:
                 out.append({"model": SPECIALIST, "setting": s, "bn": bn, "seed": seed,
                             "run": a.out / "runs" / run_name(s, bn, seed)})
-            out.append({"model": GENERALIST, "setting": None, "bn": bn, "seed": seed,
-                        "run": a.out / "runs" / run_name(GENERALIST, bn, seed)})
     return out
 
 
