@@ -97,7 +97,13 @@ def summary_sources(argv: list[str]) -> list[str]:
     return files
 
 
-RENDERERS = {"document": (render_documents, lambda args: list(args)), "summary": (render_summary, summary_sources)}
+def render_extended(sources: list[str], root: Path) -> str:
+    from experiments import extended_settings
+    return extended_settings.render_table(json.loads((root / sources[0]).read_text(encoding="utf-8")))
+
+
+RENDERERS = {"document": (render_documents, lambda args: list(args)), "summary": (render_summary, summary_sources),
+             "extended": (render_extended, lambda args: list(args))}
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ BLOCKS = [
           ("--view", "deployment", "experiments/results/deployment-cpu.json")),
     _doc("tools/bpg/README.md", "bpg-tuning", f"{RESULTS}/bpg-tune.json"),
     _doc("tools/bpg/README.md", "bpg-bench", f"{RESULTS}/bpg.json"),
+    Block("docs/codecs.md", "extended-settings", "extended", ("docs/results/extended-settings.json",)),
 ]
 
 #: the Markdown files whose blocks are all generated (a block not in BLOCKS is an error)

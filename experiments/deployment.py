@@ -122,7 +122,7 @@ def publish(a, val_globs: dict[str, str]) -> Path:
     here = a.results.resolve().parent
 
     def local(p: str) -> str:      # a row's path as written (absolute, or relative to the results file)
-        return os.path.normpath(p if os.path.isabs(p) else os.path.join(here, p))
+        return os.path.realpath(p if os.path.isabs(p) else os.path.join(here, p))
 
     by_ckpt = {}
     for m in models(a):
@@ -130,7 +130,7 @@ def publish(a, val_globs: dict[str, str]) -> Path:
         if not path.is_file():       # not trained yet
             continue
         c = ck.load(path)
-        by_ckpt[os.path.normpath(str(path.resolve()))] = {
+        by_ckpt[os.path.realpath(path)] = {
             "model": m["model"], "bn": ck.bn_mode(c), "seed": m["seed"],
             "trained_settings": [e["setting"] for e in ck.training_settings(c)]}
     out = []
@@ -163,7 +163,7 @@ def write_meta(a, seconds: dict | None) -> None:
         "specialists": a.specialists, "generalist": [common.LOSSLESS] + a.specialists,
         "setting_weights": a.setting_weights or "equal", "generalist_steps_per_epoch": steps,
         "train_per_class": a.train_per_class, "val_per_class": a.val_per_class, "subset_seed": a.subset_seed,
-        "order": "mixed", "layout": "split", "shard_size": a.shard_size, "selection": "last epoch (no validation)",
+        "order": "mixed", "layout": "split", "shard_size": a.shard_size, "selection": "last epoch",
         **({"seconds": seconds} if seconds is not None else {})}, a.budget, [m["run"] for m in models(a)])
 
 
