@@ -218,7 +218,11 @@ def figure(results: Path, out: Path) -> Path:
         ax.set_xlabel("bits per pixel")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 (%, 1000-way) on the val images")
-    axes[-1].legend(fontsize=7, loc="lower right")
+    handles = {}
+    for ax in axes:       # one legend for every panel's lines (a specialist shows on its codec's panel only)
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    axes[-1].legend(list(handles.values()), list(handles), fontsize=7, loc="lower right")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, metadata={"Software": None})
