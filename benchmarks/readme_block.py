@@ -90,7 +90,7 @@ def summary_sources(argv: list[str]) -> list[str]:
     for arg in it:
         if arg == "--compare":
             files.append(next(it).partition("=")[2])
-        elif arg == "--setting":
+        elif arg in ("--setting", "--view"):
             next(it)
         else:
             files.append(arg)
@@ -140,6 +140,8 @@ BLOCKS = [
     _doc("README.md", "demo", "docs/demo-results.json"),
     _doc("docs/receiver.md", "serve", f"{RESULTS}/serve.json"),
     *(_summary(name, *argv) for name, argv in summarize.README_BLOCKS.items()),
+    Block("docs/deployment.md", "deployment", "summary",
+          ("--view", "deployment", "experiments/results/deployment-cpu.json")),
     _doc("tools/bpg/README.md", "bpg-tuning", f"{RESULTS}/bpg-tune.json"),
     _doc("tools/bpg/README.md", "bpg-bench", f"{RESULTS}/bpg.json"),
     Block("docs/codecs.md", "extended-settings", "extended", ("docs/results/extended-settings.json",)),

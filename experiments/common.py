@@ -100,19 +100,22 @@ class Budget:
         return dict(lr=self.lr, alpha=self.alpha if method == "expert" else None)
 
 
-def train_run(run: Path, train_glob: str, method: str, labels: str, seed: int, arch: str, weights: str,
-              budget: Budget, val_glob: str | None = None, val_limit: int | None = None) -> Path:
-    """Train one run (or reuse it when complete); returns its best.pth.  A run folder that was
+def train_run(run: Path, train_glob: str | list[str], method: str, labels: str, seed: int, arch: str, weights: str,
+              budget: Budget, val_glob: str | None = None, val_limit: int | None = None, **extra) -> Path:
+    """Train one run (or reuse it when complete); returns its best.pth.  ``train_glob``: one
+    setting's shards, or a list (a run on several settings); ``extra``: further TrainConfig
+    fields (``bn``, ``setting_weights``, ``steps_per_epoch`` ...).  A run folder that was
     trained with other validation shards is refused: its best.pth was chosen on other data."""
     from trainer import TrainConfig, train
 
     check_validation(run, val_glob)
     if not RunDir(run).complete(budget.epochs):
         train(TrainConfig(
-            shards=[train_glob], val_shards=[val_glob] if val_glob else None, arch=arch, weights=weights,
+            shards=[train_glob] if isinstance(train_glob, str) else list(train_glob),
+            val_shards=[val_glob] if val_glob else None, arch=arch, weights=weights,
             method=method, labels=labels, epochs=budget.epochs, train_limit=budget.train_limit, val_limit=val_limit,
             batch_size=budget.batch, seed=seed, out=str(run), resume="auto", device=budget.device, progress=False,
-            **({"workers": budget.workers} if budget.workers is not None else {}), **budget.hyper(method)))
+            **({"workers": budget.workers} if budget.workers is not None else {}), **budget.hyper(method), **extra))
     return RunDir(run).best
 
 

@@ -1,5 +1,5 @@
 """The README's experiment tables from results files (``trainer.eval`` rows), mean ± sample
-std over seeds.  Three views:
+std over seeds.  Four views:
 
 - **table1** (the default for rows without class groups): top-1 per (setting, method), each
   model evaluated on the setting it was trained on (pretrained: on each setting).  Runs on
@@ -8,6 +8,9 @@ std over seeds.  Three views:
 - **retention** (the default when the rows have class groups, ``trainer.eval --group``):
   each group's top-1 on the model's own setting and on the clean images, beside the
   pretrained model (``trainer.decisions.retention``).
+- **deployment** (the rows of ``experiments/deployment.py``): every model (pretrained,
+  specialists, generalists, per ``--bn`` mode) on every val setting, Fig. 5 style, and the
+  deployment targets each met or missed.
 - **compare** (``--compare LABEL=FILE`` twice or more): the same (setting, method) cells of
   several results files side by side, e.g. mixed vs class-sorted shards.
 
@@ -133,6 +136,107 @@ def retention_report(rows: list[dict]) -> str:
     return "\n\n".join(parts) + _selected_note(rows)
 
 
+#: the deployment targets: (what, the model's setting, the reference, the largest shortfall in points)
+DEPLOYMENT_TARGETS = (
+    ("generalist within 1.5 points of the specialist on the specialist's setting", 1.5),
+    ("generalist within 1 point of pretrained on lossless", 1.0),
+    ("--bn frozen specialist within 3 points of pretrained on lossless", 3.0),
+)
+
+
+def _deployment_cells(rows: list[dict], metric: str) -> dict[tuple, list[float]]:
+    """{(model label, setting): values over seeds} of a deployment results file's rows; the label
+    is ("pretrained",), ("specialist", setting, bn) or ("generalist", bn)."""
+    acc: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get("group") is not None or r.get(metric) is None or "model" not in r:
+            continue
+        kind = r["model"]
+        if kind == "pretrained":
+            label = ("pretrained",)
+        elif kind == "specialist":
+            label = ("specialist", ",".join(r.get("trained_settings") or []), r.get("bn"))
+        else:
+            label = ("generalist", r.get("bn"))
+        acc[(label, r["setting"])].append(r[metric])
+    return acc
+
+
+def _label_text(label: tuple) -> str:
+    if label[0] == "pretrained":
+        return "pretrained"
+    if label[0] == "specialist":
+        return f"specialist {label[1]} (bn {label[2]})"
+    return f"generalist (bn {label[1]})"
+
+
+def deployment_report(rows: list[dict], metric: str = "top1") -> str:
+    """Fig. 5 style: one row per model (pretrained, each specialist, the generalists), one column
+    per val setting (lossless first, then the paper's order), mean ± std over seeds; then the
+    deployment targets, each met or missed by how much (means over seeds)."""
+    from pipeline.setting import PAPER_SETTINGS
+
+    acc = _deployment_cells(rows, metric)
+    if not acc:
+        raise UserError("no deployment rows (rows with a 'model' field: experiments/deployment.py --publish)")
+    present = {s for _, s in acc}
+    settings = [s for s in PAPER_SETTINGS if s in present] + sorted(present - set(PAPER_SETTINGS))
+    rank = {"pretrained": 0, "specialist": 1, "generalist": 2}
+    labels = sorted({lab for lab, _ in acc}, key=lambda lab: (rank[lab[0]], lab[-1] or "", settings.index(lab[1])
+                                                             if lab[0] == "specialist" and lab[1] in settings else 0))
+    bpp = {}
+    for r in rows:
+        if r.get("mean_bpp") is not None:
+            bpp.setdefault(r["setting"], r["mean_bpp"])
+    body = [["bits per pixel"] + [f"{bpp[s]:.3f}" if s in bpp else "—" for s in settings]]
+    body += [[_label_text(lab)] + [_cell(acc.get((lab, s), [])) for s in settings] for lab in labels]
+    seeds = max((len(v) for (lab, _), v in acc.items() if lab[0] != "pretrained"), default=1)
+    text = (f"{metric} (%, mean ± sample std over {seeds} seed(s)); every model on every val setting:\n\n"
+            + table(["model", *settings], body))
+
+    mean = statistics.mean
+    checks = []
+
+    def check(target: int, model: tuple, setting: str, ref: tuple, ref_setting: str) -> None:
+        got, want = acc.get((model, setting)), acc.get((ref, ref_setting))
+        if not got or not want:
+            return
+        what, slack = DEPLOYMENT_TARGETS[target]
+        diff = mean(got) - mean(want)
+        verdict = "met" if diff >= -slack else f"missed by {-slack - diff:.2f}"
+        checks.append([str(target + 1), _label_text(model), setting, f"{mean(got):.2f}",
+                       f"{_label_text(ref)} {mean(want):.2f}", f"{diff:+.2f}", verdict])
+
+    gens = [lab for lab in labels if lab[0] == "generalist"]
+    specs = [lab for lab in labels if lab[0] == "specialist"]
+    pre = ("pretrained",)
+    for g in gens:
+        for sp in specs:
+            if sp[2] == g[1]:
+                check(0, g, sp[1], sp, sp[1])
+    for g in gens:
+        check(1, g, "lossless", pre, "lossless")
+    for sp in specs:
+        if sp[2] == "frozen":
+            check(2, sp, "lossless", pre, "lossless")
+    if checks:
+        legend = "; ".join(f"{i + 1}: {what}" for i, (what, _) in enumerate(DEPLOYMENT_TARGETS))
+        text += (f"\n\nTargets ({legend}; means over seeds):\n\n"
+                 + table(["target", "model", "on", metric, "reference", "difference", "verdict"], checks,
+                         align="llrrlrl"))
+    return text + f"\n\n({METRIC_NOTES[metric]})"
+
+
+def deployment_reports(rows: list[dict]) -> str:
+    """The deployment view on 1000-way top-1, then on top1_present when the rows have it: a model
+    trained on a few classes gains 1000-way top-1 on clean images by learning which classes occur,
+    which top1_present leaves out."""
+    text = deployment_report(rows, "top1")
+    if any(r.get("top1_present") is not None for r in rows if "model" in r):
+        text += "\n\n" + deployment_report(rows, "top1_present")
+    return text
+
+
 def compare(labelled: list[tuple[str, list[dict]]], setting: str | None = None, metric: str = "top1") -> str:
     """The own-setting cells of several results files side by side: rows = (setting, label),
     with each file's bytes/img (a codec option changes it) and the pretrained model."""
@@ -222,6 +326,10 @@ def _selection_text(selection) -> str:
     return ""
 
 
+#: --view: name -> the report of a list of rows
+VIEWS = {"table1": report, "retention": retention_report, "deployment": deployment_reports}
+
+
 def generate(results: list[Path], compared: list[str] = (), setting: str | None = None, view: str = "auto",
              root: Path | None = None, allow_selected: bool = False) -> str:
     """The text of one summary (what the command prints and writes into a README block);
@@ -248,8 +356,9 @@ def generate(results: list[Path], compared: list[str] = (), setting: str | None 
         paths = [at(p) for p in results]
         rows = load_rows(paths, allow_selected)
         if view == "auto":
-            view = "retention" if any(r.get("group") is not None for r in rows) else "table1"
-        text = retention_report(rows) if view == "retention" else report(rows)
+            view = ("deployment" if any("model" in r for r in rows) else
+                    "retention" if any(r.get("group") is not None for r in rows) else "table1")
+        text = VIEWS[view](rows)
     budget = budget_line(paths)
     if budget:
         text += "\n\nBudget: " + budget.replace("\n", "\n\nBudget: ")
@@ -258,15 +367,17 @@ def generate(results: list[Path], compared: list[str] = (), setting: str | None 
 
 def block(argv: list[str], root: Path = ROOT) -> str:
     """A README block's content from its arguments (``benchmarks/readme_block.py``)."""
-    results, compared, setting, it = [], [], None, iter(argv)
+    results, compared, setting, view, it = [], [], None, "auto", iter(argv)
     for arg in it:
         if arg == "--compare":
             compared.append(next(it))
         elif arg == "--setting":
             setting = next(it)
+        elif arg == "--view":
+            view = next(it)
         else:
             results.append(Path(arg))
-    text = generate(results, compared, setting, root=root)
+    text = generate(results, compared, setting, view, root=root)
     return f"Generated by `experiments/summarize.py {' '.join(argv)}`.\n\n{text}"
 
 
@@ -299,8 +410,9 @@ def readme_blocks() -> dict:
 @click.option("--compare", "compared", multiple=True, metavar="LABEL=FILE",
               help="Results files side by side (twice or more), e.g. mixed=a.json sorted=b.json.")
 @click.option("--setting", default=None, help="Only this trained setting (--compare).")
-@click.option("--view", type=click.Choice(["auto", "table1", "retention"]), default="auto", show_default=True,
-              help="auto: retention when the rows have class groups, else table1.")
+@click.option("--view", type=click.Choice(["auto", *VIEWS]), default="auto", show_default=True,
+              help="auto: deployment for experiments/deployment.py's rows, retention when the rows have class "
+                   "groups, else table1.")
 @click.option("--readme", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the tables into this Markdown file's block.")
 @click.option("--block", "block_name", default="imagenette", show_default=True,

@@ -23,7 +23,7 @@ from . import options as O
 from .losses import REDUCTIONS
 from .methods import get as get_method, names as method_names
 from .options import ConfigError, check_ranges, flag, opt
-from .vocab import LABEL_SOURCES
+from .vocab import BN_MODES, LABEL_SOURCES
 from .optiontypes import check_types
 
 #: the largest batch: it sizes the loader's buffers (65,536 x 224² x 3 bytes = 9.9 GB)
@@ -46,6 +46,9 @@ class TrainConfig:
     val_limit: int | None = opt(None, low=1, help="Validation samples (default: all).")
     steps_per_epoch: int | None = opt(None, low=1, help="Cap on optimisation steps per epoch.")
     max_skip: float = O.max_skip("an epoch")
+    setting_weights: Any = opt(None, metavar="SETTING=W,...",
+                               help="Several settings in --shards: each sample's setting is drawn with these weights "
+                                    "(default: equal shares); every batch mixes them.")
     gpu_decode: bool = opt(False, help="JPEG settings on CUDA: decode the bitstreams on the GPU (nvJPEG) instead of "
                                        "in the loader workers.")
     # model and method
@@ -58,6 +61,10 @@ class TrainConfig:
     kl_reduction: str = opt("sum", choices=REDUCTIONS, help="KL over the batch: sum (the paper's code) or batchmean.")
     labels: str = opt("dataset", choices=LABEL_SOURCES,
                       help="CE targets: the dataset's labels, or the teacher's arg-max on the clean crop (label-free).")
+    bn: str = opt("train", choices=BN_MODES,
+                  help="Normalisation layers in training: train (batch statistics, running statistics updated: the "
+                       "paper's code) or frozen (eval mode: the pretrained running statistics are used and kept; "
+                       "the affine weights still train).")
     teacher_cache: str = opt("auto", help="auto (beside the shards; built when missing) | off (live teacher) | PATH "
                                           "(.npy or folder).")
     sigma: float | None = opt(None, low=0, help="Stability noise std on the 0..1 scale.")
@@ -107,6 +114,8 @@ class TrainConfig:
             if given is None:
                 setattr(c, name, value)
         c.alpha = 0.0 if c.alpha is None else c.alpha
+        from .data.mixing import parse_weights
+        c.setting_weights = parse_weights(c.setting_weights)
         if c.val_batch_size is None:
             c.val_batch_size = 2 * c.batch_size
         c.check()

@@ -43,12 +43,16 @@ class Skips:
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, step: Step,
                     n_batches: int, epoch: int, d: Dist | None = None, progress: bool = True,
-                    log_every: int = 0, logger=None) -> dict[str, Any]:
+                    log_every: int = 0, logger=None, settings: list[str] | None = None,
+                    bn: str = "train") -> dict[str, Any]:
     """One pass over the loader (``n_batches`` batches); returns the mean loss/ce/kl over all
-    ranks, images/s and the samples the loader skipped."""
+    ranks, images/s and the samples the loader skipped.  ``settings`` (a mixed run): also the
+    images of each setting over all ranks (``setting_images``).  ``bn``: see
+    :func:`trainer.models.set_train_mode`."""
     from .models import set_train_mode
     d = d or Dist()
-    set_train_mode(model, step.method.head_only)
+    set_train_mode(model, step.method.head_only, bn)
+    per_setting = dict.fromkeys(settings or (), 0)
     if step.teacher is not None:
         step.teacher.eval()
     sums = torch.zeros(3, dtype=torch.float64)
@@ -71,6 +75,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
             torch.nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
         optimizer.step()
         bs = int(batch["label"].shape[0])
+        for name in batch.get("setting") or ():
+            if name in per_setting:
+                per_setting[name] += 1
         vals = torch.stack([terms["loss"].detach(), terms["ce"], terms["kl"]]).double().cpu()
         if not bool(torch.isfinite(vals).all()):
             raise DivergedError(f"epoch {epoch}, step {steps + 1}: the loss is {vals[0].item()} (ce {vals[1].item()}, "
@@ -90,9 +97,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader, 
     dt = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    tot = all_reduce_sum(sums.tolist() + [float(n_img), float(skips.count)], d)
+    names = list(per_setting)
+    tot = all_reduce_sum(sums.tolist() + [float(n_img), float(skips.count)] + [float(per_setting[k]) for k in names], d)
     n = max(tot[3], 1.0)
-    return {"loss": tot[0] / n, "ce": tot[1] / n, "kl": tot[2] / n, "images": tot[3], "steps": steps,
+    return {"setting_images": {k: int(v) for k, v in zip(names, tot[5:])},
+            "loss": tot[0] / n, "ce": tot[1] / n, "kl": tot[2] / n, "images": tot[3], "steps": steps,
             "seconds": dt, "images_per_s": tot[3] / max(dt, 1e-9), "skipped": int(tot[4]),
             "skip_reasons": skips.reasons}
 

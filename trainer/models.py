@@ -20,6 +20,7 @@ from torch import nn
 from pipeline.classes import ClassCountError, check_num_classes
 
 from .clitools import UserError
+from .vocab import BN_MODES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -242,14 +243,28 @@ def freeze_all_but_head(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in head.parameters()]
 
 
-def set_train_mode(model: nn.Module, head_only: bool = False) -> None:
+def norm_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers that keep running statistics (BatchNorm1d/2d/3d, SyncBatchNorm, the
+    InstanceNorms that track them); GroupNorm and LayerNorm keep none."""
+    from torch.nn.modules.batchnorm import _NormBase
+    return [m for m in model.modules() if isinstance(m, _NormBase) and m.track_running_stats]
+
+
+def set_train_mode(model: nn.Module, head_only: bool = False, bn: str = "train") -> None:
     """train() the whole model, or (head_only) eval() everything except the head, so frozen
-    layers keep their BatchNorm running statistics."""
+    layers keep their BatchNorm running statistics; ``bn="frozen"``: the normalisation layers
+    stay in eval mode in any case.  Every place that puts a model back into training calls
+    this (each epoch), so that no ``model.train()`` undoes the freeze."""
+    if bn not in BN_MODES:
+        raise ValueError(f"bn mode {bn!r}: choose from {', '.join(BN_MODES)}")
     if head_only:
         model.eval()
         classifier_head(model).train()
     else:
         model.train()
+    if bn == "frozen":
+        for m in norm_layers(model):
+            m.eval()
 
 
 def model_identity(source, arch: str | None = None, num_classes: int | None = None) -> tuple[str | None, tuple | None]:

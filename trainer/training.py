@@ -23,8 +23,9 @@ from .config import TrainConfig, yaml_text
 from .data import (LoaderSpec, check_classes, check_skips, default_workers, describe, group_shards, make_eval_loader,
                    make_train_loader, use_gpu_jpeg)
 from .distributed import barrier, init_distributed, mix_seed, seed_everything
+from .data.mixing import asked_shares, check_mixable, setting_weights, shares
 from .eval_cache import LAST_EPOCH, TRAIN_LOSS, selection_record
-from .models import build_model, freeze_all_but_head
+from .models import build_model, freeze_all_but_head, norm_layers
 from .rundir import RunDir
 from .teacher_cache import resolve_caches
 
@@ -32,9 +33,24 @@ log = logging.getLogger("trainer.run")
 
 #: what a run checkpoint holds (plain types only: it is read back with weights_only=True)
 #: "selected_on": what chose the checkpoint (``trainer.eval_cache.selection_record``, LAST_EPOCH or
-#: TRAIN_LOSS); trainer.eval flags a score on the same images (missing in older checkpoints: unknown)
+#: TRAIN_LOSS); trainer.eval flags a score on the same images (missing in older checkpoints: unknown);
+#: "trained_on" and "bn": what it was trained on and how (:func:`trained_on`; read back with
+#: ``trainer.checkpoint.training_settings`` and ``bn_mode``)
 CHECKPOINT_KEYS = ("model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric",
-                   "selected_on")
+                   "selected_on", "trained_on", "bn")
+
+
+def trained_on(sets, weights: list[float]) -> list[dict]:
+    """The checkpoint's ``trained_on``: per training setting folder, in the order trained on,
+    its setting, rate and asked weight (read back with :func:`trainer.checkpoint.training_settings`)."""
+    out = []
+    for s, w in zip(sets, weights):
+        crop = (s.manifest.get("crop") or {}).get("center_crop")
+        side = crop if isinstance(crop, int) else None
+        out.append({"setting": s.name, "codec": s.codec, "q": s.q, "bytes_per_image": s.manifest.mean("bytes"),
+                    "bpp": s.manifest.mean("bpp"), "pixels_per_image": side * side if side else None,
+                    "weight": float(w)})
+    return out
 
 
 @dataclass
@@ -113,7 +129,9 @@ def train(config: TrainConfig) -> TrainResult:
     run = RunDir(out)
     resume, ckpt = _resume_checkpoint(c, run)
 
-    train_sets = group_shards(c.shards)
+    train_sets = group_shards(c.shards, in_order=True)
+    check_mixable(train_sets)
+    weights = setting_weights(train_sets, c.setting_weights)
     val_sets = group_shards(c.val_shards) if c.val_shards else []
     space = labelspace.check(train_sets + val_sets, labelspace.of_model(ckpt or {}), resume, same_count=train_sets)
     n_classes = c.num_classes or train_sets[0].num_classes
@@ -134,12 +152,17 @@ def train(config: TrainConfig) -> TrainResult:
                  " (from the CPU count)" if auto_workers else "")
         if val_sets:
             log.info("val: %s", describe(val_sets))
+        if len(train_sets) > 1:
+            log.info("settings mixed in every batch, asked shares: %s", ", ".join(
+                f"{k} {v:.1f}%" for k, v in asked_shares([s.name for s in train_sets], weights).items()))
     writer = _tensorboard(run) if c.tensorboard and d.main else None
     barrier(d)
 
     # model, frozen teacher (a copy of the initial weights, kept outside DDP)
     seed_everything(c.seed)
     model = build_model(c.arch, c.weights, n_classes)
+    if c.bn == "frozen" and not norm_layers(model):
+        log.warning("--bn frozen: %s has no normalisation layers with running statistics; nothing to freeze", c.arch)
     method = methods.create(c)
     step = loop.Step(method=method, labels=c.labels, device=d.device, amp=c.amp and cuda,
                      channels_last=c.channels_last and cuda, grad_clip=c.grad_clip)
@@ -182,6 +205,7 @@ def train(config: TrainConfig) -> TrainResult:
                       gpu_jpeg=c.gpu_decode and use_gpu_jpeg(train_sets, d.device, needs.comp, "training"))
     val_gpu_jpeg = c.gpu_decode and bool(val_sets) and use_gpu_jpeg(val_sets, d.device, True, "validation", quiet=True)
     last_val: dict = {}
+    names, mixed = [s.name for s in train_sets], len(train_sets) > 1
     if val_sets:
         best_on = selection_record(val_sets, "val_top1" if c.best_metric == "top1" else "val_loss")
     else:  # the lowest train loss: the last epoch of a one-epoch run, never the evaluation images
@@ -190,12 +214,16 @@ def train(config: TrainConfig) -> TrainResult:
         torch.manual_seed(mix_seed(c.seed, epoch, d.rank, 3))  # dropout / noise: depends on the epoch only
         loader, n_batches = make_train_loader(train_sets, spec, epoch=epoch, rank=d.rank, world=d.world,
                                               need_comp=needs.comp, need_clean=needs.clean, caches=caches,
-                                              limit=c.train_limit, steps=c.steps_per_epoch, pin_memory=cuda)
+                                              limit=c.train_limit, steps=c.steps_per_epoch, pin_memory=cuda,
+                                              weights=weights)
         tr = loop.train_one_epoch(train_model, optimizer, loader, step, n_batches, epoch, d, c.progress,
-                                  c.log_every, logger=(lambda r: log.info("%s", r)) if d.main else None)
+                                  c.log_every, logger=(lambda r: log.info("%s", r)) if d.main else None,
+                                  settings=names if mixed else None, bn=c.bn)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": tr["loss"], "train_ce": tr["ce"],
                "train_kl": tr["kl"], "train_images": tr["images"], "train_skipped": tr["skipped"],
                "images_per_s": tr["images_per_s"], "train_seconds": tr["seconds"]}
+        if mixed:   # the realised share of each setting in this epoch (percent of the images)
+            row["train_share"] = {k: round(v, 3) for k, v in shares(tr["setting_images"]).items()}
         metric = tr["loss"]
         if val_sets:
             vl = make_eval_loader(val_sets, c.val_batch_size, workers=workers, rank=d.rank, world=d.world,
@@ -226,7 +254,8 @@ def train(config: TrainConfig) -> TrainResult:
         if d.main:
             state = {"model": model.net.state_dict(), "arch": c.arch, "num_classes": n_classes, "epoch": epoch + 1,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "args": args, "best_metric": best, "metrics": row}
+                     "args": args, "best_metric": best, "metrics": row,
+                     "trained_on": trained_on(train_sets, weights), "bn": c.bn}
             checkpoint.save({**state, "selected_on": LAST_EPOCH}, run.last)
             if improved:
                 checkpoint.save({**state, "selected_on": best_on}, run.best)

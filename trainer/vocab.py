@@ -10,6 +10,10 @@ from __future__ import annotations
 
 #: where the CE targets come from: the dataset's labels, or g's arg-max on the clean crop
 LABEL_SOURCES = ("dataset", "teacher")
+#: --bn: ``train`` (batch statistics in training, running statistics updated: the paper's
+#: code) or ``frozen`` (every layer with running statistics stays in eval mode: the pretrained
+#: statistics are used and kept; the affine weights still train)
+BN_MODES = ("train", "frozen")
 #: appended to a method's name for runs trained on teacher labels (reports, recommend, summaries)
 TEACHER_LABELS = "+teacher"
 

@@ -148,6 +148,7 @@ class _Batch:
         self.empty = ring.empty if ring is not None else _empty
         self.keys: list[str] = []
         self.labels: list[int] = []
+        self.settings: list[str] = []                 # mixed runs: each sample's setting
         self.pixels: dict[str, torch.Tensor] = {}     # comp / clean -> N x H x W x 3
         self.arrays: dict[str, np.ndarray] = {}
         self.teacher: torch.Tensor | None = None
@@ -220,12 +221,16 @@ class _Batch:
             self.jpeg.append(jpeg)
         self.keys.append(key)
         self.labels.append(label)
+        if "__setting__" in sample:
+            self.settings.append(sample["__setting__"])
 
     def finish(self) -> dict:
         n = self.n
         labels = self.empty((self.size,), torch.long)[:n]
         labels.numpy()[:] = self.labels
         out: dict[str, Any] = {"key": self.keys, "label": labels}
+        if self.settings:
+            out["setting"] = self.settings
         views = {k: t[:n].permute(0, 3, 1, 2) for k, t in self.pixels.items()}
         if self.need_comp:
             if self.jpeg:

@@ -15,6 +15,7 @@ from ..clitools import UserError
 from ..completeness import picture_size
 from ..distributed import mix_seed
 from .batch import decode_batches
+from .mixing import MixedSamples, mixed_plan
 from .plan import (PlannedShards, ShardList, epoch_plan, epoch_stage, limit_samples, resampled_shards,
                    shuffle_buffer, split_by_node, split_by_worker)
 from .samples import tar_samples
@@ -102,17 +103,30 @@ def _expected(sources) -> dict[str, int]:
 def make_train_loader(sets: list[ShardSet], spec: LoaderSpec, *, epoch: int, rank: int = 0,
                       world: int = 1, need_comp: bool = True, need_clean: bool = False,
                       caches: dict | None = None, limit: int | None = None, steps: int | None = None,
-                      pin_memory: bool = False, batches: int | None = None):
+                      pin_memory: bool = False, batches: int | None = None, weights: list[float] | None = None):
     """(loader, n_batches): exactly n_batches full batches on every rank: ``count // (world x
     batch)`` (``limit`` samples at most, ``steps`` caps it), or ``batches`` when given (more
-    than the data holds: the workers start their shards again; the benchmarks' long epochs)."""
+    than the data holds: the workers start their shards again; the benchmarks' long epochs).
+
+    Several settings: every sample's setting is drawn by ``weights`` (one per set, default
+    equal; :mod:`trainer.data.mixing`), so that every batch mixes them; each sample then
+    carries its setting's name (``batch["setting"]``).  ``count`` is then the samples of the
+    settings with a weight."""
     sources = _sources(sets, need_comp, need_clean)
+    mixed = len(sets) > 1
+    weights = [1.0] * len(sets) if weights is None else list(weights)
     items = _items(sources, need_comp, need_clean)
-    count = sum(s.count for s, _ in sources)
+    count = sum(s.count for (s, _), w in zip(sources, weights) if w > 0) if mixed else sum(s.count for s, _ in sources)
     n_batches = batches if batches is not None else batches_per_epoch(count, spec.batch_size, world, limit, steps)
     workers = default_workers() if spec.workers is None else spec.workers
     seed = mix_seed(spec.seed, epoch)
-    if not spec.resampled:
+    if mixed:
+        fewest = min(len(s.shards) for s, _ in sources)
+        if workers > max(1, fewest // world):
+            log.info("%d worker(s) but a setting has only %d shard(s) per rank: using %d worker(s)", workers,
+                     fewest // world, max(1, fewest // world))
+            workers = max(1, fewest // world)
+    elif not spec.resampled:
         if len(items) < world:
             raise LoaderError(f"{len(items)} shard(s) for {world} ranks: every rank needs at least one "
                               "shard; make smaller shards or use --resampled")
@@ -123,14 +137,18 @@ def make_train_loader(sets: list[ShardSet], spec: LoaderSpec, *, epoch: int, ran
             workers = per_rank
     skips = SkipLog()
     acked = _acks(workers)
-    if spec.resampled:
+    read = tar_samples(_expected(sources), skips)
+    if mixed:
+        plan = mixed_plan([_items([src], need_comp, need_clean) for src in sources], _expected(sources), n_batches,
+                          seed=seed, rank=rank, world=world, workers=workers)
+        stages: list = [MixedSamples(plan, weights, [s.name for s in sets], seed, rank, read)]
+    elif spec.resampled:
         plan = None
-        stages: list = [ShardList(items), resampled_shards(seed, rank)]
+        stages = [ShardList(items), resampled_shards(seed, rank), read]
     else:
         plan = epoch_plan(items, _expected(sources), n_batches, seed=seed, rank=rank, world=world, workers=workers)
-        stages = [PlannedShards(plan, seed, rank)]
+        stages = [PlannedShards(plan, seed, rank), read]
     stages += [
-        tar_samples(_expected(sources), skips),
         shuffle_buffer(spec.shuffle_buffer, seed, rank, plan, spec.batch_size),
         decode_batches(spec.batch_size, need_comp, need_clean, caches, skips, gpu_jpeg=spec.gpu_jpeg,
                        acked=acked, picture=picture_size(s.manifest for s, _ in sources)),

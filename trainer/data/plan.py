@@ -61,9 +61,10 @@ class WorkerShare:
     shards: list[dict]      # its shard items, in reading order
     samples: int            # what they hold (the manifests' counts)
     batches: int            # its quota of the rank's batches
+    by_setting: tuple = ()  # mixed runs (trainer.data.mixing): its shards of each setting
 
 
-def _apportion(total: int, weights: list[int]) -> list[int]:
+def apportion(total: int, weights: list[int]) -> list[int]:
     """``total`` split in proportion to ``weights`` (largest remainders; ties to the lower index)."""
     if sum(weights) <= 0:
         weights = [1] * len(weights)
@@ -96,7 +97,7 @@ def epoch_plan(items: list[dict], expected: dict[str, int], n_batches: int, *, s
     known = [expected[i["url"]] for i in items if i["url"] in expected]
     mean = round(sum(known) / len(known)) if known else 1
     samples = [sum(expected.get(i["url"], mean) for i in sh) for sh in shares]
-    quotas = _apportion(n_batches, [s if sh else 0 for s, sh in zip(samples, shares)])
+    quotas = apportion(n_batches, [s if sh else 0 for s, sh in zip(samples, shares)])
     return [WorkerShare(sh, s, q) for sh, s, q in zip(shares, samples, quotas)]
 
 

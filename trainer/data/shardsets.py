@@ -118,8 +118,21 @@ def _count(m: Manifest, shards: list[str]) -> int:
     return sum(counts[n] for n in names) if counts and all(n in counts for n in names) else m.count
 
 
-def group_shards(patterns: str | list[str]) -> list[ShardSet]:
-    """Expand shard patterns and group the shards by folder (one folder = one setting);
+def _first_seen(patterns: list[str]) -> dict[str, int]:
+    """Folder -> the position of its first shard in the patterns as given (brace alternatives in
+    their written order)."""
+    order: dict[str, int] = {}
+    for pat in patterns:
+        for p in braceexpand(str(pat)):
+            hits = glob.glob(os.path.join(p, "*.tar")) if os.path.isdir(p) else sorted(glob.glob(p))
+            for h in hits:
+                order.setdefault(os.path.dirname(os.path.abspath(h)), len(order))
+    return order
+
+
+def group_shards(patterns: str | list[str], in_order: bool = False) -> list[ShardSet]:
+    """Expand shard patterns and group the shards by folder (one folder = one setting), by
+    folder name, or (``in_order``) in the order the patterns name them;
     read and check each folder's manifest.json, and pair a split-layout setting with its
     reference (:func:`pipeline.layout.check_reference`: a missing or mismatched reference is
     a one-line :class:`pipeline.layout.PairingError` naming both folders)."""
@@ -129,8 +142,13 @@ def group_shards(patterns: str | list[str]) -> list[ShardSet]:
     by_dir: dict[str, list[str]] = {}
     for s in expand_shards(patterns):
         by_dir.setdefault(os.path.dirname(s), []).append(s)
+    folders = sorted(by_dir)
+    if in_order:
+        seen = _first_seen([patterns] if isinstance(patterns, str) else list(patterns))
+        folders.sort(key=lambda d: seen.get(d, len(seen)))
     out = []
-    for d, shards in sorted(by_dir.items()):
+    for d in folders:
+        shards = by_dir[d]
         m = Manifest.load(d)
         pairing = check_reference(d)
         reference = None
