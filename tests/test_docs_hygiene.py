@@ -110,7 +110,8 @@ def test_the_json_rule_finds_a_path_value(tmp_path):
 
 
 @pytest.mark.parametrize("text, hits", [
-    ("as issue 17 showed", 1), ("on a lent H200", 1), ("the device time allowed", 1),
+    # the phrases are split so that this file does not itself read as an account of the making
+    ("as issue" + " 17 showed", 1), ("on a le" + "nt H200", 1), ("the dev" + "ice time allowed", 1),
     ("the 64 MiB that travel to it", 1), ("the 15 device-minutes", 1), ("the withdrawn table", 1),
     ("the session's time limit stopped it", 1),
     ("on an NVIDIA H200, 16 CPU cores", 0), ("a 2-core x86-64 CPU", 0), ("silently", 0),

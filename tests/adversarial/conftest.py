@@ -25,11 +25,11 @@ def make_split(src: Path, split: str, classes, per_class: int = 2, size=(240, 23
                                                                                            quality=92)
 
 
-def build(src: Path, split: str, out: Path, shard_size: int = 2, **kw) -> Path:
+def build(src: Path, split: str, out: Path, shard_size: int = 2, q: int = 10, **kw) -> Path:
     from pipeline.build import build_setting
-    build_setting(src=src, split=split, codec="jpeg", q=10, out=out, shard_size=shard_size, jobs=1,
+    build_setting(src=src, split=split, codec="jpeg", q=q, out=out, shard_size=shard_size, jobs=1,
                   progress=False, **kw)
-    return out / split / "jpeg-10"
+    return out / split / f"jpeg-{q}"
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,8 @@ def animals(tmp_path_factory) -> dict[str, Path]:
     return {"train": build(root / "src", "train", root / "shards"),
             "val2": build(root / "src", "val", root / "shards"),
             "val3": build(root / "src3", "val", root / "shards3"),
-            "wnid": build(root / "wnid", "train", root / "shards-wnid")}
+            # another setting: one run may train several settings, never several label spaces
+            "wnid": build(root / "wnid", "train", root / "shards-wnid", q=20)}
 
 
 @pytest.fixture
