@@ -135,6 +135,20 @@ def selection_protocol(select_per_class: int) -> dict | str:
 SELECT_SPLIT = "train-select"
 
 
+def source_subsets(a, train_name: str, val_name: str, classes=None) -> tuple[Path, Path, Path, int]:
+    """The experiment's seeded train and val subsets of ``a.src`` (folders of links under
+    ``SHARDS/../subsets``; ``classes`` limits the train subset), that subsets folder and the job
+    count; one line when the source has no train/ or val/."""
+    from experiments.subsets import make_subset
+    if not (a.src / "train").is_dir() or not (a.src / "val").is_dir():
+        raise UserError(f"no {a.src}/train or {a.src}/val: set SRC=/path/to/imagenette")
+    subsets = a.shards.parent / "subsets"
+    train_src = make_subset(a.src, subsets / train_name, {"train": a.train_per_class}, classes=classes,
+                            seed=a.subset_seed)
+    val_src = make_subset(a.src, subsets / val_name, {"val": a.val_per_class}, seed=a.subset_seed)
+    return train_src, val_src, subsets, a.jobs or os.cpu_count() or 1
+
+
 def select_subset(src: Path, subsets: Path, train_subset: Path, per_class: int, seed: int,
                   val_subset: Path | None = None) -> Path:
     """The selection subset: ``per_class`` train images of each class that ``train_subset``

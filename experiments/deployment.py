@@ -41,7 +41,6 @@ from trainer.rundir import RunDir  # noqa: E402
 from trainer.vocab import BN_MODES  # noqa: E402
 
 from experiments import common  # noqa: E402
-from experiments.subsets import make_subset  # noqa: E402
 
 #: the model kinds of a deployment results file (its rows' ``model``)
 PRETRAINED, SPECIALIST, GENERALIST = "pretrained", "specialist", "generalist"
@@ -64,12 +63,7 @@ def prepare(a, build: bool = True) -> tuple[dict[str, str], dict[str, str]]:
     if not build:
         common.check_prebuilt({**globs[0], **{f"val {k}": v for k, v in globs[1].items()}})
         return globs
-    if not (a.src / "train").is_dir() or not (a.src / "val").is_dir():
-        raise UserError(f"no {a.src}/train or {a.src}/val: set SRC=/path/to/imagenette")
-    jobs = a.jobs or os.cpu_count() or 1
-    subsets = a.shards.parent / "subsets"
-    train_src = make_subset(a.src, subsets / train_name, {"train": a.train_per_class}, seed=a.subset_seed)
-    val_src = make_subset(a.src, subsets / val_name, {"val": a.val_per_class}, seed=a.subset_seed)
+    train_src, val_src, _, jobs = common.source_subsets(a, train_name, val_name)
     common.build_shards(val_src, "val", list(PAPER_SETTINGS), a.val_root, a.val_shard_size, jobs, layout="split")
     common.build_shards(train_src, "train", trained, train_root, a.shard_size, jobs, layout="split")
     return globs

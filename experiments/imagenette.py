@@ -50,7 +50,6 @@ from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
 from experiments import common  # noqa: E402
-from experiments.subsets import make_subset  # noqa: E402
 
 # re-exported for callers of the old module
 parse_methods = common.parse_methods
@@ -75,12 +74,7 @@ def prepare(a) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
         common.check_prebuilt({**globs[0], **{f"val {k}": v for k, v in globs[1].items()},
                                **{f"selection {k}": v for k, v in globs[2].items()}})
         return globs
-    if not (a.src / "train").is_dir() or not (a.src / "val").is_dir():
-        raise UserError(f"no {a.src}/train or {a.src}/val: set SRC=/path/to/imagenette")
-    jobs = a.jobs or os.cpu_count() or 1
-    subsets = a.shards.parent / "subsets"
-    train_src = make_subset(a.src, subsets / train_name, {"train": a.train_per_class}, seed=a.subset_seed)
-    val_src = make_subset(a.src, subsets / val_name, {"val": a.val_per_class}, seed=a.subset_seed)
+    train_src, val_src, subsets, jobs = common.source_subsets(a, train_name, val_name)
     common.build_shards(train_src, "train", names, train_root, a.shard_size, jobs, order=a.order, layout=a.layout)
     common.build_shards(val_src, "val", names, val_root, a.shard_size, jobs, layout=a.layout)
     if a.select_per_class:

@@ -38,7 +38,6 @@ away; the trainer stays unchanged.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -54,7 +53,6 @@ from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
 from experiments import common  # noqa: E402
-from experiments.subsets import make_subset  # noqa: E402
 
 A_CLASSES = "n01440764 n02102040 n02979186 n03000684 n03028079"
 B_CLASSES = "n03394916 n03417042 n03425413 n03445777 n03888257"
@@ -72,15 +70,9 @@ def parse_classes(text: str, what: str) -> list[str]:
 def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
     """Subsets and shards; returns ({setting: A's train glob}, {setting: val glob}), the val
     settings being the trained ones and lossless."""
-    if not (a.src / "train").is_dir() or not (a.src / "val").is_dir():
-        raise UserError(f"no {a.src}/train or {a.src}/val: set SRC=/path/to/imagenette")
-    jobs = a.jobs or os.cpu_count() or 1
-    subsets = a.shards.parent / "subsets"
     train_name = common.subset_name(a.src, "train", a.train_per_class, a.subset_seed, tag="A")
     val_name = common.subset_name(a.src, "val", a.val_per_class, a.subset_seed)
-    train_src = make_subset(a.src, subsets / train_name, {"train": a.train_per_class}, classes=a.a_classes,
-                            seed=a.subset_seed)
-    val_src = make_subset(a.src, subsets / val_name, {"val": a.val_per_class}, seed=a.subset_seed)
+    train_src, val_src, _, jobs = common.source_subsets(a, train_name, val_name, classes=a.a_classes)
     names = [s.name for s in a.settings]
     train_root = a.shards / train_name / "mixed"
     a.val_root = a.shards / val_name
