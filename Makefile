@@ -103,7 +103,7 @@ test-fast: install ## The test suite without the tests marked slow
 RESULTS := benchmarks/results
 BLOCK   := $(PY) benchmarks/readme_block.py
 
-bench: install ## Benchmarks: pipeline, BPG codec, trainer; writes benchmarks/results/*.json, refreshes docs/benchmarks.md
+bench: install ## Benchmarks: pipeline, BPG codec, trainer; writes benchmarks/results/*.json, refreshes their tables in docs/
 	@mkdir -p $(RESULTS)
 	$(PY) benchmarks/bench_pipeline.py --images 384 --json $(RESULTS)/pipeline.json --scale-images 48 --scale-json $(RESULTS)/scale.json
 	$(PY) benchmarks/bench_pipeline.py --images 96 --storage-only --json $(RESULTS)/storage.json
