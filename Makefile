@@ -50,7 +50,7 @@ BENCH_GPU_ARGS  ?=
 
 SYSTEM_PACKAGES := libopenjp2-7
 
-.PHONY: help install system-deps shards shards-paper test test-fast bench bench-gpu bench-serve demo demo-docs report clean
+.PHONY: help install system-deps shards shards-paper test test-fast bench bench-gpu bench-serve demo demo-docs figures docs report clean
 
 help: ## Show the targets and their variables
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -98,11 +98,12 @@ test-fast: install ## The test suite without the tests marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # the benchmarks write their results files (benchmarks/results/*.json: numbers, command, environment);
-# the README blocks are rendered from those files (benchmarks/readme_block.py, the registry of every block)
+# the docs' blocks are rendered from those files (benchmarks/readme_block.py, the registry of every block:
+# which page holds which block)
 RESULTS := benchmarks/results
 BLOCK   := $(PY) benchmarks/readme_block.py
 
-bench: install ## Benchmarks: pipeline, BPG codec, trainer; writes benchmarks/results/*.json and refreshes the README tables
+bench: install ## Benchmarks: pipeline, BPG codec, trainer; writes benchmarks/results/*.json, refreshes their tables in docs/
 	@mkdir -p $(RESULTS)
 	$(PY) benchmarks/bench_pipeline.py --images 384 --json $(RESULTS)/pipeline.json --scale-images 48 --scale-json $(RESULTS)/scale.json
 	$(PY) benchmarks/bench_pipeline.py --images 96 --storage-only --json $(RESULTS)/storage.json
@@ -119,7 +120,7 @@ bench: install ## Benchmarks: pipeline, BPG codec, trainer; writes benchmarks/re
 
 # make bench-gpu on a machine with a CUDA GPU: about 5 minutes (2 archs x 2 modes x 3 columns x 20 s, plus set-up);
 # BENCH_GPU_MODES=finetune,expert-live,expert-cached adds the live teacher, BENCH_GPU_ARGS=--gpu-decode uses nvJPEG
-bench-gpu: install ## Trainer throughput at steady state on a CUDA GPU (resnet50, mobilenet_v2); refreshes the README table
+bench-gpu: install ## Trainer throughput at steady state on a CUDA GPU (resnet50, mobilenet_v2); refreshes docs/benchmarks.md
 	@mkdir -p $(RESULTS)
 	$(PY) benchmarks/bench_trainer.py --device cuda --arch resnet50 --batch-size 64 --modes $(BENCH_GPU_MODES) \
 	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS) --json $(RESULTS)/trainer-gpu-resnet50.json
@@ -138,6 +139,13 @@ demo: install ## The whole flow on the embedded default (or DATA=... WEIGHTS=...
 
 demo-docs: install ## Run the embedded demo: docs/demo-results.json, its README table and the plot
 	$(PY) -m demo --readme $(DEMO_ARGS)
+
+figures: install ## The docs' figures (docs/*.png) from the committed results files
+	$(PY) experiments/figures.py --out docs
+
+docs: install ## Every generated block of the docs (docs/cli.md included) and the figures
+	$(BLOCK) --all
+	$(PY) experiments/figures.py --out docs
 
 report: install ## Table 1, Fig. 4/5 from runs/, shards/ and reports/results.json (PAPER=paper_table1.json to compare)
 	$(PY) -m trainer.decisions.report --runs runs/ --shards $(OUT) --results reports/results.json --out reports/ \

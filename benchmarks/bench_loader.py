@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="untimed seconds after the shuffle buffer's fill")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="jobs for building the shards")
     p.add_argument("--markdown", default=None)
-    p.add_argument("--json", default=None, help="the results file the README block is rendered from (benchmarks/readme_block.py)")
+    p.add_argument("--json", default=None, help="the results file the docs block is rendered from (benchmarks/readme_block.py)")
     a = p.parse_args(argv)
     text = bench(a)
     print(text)

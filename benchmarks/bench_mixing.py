@@ -81,7 +81,7 @@ def main(argv=None):
     ap.add_argument("--shuffle-buffer", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--markdown", type=Path)
-    ap.add_argument("--json", type=Path, help="the results file the README block is rendered from (benchmarks/readme_block.py)")
+    ap.add_argument("--json", type=Path, help="the results file the docs block is rendered from (benchmarks/readme_block.py)")
     args = ap.parse_args(argv)
     if not (args.src / args.split).is_dir():
         print(f"skipping: {args.src / args.split} is absent", file=sys.stderr)

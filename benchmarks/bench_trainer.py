@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--gpu-decode", action="store_true", help="decode the JPEG bitstreams on the GPU (nvJPEG)")
     p.add_argument("--markdown", default=None)
-    p.add_argument("--json", default=None, help="the results file the README block is rendered from "
+    p.add_argument("--json", default=None, help="the results file the docs block is rendered from "
                    "(benchmarks/readme_block.py)")
     a = p.parse_args(argv)
     text, rounds = bench(a)

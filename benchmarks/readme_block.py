@@ -9,7 +9,10 @@ Renderers:
 - ``document``: a benchmark's or the demo's results file (``save`` writes it: the command,
   the environment and the parts of its Markdown, tables as cells), several joined;
 - ``summary``: ``experiments/summarize.py`` of ``trainer.eval`` results files (the arguments
-  are summarize's).
+  are summarize's);
+- ``extended``: the extended codecs' settings table (``experiments/extended_settings.py``);
+- ``cli``: the reference of every console script of setup.cfg, from the click commands
+  (``benchmarks/cli_reference.py``).
 
     python benchmarks/readme_block.py pipeline scale       # refresh these blocks from their files
     python benchmarks/readme_block.py --all                 # every block
@@ -102,8 +105,13 @@ def render_extended(sources: list[str], root: Path) -> str:
     return extended_settings.render_table(json.loads((root / sources[0]).read_text(encoding="utf-8")))
 
 
+def render_cli(sources: list[str], root: Path) -> str:
+    from benchmarks import cli_reference
+    return cli_reference.render(root)
+
+
 RENDERERS = {"document": (render_documents, lambda args: list(args)), "summary": (render_summary, summary_sources),
-             "extended": (render_extended, lambda args: list(args))}
+             "extended": (render_extended, lambda args: list(args)), "cli": (render_cli, lambda args: list(args))}
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,7 @@ class Block:
     file: str          # the Markdown file, from the repository root
     name: str          # <!-- NAME:start -->
     renderer: str      # a key of RENDERERS
-    args: tuple        # document: the results files; summary: summarize's arguments
+    args: tuple        # document: the results files; summary: summarize's arguments; cli: setup.cfg
 
     def render(self, root: Path = ROOT) -> str:
         return RENDERERS[self.renderer][0](list(self.args), Path(root))
@@ -125,18 +133,19 @@ def _doc(file: str, name: str, *sources: str) -> Block:
 
 
 def _summary(name: str, *argv: str) -> Block:
-    return Block("README.md", name, "summary", argv)
+    return Block(summarize.RESULTS_PAGE, name, "summary", argv)
 
 
 BLOCKS = [
-    _doc("README.md", "mixing", f"{RESULTS}/mixing.json"),
-    _doc("README.md", "storage", f"{RESULTS}/storage.json"),
-    _doc("README.md", "pipeline", f"{RESULTS}/pipeline.json"),
-    _doc("README.md", "scale", f"{RESULTS}/scale.json"),
-    _doc("README.md", "bpg", f"{RESULTS}/bpg.json"),
-    _doc("README.md", "loader", f"{RESULTS}/loader.json"),
-    _doc("README.md", "trainer", f"{RESULTS}/trainer.json"),
-    _doc("README.md", "trainer-gpu", f"{RESULTS}/trainer-gpu-resnet50.json", f"{RESULTS}/trainer-gpu-mobilenet_v2.json"),
+    _doc("docs/format.md", "mixing", f"{RESULTS}/mixing.json"),
+    _doc("docs/format.md", "storage", f"{RESULTS}/storage.json"),
+    _doc("docs/benchmarks.md", "pipeline", f"{RESULTS}/pipeline.json"),
+    _doc("docs/benchmarks.md", "scale", f"{RESULTS}/scale.json"),
+    _doc("docs/benchmarks.md", "bpg", f"{RESULTS}/bpg.json"),
+    _doc("docs/benchmarks.md", "loader", f"{RESULTS}/loader.json"),
+    _doc("docs/benchmarks.md", "trainer", f"{RESULTS}/trainer.json"),
+    _doc("docs/benchmarks.md", "trainer-gpu", f"{RESULTS}/trainer-gpu-resnet50.json",
+         f"{RESULTS}/trainer-gpu-mobilenet_v2.json"),
     _doc("README.md", "demo", "docs/demo-results.json"),
     _doc("docs/receiver.md", "serve", f"{RESULTS}/serve.json"),
     *(_summary(name, *argv) for name, argv in summarize.README_BLOCKS.items()),
@@ -145,6 +154,7 @@ BLOCKS = [
     _doc("tools/bpg/README.md", "bpg-tuning", f"{RESULTS}/bpg-tune.json"),
     _doc("tools/bpg/README.md", "bpg-bench", f"{RESULTS}/bpg.json"),
     Block("docs/codecs.md", "extended-settings", "extended", ("docs/results/extended-settings.json",)),
+    Block("docs/cli.md", "cli", "cli", ("setup.cfg",)),
 ]
 
 #: the Markdown files whose blocks are all generated (a block not in BLOCKS is an error)

@@ -2,7 +2,7 @@
 pretrained vs stability vs fine-tune vs expert on harsh settings of two codecs, the same
 budget for every trained method, several seeds; mean ± spread in the summary.
 
-    python experiments/imagenette.py                        # the defaults: the README's CPU budget
+    python experiments/imagenette.py                        # the defaults: the CPU budget of docs/results.md
     SEEDS="0 1 2" EPOCHS=3 TRAIN_LIMIT=3000 DEVICE=cuda experiments/imagenette.sh
     ORDER=sorted METHODS="finetune expert" SETTINGS=j2k-200 OUT=runs/experiments/imagenette-sorted \\
         experiments/imagenette.sh                           # the same on class-sorted shards

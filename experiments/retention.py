@@ -2,7 +2,7 @@
 classes (A), and measure both the gain on A and what the model keeps of the classes it was
 not trained on (B), compressed and clean.
 
-    experiments/retention.sh                      # the README's CPU budget, ../shared data
+    experiments/retention.sh                      # the CPU budget of docs/results.md, ../shared data
     SEEDS="0 1 2" EPOCHS=5 DEVICE=cuda RESULTS=experiments/results/retention-gpu.json experiments/retention.sh
 
 The split of Imagenette's 10 classes, fixed (``--a-classes``, ``--b-classes``): A, trained,

@@ -1,4 +1,4 @@
-"""The README's experiment tables from results files (``trainer.eval`` rows), mean ± sample
+"""The experiment tables of docs/results.md from results files (``trainer.eval`` rows), mean ± sample
 std over seeds.  Four views:
 
 - **table1** (the default for rows without class groups): top-1 per (setting, method), each
@@ -18,8 +18,8 @@ A results file ``X.json`` may have ``X.meta.json`` beside it (written by the exp
 scripts): its budget is printed under the tables.
 
     python experiments/summarize.py runs/experiments/imagenette/results.json
-    python experiments/summarize.py experiments/results/imagenette-cpu.json --readme README.md --block imagenette
-    python experiments/summarize.py experiments/results/retention-cpu.json --readme README.md --block retention
+    python experiments/summarize.py experiments/results/imagenette-cpu.json --readme docs/results.md --block imagenette
+    python experiments/summarize.py --all-blocks docs/results.md      # every block of RESULTS_PAGE
     python experiments/summarize.py --compare mixed=a.json --compare sorted=b.json --setting j2k-200
 """
 from __future__ import annotations
@@ -389,8 +389,11 @@ def write_block(readme: Path, name: str, content: str) -> None:
         raise UserError(f"{readme}: {exc}") from None
 
 
-#: the README's experiment blocks: name -> the arguments that make them (paths from the repository
-#: root); the registry of every generated block (benchmarks/readme_block.py) takes them from here
+#: the page that holds the experiment blocks below
+RESULTS_PAGE = "docs/results.md"
+
+#: the experiment blocks of RESULTS_PAGE: name -> the arguments that make them (paths from the
+#: repository root); the registry of every generated block (benchmarks/readme_block.py) takes them from here
 README_BLOCKS = {
     "imagenette": ["experiments/results/imagenette-cpu.json"],
     "imagenette-order-cpu": ["--compare", "sorted=experiments/results/imagenette-cpu-sorted.json",
@@ -418,8 +421,8 @@ def readme_blocks() -> dict:
 @click.option("--block", "block_name", default="imagenette", show_default=True,
               help="Block name: <!-- NAME:start --> ... <!-- NAME:end -->.")
 @click.option("--all-blocks", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Regenerate every experiment block of this README (benchmarks/readme_block.py) "
-                   "from the results files.")
+              help=f"Regenerate every experiment block of this Markdown file ({RESULTS_PAGE}; "
+                   "benchmarks/readme_block.py) from the results files.")
 @click.option("--only", multiple=True, metavar="NAME",
               help="With --all-blocks: only these blocks (repeatable).")
 @click.option(ALLOW_SELECTED, "allow_selected", is_flag=True,

@@ -87,7 +87,8 @@ def cli(verbose: int) -> None:
 @click.option("--order", type=click.Choice(ORDERS), default=DEFAULT_ORDER, show_default=True,
               help="mixed: a seeded permutation (batches mix classes); sorted: class by class.")
 @click.option("--seed", default=DEFAULT_SEED, show_default=True, type=int, help="Seed of the mixed order.")
-@click.option("--jobs", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1), help="Parallel worker processes.")
+@click.option("--jobs", default=os.cpu_count() or 1, show_default="the CPU count", type=click.IntRange(1),
+              help="Parallel worker processes.")
 @click.option("--shard-size", default=1000, show_default=True, type=click.IntRange(1), help="Samples per shard.")
 @click.option("--classes", "classes_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Class table overriding the folder rule: one folder name per line, or 'index<TAB>name'.")

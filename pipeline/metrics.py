@@ -16,7 +16,7 @@ than loading, cropping, encoding and decoding together).  OpenCV's separable fil
 the four Gaussian blurs about 5x faster than NumPy shifted sums, and every intermediate
 lives in a per-thread workspace that is reused from image to image, because allocating
 fresh arrays (page faults) cost as much as the arithmetic.  Measured on Imagenette crops:
-2.3 ms per 224² image instead of 7.6 ms (see README, "Benchmarks").
+2.3 ms per 224² image instead of 7.6 ms (docs/benchmarks.md, "Pipeline").
 """
 from __future__ import annotations
 

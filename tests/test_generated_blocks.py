@@ -48,16 +48,16 @@ def test_check_finds_a_hand_edit(tmp_path):
                 (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(ROOT / rel, tmp_path / rel)
     (tmp_path / "trainer").mkdir(exist_ok=True)
-    readme = tmp_path / "README.md"
+    readme = tmp_path / "docs" / "benchmarks.md"
     original = readme.read_text(encoding="utf-8")
     assert rb.stale(tmp_path) == []
     edited = original.replace("| expert-cached | 14068.6 |", "| expert-cached | 14068.7 |")
     assert edited != original
     readme.write_text(edited, encoding="utf-8")
-    assert rb.stale(tmp_path) == ["README.md: block trainer-gpu differs from what "
+    assert rb.stale(tmp_path) == ["docs/benchmarks.md: block trainer-gpu differs from what "
                                   "benchmarks/results/trainer-gpu-resnet50.json, "
                                   "benchmarks/results/trainer-gpu-mobilenet_v2.json renders"]
-    assert rb.refresh([b for b in rb.BLOCKS if b.name == "trainer-gpu"], tmp_path) == ["README.md: trainer-gpu"]
+    assert rb.refresh([b for b in rb.BLOCKS if b.name == "trainer-gpu"], tmp_path) == ["docs/benchmarks.md: trainer-gpu"]
     assert readme.read_text(encoding="utf-8") == original
 
 

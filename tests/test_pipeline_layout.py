@@ -272,16 +272,16 @@ def test_bad_setting_lists_are_one_line_errors(three_classes, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-# -- 4: readers stay standard: the README's snippet ----------------------------------------------------
+# -- 4: readers stay standard: the snippet of docs/format.md ----------------------------------------------------
 
-def _readme_snippet() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def _docs_snippet() -> str:
+    text = (ROOT / "docs" / "format.md").read_text(encoding="utf-8")
     m = re.search(r"<!-- pairing-snippet -->\s*```python\n(.*?)```", text, re.S)
-    assert m, "README.md lost the pairing snippet"
+    assert m, "docs/format.md lost the pairing snippet"
     return m.group(1)
 
 
-def test_readme_pairing_snippet(three_classes, tmp_path, monkeypatch):
+def test_docs_pairing_snippet(three_classes, tmp_path, monkeypatch):
     import pipeline.codecs.j2k as j2k_mod
 
     src, split = three_classes
@@ -296,7 +296,7 @@ def test_readme_pairing_snippet(three_classes, tmp_path, monkeypatch):
     monkeypatch.setattr(j2k_mod.J2kCodec, "encode", encode)
     build(src, split, ["j2k-200"], tmp_path, shard_size=5, jobs=1, layout="split", progress=False)
     namespace: dict = {}
-    exec(compile(_readme_snippet(), "README.md snippet", "exec"), namespace)
+    exec(compile(_docs_snippet(), "docs/format.md snippet", "exec"), namespace)
     pairs = list(namespace["paired"](str(tmp_path / split / "j2k-200"), str(tmp_path / split / "lossless")))
     reference = {s["__key__"]: s for s in _samples(tmp_path / split / "lossless")}
     assert len(pairs) == 11 and len(reference) == 12

@@ -227,15 +227,15 @@ def test_pretrained_bn_variant_keeps_the_weights_and_swaps_the_statistics(tmp_pa
 
 
 def test_readme_blocks_are_generated_from_the_results_files():
-    """Every experiment table in the README is what summarize.py makes of the committed
-    results files (regenerate: python experiments/summarize.py --all-blocks README.md)."""
+    """Every experiment table of docs/results.md is what summarize.py makes of the committed
+    results files (regenerate: python experiments/summarize.py --all-blocks docs/results.md)."""
     import re
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / summarize.RESULTS_PAGE).read_text(encoding="utf-8")
     for name, argv in summarize.readme_blocks().items():
         m = re.search(rf"<!-- {re.escape(name)}:start -->\n(.*?)\n<!-- {re.escape(name)}:end -->", text, re.S)
-        assert m, f"README.md has no {name} block"
-        assert m.group(1).strip() == summarize.block(argv).strip(), f"README block {name} is out of date"
+        assert m, f"{summarize.RESULTS_PAGE} has no {name} block"
+        assert m.group(1).strip() == summarize.block(argv).strip(), f"block {name} is out of date"
 
 
 def _md_tables(text):

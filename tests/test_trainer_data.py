@@ -281,7 +281,7 @@ def test_worker_buffers_are_used_again_only_after_the_main_process_copied_them(s
 
 
 def test_epoch_plan_on_imagenet_train_leaves_out_and_repeats_a_fraction_of_a_percent():
-    """The README's figure: ImageNet train (1,281,167 images) in shards of 1000, 8 ranks x 7
+    """The figure of docs/training.md ("Epochs"): ImageNet train (1,281,167 images) in shards of 1000, 8 ranks x 7
     workers, batch 256; per epoch, the samples left for another epoch and those read twice."""
     from trainer.data import epoch_plan
 

@@ -35,7 +35,7 @@ def _config_values(ctx: click.Context, params: dict) -> dict:
 @click_options(TrainConfig)
 @click.pass_context
 def cli(ctx: click.Context, config, **params):
-    """Train one model on the shards of a setting (see trainer/README.md)."""
+    """Train one model on the shards of a setting (see docs/training.md)."""
     values = read_yaml(config) if config else {}
     given = _config_values(ctx, params)
     for k in ("shards", "val_shards"):

@@ -2,7 +2,7 @@
 
 Its bitstream is the lossless WebP of the crop, which is also how shards store every clean
 crop: measured on Imagenette crops, WebP lossless at method 0 is 27% smaller than PNG at
-zlib level 1 (58 vs 80 KB) and about twice as fast to write (see README, "Shard format").
+zlib level 1 (58 vs 80 KB) and about twice as fast to write (docs/format.md, "Layouts").
 The manifest's bytes for this setting therefore tell what lossless transmission costs.
 """
 from __future__ import annotations
