@@ -193,6 +193,8 @@ def cli(zoo_dir, select, val_root, settings, pretrained, arch, per_setting, seed
     traffic = read_traffic(val_root, names, per_setting, seed)
     scores, routed = evaluate(zoo, traffic, device)
     rows, text = summarize(zoo, scores, routed, names)
+    if select:   # several zoos may share a folder (e.g. --bn train and frozen): say which one
+        text = f"Zoo: the run folders matching `{select}`.  " + text
     click.echo(text)
     if markdown:
         atomic_write(markdown, text + "\n")

@@ -47,7 +47,7 @@ def test_mixed_traffic_on_a_tiny_zoo(tmp_path, capsys):
                              "--arch", ARCH, "--device", "cpu", "--markdown", str(tmp_path / "t.md")])
     assert rc == 0, capsys.readouterr().err
     text = (tmp_path / "t.md").read_text()
-    assert "36 val images, 12 per setting" in text
+    assert text.startswith("Zoo: the run folders matching `expert-*`.  Mixed traffic: 36 val images, 12 per setting")
     assert "sent 66.7% of the images to the specialist of their own setting" in text   # lossless has none
     top1_table, present_table = text.split("top1 (")[1].split("top1_present (")
     assert "| routed zoo (3 experts) | 22.2 | 33.3 | 0.0 | 33.3 |" in top1_table
