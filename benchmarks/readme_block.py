@@ -154,6 +154,8 @@ BLOCKS = [
     _doc("tools/bpg/README.md", "bpg-tuning", f"{RESULTS}/bpg-tune.json"),
     _doc("tools/bpg/README.md", "bpg-bench", f"{RESULTS}/bpg.json"),
     Block("docs/codecs.md", "extended-settings", "extended", ("docs/results/extended-settings.json",)),
+    Block("docs/codecs.md", "imagenette-extended", "summary",
+          ("experiments/results/imagenette-cpu-extended.json", "experiments/results/imagenette-cpu.json")),
     Block("docs/cli.md", "cli", "cli", ("setup.cfg",)),
 ]
 

@@ -31,6 +31,7 @@ DPI = 110
 METADATA = {"Software": None}
 
 IMAGENETTE = "experiments/results/imagenette-cpu.json"
+EXTENDED = "experiments/results/imagenette-cpu-extended.json"
 RETENTION = "experiments/results/retention-cpu.json"
 DEPLOYMENT = "experiments/results/deployment-cpu.json"
 PIPELINE = "benchmarks/results/pipeline.json"
@@ -133,6 +134,41 @@ def retention(root: Path, out: Path) -> Path:
     return _save(fig, out)
 
 
+def codecs(root: Path, out: Path) -> Path:
+    """Top-1 against bytes per image at the harsh end: the paper's settings of the Imagenette
+    control and each new codec's lowest-rate setting, pretrained and expert, each model on its
+    own setting (docs/codecs.md)."""
+    from experiments.summarize import load_rows, own_cells
+
+    rows = load_rows([root / IMAGENETTE, root / EXTENDED])
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0), sharey=True)
+    for ax, metric, title in ((axes[0], "top1", "1000-way top-1"),
+                              (axes[1], "top1_present", "top-1 over the classes present")):
+        acc, info = own_cells(rows, metric)
+        settings = sorted({s for s, _ in acc}, key=lambda s: info[s].get("bytes", 0))
+        for i, s in enumerate(settings):
+            for key, marker, fill in (("pretrained", "o", "none"), ("expert", "s", f"C{i}")):
+                v = acc.get((s, key))
+                if not v:
+                    continue
+                ax.errorbar([info[s]["bytes"]], [statistics.mean(v)],
+                            yerr=[statistics.stdev(v)] if len(v) > 1 else None, fmt=marker, color=f"C{i}",
+                            markerfacecolor=fill, capsize=3, label=f"{s} {methods.title(key)}")
+        ax.axvline(761, color="0.5", linestyle="--", linewidth=1)
+        ax.text(761, 2, " 761 B (j2k-200)", fontsize=7, color="0.4")
+        ax.set_xscale("log")
+        ax.set_xlabel("mean bytes per 224² crop")
+        ax.set_title(title)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("% of the val images")
+    fig.suptitle("Imagenette, each setting's pretrained (hollow) and expert (filled) score; "
+                 "mean ± sample std over seeds", fontsize=10)
+    _legend_below(fig, axes[1], 5)
+    return _save(fig, out)
+
+
 def deployment(root: Path, out: Path) -> Path:
     from experiments.deployment import figure
     return figure(root / DEPLOYMENT, out)
@@ -202,6 +238,7 @@ FIGURES = {
     "imagenette.png": (imagenette, (IMAGENETTE,)),
     "retention.png": (retention, (RETENTION,)),
     "deployment.png": (deployment, (DEPLOYMENT,)),
+    "codecs-rate-accuracy.png": (codecs, (IMAGENETTE, EXTENDED)),
     "pipeline-throughput.png": (pipeline_throughput, (PIPELINE,)),
     "loader-step.png": (loader_step, (LOADER, TRAINER)),
 }
