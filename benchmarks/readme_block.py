@@ -148,6 +148,8 @@ BLOCKS = [
          f"{RESULTS}/trainer-gpu-mobilenet_v2.json"),
     _doc("README.md", "demo", "docs/demo-results.json"),
     _doc("docs/receiver.md", "serve", f"{RESULTS}/serve.json"),
+    _doc("docs/receiver.md", "mixed-traffic", "experiments/results/mixed-traffic-cpu.json",
+         "experiments/results/mixed-traffic-cpu-bn-frozen.json"),
     *(_summary(name, *argv) for name, argv in summarize.README_BLOCKS.items()),
     Block("docs/deployment.md", "deployment", "summary",
           ("--view", "deployment", "experiments/results/deployment-cpu.json")),
