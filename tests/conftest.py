@@ -30,3 +30,17 @@ def image_folder(tmp_path):
     """(root, split) of a tiny 2-class ImageNet-style folder with 3 images per class."""
     make_image_folder(tmp_path / "src")
     return tmp_path / "src", "train"
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """The 1000-class ImageNet-shaped weights of a seeded random mobilenet_v3_small (the small
+    architecture of the training tests), as a state_dict file."""
+    import torch
+
+    from trainer.models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "w.pth"
+    torch.save(build_model("mobilenet_v3_small", None, 1000).net.state_dict(), path)
+    return path

@@ -26,14 +26,6 @@ def shards(tmp_path_factory):
                         per_class=4, shard_size=2, splits=("train", "val"))
 
 
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "w.pth"
-    torch.save(build_model(ARCH, None, 1000).net.state_dict(), path)
-    return path
-
-
 def glob(shards, *settings, split="train"):
     return [str(shards / split / s / "*.tar") for s in settings]
 

@@ -40,14 +40,6 @@ def shards(clean_shards, tmp_path):
     return dst
 
 
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "w.pth"
-    torch.save(build_model(ARCH, None, 1000).net.state_dict(), path)
-    return path
-
-
 def one_error_line(err: str) -> str:
     lines = [l for l in err.splitlines() if l.strip()]
     assert "Traceback" not in err, err[-3000:]
