@@ -18,7 +18,7 @@ from .atomic import AtomicWriteError, LockedError
 from .backends import BACKENDS, BackendError
 from .cli import CommandError, Group, one_line
 from .codecs import CodecError, available, get
-from .limits import DEFAULT_MAX_PIXELS, PixelBudgetError
+from .limits import PixelBudgetError, max_pixels_option
 from .plan import DEFAULT_ORDER, DEFAULT_SEED, ORDERS
 from .setting import Setting, SettingError
 from .shards import LAYOUTS, PAIR
@@ -93,8 +93,7 @@ def cli(verbose: int) -> None:
 @click.option("--classes", "classes_file", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Class table overriding the folder rule: one folder name per line, or 'index<TAB>name'.")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N images of the order (quick runs).")
-@click.option("--max-pixels", default=None, type=click.IntRange(1),
-              help=f"Pixel budget of a source image [default: {DEFAULT_MAX_PIXELS:,} or $M2M_MAX_PIXELS].")
+@max_pixels_option
 @click.option("--max-failed", default=0.01, show_default=True, type=click.FloatRange(0, 1),
               help="Exit with an error when more than this fraction of the inputs failed (the manifest is still written).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True,
@@ -109,7 +108,7 @@ def cli(verbose: int) -> None:
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Codec option, e.g. -o mct=1 (j2k), -o effort=5 (bpg). See `python -m pipeline codecs`.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def shards(codec, q, settings, src, split, out, layout, order, seed, jobs, shard_size, classes_file, limit, max_pixels,
+def shards(codec, q, settings, src, split, out, layout, order, seed, jobs, shard_size, classes_file, limit, budget,
            max_failed, backend, scheduler, num_nodes, node_rank, verify, options, progress):
     """Build the shards and manifests of one split for one or several codec settings."""
     from .build import build
@@ -121,7 +120,7 @@ def shards(codec, q, settings, src, split, out, layout, order, seed, jobs, shard
         manifests = build(src, split, wanted, out, shard_size=shard_size, jobs=jobs, codec_options=_parse_options(options),
                           classes_file=classes_file, limit=limit, progress=progress, layout=layout, order=order,
                           seed=seed, backend=backend, scheduler=scheduler, num_nodes=num_nodes, node_rank=node_rank,
-                          pixel_budget=max_pixels, verify=verify)
+                          budget=budget, verify=verify)
     except USER_ERRORS as exc:
         raise CommandError(one_line(exc)) from None
     worst = None

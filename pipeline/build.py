@@ -32,7 +32,7 @@ from .bounded import read_json
 from .classes import label_space_id
 from .backends import check_backend, run_jobs
 from .codecs import Codec, CodecError, create, get
-from .limits import max_pixels
+from .limits import DEFAULT_BUDGET, DecodeBudget
 from .manifest import Manifest
 from .plan import DEFAULT_ORDER, DEFAULT_SEED, ORDERS, SplitPlan, make_plan, owner, shard_plan
 from .setting import LOSSLESS, Setting
@@ -260,7 +260,7 @@ def _clean(folder: Path, n_shards: int, owned: set[int]) -> None:
 def build(src, split: str | None, settings: Iterable, out="shards", *, shard_size: int = 1000, jobs: int = 1,
           codec_options: dict | None = None, classes_file=None, limit: int | None = None, progress: bool = True,
           layout: str = PAIR, order: str = DEFAULT_ORDER, seed: int = DEFAULT_SEED, backend: str = "local",
-          scheduler: str | None = None, num_nodes: int = 1, node_rank: int = 0, pixel_budget: int | None = None,
+          scheduler: str | None = None, num_nodes: int = 1, node_rank: int = 0, budget: DecodeBudget | None = None,
           verify: bool = False) -> dict[str, Manifest | None]:
     """Build ``out/<split>/<setting>/`` for every setting in one pass; return the manifests
     by setting name (None for a setting whose other ranks have not finished yet)."""
@@ -280,10 +280,9 @@ def build(src, split: str | None, settings: Iterable, out="shards", *, shard_siz
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
         raise BuildError(f"--jobs must be a whole number from 1 to {MAX_JOBS}, got {jobs!r}")
     check_backend(backend, scheduler)
-    if pixel_budget is not None and (isinstance(pixel_budget, bool) or not isinstance(pixel_budget, int)
-                                     or pixel_budget < 1):
-        raise BuildError(f"the pixel budget must be a whole number >= 1, got {pixel_budget!r}")
-    budget = max_pixels() if pixel_budget is None else pixel_budget
+    if budget is not None and not isinstance(budget, DecodeBudget):
+        raise BuildError(f"the decode budget must be a DecodeBudget, got {budget!r}")
+    budget = budget or DEFAULT_BUDGET
     codecs = make_codecs(settings, codec_options)           # validates names, q and options up front
     source = list_source(src, split, classes_file)
     split_name = split or "all"

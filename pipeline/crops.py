@@ -21,9 +21,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from tools.bpg.image import to_rgb
-
-from .limits import check_pixels, max_pixels
+from .limits import DEFAULT_BUDGET, DecodeBudget, open_regular_file
+from .pixels import to_rgb
 
 RESIZE = 256
 CROP = 224
@@ -46,13 +45,14 @@ def center_crop_box(width: int, height: int, crop: int = CROP) -> tuple[int, int
     return left, top, left + crop, top + crop
 
 
-def crop_image(img: Image.Image, resize: int = RESIZE, crop: int = CROP) -> np.ndarray:
+def crop_image(img: Image.Image, resize: int = RESIZE, crop: int = CROP,
+               budget: DecodeBudget = DEFAULT_BUDGET) -> np.ndarray:
     """PIL image (any mode) -> crop×crop×3 uint8 RGB array; memory bounded by the pixel budget."""
     img = to_rgb(img)
     size = resized_size(*img.size, size=resize)
     if min(size) < crop:
         raise ValueError(f"image of size {img.size} is smaller than the {crop}² crop after resizing")
-    if size[0] * size[1] > max_pixels():
+    if size[0] * size[1] > budget.max_pixels:
         return crop_region(img, resize, crop)
     if size != img.size:  # torchvision skips the resize when the size already matches
         img = img.resize(size, Image.BICUBIC)
@@ -69,19 +69,21 @@ def crop_region(img: Image.Image, resize: int = RESIZE, crop: int = CROP) -> np.
     return np.asarray(img.resize((crop, crop), Image.BICUBIC, box=(left * sx, top * sy, right * sx, bottom * sy)))
 
 
-def open_image(path) -> Image.Image:
-    """Open a source image (header only) in one of :data:`SOURCE_FORMATS`, within the pixel budget."""
-    img = Image.open(path, formats=SOURCE_FORMATS)
+def open_image(f, budget: DecodeBudget = DEFAULT_BUDGET) -> Image.Image:
+    """Open a source image (header only, from an open file) in one of :data:`SOURCE_FORMATS`,
+    within the pixel budget."""
+    img = Image.open(f, formats=SOURCE_FORMATS)
     try:
-        check_pixels(*img.size, what=f"source image {img.format}")
+        budget.check_pixels(*img.size, what=f"source image {img.format}")
     except BaseException:
         img.close()
         raise
     return img
 
 
-def load_crop(path, resize: int = RESIZE, crop: int = CROP) -> np.ndarray:
-    """Open, fully decode (so truncated files fail here) and crop one image file."""
-    with open_image(path) as img:
+def load_crop(path, resize: int = RESIZE, crop: int = CROP, budget: DecodeBudget = DEFAULT_BUDGET) -> np.ndarray:
+    """Open, fully decode (so truncated files fail here) and crop one image file; a FIFO or a
+    device in a source folder is refused, not waited on or read for ever."""
+    with open_regular_file(path, "source image") as f, open_image(f, budget) as img:
         img.load()
-        return crop_image(img, resize, crop)
+        return crop_image(img, resize, crop, budget)

@@ -58,7 +58,6 @@ import io
 import json
 import logging
 import math
-import os
 import tarfile
 import time
 import traceback
@@ -70,7 +69,7 @@ from .bounded import read_json
 from .codecs import Codec, create
 from .codecs.lossless import encode_lossless
 from .crops import load_crop
-from .limits import ENV as LIMITS_ENV, set_max_pixels
+from .limits import DEFAULT_BUDGET, DecodeBudget, open_regular_file
 from .metrics import psnr, ssim
 from .setting import LOSSLESS
 from .sources import Item, display, safe_text
@@ -113,7 +112,8 @@ class ShardJob:
     items: list[Item]
     targets: list[Target]
     plans: dict[str, str]          # setting -> plan hash of this shard
-    max_pixels: int | None = None  # the pixel budget travels with the job (remote workers)
+    #: the decode budget travels with the job: a worker process (joblib, Dask) is handed it
+    budget: DecodeBudget = DEFAULT_BUDGET
     stats: dict = field(default_factory=dict)
 
     @property
@@ -185,12 +185,13 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def encode_item(item: Item, x, codec: Codec, target: Target, clean: bytes | None) -> tuple[dict[str, bytes], dict, dict]:
+def encode_item(item: Item, x, codec: Codec, target: Target, clean: bytes | None,
+                budget: DecodeBudget = DEFAULT_BUDGET) -> tuple[dict[str, bytes], dict, dict]:
     """One crop and one setting -> (tar members, deterministic record, timings).  Raises on bad input."""
     t1 = time.perf_counter()
     bits = codec.encode(x)
     t2 = time.perf_counter()
-    y = codec.decode(bits)  # x̃ always comes from the bitstream
+    y = codec.decode(bits, budget)  # x̃ always comes from the bitstream
     t3 = time.perf_counter()
     if y.shape != x.shape:
         raise ValueError(f"codec {codec.name} decoded a {y.shape} image from a {x.shape} crop")
@@ -229,26 +230,7 @@ def run_shard(job: ShardJob, on_item=None) -> dict[str, dict]:
     WebP is made once and shared.  A bad image is recorded in ``failed`` (of every target
     when the source fails, of one target when its codec fails) and the shard goes on; an
     error writing the output stops the shard with nothing committed."""
-    with _pixel_budget(job.max_pixels):
-        return _run_shard(job, on_item)
-
-
-@contextlib.contextmanager
-def _pixel_budget(n: int | None):
-    """The job's pixel budget for the time of the job (a remote worker does not share the
-    client's environment; an in-process run must not change the caller's)."""
-    if n is None:
-        yield
-        return
-    previous = os.environ.get(LIMITS_ENV)
-    set_max_pixels(n)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(LIMITS_ENV, None)
-        else:
-            os.environ[LIMITS_ENV] = previous
+    return _run_shard(job, on_item)
 
 
 def _run_shard(job: ShardJob, on_item=None) -> dict[str, dict]:
@@ -264,7 +246,7 @@ def _run_shard(job: ShardJob, on_item=None) -> dict[str, dict]:
         for item in job.items:
             t0 = time.perf_counter()
             try:
-                x = load_crop(item.path)
+                x = load_crop(item.path, budget=job.budget)
                 t1 = time.perf_counter()
                 clean = encode_lossless(x) if need_clean else None   # shared by the pair-layout targets
                 clean_ms = 1e3 * (time.perf_counter() - t1)
@@ -279,7 +261,7 @@ def _run_shard(job: ShardJob, on_item=None) -> dict[str, dict]:
                 load_ms = 1e3 * (t1 - t0)
                 for t in job.targets:
                     try:
-                        members, record, timings = encode_item(item, x, codecs[t.setting], t, clean)
+                        members, record, timings = encode_item(item, x, codecs[t.setting], t, clean, job.budget)
                     except Exception as exc:
                         reason = _reason(exc)
                         log.warning("skipped %s for %s: %s", item.rel, t.setting, reason)
@@ -341,14 +323,17 @@ def load_record(out_dir: Path, index: int, plan: str | None = None, verify: bool
     if st.st_size != tar.get("size"):
         return None
     untouched = st.st_ino == tar.get("ino") and st.st_mtime_ns == tar.get("mtime_ns")
-    if (verify or not untouched) and file_sha256(tar_path) != tar.get("sha256"):
+    try:
+        if (verify or not untouched) and file_sha256(tar_path) != tar.get("sha256"):
+            return None
+    except OSError:     # unreadable, or not a regular file: made again
         return None
     return rec
 
 
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular_file(path, "shard") as f:     # a FIFO in its place is refused, not waited on
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

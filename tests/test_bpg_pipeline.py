@@ -107,9 +107,9 @@ def test_cli_dec_refuses_truncated_and_oversized_pictures(tmp_path):
 
 def test_codec_checks_the_budget_before_decoding(monkeypatch):
     from pipeline.codecs.base import PictureTooLargeError
+    from pipeline.limits import DecodeBudget
     data = BpgCodec(30, effort=3).encode(synthetic_rgb(64, 80, seed=3))
-    monkeypatch.setenv("M2M_MAX_PIXELS", "5000")
     import tools.bpg.hevc as hevc
     monkeypatch.setattr(hevc, "decode_annexb", lambda *a: pytest.fail("decoded despite the budget"))
     with pytest.raises(PictureTooLargeError, match="80x64"):
-        BpgCodec(30).decode(data)
+        BpgCodec(30).decode(data, DecodeBudget(max_pixels=5000))

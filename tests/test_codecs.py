@@ -194,15 +194,14 @@ def _bitstreams(crop):
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "j2k", "jp2", "webp", "png"])
-def test_pillow_decoders_check_the_pixel_budget(crop, fmt, monkeypatch):
+def test_pillow_decoders_check_the_pixel_budget(crop, fmt):
     from pipeline.codecs.base import PictureTooLargeError
-    from pipeline.limits import PixelBudgetError
+    from pipeline.limits import DecodeBudget, PixelBudgetError
     codec, bits = _bitstreams(crop)[fmt]
     assert codec.decode(bits).shape == crop.shape
-    monkeypatch.setenv("M2M_MAX_PIXELS", "50000")
     for decode in (codec.decode, decode_any):
         with pytest.raises(PictureTooLargeError, match=r"224x224 = 50,176 pixels is over the pixel budget of 50,000"):
-            decode(bits)
+            decode(bits, DecodeBudget(max_pixels=50_000))
     assert issubclass(PictureTooLargeError, CodecError) and issubclass(PictureTooLargeError, PixelBudgetError)
 
 
@@ -222,7 +221,7 @@ def test_eps_never_reaches_ghostscript(monkeypatch, crop):
     with Image.open(io.BytesIO(_eps())) as probe:   # the bytes really are an EPS Pillow opens
         assert probe.format == "EPS"
     for codec in {type(c): c for c, _ in _bitstreams(crop).values()}.values():
-        with pytest.raises(CodecError, match="cannot identify"):
+        with pytest.raises(CodecError, match="cannot identify|no SOI marker|neither a JPEG 2000"):
             codec.decode(_eps())
     assert calls == []
 
@@ -295,9 +294,8 @@ def test_decompression_bombs_fail_fast_with_little_memory(crop):
     assert len(bombs["bpg"]) < 4000
     payload = {k: v.hex() for k, v in bombs.items()}
     payload["warmup"] = create("bpg", 41, effort=1).encode(crop[:64, :64]).hex()
-    env = dict(os.environ, M2M_MAX_PIXELS="50000000")
     proc = subprocess.run([sys.executable, "-c", _BOMB_CHILD], input=json.dumps(payload), capture_output=True,
-                          text=True, timeout=120, env=env)
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     for name, r in result.items():

@@ -8,6 +8,7 @@ from PIL import Image
 from torchvision import transforms
 
 from pipeline.crops import crop_image, load_crop, to_rgb
+from pipeline.limits import DecodeBudget
 from tests.conftest import shared_path, synthetic_rgb
 
 REFERENCE = transforms.Compose([
@@ -123,9 +124,8 @@ def test_over_budget_resizes_only_the_crop_region(size, monkeypatch):
     w, h = size
     img = Image.fromarray(synthetic_rgb(h, w, seed=5))
     expected = reference(img)
-    monkeypatch.setenv("M2M_MAX_PIXELS", "40000")   # every resize of these would exceed it
     sizes = _record_resizes(monkeypatch)
-    got = crop_image(img)
+    got = crop_image(img, budget=DecodeBudget(max_pixels=40_000))   # every resize of these would exceed it
     assert sizes == [(224, 224)]
     assert got.shape == (224, 224, 3)
     assert np.abs(got.astype(int) - expected).max() <= 2
@@ -170,15 +170,13 @@ def test_source_over_the_pixel_budget_is_refused_before_decoding(tmp_path, monke
 
     path = tmp_path / "big.png"
     Image.fromarray(synthetic_rgb(1200, 1000)).save(path)
-    monkeypatch.setenv("M2M_MAX_PIXELS", "1000000")
     loads = []
     original = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(1) or original(self))
     with pytest.raises(PixelBudgetError, match="1000x1200"):
-        load_crop(path)
+        load_crop(path, budget=DecodeBudget(max_pixels=1_000_000))
     assert loads == []
-    monkeypatch.setenv("M2M_MAX_PIXELS", "1200000")
-    assert load_crop(path).shape == (224, 224, 3) and loads
+    assert load_crop(path, budget=DecodeBudget(max_pixels=1_200_000)).shape == (224, 224, 3) and loads
 
 
 def test_eps_never_reaches_ghostscript(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pipeline.atomic import AtomicWriteError, FolderLock, LockedError, atomic_output, atomic_write
-from pipeline.limits import ENV, PixelBudgetError, check_pixels, max_pixels, set_max_pixels
+from pipeline.limits import ENV, DecodeBudget, PixelBudgetError, check_pixels
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.markdown import table
 from pipeline.setting import Setting, SettingError
@@ -94,21 +94,41 @@ def test_table():
 
 
 def test_pixel_budget(monkeypatch):
-    monkeypatch.delenv(ENV, raising=False)
-    assert max_pixels() == 50_000_000
+    monkeypatch.setenv(ENV, "100")                  # read by the commands' option, never by a decoder
+    assert DecodeBudget().max_pixels == 50_000_000
     check_pixels(7000, 7000)
     with pytest.raises(PixelBudgetError, match="8192x8192"):
         check_pixels(8192, 8192, "x.bpg")
-    set_max_pixels(100)
-    try:
-        with pytest.raises(PixelBudgetError):
-            check_pixels(11, 10)
-        check_pixels(10, 10)
-    finally:
-        set_max_pixels(None)
+    small = DecodeBudget(max_pixels=100)
+    with pytest.raises(PixelBudgetError):
+        small.check_pixels(11, 10)
+    small.check_pixels(10, 10)
+    with pytest.raises(PixelBudgetError, match="whole number"):
+        DecodeBudget(max_pixels=0)
+    with pytest.raises(PixelBudgetError, match="whole number"):
+        DecodeBudget(max_tiles=True)
+
+
+def test_max_pixels_means_the_same_in_every_command(monkeypatch):
+    """One declaration: the option, then M2M_MAX_PIXELS, then the default; a bad value is click's usage error."""
+    import click
+    from click.testing import CliRunner
+
+    from pipeline.limits import max_pixels_option
+
+    @click.command()
+    @max_pixels_option
+    def cmd(budget):
+        click.echo(budget.max_pixels)
+
+    monkeypatch.delenv(ENV, raising=False)
+    assert CliRunner().invoke(cmd, []).output.strip() == "50000000"
+    assert CliRunner().invoke(cmd, ["--max-pixels", "7"]).output.strip() == "7"
+    monkeypatch.setenv(ENV, "9")
+    assert CliRunner().invoke(cmd, []).output.strip() == "9"
+    assert CliRunner().invoke(cmd, ["--max-pixels", "7"]).output.strip() == "7"
     monkeypatch.setenv(ENV, "lots")
-    with pytest.raises(PixelBudgetError, match="not a whole number"):
-        max_pixels()
+    assert CliRunner().invoke(cmd, []).exit_code == 2
 
 
 def test_manifest_refuses_path_escape(tmp_path):

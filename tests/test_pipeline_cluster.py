@@ -188,11 +188,15 @@ def test_workers_read_the_pixel_budget_from_the_job(source, tmp_path, monkeypatc
     """Remote workers do not share the client's environment: the budget travels with the job."""
     import pipeline.shards as shards_mod
 
+    from pipeline.limits import DecodeBudget
+
     src, split = source
     monkeypatch.delenv("M2M_MAX_PIXELS", raising=False)
     seen = []
-    original = shards_mod.set_max_pixels
-    monkeypatch.setattr(shards_mod, "set_max_pixels", lambda n: seen.append(n) or original(n))
-    m = build(src, split, ["jpeg-10"], tmp_path, shard_size=100, pixel_budget=50_000, progress=False)["jpeg-10"]
-    assert seen == [50_000] and m["count"] == 0 and "pixel budget" in m["failed"][0]["reason"]
+    original = shards_mod.load_crop
+    monkeypatch.setattr(shards_mod, "load_crop", lambda path, budget: seen.append(budget) or original(path, budget=budget))
+    m = build(src, split, ["jpeg-10"], tmp_path, shard_size=100, budget=DecodeBudget(max_pixels=50_000),
+              progress=False)["jpeg-10"]
+    assert {b.max_pixels for b in seen} == {50_000} and m["count"] == 0
+    assert "pixel budget" in m["failed"][0]["reason"]
     assert "M2M_MAX_PIXELS" not in os.environ            # the caller's environment is left alone

@@ -252,7 +252,7 @@ def test_one_pass_loads_each_source_image_once(three_classes, tmp_path, monkeypa
     src, split = three_classes
     loads = []
     original = shards_mod.load_crop
-    monkeypatch.setattr(shards_mod, "load_crop", lambda p: loads.append(p) or original(p))
+    monkeypatch.setattr(shards_mod, "load_crop", lambda p, **kw: loads.append(p) or original(p, **kw))
     build(src, split, ["jpeg-10", "jpeg-75", "j2k-200", "lossless"], tmp_path, shard_size=5, jobs=1, layout="split",
           progress=False)
     assert len(loads) == len(set(loads)) == 12

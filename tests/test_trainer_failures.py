@@ -296,7 +296,6 @@ def test_predict_refuses_fifos_devices_and_oversized_files_without_hanging(tmp_p
 
 
 def test_predict_keeps_pixel_budget_and_memory_errors_per_file(tmp_path, checkpoint, capsys, monkeypatch):
-    monkeypatch.setenv("M2M_MAX_PIXELS", str(50_000_000))  # restored after the test (--max-pixels sets it)
     small = jpeg(tmp_path / "small.jpg")
     large = tmp_path / "large.png"
     Image.fromarray(np.zeros((1200, 1000, 3), np.uint8)).save(large)
@@ -309,13 +308,12 @@ def test_predict_keeps_pixel_budget_and_memory_errors_per_file(tmp_path, checkpo
     import pipeline.codecs as codecs
     real = codecs.decode_any
 
-    def oom_on_png(data):
+    def oom_on_png(data, budget=None):
         if data.startswith(b"\x89PNG"):
             raise MemoryError()
-        return real(data)
+        return real(data, budget)
 
     monkeypatch.setattr(codecs, "decode_any", oom_on_png)
-    monkeypatch.setenv("M2M_MAX_PIXELS", str(50_000_000))
     rc = predict.main(["--model", str(checkpoint), "--device", "cpu", str(large), str(small)])
     captured = capsys.readouterr()
     assert rc == 1 and f"error: {large}: out of memory" in captured.err and f"{small}: jpeg" in captured.out

@@ -14,14 +14,13 @@ the samples each can hold, the size of every picture.
 """
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
 import re
 
 from braceexpand import braceexpand
 
-from pipeline.limits import ENV, PixelBudgetError, set_max_pixels
+from pipeline.limits import DEFAULT_BUDGET, PixelBudgetError
 
 from .clitools import UserError
 
@@ -86,30 +85,17 @@ def picture_size(manifests) -> tuple[int, int]:
     return sizes.pop() if sizes else DEFAULT_PICTURE
 
 
-@contextlib.contextmanager
-def _budget(pixels: int):
-    previous = os.environ.get(ENV)
-    set_max_pixels(pixels)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = previous
-
-
 _SIZE = re.compile(r"(\d+)x(\d+)")
 
 
 def decode_sized(decode, data: bytes, picture: tuple[int, int]):
-    """``decode(data)`` for a picture of exactly ``picture`` (width, height): a larger one is
-    refused from its header (the decoders check the pixel budget before allocating), another
-    size after decoding; both raise ValueError naming the size found."""
+    """``decode(data, budget)`` for a picture of exactly ``picture`` (width, height): a larger
+    one is refused from its header (the decoders check the budget they are handed, here of
+    exactly that many pixels, before allocating), another size after decoding; both raise
+    ValueError naming the size found."""
     w, h = picture
     try:
-        with _budget(w * h):
-            a = decode(data)
+        a = decode(data, DEFAULT_BUDGET.with_pixels(w * h))
     except PixelBudgetError as exc:
         found = _SIZE.search(str(exc))
         size = f"{found.group(1)}x{found.group(2)}" if found else "a larger"

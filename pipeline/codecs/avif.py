@@ -5,7 +5,7 @@ libavif's own, about 40 ms a 224² crop.  Chroma 4:2:0 by default, like the pape
 and BPG settings; full-range YUV (Pillow's default).  The encoder runs on one thread:
 libaom's multi-threaded tiling and row-MT are not promised to give the same bytes, and
 shards must be byte-identical between runs.  The decoder reads the picture size from the
-``ispe`` properties first (:func:`pipeline.codecs.headers.heif_size`).
+``ispe`` properties and its items first (:func:`pipeline.codecs.headers.heif_header`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import PIL
 from PIL import Image, features
 
 from .base import Codec, CodecError, Option, pil_decode, register
-from .headers import ftyp_brands, heif_size
+from .headers import ftyp_brands, heif_header
 
 ENCODER = "aom"
 #: ftyp brands of AV1 image files: a still image, an image sequence
@@ -35,7 +35,7 @@ def _avif_module():
 @register
 class AvifCodec(Codec):
     name = "avif"
-    header_size = staticmethod(heif_size)
+    header_reader = staticmethod(heif_header)
     ext = "avif"
     q_range = (0, 100)
     q_meaning = "AVIF quality (libavif's 0..100, mapped to the AV1 quantizer)"
@@ -58,9 +58,9 @@ class AvifCodec(Codec):
                                   range="full", autotiling=False)
         return buf.getvalue()
 
-    def decode(self, data: bytes) -> np.ndarray:
-        self.check_header(data, heif_size, "AVIF")
-        return pil_decode(data, "AVIF", ["AVIF"])
+    def decode(self, data: bytes, budget=None) -> np.ndarray:
+        self.header(data, budget)
+        return pil_decode(data, "AVIF", ["AVIF"], budget)
 
     def params(self):
         return {**super().params(), "encoder": ENCODER, "range": "full", "threads": 1}

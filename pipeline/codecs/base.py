@@ -7,8 +7,9 @@ internal reconstruction, so what is measured is what a receiver would see.
 Options are declared once, as :class:`Option` entries of ``Codec.options_spec`` (type,
 default, help, and the valid range or choices); validation, the command line's
 ``-o key=value`` and ``python -m pipeline codecs`` all read that one declaration.
-Every decoder reads the picture size from the header first and checks it against the
-pixel budget (:mod:`pipeline.limits`) before decoding anything.
+Every decoder reads from the header what decoding will cost (size, tiles, frames,
+components, scans: :meth:`Codec.header`) and checks it against the decode budget it is
+handed (:class:`pipeline.limits.DecodeBudget`) before decoding anything.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
-from ..limits import PixelBudgetError, check_pixels
+from ..limits import DEFAULT_BUDGET, DecodeBudget, PixelBudgetError
 from ..registry import Registry
 from ..setting import Setting
+from .headers import Header
 
 
 class CodecError(ValueError):
@@ -105,9 +107,9 @@ class Codec(abc.ABC):
     options_spec: ClassVar[dict[str, Option]] = {}
     #: the Pillow plugins that may open this codec's bitstreams (decoding and probing)
     pil_formats: ClassVar[tuple[str, ...]] = ()
-    #: the project's own reader of the picture size from the header (raising ValueError), for
-    #: formats whose decoder allocates the picture as soon as it opens it; None: Pillow's lazy open
-    header_size: ClassVar[Callable[[bytes], tuple[int, int]] | None] = None
+    #: the project's own reader of the header's counts (:mod:`.headers`, raising ValueError), for
+    #: formats whose decoder allocates as soon as it opens a file; None: Pillow's lazy open
+    header_reader: ClassVar[Callable[[bytes], Header] | None] = None
 
     def __init__(self, q: float | None = None, **options: Any):
         self.q = self.validate_q(q)
@@ -155,8 +157,10 @@ class Codec(abc.ABC):
         """H×W×3 uint8 RGB -> the bytes that would be transmitted (whole file, headers included)."""
 
     @abc.abstractmethod
-    def decode(self, data: bytes) -> np.ndarray:
-        """Bytes from :meth:`encode` -> H×W×3 uint8 RGB; raises CodecError on bad data."""
+    def decode(self, data: bytes, budget: DecodeBudget | None = None) -> np.ndarray:
+        """Bytes from :meth:`encode` -> H×W×3 uint8 RGB; raises CodecError on bad data, and
+        PictureTooLargeError (before decoding) when the header is over ``budget`` (None: the
+        default :class:`~pipeline.limits.DecodeBudget`)."""
 
     def params(self) -> dict[str, Any]:
         """Every parameter that determines the bitstream (written into manifests)."""
@@ -172,50 +176,38 @@ class Codec(abc.ABC):
         return lines
 
     @classmethod
-    def probe(cls, data: bytes) -> Probe:
-        """The header's size (checked against the pixel budget) and quality, nothing decoded;
-        CodecError when the header cannot be read.  ``header_size`` when the codec has one,
-        else Pillow's lazy open; a codec whose bitstreams carry a quality overrides this or
-        :meth:`pil_quality`."""
-        from PIL import Image
-
-        if cls.header_size is not None:
-            cls.check_header(data, cls.header_size, cls.name)
-            return Probe(cls.name, *cls.header_size(data), len(data))
-
-        try:
-            with Image.open(io.BytesIO(data), formats=list(cls.pil_formats)) as img:
-                width, height = img.size
-                quality = cls.pil_quality(img)
-        except Image.DecompressionBombError as exc:   # Pillow's own bound, far above ours: over budget too
-            raise PictureTooLargeError(f"{cls.name} picture: {exc}") from None
-        except Exception as exc:  # noqa: BLE001 - hostile data must end in CodecError, whatever broke
-            raise CodecError(f"unreadable {cls.name} header ({len(data)} bytes): {exc}") from None
-        cls.check_pixels(width, height)
-        return Probe(cls.name, width, height, len(data), *quality)
+    def header(cls, data: bytes, budget: DecodeBudget | None = None) -> Header:
+        """What the header says decoding will cost, checked against ``budget`` before anything
+        is decoded: CodecError when the header cannot be read, PictureTooLargeError when a
+        count is over its bound.  ``header_reader`` when the codec has one, else Pillow's lazy
+        open (which reads the header only)."""
+        if cls.header_reader is not None:
+            try:
+                h = cls.header_reader(data)
+            except CodecError:
+                raise
+            except ValueError as exc:
+                raise CodecError(f"undecodable {cls.name} data ({len(data)} bytes): {exc}") from None
+        else:
+            h = pil_header(data, cls.name, cls.pil_formats)
+        cls.check_budget(h, budget)
+        return h
 
     @classmethod
-    def pil_quality(cls, img) -> tuple[Any, str | None]:
-        """(quality, where it was read) from an opened Pillow image; (None, None) by default."""
+    def check_budget(cls, h: Header, budget: DecodeBudget | None = None) -> None:
+        """Every count of a header against its bound (PictureTooLargeError naming it)."""
+        check_header(h, budget, f"{cls.name} picture")
+
+    @classmethod
+    def probe(cls, data: bytes, budget: DecodeBudget | None = None) -> Probe:
+        """The header's size (checked against the budget, :meth:`header`) and quality, nothing decoded."""
+        h = cls.header(data, budget)
+        return Probe(cls.name, h.width, h.height, len(data), *cls.quality(data))
+
+    @classmethod
+    def quality(cls, data: bytes) -> tuple[Any, str | None]:
+        """(quality, where it was read) when the format carries one; (None, None) by default."""
         return None, None
-
-    @classmethod
-    def check_pixels(cls, width: int, height: int) -> None:
-        """The pixel budget, from a header's size, before anything is decoded."""
-        try:
-            check_pixels(width, height, f"{cls.name} picture")
-        except PixelBudgetError as exc:
-            raise PictureTooLargeError(str(exc)) from None
-
-    @classmethod
-    def check_header(cls, data: bytes, size_of: Callable[[bytes], tuple[int, int]], what: str) -> None:
-        """Read the picture size with ``size_of`` (a header reader raising ValueError) and
-        check it against the pixel budget, before a decoder sees the data."""
-        try:
-            width, height = size_of(data)
-        except ValueError as exc:
-            raise CodecError(f"undecodable {what} data ({len(data)} bytes): {exc}") from None
-        cls.check_pixels(width, height)
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries (or tools) behind this codec (written into manifests)."""
@@ -271,19 +263,54 @@ def _coerce(codec: str, key: str, typ: type, value: Any) -> Any:
         raise bad from None
 
 
-def pil_decode(data: bytes, what: str, formats: Sequence[str]) -> np.ndarray:
-    """Decode with Pillow, opening only the named ``formats`` (EPS and friends never reach
-    their plugins), after checking the header's size against the pixel budget."""
+def check_header(h: Header, budget: DecodeBudget | None, what: str) -> None:
+    """Every count of a header against its bound of ``budget`` (None: the default budget):
+    PictureTooLargeError naming the count and the bound."""
+    budget = budget or DEFAULT_BUDGET
+    try:
+        budget.check_pixels(h.width, h.height, what)
+        if h.frames is None:
+            raise PixelBudgetError(f"{what}: an animation whose frame count no header gives (its first "
+                                   "shown frame may blend any number of frames); refused")
+        for bound in ("tiles", "frames", "components", "scans"):
+            budget.check(bound, getattr(h, bound), what)
+    except PixelBudgetError as exc:
+        raise PictureTooLargeError(str(exc)) from None
+
+
+def pil_header(data: bytes, name: str, formats: Sequence[str]) -> Header:
+    """A header read by Pillow's lazy open (size, frames, bands), nothing decoded."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data), formats=list(formats)) as img:
-            check_pixels(*img.size, f"{what} picture")
+            return Header(*img.size, frames=getattr(img, "n_frames", 1), components=len(img.getbands()))
+    except Image.DecompressionBombError as exc:   # Pillow's own bound, far above ours: over budget too
+        raise PictureTooLargeError(f"{name} picture: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - hostile data must end in CodecError, whatever broke
+        raise CodecError(f"unreadable {name} header ({len(data)} bytes): {exc}") from None
+
+
+def pil_decode(data: bytes, what: str, formats: Sequence[str], budget: DecodeBudget | None = None) -> np.ndarray:
+    """Decode the first picture with Pillow, opening only the named ``formats`` (EPS and friends
+    never reach their plugins), after checking what Pillow's open read of the header (size,
+    frames, bands) against the budget, and convert it to RGB the pipeline's way
+    (:func:`pipeline.pixels.to_rgb`: 16-bit scaled, colour behind alpha composited over white)."""
+    from PIL import Image
+
+    from ..pixels import to_rgb
+
+    try:
+        with Image.open(io.BytesIO(data), formats=list(formats)) as img:
+            check_header(Header(*img.size, frames=getattr(img, "n_frames", 1), components=len(img.getbands())),
+                         budget, f"{what} picture")
             img.load()
-            # convert() copies even an RGB picture: a copy per decoded image in the loader
-            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-    except PixelBudgetError as exc:
-        raise PictureTooLargeError(str(exc)) from None
+            # to_rgb() leaves an RGB picture as it is: no copy per decoded image in the loader
+            return np.asarray(to_rgb(img))
+    except PixelBudgetError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise PictureTooLargeError(f"{what} picture: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - hostile data must end in CodecError, whatever broke
         raise CodecError(f"undecodable {what} data ({len(data)} bytes): {exc}") from exc
 
@@ -313,15 +340,15 @@ def detect(data: bytes) -> type[Codec]:
 _DECODERS: dict[type[Codec], Codec] = {}
 
 
-def probe(data: bytes) -> Probe:
+def probe(data: bytes, budget: DecodeBudget | None = None) -> Probe:
     """:meth:`Codec.probe` of the codec this bitstream belongs to (by content)."""
-    return detect(data).probe(data)
+    return detect(data).probe(data, budget)
 
 
-def decode_any(data: bytes) -> np.ndarray:
+def decode_any(data: bytes, budget: DecodeBudget | None = None) -> np.ndarray:
     """Decode a bitstream of any registered codec (JPEG, JPEG 2000, BPG, WebP, AVIF, JPEG XL,
-    PNG), recognised by its content."""
+    PNG), recognised by its content, within ``budget`` (None: the default decode budget)."""
     cls = detect(data)
     if cls not in _DECODERS:
         _DECODERS[cls] = cls(cls.default_q)
-    return _DECODERS[cls].decode(data)
+    return _DECODERS[cls].decode(data, budget)

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import Codec, CodecError, Option, Probe, register
+from .base import Codec, CodecError, Option, register
+from .headers import Header
 
 
 @register
@@ -61,23 +62,33 @@ class BpgCodec(Codec):
         from tools.bpg import encode
         return encode(rgb, q=q, effort=effort, chroma=chroma)
 
+    @staticmethod
+    def header_reader(data: bytes) -> Header:
+        """The BPG header's size; its picture data checked to hold one picture and no parameter
+        sets of its own (:func:`tools.bpg.read_qp` reads them), so that the header's size is
+        the size decoded."""
+        from tools.bpg import read_header, read_qp
+        h = read_header(data)
+        read_qp(data)
+        return Header(h.picture_width, h.picture_height)
+
     @classmethod
-    def probe(cls, data: bytes) -> Probe:
-        from tools.bpg import BpgError, read_header, read_q
+    def quality(cls, data: bytes):
+        from tools.bpg import BpgError, read_q
         try:
-            h = read_header(data)
-            cls.check_pixels(h.picture_width, h.picture_height)
-            q = read_q(data)
+            return read_q(data), "slice QP"
         except BpgError as exc:
             raise CodecError(f"unreadable BPG header ({len(data)} bytes): {exc}") from None
-        return Probe(cls.name, h.picture_width, h.picture_height, len(data), q, "slice QP")
 
-    def decode(self, data: bytes) -> np.ndarray:
+    def decode(self, data: bytes, budget=None) -> np.ndarray:
         from tools.bpg import BpgError, decode, read_header
         try:
             h = read_header(data)
-            self.check_pixels(h.picture_width, h.picture_height)
-            return decode(data)
+        except BpgError as exc:
+            raise CodecError(f"undecodable BPG data ({len(data)} bytes): {exc}") from exc
+        self.check_budget(Header(h.picture_width, h.picture_height), budget)
+        try:
+            return decode(data, budget)
         except BpgError as exc:
             raise CodecError(f"undecodable BPG data ({len(data)} bytes): {exc}") from exc
 

@@ -8,6 +8,7 @@ import PIL
 from PIL import Image, features
 
 from .base import Codec, Option, pil_decode, register
+from .headers import jpeg_header
 
 
 @register
@@ -19,6 +20,8 @@ class JpegCodec(Codec):
     q_meaning = "JPEG quality"
     default_q = 75
     pil_formats = ("JPEG",)
+    #: size, components and scans: a few KB of progressive scans each cost a pass over the picture
+    header_reader = staticmethod(jpeg_header)
     options_spec = {
         "subsampling": Option(str, "4:2:0", "chroma subsampling", choices=("4:4:4", "4:2:2", "4:2:0")),
         "optimize": Option(bool, False, "optimised Huffman tables (smaller files, same pixels)"),
@@ -30,12 +33,17 @@ class JpegCodec(Codec):
                                   optimize=self.options["optimize"])
         return buf.getvalue()
 
-    def decode(self, data: bytes) -> np.ndarray:
-        return pil_decode(data, "JPEG", self.pil_formats)
+    def decode(self, data: bytes, budget=None) -> np.ndarray:
+        self.header(data, budget)
+        return pil_decode(data, "JPEG", self.pil_formats, budget)
 
     @classmethod
-    def pil_quality(cls, img) -> tuple[int | None, str | None]:
-        tables = getattr(img, "quantization", None) or {}
+    def quality(cls, data: bytes) -> tuple[int | None, str | None]:
+        try:
+            with Image.open(io.BytesIO(data), formats=list(cls.pil_formats)) as img:
+                tables = getattr(img, "quantization", None) or {}
+        except Exception:  # noqa: BLE001 - the header was read already: no tables, no quality
+            return None, None
         q = ijg_quality(tables)
         return (q, "quantisation tables") if q is not None else (None, None)
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..pixels import to_rgb_array
 from .base import Codec, CodecError, Option, register
-from .headers import JXL_CODESTREAM, JXL_CONTAINER, jxl_size
+from .headers import JXL_CODESTREAM, JXL_CONTAINER, jxl_header
 
 EXTRA = "jxl"
 
@@ -34,7 +35,8 @@ def _imagecodecs():
 @register
 class JxlCodec(Codec):
     name = "jxl"
-    header_size = staticmethod(jxl_size)
+    #: size, extra channels, and animation (refused: no header gives its frame count)
+    header_reader = staticmethod(jxl_header)
     ext = "jxl"
     magics = (JXL_CODESTREAM, JXL_CONTAINER)
     q_range = (0, 99)     # libjxl's 100 is lossless: the lossless setting's job
@@ -52,21 +54,17 @@ class JxlCodec(Codec):
         return bytes(self._ic.jpegxl_encode(np.ascontiguousarray(rgb), level=self.q, effort=self.options["effort"],
                                             lossless=False, usecontainer=False, numthreads=1))
 
-    def decode(self, data: bytes) -> np.ndarray:
-        self.check_header(data, jxl_size, "JPEG XL")
+    def decode(self, data: bytes, budget=None) -> np.ndarray:
+        self.header(data, budget)
         try:
-            out = self._ic.jpegxl_decode(data, numthreads=1)
+            # index=0: the first frame only (without it, imagecodecs decodes every frame)
+            out = self._ic.jpegxl_decode(data, 0, numthreads=1)
         except Exception as exc:  # noqa: BLE001 - hostile data must end in CodecError, whatever broke
             raise CodecError(f"undecodable JPEG XL data ({len(data)} bytes): {exc}") from exc
-        if out.dtype != np.uint8:
-            raise CodecError(f"JPEG XL picture of {out.dtype} samples: only 8-bit pictures are decoded")
-        if out.ndim == 2:
-            out = np.repeat(out[:, :, None], 3, axis=2)
-        elif out.shape[2] == 2:                  # grey + alpha
-            out = np.repeat(out[:, :, :1], 3, axis=2)
-        elif out.shape[2] > 3:                   # alpha dropped, as Pillow's convert("RGB") does
-            out = np.ascontiguousarray(out[:, :, :3])
-        return out
+        try:
+            return to_rgb_array(out)        # grey, alpha over white, 16-bit scaled: the pipeline's way
+        except ValueError as exc:
+            raise CodecError(f"undecodable JPEG XL data ({len(data)} bytes): {exc}") from None
 
     def params(self):
         return {**super().params(), "lossless": False, "container": False, "threads": 1}

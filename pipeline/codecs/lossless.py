@@ -13,8 +13,8 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
-from .base import Codec, Option, Probe, pil_decode, register
-from .headers import webp_image_chunk, webp_size
+from .base import Codec, Option, pil_decode, pil_header, register
+from .headers import Header, webp_header, webp_image_chunk
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,19 +32,18 @@ class LosslessCodec(Codec):
     def encode(self, rgb: np.ndarray) -> bytes:
         return encode_lossless(rgb, self.options["method"])
 
-    def decode(self, data: bytes) -> np.ndarray:
+    def decode(self, data: bytes, budget=None) -> np.ndarray:
         # a receiver may get lossless images as WebP or PNG; Pillow decodes both
-        if webp_image_chunk(data) is not None:
-            self.check_header(data, webp_size, "lossless WebP")
-        return pil_decode(data, "lossless WebP/PNG", self.pil_formats)
+        self.header(data, budget)
+        return pil_decode(data, "lossless WebP/PNG", self.pil_formats, budget)
 
-    @classmethod
-    def probe(cls, data: bytes):
-        # a WebP's size from its header (libwebp would decode at open); a PNG's from Pillow's lazy open
+    @staticmethod
+    def header_reader(data: bytes) -> Header:
+        # a WebP's header read here (libwebp's animation decoder allocates its canvas at open);
+        # a PNG's by Pillow's lazy open (size, and the frames of an APNG)
         if webp_image_chunk(data) is not None:
-            cls.check_header(data, webp_size, "lossless WebP")
-            return Probe(cls.name, *webp_size(data), len(data))
-        return super().probe(data)
+            return webp_header(data)
+        return pil_header(data, "lossless", LosslessCodec.pil_formats)
 
     @classmethod
     def sniff(cls, data: bytes) -> bool:

@@ -15,13 +15,13 @@ import PIL
 from PIL import Image, features
 
 from .base import Codec, CodecError, Option, pil_decode, register
-from .headers import webp_image_chunk, webp_size
+from .headers import webp_header, webp_image_chunk
 
 
 @register
 class WebpCodec(Codec):
     name = "webp"
-    header_size = staticmethod(webp_size)
+    header_reader = staticmethod(webp_header)
     ext = "webp"
     q_range = (0, 100)
     q_meaning = "WebP quality"
@@ -40,9 +40,9 @@ class WebpCodec(Codec):
         Image.fromarray(rgb).save(buf, "WEBP", quality=self.q, method=self.options["method"], lossless=False)
         return buf.getvalue()
 
-    def decode(self, data: bytes) -> np.ndarray:
-        self.check_header(data, webp_size, "WebP")
-        return pil_decode(data, "WebP", ["WEBP"])
+    def decode(self, data: bytes, budget=None) -> np.ndarray:
+        self.header(data, budget)
+        return pil_decode(data, "WebP", ["WEBP"], budget)
 
     def params(self):
         return {**super().params(), "lossless": False, "subsampling": "4:2:0"}

@@ -14,6 +14,7 @@ from . import color
 from .container import (FORMAT_420, FORMAT_444, FORMAT_GRAY, FORMAT_420_MPEG2, FORMAT_422,
                         FORMAT_422_MPEG2, MAX_DIMENSION, BpgHeader, parse_header)
 from .errors import BpgError
+from .limits import DEFAULT_BUDGET, DecodeBudget, PixelBudgetError
 from .paramsets import (NAL_AUD, NAL_IDR_N_LP, NAL_IDR_W_RADL, NAL_PPS, NAL_SPS, NAL_VPS, build_vps, nal_type,
                         parse_pps, parse_sps, slice_qp, split_annexb)
 
@@ -146,26 +147,47 @@ def _hevc_payload(data: bytes, h: BpgHeader) -> bytes:
     if payload[0] & 0x80 or nal_type(payload) != NAL_PPS:
         raise BpgError(f"invalid BPG picture data: the first NAL unit is type {nal_type(payload)}, "
                        f"expected a PPS ({NAL_PPS})")
+    _check_nal_units(split_annexb(_START + payload))
     return payload
 
 
-def check_size(h: BpgHeader, max_pixels: int | None) -> None:
-    """Refuse a picture above ``max_pixels`` from its header alone, before any allocation."""
-    if max_pixels is not None and h.picture_width * h.picture_height > max_pixels:
-        raise BpgError(f"BPG picture {h.picture_width}x{h.picture_height} = "
-                       f"{h.picture_width * h.picture_height:,} pixels is over the pixel budget "
-                       f"of {max_pixels:,}")
+def _check_nal_units(nals: list[bytes]) -> None:
+    """The picture's size and format are the header's: a VPS or SPS in the picture data would
+    replace the one the decoder rebuilds from the header (a 64x64 header carrying an 8192x8192
+    SPS decodes 8192x8192, past the budget checked on the header), so one is refused; and a
+    still image is one picture, so a second first slice is refused too (each would be decoded)."""
+    pictures = 0
+    for nal in nals:
+        kind = nal_type(nal)
+        if kind in (NAL_VPS, NAL_SPS):
+            raise BpgError(f"invalid BPG picture data: a {'VPS' if kind == NAL_VPS else 'SPS'} NAL unit; the "
+                           "parameter sets are the header's")
+        if kind < NAL_VPS and len(nal) > 2 and nal[2] & 0x80:     # first_slice_segment_in_pic_flag
+            pictures += 1
+            if pictures > 1:
+                raise BpgError("invalid BPG picture data: more than one picture (a still image holds one)")
 
 
-def decode(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+def check_size(h: BpgHeader, budget: DecodeBudget | None = None) -> None:
+    """Refuse a picture above the budget's ``max_pixels`` from its header alone, before any
+    allocation (a BpgError: the tool's one error type)."""
+    try:
+        (budget or DEFAULT_BUDGET).check_pixels(h.picture_width, h.picture_height, "BPG picture")
+    except PixelBudgetError as exc:
+        raise BpgError(str(exc)) from None
+
+
+def decode(data: bytes, budget: DecodeBudget | None = None) -> np.ndarray:
     """Bytes of a BPG file -> H×W×3 uint8 RGB (as bpgdec's RGB output).
 
-    ``max_pixels``: refuse (BpgError) a picture whose header announces more pixels, before
-    decoding anything.  Truncated or corrupt picture data is a BpgError too."""
+    ``budget`` (None: the default :class:`~tools.bpg.limits.DecodeBudget`): a picture whose
+    header announces more pixels is refused (BpgError) before anything is decoded; the
+    picture data may not replace the header's parameter sets nor hold a second picture.
+    Truncated or corrupt picture data is a BpgError too."""
     from . import hevc
 
     h = parse_header(data)
-    check_size(h, max_pixels)
+    check_size(h, budget)
     if h.pixel_format in (FORMAT_422, FORMAT_422_MPEG2):
         raise BpgError(f"unsupported BPG feature: pixel_format {h.pixel_format} (4:2:2)")
     if h.pixel_format == FORMAT_420_MPEG2:

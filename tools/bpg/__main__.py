@@ -12,9 +12,25 @@ import click
 import numpy as np
 
 
+from .limits import DecodeBudget, FileKindError, max_pixels_option, open_regular_file
+
+#: the largest BPG file ``dec`` and ``info`` read (a whole 50 M-pixel photo is a few MB)
+MAX_FILE_BYTES = 256 << 20
+
+
 @click.group()
 def main():
     """BPG encoder/decoder over x265 and FFmpeg (PyAV), compatible with BPG 0.9.8."""
+
+
+def _read_file(infile: str) -> bytes:
+    """A regular file's bytes (a FIFO or /dev/zero is refused, not waited on or read for ever)."""
+    from .limits import read_regular
+    try:
+        return read_regular(infile, "BPG file", MAX_FILE_BYTES)
+    except OSError as exc:
+        raise click.ClickException(str(exc) if isinstance(exc, FileKindError)
+                                   else f"{infile}: cannot read: {exc.strerror or exc}") from None
 
 
 @main.command()
@@ -28,7 +44,8 @@ def main():
               help="chroma format [default: 420; gray for grayscale input]")
 @click.option("-b", "bit_depth", type=int, default=8, show_default=True, help="bit depth (only 8)")
 @click.option("-c", "color_space", default="ycbcr", show_default=True, help="colour space (only ycbcr)")
-def enc(infile, outfile, qp, level, cfmt, bit_depth, color_space):
+@max_pixels_option
+def enc(infile, outfile, qp, level, cfmt, bit_depth, color_space, budget):
     """Encode a PNG/JPEG/... image to BPG."""
     from . import BpgError, encode
 
@@ -36,7 +53,7 @@ def enc(infile, outfile, qp, level, cfmt, bit_depth, color_space):
         raise click.BadParameter(f"only -b 8 is supported, got {bit_depth}", param_hint="-b")
     if color_space != "ycbcr":
         raise click.BadParameter(f"only -c ycbcr is supported, got {color_space!r}", param_hint="-c")
-    arr, cfmt = _read_image(infile, cfmt)
+    arr, cfmt = _read_image(infile, cfmt, budget)
     try:
         data = encode(arr, q=qp, effort=level, chroma=cfmt)
     except (BpgError, ValueError) as exc:
@@ -52,17 +69,17 @@ def enc(infile, outfile, qp, level, cfmt, bit_depth, color_space):
 INPUT_FORMATS = ("PNG", "JPEG", "PPM", "BMP", "TIFF", "WEBP", "GIF", "TGA")
 
 
-def _read_image(infile: str, cfmt: str | None) -> tuple[np.ndarray, str]:
+def _read_image(infile: str, cfmt: str | None, budget: DecodeBudget) -> tuple[np.ndarray, str]:
     """The input as 8-bit RGB (or gray), converted as the pipeline's crops are (16-bit
     gray scaled to 8 bits, not clipped); a one-line error naming the file otherwise."""
     from PIL import Image
 
     from .image import to_rgb
-    from .limits import PixelBudgetError, check_pixels
+    from .limits import PixelBudgetError
 
     try:
-        with Image.open(infile, formats=list(INPUT_FORMATS)) as img:
-            check_pixels(*img.size, infile)
+        with open_regular_file(infile, "picture") as f, Image.open(f, formats=list(INPUT_FORMATS)) as img:
+            budget.check_pixels(*img.size, infile)
             img.load()
             if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                 raise click.ClickException(f"{infile}: alpha channels are not supported; flatten the image first")
@@ -71,7 +88,7 @@ def _read_image(infile: str, cfmt: str | None) -> tuple[np.ndarray, str]:
             rgb = np.asarray(to_rgb(img))
     except click.ClickException:
         raise
-    except PixelBudgetError as exc:
+    except (PixelBudgetError, FileKindError) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - unreadable input is a user error, not a traceback
         raise click.ClickException(f"{infile}: cannot read the image: {exc}") from None
@@ -82,19 +99,16 @@ def _read_image(infile: str, cfmt: str | None) -> tuple[np.ndarray, str]:
 @click.argument("infile", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "outfile", default="out.png", show_default=True,
               help="output image (.png or .ppm, by extension)")
-@click.option("--max-pixels", type=click.IntRange(1), default=None,
-              help="refuse pictures larger than this [default: the project's pixel budget, M2M_MAX_PIXELS]")
-def dec(infile, outfile, max_pixels):
+@max_pixels_option
+def dec(infile, outfile, budget):
     """Decode a BPG file to PNG/PPM."""
     from PIL import Image
 
     from . import BpgError, decode
-    from .limits import max_pixels as budget
 
-    with open(infile, "rb") as f:
-        data = f.read()
+    data = _read_file(infile)
     try:
-        rgb = decode(data, max_pixels=max_pixels or budget())
+        rgb = decode(data, budget)
     except (BpgError, ValueError) as exc:
         raise click.ClickException(f"{infile}: {exc}") from None
     try:
@@ -109,8 +123,7 @@ def info(infile):
     """Print the header fields of a BPG file."""
     from . import BpgError, read_header
 
-    with open(infile, "rb") as f:
-        data = f.read()
+    data = _read_file(infile)
     try:
         header = read_header(data)
     except BpgError as exc:

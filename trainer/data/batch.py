@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from pipeline.limits import DEFAULT_BUDGET
+
 from ..completeness import decode_sized
 from ..losses import UNLABELLED
 from .gpu_jpeg import jpeg_size
@@ -196,7 +198,8 @@ class _Batch:
             if self.gpu_jpeg:
                 if comp_k != "comp.jpg":
                     raise SampleError(f"{comp_k}: not a JPEG, but the batch is decoded on the GPU")
-                size = jpeg_size(sample[comp_k], comp_k)
+                budget = DEFAULT_BUDGET.with_pixels(self.picture[0] * self.picture[1]) if self.picture else None
+                size = jpeg_size(sample[comp_k], comp_k, budget)
                 want = self.picture or self.jpeg_size or size
                 if size != want:
                     raise SampleError(f"{comp_k}: a {size[0]}x{size[1]} picture in a batch of "

@@ -30,14 +30,16 @@ def use_gpu_jpeg(sets, device: torch.device, comp: bool, what: str, quiet: bool 
     return why is None
 
 
-def jpeg_size(data: bytes, what: str) -> tuple[int, int]:
-    """(width, height) of a JPEG from its header, checked against the pixel budget (no decoding)."""
+def jpeg_size(data: bytes, what: str, budget=None) -> tuple[int, int]:
+    """(width, height) of a JPEG from its header, checked against the decode budget (size,
+    components, scans: :meth:`pipeline.codecs.Codec.header`), no decoding."""
     from PIL import Image
 
-    from pipeline.limits import PixelBudgetError, check_pixels
+    from pipeline.codecs import get
+    from pipeline.limits import PixelBudgetError
     try:
+        get("jpeg").header(data, budget)
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
-            check_pixels(*img.size, f"{what} picture")
             if img.mode not in ("RGB", "L"):
                 raise SampleError(f"{what}: a {img.mode} JPEG (the GPU decoder takes RGB or grey)")
             return img.size

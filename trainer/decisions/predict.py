@@ -33,6 +33,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from pipeline.limits import max_pixels_option
 from trainer.clitools import run_click
 
 CROP = 224
@@ -99,21 +100,21 @@ def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     return data
 
 
-def read_input(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[np.ndarray, Prediction]:
+def read_input(path: Path, max_bytes: int = DEFAULT_MAX_BYTES, budget=None) -> tuple[np.ndarray, Prediction]:
     """Bytes -> 224x224x3 uint8 as the model sees it, and the prediction record so far.
     Raises InputError naming the reason; nothing that goes wrong with one file (a decoder
-    error, the pixel budget, running out of memory) escapes as anything else."""
-    return decode_input(read_bytes(path, max_bytes), str(path))
+    error, the decode budget, running out of memory) escapes as anything else."""
+    return decode_input(read_bytes(path, max_bytes), str(path), budget)
 
 
-def probe_input(data: bytes):
-    """The bitstream's headers (:func:`pipeline.codecs.probe`: codec, size within the pixel
+def probe_input(data: bytes, budget=None):
+    """The bitstream's headers (:func:`pipeline.codecs.probe`: codec, size within the decode
     budget, quality), nothing decoded; InputError naming the reason."""
     from pipeline.codecs import CodecError, probe
     from pipeline.limits import PixelBudgetError
 
     try:
-        return probe(data)
+        return probe(data, budget)
     except PixelBudgetError as exc:
         raise InputTooLargeError(str(exc)) from None
     except CodecError as exc:
@@ -122,15 +123,16 @@ def probe_input(data: bytes):
         raise InputError(f"unreadable header ({type(exc).__name__}: {exc})") from None
 
 
-def decode_input(data: bytes, name: str) -> tuple[np.ndarray, Prediction]:
-    """:func:`read_input` of bytes already received (the server's request bodies)."""
+def decode_input(data: bytes, name: str, budget=None) -> tuple[np.ndarray, Prediction]:
+    """:func:`read_input` of bytes already received (the server's request bodies), within
+    ``budget`` (a :class:`pipeline.limits.DecodeBudget`; None: the default)."""
     from pipeline.codecs import CodecError, decode_any, detect
     from pipeline.limits import PixelBudgetError, check_pixels
 
     try:
         codec = detect(data).name
-        rgb = decode_any(data)
-        check_pixels(int(rgb.shape[1]), int(rgb.shape[0]), "decoded picture")
+        rgb = decode_any(data, budget)
+        check_pixels(int(rgb.shape[1]), int(rgb.shape[0]), "decoded picture", budget)
         pred = Prediction(file=name, codec=codec, bytes=len(data),
                           received_size=[int(rgb.shape[1]), int(rgb.shape[0])])
         rgb, pred.cropped = model_input(rgb)
@@ -147,8 +149,8 @@ def decode_input(data: bytes, name: str) -> tuple[np.ndarray, Prediction]:
 
 def model_input(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
     """The 224² crop passes through untouched; anything else gets Resize(256)+CenterCrop(224)."""
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+    from pipeline.pixels import to_rgb_array
+    rgb = to_rgb_array(rgb)      # the pipeline's one conversion (grey, alpha, 16-bit)
     if rgb.shape[:2] == (CROP, CROP):
         return rgb, False
     from PIL import Image
@@ -199,17 +201,17 @@ def answer(expert, batch: list[np.ndarray], preds: list[Prediction], device: str
         pred.top = [{"index": int(i), "name": names[int(i)], "prob": float(v)} for v, i in zip(vals, idxs)]
 
 
-def route_input(zoo, data: bytes, name: str):
+def route_input(zoo, data: bytes, name: str, budget=None):
     """(expert, 224² input, prediction so far) of one received bitstream: headers first (the
-    route and the pixel budget), then the decode.  InputError naming the reason."""
+    route and the decode budget), then the decode.  InputError naming the reason."""
     from .route import RouteError
 
-    probe = probe_input(data)
+    probe = probe_input(data, budget)
     try:
         expert, route = zoo.choose(probe)
     except RouteError as exc:
         raise InputError(str(exc)) from None
-    x, pred = decode_input(data, name)
+    x, pred = decode_input(data, name, budget)
     if route is not None:
         pred.expert, pred.route = expert.name, route.reason
     return expert, x, pred
@@ -217,7 +219,7 @@ def route_input(zoo, data: bytes, name: str):
 
 def predict_files(files: list[Path], model, meta: dict, device: str = "cpu", k: int = 5,
                   batch_size: int = 16, on_error=None, max_bytes: int = DEFAULT_MAX_BYTES,
-                  zoo=None) -> list[Prediction]:
+                  zoo=None, budget=None) -> list[Prediction]:
     """Predictions in input order; failed files carry ``error`` (and go to ``on_error``).
     ``zoo`` (:func:`trainer.decisions.zoo.load_zoo`): each file goes to its expert, and
     ``model``/``meta`` are not used."""
@@ -233,7 +235,7 @@ def predict_files(files: list[Path], model, meta: dict, device: str = "cpu", k: 
 
     for path in files:
         try:
-            expert, x, pred = route_input(zoo, read_bytes(Path(path), max_bytes), str(path))
+            expert, x, pred = route_input(zoo, read_bytes(Path(path), max_bytes), str(path), budget)
         except InputError as exc:
             pred = Prediction(file=str(path), error=str(exc))
             if on_error:
@@ -278,12 +280,11 @@ def format_prediction(p: Prediction) -> str:
 @click.option("--topk", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-              help="Largest decoded picture in pixels (default: the pixel budget, 50 M; env M2M_MAX_PIXELS).")
+@max_pixels_option
 @click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_BYTES, show_default=True,
               help="Largest received file read.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (errors included) to stdout.")
-def cli(files, model_path, experts, default, arch, weights, k, batch_size, device, max_pixels, max_bytes, as_json):
+def cli(files, model_path, experts, default, arch, weights, k, batch_size, device, budget, max_bytes, as_json):
     """Classify received bitstreams (JPEG, JPEG 2000, BPG, WebP, AVIF, JPEG XL, PNG; detected by content)."""
     routed = experts is not None or default is not None
     if routed and (model_path is not None or weights is not None):
@@ -292,9 +293,6 @@ def cli(files, model_path, experts, default, arch, weights, k, batch_size, devic
         raise click.UsageError("give --model PATH, or --arch with --weights NAME, or --experts DIR")
     if weights is not None and arch is None:
         raise click.UsageError("--weights needs --arch")
-    if max_pixels is not None:
-        from pipeline.limits import set_max_pixels
-        set_max_pixels(max_pixels)
     from trainer.distributed import resolve_device
     device = resolve_device(device or "auto")
     zoo = model = meta = None
@@ -308,7 +306,7 @@ def cli(files, model_path, experts, default, arch, weights, k, batch_size, devic
         click.echo(f"error: {p.file}: {p.error}", err=True)
 
     preds = predict_files(list(files), model, meta, device, k, batch_size, on_error=report_error,
-                          max_bytes=max_bytes, zoo=zoo)
+                          max_bytes=max_bytes, zoo=zoo, budget=budget)
     if as_json:
         click.echo(json.dumps([asdict(p) for p in preds], indent=2))
     else:

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 import click
 import numpy as np
 
+from pipeline.limits import DecodeBudget, max_pixels_option
 from trainer.clitools import run_click
 
 from .predict import InputError, InputTooLargeError, Prediction, answer, route_input
@@ -207,7 +208,8 @@ class Service:
         submitted = False
         try:
             t0 = time.perf_counter()
-            expert, x, pred = await loop.run_in_executor(self.decode_pool, route_input, self.zoo, data, name)
+            expert, x, pred = await loop.run_in_executor(self.decode_pool, route_input, self.zoo, data, name,
+                                                         DecodeBudget(max_pixels=self.limits.max_pixels))
             self.stats.decode_s += time.perf_counter() - t0
             self.batcher.decoding -= 1
             submitted = True
@@ -349,8 +351,7 @@ def make_app(service: Service):
 @click.option("--topk", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--max-body", type=click.IntRange(min=1), default=Limits.max_body, show_default=True,
               help="Largest request body in bytes.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=Limits.max_pixels, show_default=True,
-              help="Largest picture, read from its header before decoding.")
+@max_pixels_option(default=Limits.max_pixels)
 @click.option("--max-inflight", type=click.IntRange(min=1), default=Limits.max_inflight, show_default=True,
               help="Requests served at once; more get 503 at once.")
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=Limits.timeout, show_default=True,
@@ -365,18 +366,15 @@ def make_app(service: Service):
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads of a forward (default: torch's, the core count).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
-def cli(experts, default, arch, host, port, device, k, max_body, max_pixels, max_inflight, timeout, max_frames,
+def cli(experts, default, arch, host, port, device, k, max_body, budget, max_inflight, timeout, max_frames,
         batch_wait_ms, max_batch, decode_threads, threads, log_level):
     """Serve the receiver over HTTP: each bitstream answered by the expert of its codec and rate."""
     import uvicorn
-
-    from pipeline.limits import set_max_pixels
 
     from .zoo import load_zoo
 
     if experts is None and default is None:
         raise click.UsageError("give --experts DIR|LIST, --default MODEL, or both")
-    set_max_pixels(max_pixels)
     if threads:
         import torch
         torch.set_num_threads(threads)
@@ -385,7 +383,7 @@ def cli(experts, default, arch, host, port, device, k, max_body, max_pixels, max
     zoo = load_zoo(experts, default, arch, device)
     log.info("loaded %d expert(s)%s in %.1f s", len(zoo.experts), " and a default" if zoo.default else "",
              time.perf_counter() - t0)
-    service = Service(zoo, Limits(max_body, max_pixels, max_inflight, timeout, max_frames), device, k,
+    service = Service(zoo, Limits(max_body, budget.max_pixels, max_inflight, timeout, max_frames), device, k,
                       batch_wait_ms, max_batch, decode_threads)
     uvicorn.run(make_app(service), host=host, port=port, log_level="warning", access_log=False,
                 timeout_keep_alive=5, h11_max_incomplete_event_size=16 << 10)
