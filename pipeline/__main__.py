@@ -18,7 +18,7 @@ from .atomic import AtomicWriteError, LockedError
 from .backends import BACKENDS, BackendError
 from .cli import CommandError, Group, one_line
 from .codecs import CodecError, available, get
-from .limits import PixelBudgetError, max_pixels_option
+from .limits import FileKindError, PixelBudgetError, max_pixels_option
 from .plan import DEFAULT_ORDER, DEFAULT_SEED, ORDERS
 from .setting import Setting, SettingError
 from .shards import LAYOUTS, PAIR
@@ -199,7 +199,8 @@ def summary(folders):
         manifest_mod.print_summary(m)
 
 
-cli.user_errors = (CodecError, SettingError, PixelBudgetError, BackendError, AtomicWriteError, LockedError)
+cli.user_errors = (CodecError, SettingError, PixelBudgetError, BackendError, AtomicWriteError, LockedError,
+                   FileKindError)
 
 
 def main(argv=None):

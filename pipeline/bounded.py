@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .limits import FileKindError, read_regular
 
 #: defaults: far above what this project writes (a 1.28 M-image manifest is ~1 MB, depth 4)
 MAX_BYTES = 256 << 20
@@ -50,28 +50,16 @@ def _depth(text: bytes, opening: bytes, closing: bytes) -> int:
 
 
 def _read(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
-    p = Path(path)
+    """The one way a user's file is read (:func:`pipeline.limits.read_regular`): a regular file
+    only, opened without blocking (a FIFO or /dev/zero is refused), at most ``max_bytes``."""
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if stat.S_ISDIR(st.st_mode):
-                raise BoundedReadError(f"{p}: is a folder, not a {what}")
-            if not stat.S_ISREG(st.st_mode):
-                raise BoundedReadError(f"{p}: not a regular file (a pipe, socket or device); refused")
-            if st.st_size > max_bytes:
-                raise BoundedReadError(f"{p}: {st.st_size:,} bytes is over the {max_bytes:,}-byte limit of a {what}")
-            data = f.read(max_bytes + 1)
+        return read_regular(path, what, max_bytes)
     except FileNotFoundError:
         raise
-    except IsADirectoryError:
-        raise BoundedReadError(f"{p}: is a folder, not a {what}") from None
+    except FileKindError as exc:
+        raise BoundedReadError(str(exc)) from None
     except OSError as exc:
-        raise BoundedReadError(f"{p}: cannot read the {what} ({exc.strerror or exc})") from None
-    if len(data) > max_bytes:
-        raise BoundedReadError(f"{p}: over the {max_bytes:,}-byte limit of a {what}")
-    return data
+        raise BoundedReadError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
 
 def read_text(path: str | os.PathLike, what: str = "text file", *, max_bytes: int = 16 << 20) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .bounded import read_json
+from .limits import open_regular_file
 from .manifest import Manifest, ManifestError
 from .setting import Setting, SettingError
 from .shards import REFERENCE, SPLIT, record_path, shard_index
@@ -60,7 +61,7 @@ def _keys_of_record(folder: Path, index: int) -> list[str] | None:
 
 def _keys_of_tar(path: Path) -> list[str]:
     keys: list[str] = []
-    with tarfile.open(path) as tar:
+    with open_regular_file(path, "shard") as f, tarfile.open(fileobj=f) as tar:
         for member in tar:
             head, _, base = member.name.rpartition("/")      # WebDataset's rule: the key ends at the
             key = (head + "/" if head else "") + base.split(".", 1)[0]   # first dot of the base name

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.atomic import RecordingWriter, atomic_output
+from pipeline.limits import FileKindError, open_regular_file
 
 from .clitools import UserError
 
@@ -40,28 +40,34 @@ def _refusal(path: Path, exc: BaseException) -> CheckpointError:
                            "the file was not loaded")
 
 
+def open_checkpoint(path: str | os.PathLike, what: str = "file"):
+    """An existing regular file opened for reading (:func:`pipeline.limits.open_regular_file`:
+    a FIFO or a device is refused without blocking on it), or a one-line CheckpointError."""
+    try:
+        return open_regular_file(path, what)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such {what}") from None
+    except FileKindError as exc:
+        raise CheckpointError(str(exc)) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
 def check_regular_file(path: str | os.PathLike, what: str = "file") -> Path:
     """The path of an existing regular file, or a one-line error (a FIFO or a device would
     block or never end)."""
-    path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such {what}") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise CheckpointError(f"{path}: is a folder, not a {what}")
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{path}: not a regular file (a pipe, socket or device); refused")
-    return path
+    open_checkpoint(path, what).close()
+    return Path(path)
 
 
 def load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors."""
-    path = check_regular_file(path, what)
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors, read
+    from the regular file that was checked (no second open that a FIFO could replace)."""
+    f = open_checkpoint(path, what)
+    path = Path(path)
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
             raise _refusal(path, exc) from None

@@ -17,7 +17,7 @@ import click
 from pipeline.atomic import AtomicWriteError, LockedError
 from pipeline.cli import show
 from pipeline.layout import PairingError
-from pipeline.limits import PixelBudgetError
+from pipeline.limits import FileKindError, PixelBudgetError
 from pipeline.manifest import ManifestError
 from pipeline.setting import SettingError
 from pipeline.signals import terminate_as_interrupt
@@ -30,7 +30,7 @@ class UserError(Exception):
 
 #: errors shown as one line: ours, and the pipeline's about files the user gave us
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, SettingError, ManifestError, AtomicWriteError,
-                                                LockedError, PixelBudgetError, PairingError)
+                                                LockedError, PixelBudgetError, PairingError, FileKindError)
 
 
 #: OSErrors that are the machine's state, not a bug: a full or read-only disk, permissions,

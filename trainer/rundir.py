@@ -18,10 +18,13 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_write, atomic_write_json, make_folder
 from pipeline.bounded import BoundedReadError, loads_json, read_json
+from pipeline.limits import FileKindError, read_regular
 
 ARGS_YAML = "args.yaml"
 ARGS_JSON = "args.json"
 METRICS = "metrics.jsonl"
+#: one row an epoch: far above any run's
+METRICS_MAX_BYTES = 64 << 20
 SUMMARY = "summary.csv"
 BEST = "best.pth"
 LAST = "last.pth"
@@ -75,9 +78,12 @@ class RunDir:
     def metrics(self) -> list[dict]:
         """The epoch rows of ``metrics.jsonl``, up to a half-written last line (a killed run)."""
         try:
-            text = (self.path / METRICS).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            data = read_regular(self.path / METRICS, "metrics file", METRICS_MAX_BYTES)
+        except FileKindError:
+            raise       # a FIFO, a device or a folder in its place: one line, never a wait
+        except OSError:
             return []
+        text = data.decode("utf-8", "replace")
         rows = []
         for line in text.splitlines():
             if not line.strip():

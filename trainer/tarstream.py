@@ -21,6 +21,8 @@ import os
 import re
 from typing import Callable, Collection, Iterator
 
+from pipeline.limits import open_regular_file
+
 BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")          # regular file, old-style regular file, contiguous file
 _ZERO = bytes(BLOCK)
@@ -69,7 +71,7 @@ def _pax(data: bytes) -> dict[str, str]:
 def members(path: str, want: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes | None]]:
     """(name, data) of every regular file of the tar at ``path``, in order; ``data`` is None
     for a member ``want(name)`` refuses, whose bytes are skipped, not read."""
-    with open(path, "rb", buffering=1 << 20) as f:
+    with open_regular_file(path, "shard", buffering=1 << 20) as f:   # a FIFO is refused, not waited on
         read = f.read
         end = os.fstat(f.fileno()).st_size
         pad = 0

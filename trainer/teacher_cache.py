@@ -39,6 +39,7 @@ import torch
 
 from pipeline.atomic import atomic_output, atomic_write_json
 from pipeline.bounded import read_json
+from pipeline.limits import check_regular
 
 from .clitools import UserError, run_click
 from .data import ShardSet, check_skips, folder_key, group_shards, make_eval_loader
@@ -79,6 +80,7 @@ class TeacherCache:
 
     def _open(self):
         if self._logits is None:
+            check_regular(self.npy, "teacher cache")      # np.load would wait on a FIFO
             self._logits = np.load(self.npy, mmap_mode="r", allow_pickle=False)
             self._index = {k: i for i, k in enumerate(self.meta["keys"])}
 
@@ -124,6 +126,7 @@ def validate(path: str | os.PathLike, shards: ShardSet, arch: str, weights_hash:
         return "absent"
     try:
         meta = read_json(meta_p, "teacher cache description")
+        check_regular(path, "teacher cache")
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # truncated / corrupt
         return f"unreadable ({type(exc).__name__})"

@@ -124,14 +124,20 @@ def open_regular(path, what: str = "file") -> int:
         raise FileKindError(f"{path}: is a folder, not a {what}") from None
     try:
         mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise FileKindError(f"{path}: is a folder, not a {what}")
         if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe, socket or device)"
-            raise FileKindError(f"{path}: {kind}, not a {what}; refused")
+            raise FileKindError(f"{path}: not a regular file (a pipe, socket or device); refused")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def check_regular(path, what: str = "file") -> None:
+    """:func:`open_regular`, closed again: for readers that take a path (a memory map)."""
+    os.close(open_regular(path, what))
 
 
 def open_regular_file(path, what: str = "file", buffering: int = -1):
