@@ -280,6 +280,9 @@ def build(src, split: str | None, settings: Iterable, out="shards", *, shard_siz
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
         raise BuildError(f"--jobs must be a whole number from 1 to {MAX_JOBS}, got {jobs!r}")
     check_backend(backend, scheduler)
+    for flag, path in (("--src", src), ("--out", out), ("--classes", classes_file)):
+        if path is not None and "\0" in str(path):
+            raise BuildError(f"{flag} {str(path)!r}: holds a NUL byte, which no path can")
     if budget is not None and not isinstance(budget, DecodeBudget):
         raise BuildError(f"the decode budget must be a DecodeBudget, got {budget!r}")
     budget = budget or DEFAULT_BUDGET

@@ -87,6 +87,11 @@ def _run(cli: click.Command, args: list[str], prog_name: str) -> int:
     except USER_ERRORS as exc:
         click.echo(f"error: {one_line(exc)}", err=True)
         return 1
+    except ValueError as exc:
+        if "null byte" not in str(exc):     # a path with a NUL byte that no check above caught
+            raise
+        click.echo("error: a path holds a NUL byte, which no file name can; refused", err=True)
+        return 1
     except OSError as exc:
         if exc.errno not in ENVIRONMENT_ERRNOS:
             raise

@@ -130,8 +130,14 @@ def check_value(name: str, value: Any, kind: type, spec: Spec, optional: bool) -
 
 
 def check_ranges(config) -> None:
-    """Every field of ``config`` against its :class:`Spec` (range, choices)."""
+    """Every field of ``config`` against its :class:`Spec` (range, choices); no text of it (a
+    path, a name) holds a NUL byte, which no file name can."""
     cls = type(config)
+    for f in dataclasses.fields(cls):
+        value = getattr(config, f.name)
+        for text in (value if isinstance(value, (list, tuple)) else (value,)):
+            if isinstance(text, str) and "\0" in text:
+                raise ConfigError(f"{flag(f.name)} {text!r}: holds a NUL byte, which no path or name can")
     for f in dataclasses.fields(cls):
         spec = spec_of(f)
         if spec.low is None and spec.high is None and spec.choices is None:

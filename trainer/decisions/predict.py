@@ -76,6 +76,8 @@ def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
         raise InputError("a folder; refused") from None
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror or exc}") from None
+    except ValueError:          # a NUL byte in the name: that file's error, the others go on
+        raise InputError("a path with a NUL byte; refused") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
