@@ -39,6 +39,9 @@ from .classes import MAX_CLASSES
 from .setting import Setting, SettingError
 
 METRICS = ("bytes", "bpp", "psnr", "ssim")
+#: the values a metric's mean can take (inclusive): bytes and bits per pixel are positive (64
+#: bpp is uncompressed 16-bit RGBA), PSNR in dB, SSIM in [-1, 1]
+METRIC_RANGES = {"bytes": (1e-9, 2.0 ** 40), "bpp": (1e-9, 64.0), "psnr": (0.0, 1000.0), "ssim": (-1.0, 1.0)}
 TIMINGS = ("load_ms", "enc_ms", "dec_ms", "other_ms")
 CSV_FIELDS = ("key", "path", "label", "shard", "bytes", "bpp", "psnr", "ssim") + TIMINGS
 #: keys that differ between two builds of the same bytes (when and how fast it ran)
@@ -228,11 +231,23 @@ class Manifest(dict):
         return None
 
     def mean(self, metric: str) -> float | None:
-        """The mean of one of ``METRICS`` over the setting's images (None: unknown or not finite)."""
+        """The mean of one of ``METRICS`` over the setting's images (None: unknown or not
+        finite); a value no image can have (a negative size, 10**400) is a ManifestError."""
         value = (self.get("mean") or {}).get(metric)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
-        return float(value) if math.isfinite(value) else None
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        lo, hi = METRIC_RANGES[metric]
+        try:
+            ok = lo <= float(value) <= hi
+        except OverflowError:
+            ok = False
+        if not ok:
+            shown = repr(value) if len(repr(value)) <= 24 else repr(value)[:21] + "..."
+            raise ManifestError(f"manifest of {self.get('setting')!r}: mean {metric} {shown} is outside "
+                                f"[{lo:g}, {hi:g}]; not a manifest the pipeline wrote")
+        return float(value)
 
 
 def digest(manifest: dict) -> str:

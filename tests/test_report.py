@@ -43,7 +43,7 @@ def row(method, trained_on, setting, top1, arch="resnet50", labels="dataset", nb
     mb = nbytes if nbytes is not None else mb
     return {"checkpoint": None if method == "pretrained" else f"runs/{arch}-{method}-{trained_on}/best.pth",
             "weights": "IMAGENET1K_V1", "arch": arch, "method": method, "trained_on": trained_on,
-            "setting": setting, "codec": setting.split("-")[0], "q": q, "top1": top1, "top5": None if top1 is None else top1 + 10,
+            "setting": setting, "codec": setting.split("-")[0], "q": q, "top1": top1, "top5": None if top1 is None else min(100.0, top1 + 10),
             "count": 4, "mean_bytes": mb, "mean_bpp": bpp(mb), "labels": labels}
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.bounded import BoundedReadError, read_json
-from pipeline.manifest import Manifest, ManifestError
+from pipeline.manifest import METRIC_RANGES, Manifest, ManifestError
 from pipeline.provenance import resolve_path
 from pipeline.setting import Setting, SettingError
 from trainer import vocab
@@ -113,9 +113,36 @@ def finite(x: Any) -> float | None:
         return None
     try:
         value = float(x)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):     # 10**400 is an int JSON allows
         return None
     return value if math.isfinite(value) else None
+
+
+#: the numbers of a result row and the values each can take (inclusive; a rate is positive):
+#: a row outside them was not written by trainer.eval, and nothing is recommended from it
+NUMBER_RANGES = {"top1": (0.0, 100.0), "top5": (0.0, 100.0), "top1_present": (0.0, 100.0), "count": (0, 2 ** 53),
+                 **{f"mean_{m}": bounds for m, bounds in METRIC_RANGES.items()}}
+
+
+def _number(path: Path, index: int, row: dict, key: str) -> float | None:
+    """``row[key]`` as a number within :data:`NUMBER_RANGES` (None when absent or null), or a
+    one-line ResultsError naming the file, the row, the field and what it may be."""
+    value = row.get(key)
+    if value is None:
+        return None
+    lo, hi = NUMBER_RANGES[key]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        try:
+            ok = lo <= float(value) <= hi and (key != "count" or float(value) == int(value))
+        except OverflowError:
+            ok = False
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 24 else repr(value)[:21] + "..."
+        kind = "a whole number" if key == "count" else "a number"
+        raise ResultsError(f"{path}: row {index}: {key} {shown} is not {kind} in [{lo:g}, {hi:g}]; "
+                           "not a results file trainer.eval wrote")
+    return float(value) if key != "count" else int(value)
 
 
 # --------------------------------------------------------------------------- manifests
@@ -243,8 +270,9 @@ def _results_file(path: Path) -> list[Result]:
 def _result_row(path: Path, index: int, row: dict) -> Result | None:
     if not isinstance(row, dict):
         raise ResultsError(f"{path}: row {index} is not an object")
-    if "top1" in row and finite(row["top1"]) is None:
+    if "top1" in row and row["top1"] is None:
         return None
+    numbers = {key: _number(path, index, row, key) for key in NUMBER_RANGES}
     missing = [k for k in REQUIRED_RESULT_KEYS if row.get(k) is None]
     if missing:
         raise ResultsError(f"{path}: row {index} lacks {', '.join(missing)}")
@@ -262,11 +290,11 @@ def _result_row(path: Path, index: int, row: dict) -> Result | None:
     return Result(
         arch=str(row["arch"]), method=str(row["method"]), labels=str(row.get("labels") or "dataset"),
         trained_on=row.get("trained_on"), setting=setting.name, codec=codec, q=q,
-        top1=float(row["top1"]), top5=finite(row.get("top5")), count=row.get("count"),
-        bytes=finite(row.get("mean_bytes")), bpp=finite(row.get("mean_bpp")),
-        psnr=finite(row.get("mean_psnr")), ssim=finite(row.get("mean_ssim")), split=row.get("split"),
+        top1=numbers["top1"], top5=numbers["top5"], count=numbers["count"],
+        bytes=numbers["mean_bytes"], bpp=numbers["mean_bpp"],
+        psnr=numbers["mean_psnr"], ssim=numbers["mean_ssim"], split=row.get("split"),
         checkpoint=resolve_path(row.get("checkpoint"), path.parent), weights=row.get("weights"),
-        top1_present=finite(row.get("top1_present")), group=group or None,
+        top1_present=numbers["top1_present"], group=group or None,
         selected_on_scored=row.get(SELECTED) if isinstance(row.get(SELECTED), bool) else None,
         extra={k: v for k, v in row.items() if k not in known})
 
