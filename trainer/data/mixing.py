@@ -51,6 +51,10 @@ def parse_weights(value) -> dict[str, float] | None:
         if name in out:
             raise MixError(f"--setting-weights: {name} given twice")
         out[name] = f
+    if not math.isfinite(sum(out.values())):     # 1e308 twice: the shares would be NaN
+        raise MixError(f"--setting-weights: the weights sum to more than a float holds "
+                       f"({', '.join(f'{k}={v:g}' for k, v in out.items())}); only their ratios matter: "
+                       "give smaller numbers")
     return out
 
 
