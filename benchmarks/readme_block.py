@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 from pipeline.atomic import atomic_write, atomic_write_json  # noqa: E402
 from pipeline.markdown import (BlockError, block_names, parse_document, read_block,  # noqa: E402, F401
                                render_document, replace_block)
-from pipeline.provenance import environment, hardware, portable_path  # noqa: E402
+from pipeline.provenance import environment, hardware, inside_path  # noqa: E402
 from trainer.clitools import UserError  # noqa: E402
 
 from experiments import summarize  # noqa: E402 - the summary blocks and their renderer
@@ -50,8 +50,8 @@ def command(script: str, argv: list[str]) -> str:
     def clean(arg: str) -> str:
         opt, eq, val = arg.partition("=")
         if eq and os.path.isabs(val):
-            return f"{opt}={portable_path(val, ROOT)}"
-        return portable_path(arg, ROOT) if os.path.isabs(arg) else arg
+            return f"{opt}={inside_path(val, ROOT)}"
+        return inside_path(arg, ROOT) if os.path.isabs(arg) else arg
     return shlex.join(["python", script, *(clean(a) for a in argv)])
 
 

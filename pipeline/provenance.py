@@ -73,6 +73,19 @@ def portable_path(path, base: str | os.PathLike) -> str | None:
     return Path(os.path.relpath(full, home)).as_posix()
 
 
+def inside_path(path, root: str | os.PathLike) -> str:
+    """``path`` as a recorded command line names it: relative to ``root`` (a checkout) when it
+    lies inside it, else its bare name.  A path outside the checkout is another machine's
+    folder, even when the two share one: a checkout and pytest's temporary folders both under
+    /tmp (a CI runner's clone) gave ``../pytest-of-root/.../r.json``."""
+    full, home = os.path.abspath(str(path)), os.path.abspath(root)
+    try:
+        inside = os.path.commonpath([full, home]) == home
+    except ValueError:        # another drive (Windows)
+        inside = False
+    return Path(os.path.relpath(full, home)).as_posix() if inside else os.path.basename(full)
+
+
 def resolve_path(stored: str | None, base: str | os.PathLike) -> str | None:
     """The inverse of ``portable_path`` for a reader of a path column: a relative path read from
     a results file in folder ``base`` names ``base / stored``; absolute ones (older files) pass
