@@ -12,9 +12,28 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("M2M_SHARED", ROOT.parent / "shared"))
 
 
+#: the test being set up or run (its fixtures included), for the marker check of shared_path
+_RUNNING: list = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _RUNNING[:] = [item]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    _RUNNING[:] = []
+
+
 def shared_path(*parts: str) -> Path:
-    """Path inside ../shared, or skip the calling test when it is not there."""
+    """Path inside ../shared, or skip the calling test when it is not there.  A test (or a
+    fixture it uses) that reads ../shared without the ``shared`` marker fails, with or without
+    ../shared: the marker is how a run without the data deselects those tests."""
     p = SHARED.joinpath(*parts)
+    if _RUNNING and _RUNNING[0].get_closest_marker("shared") is None:
+        pytest.fail(f"{_RUNNING[0].nodeid} reads ../shared ({'/'.join(parts)}) without the `shared` marker",
+                    pytrace=False)
     if not p.exists():
         pytest.skip(f"{p} is absent (the ../shared data is only present for developers and CI)")
     return p

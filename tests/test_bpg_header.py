@@ -55,6 +55,7 @@ def test_emulation_prevention_round_trip():
     assert unescape_nal(esc) == raw
 
 
+@pytest.mark.shared
 def test_genuine_headers_parse_to_the_manifest():
     root, records = _records()
     for r in records:
@@ -67,6 +68,7 @@ def test_genuine_headers_parse_to_the_manifest():
         assert data[h.data_offset:h.data_offset + 2] == b"\x44\x01", r["bpg"]
 
 
+@pytest.mark.shared
 def test_header_writer_reproduces_genuine_bytes():
     """Parsing then re-writing a genuine header gives the same bytes, field for field."""
     root, records = _records()
@@ -91,6 +93,7 @@ def _genuine():
     return bytearray((root / records[0]["bpg"]).read_bytes())
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("mutate,field", [
     (lambda d: d.__setitem__(0, 0x41), "magic"),
     (lambda d: d.__setitem__(4, d[4] | 0x10), "alpha1_flag"),
@@ -108,6 +111,7 @@ def test_bad_headers_name_the_field(mutate, field):
         parse_header(bytes(data))
 
 
+@pytest.mark.shared
 def test_truncated_headers_are_clean_errors():
     data = bytes(_genuine())
     h = parse_header(data)
@@ -116,6 +120,7 @@ def test_truncated_headers_are_clean_errors():
             parse_header(data[:n])
 
 
+@pytest.mark.shared
 def test_rebuilt_parameter_sets_are_well_formed():
     h = parse_header(bytes(_genuine()))
     vps, sps = build_vps(), h.sps()
@@ -144,6 +149,7 @@ def test_emulation_prevention_matches_the_byte_loop():
         assert unescape_nal(escape_rbsp(raw)) == raw
 
 
+@pytest.mark.shared
 def test_one_sps_routine_reads_what_it_writes_in_both_forms():
     """The compact hevc_header and the full SPS go through the same field routine: a header
     rebuilt into an SPS and parsed back gives the same fields, for every genuine header."""

@@ -54,6 +54,7 @@ def test_bpg_q_from_the_slice_qp(q):
     assert p.quality == max(q, 3) and p.quality_source == "slice QP"
 
 
+@pytest.mark.shared
 def test_bpg_q_of_the_genuine_encoder_vectors():
     folder = shared_path("bpg-vectors")
     files = sorted(folder.glob("*_q*_*.bpg"))

@@ -186,6 +186,7 @@ def test_efficientnet_lite0_default_weights_see_a_cat():
     assert set(top5) & {281, 282, 283, 284, 285, 286, 287}, top5  # some cat
 
 
+@pytest.mark.shared
 def test_shared_mobilenet_v2_weights_see_a_cat():
     from tests.conftest import shared_path
     p = shared_path("weights", "mobilenet_v2_imagenet.pth")

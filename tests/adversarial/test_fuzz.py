@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import tarfile
-import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -46,9 +45,20 @@ def warm():
     TrainConfig(shards=["x.tar"], out="runs/x", device="cpu").resolved()
 
 
+#: one folder for the whole module (pytest's, removed with its other temporary folders): each
+#: example overwrites the file the one before wrote
+_FOLDER: list[Path] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fuzz_folder(tmp_path_factory):
+    _FOLDER[:] = [tmp_path_factory.mktemp("fuzz")]
+    yield
+    _FOLDER.clear()
+
+
 def _write(text: str) -> Path:
-    d = Path(tempfile.mkdtemp(prefix="fuzz-"))
-    p = d / "manifest.json"
+    p = _FOLDER[0] / "manifest.json"
     p.write_text(text, encoding="utf-8", errors="surrogateescape")
     return p
 
