@@ -45,8 +45,9 @@ def _convert(rgb: np.ndarray, imagespec: str) -> Any:
     return out
 
 
-def wds_handler_for(imagespec: str = "rgb8") -> Callable[[str, bytes], Any]:
-    """A handler that returns codec bitstreams decoded in webdataset's ``imagespec`` format."""
+def wds_handler_for(imagespec: str = "rgb8", budget=None) -> Callable[[str, bytes], Any]:
+    """A handler that returns codec bitstreams decoded in webdataset's ``imagespec`` format,
+    within ``budget`` (a :class:`pipeline.limits.DecodeBudget`; None: the default)."""
     extensions = _codec_extensions()
 
     def handler(key: str, data: bytes):
@@ -54,7 +55,7 @@ def wds_handler_for(imagespec: str = "rgb8") -> Callable[[str, bytes], Any]:
         field, _, ext = key.lstrip(".").lower().rpartition(".")
         if field != "comp" or ext not in extensions:
             return None
-        rgb = decode_any(data)                    # recognised by content; CodecError if bad
+        rgb = decode_any(data, budget)            # recognised by content; CodecError if bad
         return rgb if imagespec == "rgb8" else _convert(rgb, imagespec)
 
     handler.__name__ = f"wds_handler_{imagespec}"
