@@ -287,7 +287,6 @@ def test_decompression_bombs_fail_fast_with_little_memory(crop):
     """Hand-made headers announcing 8192² pixels: refused from the header, before any
     allocation; peak RSS of a fresh process measured around each decode."""
     import json
-    import os
     import subprocess
     import sys
     bombs = _bombs(crop)

@@ -98,8 +98,9 @@ def decode_sized(decode, data: bytes, picture: tuple[int, int]):
         a = decode(data, DEFAULT_BUDGET.with_pixels(w * h))
     except PixelBudgetError as exc:
         found = _SIZE.search(str(exc))
-        size = f"{found.group(1)}x{found.group(2)}" if found else "a larger"
-        raise ValueError(f"a {size} picture, not the manifest's {w}x{h}") from None
+        if found is None:           # another bound of the budget (tiles, frames ...): its own words
+            raise ValueError(str(exc)) from None
+        raise ValueError(f"a {found.group(1)}x{found.group(2)} picture, not the manifest's {w}x{h}") from None
     if a.shape[:2] != (h, w):
         raise ValueError(f"a {a.shape[1]}x{a.shape[0]} picture, not the manifest's {w}x{h}")
     return a

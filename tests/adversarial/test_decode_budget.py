@@ -5,7 +5,6 @@ same in every command, never a process environment variable."""
 from __future__ import annotations
 
 import io
-import resource
 import struct
 import subprocess
 import sys

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.adversarial.conftest import ARCH, one_error, train_args
+from tests.adversarial.conftest import ARCH, one_error
 
 
 def test_an_expert_list_entry_with_a_nul_byte(tmp_path, capsys):
