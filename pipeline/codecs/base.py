@@ -278,13 +278,20 @@ def check_header(h: Header, budget: DecodeBudget | None, what: str) -> None:
         raise PictureTooLargeError(str(exc)) from None
 
 
+def _pil_header(img) -> Header:
+    # a camera's multi-picture JPEG (MPO: a preview, a depth or gain map after the photo) is one
+    # picture, not an animation: its other pictures are never decoded
+    frames = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
+    return Header(*img.size, frames=frames, components=len(img.getbands()))
+
+
 def pil_header(data: bytes, name: str, formats: Sequence[str]) -> Header:
     """A header read by Pillow's lazy open (size, frames, bands), nothing decoded."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data), formats=list(formats)) as img:
-            return Header(*img.size, frames=getattr(img, "n_frames", 1), components=len(img.getbands()))
+            return _pil_header(img)
     except Image.DecompressionBombError as exc:   # Pillow's own bound, far above ours: over budget too
         raise PictureTooLargeError(f"{name} picture: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - hostile data must end in CodecError, whatever broke
@@ -302,8 +309,7 @@ def pil_decode(data: bytes, what: str, formats: Sequence[str], budget: DecodeBud
 
     try:
         with Image.open(io.BytesIO(data), formats=list(formats)) as img:
-            check_header(Header(*img.size, frames=getattr(img, "n_frames", 1), components=len(img.getbands())),
-                         budget, f"{what} picture")
+            check_header(_pil_header(img), budget, f"{what} picture")
             img.load()
             # to_rgb() leaves an RGB picture as it is: no copy per decoded image in the loader
             return np.asarray(to_rgb(img))

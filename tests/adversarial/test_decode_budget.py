@@ -146,6 +146,14 @@ def test_an_animation_is_refused_by_its_frame_count(fmt):
     assert decode_any(data, DecodeBudget(max_frames=3)).shape == (32, 48, 3)   # the first frame
 
 
+def test_a_cameras_multi_picture_jpeg_is_one_picture():
+    """MPO (a preview, a depth or gain map after the photo): the photo is decoded, not refused."""
+    photo = Image.fromarray(synthetic_rgb(32, 48, seed=3))
+    buf = io.BytesIO()
+    photo.save(buf, "MPO", save_all=True, append_images=[Image.fromarray(np.full((16, 16, 3), 200, np.uint8))])
+    assert decode_any(buf.getvalue()).shape == (32, 48, 3)
+
+
 def test_a_jxl_animation_is_refused_without_decoding_its_frames():
     """imagecodecs decoded every frame into one array (3 x H x W x 3), which the codec then
     returned as a picture; a 200-frame 1024² file took 682 MB."""
