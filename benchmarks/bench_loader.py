@@ -16,7 +16,7 @@ other work on the machine does not decide the result; the worker's wall-time rat
 * ``before``: the same plan through webdataset's stock per-sample stages (tar reader,
   shuffle, ``decode_any`` into a tensor per sample, ``torch.stack``): the loader as it was
   before the lean stages (``benchmarks/loader_reference.py``);
-* the parts: reading only (``tarfile``; this loader's reader ``trainer.tarstream``) and
+* the parts: reading only (``tarfile``; this loader's reader ``trainer.data.tarstream``) and
   decoding only (bitstreams already in memory), each timed for min(5 s, ``--seconds``).
 
 Steady state: each loader is one long epoch whose workers persist through every round; the
@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.codecs import decode_any  # noqa: E402
 from pipeline.markdown import table  # noqa: E402
-from trainer import tarstream  # noqa: E402
+from trainer.data import tarstream  # noqa: E402
 from trainer.data import LoaderSpec, group_shards, make_train_loader  # noqa: E402
 
 IMAGENETTE = ROOT.parent / "shared" / "imagenette"

@@ -46,7 +46,7 @@ class Received:
 def read_traffic(val_root: Path, settings: list[str], per_setting: int | None, seed: int) -> list[Received]:
     """The bitstreams and labels of each setting folder, shuffled together with ``seed``."""
     from pipeline.manifest import Manifest
-    from trainer.tarstream import tar_samples
+    from trainer.data.tarstream import tar_samples
 
     out = []
     for name in settings:

@@ -17,7 +17,7 @@ from PIL import Image
 from trainer.decisions import predict, recommend
 from tests.conftest import synthetic_rgb
 from tests.test_trainer_common import build_shards
-from trainer import cache_teacher, run
+from trainer import run, teacher_cache
 from trainer import eval as teval
 from trainer.models import build_model
 
@@ -126,7 +126,7 @@ def test_hostile_manifest_setting_never_escapes_the_output_folder(shards, tmp_pa
     cache_root = tmp_path / "a" / "b" / "cache"
     m["setting"] = "../../../escaped"  # cache_root / setting would be tmp_path/"escaped"
     (folder / "manifest.json").write_text(json.dumps(m))
-    rc = cache_teacher.main(["--shards", str(folder / "*.tar"), "--arch", ARCH, "--out", str(cache_root),
+    rc = teacher_cache.main(["--shards", str(folder / "*.tar"), "--arch", ARCH, "--out", str(cache_root),
                              "--workers", "0", "--no-progress"])
     line = one_error_line(capsys.readouterr().err)
     assert rc == 1 and "not a setting name" in line and str(folder) in line
@@ -205,7 +205,7 @@ def test_bad_paths_are_one_line(shards, tmp_path, capsys):
          "no such weights file"),
         (teval.main, ["--arch", ARCH, "--weights", "NOPE", "--shards", str(shards / "val" / "*" / "*.tar")],
          "no weights named 'NOPE'"),
-        (cache_teacher.main, ["--shards", str(tmp_path / "x.tar"), "--arch", ARCH], "does not exist"),
+        (teacher_cache.main, ["--shards", str(tmp_path / "x.tar"), "--arch", ARCH], "does not exist"),
         (recommend.main, ["--results", str(tmp_path / "none.json")], "no such results file"),
     ]
     for main, args, words in cases:

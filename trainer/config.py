@@ -194,7 +194,7 @@ class EvalConfig:
 
 @dataclass
 class TeacherCacheConfig:
-    """``trainer.cache_teacher``: the teacher's logits on every clean crop of the settings."""
+    """``trainer.teacher_cache``: the teacher's logits on every clean crop of the settings."""
     shards: list[str] = O.shards("Shard globs / brace patterns (grouped by folder).", required=True)
     arch: str | None = opt(None, required=True, help="Architecture of the teacher (the model trained from).")
     weights: str | None = opt(None, help="Torchvision weights name, or a weights / checkpoint file.")

@@ -143,7 +143,7 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
        cut=st.integers(0, 4096) | st.none(), claim=st.integers(0, 8 << 30) | st.none())
 @example(members=[("a.cls", b"1")], flips=[], cut=None, claim=5 << 30)   # a 5 GB member in a 10 KB tar
 def test_the_tar_reader(members, flips, cut, claim, tmp_path):
-    from trainer.tarstream import TarError, tar_samples
+    from trainer.data.tarstream import TarError, tar_samples
     data = bytearray(_tar(members))
     for pos, value in flips:
         if pos < len(data):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from ..completeness import decode_sized
+from .completeness import decode_sized
 from ..losses import UNLABELLED
 from .gpu_jpeg import jpeg_size
 from .plan import worker

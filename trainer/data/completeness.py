@@ -23,7 +23,7 @@ from braceexpand import braceexpand
 
 from pipeline.limits import ENV, PixelBudgetError, set_max_pixels
 
-from .clitools import UserError
+from ..clitools import UserError
 
 #: the smallest tar sample: one member's header and one data block
 MIN_SAMPLE_BYTES = 1024
