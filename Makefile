@@ -98,10 +98,10 @@ test-fast: install ## The test suite without the tests marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # the benchmarks write their results files (benchmarks/results/*.json: numbers, command, environment);
-# the docs' blocks are rendered from those files (benchmarks/readme_block.py, the registry of every block:
+# the docs' blocks are rendered from those files (docsgen/readme_block.py, the registry of every block:
 # which page holds which block)
 RESULTS := benchmarks/results
-BLOCK   := $(PY) benchmarks/readme_block.py
+BLOCK   := $(PY) docsgen/readme_block.py
 
 bench: install ## Benchmarks: pipeline, BPG codec, trainer; writes benchmarks/results/*.json, refreshes their tables in docs/
 	@mkdir -p $(RESULTS)

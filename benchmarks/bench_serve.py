@@ -57,7 +57,7 @@ def jpeg10_images(n: int) -> tuple[list[bytes], str]:
             with Image.open(f) as img:
                 out.append(codec.encode(crop_image(img.convert("RGB"))))
         return out, "Imagenette val crops"
-    from benchmarks.synthetic import synthetic_rgb
+    from fixtures.synthetic import synthetic_rgb
     return [codec.encode(synthetic_rgb(224, 224, seed=i)) for i in range(n)], "synthetic photos"
 
 
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.markdown:
         atomic_write(a.markdown, text)
     if a.json:
-        from benchmarks.readme_block import save
+        from docsgen.readme_block import save
         save(a.json, text, "benchmarks/bench_serve.py", sys.argv[1:] if argv is None else argv, points=points)
     return 0
 

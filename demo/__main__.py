@@ -372,8 +372,8 @@ def _table_only(markdown: str) -> str:
 def update_readme(plot: Path, table: str, elapsed: float, steps, a, arch: str, labels: str,
                   train_setting: str) -> None:
     """docs/demo-results.json (what the README's demo block is rendered from) and the plot; then
-    the block itself (benchmarks/readme_block.py; the demo runs from the checkout, as ``python -m demo``)."""
-    from benchmarks.readme_block import BLOCKS, refresh, save
+    the block itself (docsgen/readme_block.py; the demo runs from the checkout, as ``python -m demo``)."""
+    from docsgen.readme_block import BLOCKS, refresh, save
 
     docs = ROOT / "docs"
     atomic_write(docs / "demo_rate_accuracy.png", plot.read_bytes())

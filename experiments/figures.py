@@ -185,7 +185,7 @@ def _number(text: str) -> float | None:
 def table_rows(path: Path, first: str) -> list[dict]:
     """The rows of the table whose first column is ``first`` in a benchmark's results file,
     as {column: cell text}."""
-    from benchmarks.readme_block import load
+    from docsgen.readme_block import load
     for part in load(path)["parts"]:
         table = part.get("table")
         if table and table["header"][0] == first:

@@ -199,7 +199,7 @@ def cli(zoo_dir, select, val_root, settings, pretrained, arch, per_setting, seed
     if markdown:
         atomic_write(markdown, text + "\n")
     if json_out:
-        from benchmarks.readme_block import save
+        from docsgen.readme_block import save
         save(json_out, text, "experiments/mixed_traffic.py", _ARGV,
              results={"rows": {m: [{k: v for k, v in r.items() if k != "scores"} for r in rs]
                                for m, rs in rows.items()},

@@ -41,6 +41,7 @@ from pipeline.markdown import table  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
+from docsgen.readme_block import BLOCKS, RESULTS_PAGE  # noqa: E402 - the registry of the generated blocks
 from trainer.decisions.results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, check_selection,  # noqa: E402
                                selected_on_scored, selection_unknown)
 
@@ -366,7 +367,7 @@ def generate(results: list[Path], compared: list[str] = (), setting: str | None 
 
 
 def block(argv: list[str], root: Path = ROOT) -> str:
-    """A README block's content from its arguments (``benchmarks/readme_block.py``)."""
+    """A README block's content from its arguments (``docsgen/readme_block.py``)."""
     results, compared, setting, view, it = [], [], None, "auto", iter(argv)
     for arg in it:
         if arg == "--compare":
@@ -389,23 +390,10 @@ def write_block(readme: Path, name: str, content: str) -> None:
         raise UserError(f"{readme}: {exc}") from None
 
 
-#: the page that holds the experiment blocks below
-RESULTS_PAGE = "docs/results.md"
-
-#: the experiment blocks of RESULTS_PAGE: name -> the arguments that make them (paths from the
-#: repository root); the registry of every generated block (benchmarks/readme_block.py) takes them from here
-README_BLOCKS = {
-    "imagenette": ["experiments/results/imagenette-cpu.json"],
-    "imagenette-order-cpu": ["--compare", "sorted=experiments/results/imagenette-cpu-sorted.json",
-                             "--compare", "mixed=experiments/results/imagenette-cpu.json", "--setting", "j2k-200"],
-    "retention": ["experiments/results/retention-cpu.json"],
-    "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
-}
-
-
 def readme_blocks() -> dict:
-    """The experiment blocks: name -> arguments."""
-    return {name: list(argv) for name, argv in README_BLOCKS.items()}
+    """The experiment blocks of RESULTS_PAGE (the registry of every generated block,
+    docsgen/readme_block.py, lists them): name -> arguments."""
+    return {b.name: list(b.args) for b in BLOCKS if b.file == RESULTS_PAGE and b.renderer == "summary"}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -422,7 +410,7 @@ def readme_blocks() -> dict:
               help="Block name: <!-- NAME:start --> ... <!-- NAME:end -->.")
 @click.option("--all-blocks", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Regenerate every experiment block of this Markdown file ({RESULTS_PAGE}; "
-                   "benchmarks/readme_block.py) from the results files.")
+                   "docsgen/readme_block.py) from the results files.")
 @click.option("--only", multiple=True, metavar="NAME",
               help="With --all-blocks: only these blocks (repeatable).")
 @click.option(ALLOW_SELECTED, "allow_selected", is_flag=True,

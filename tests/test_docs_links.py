@@ -19,8 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import cli_reference  # noqa: E402
-from benchmarks import readme_block as rb  # noqa: E402
+from docsgen import cli_reference  # noqa: E402
+from docsgen import readme_block as rb  # noqa: E402
 from pipeline.markdown import BlockError  # noqa: E402
 
 README = ROOT / "README.md"
@@ -240,7 +240,7 @@ def test_cli_reference_is_a_fresh_registry_block():
     block = next(b for b in rb.BLOCKS if b.file == "docs/cli.md")
     text = rb.read_block((ROOT / "docs" / "cli.md").read_text(encoding="utf-8"), block.name)
     assert text is not None and text.strip() == block.render(ROOT).strip(), \
-        "docs/cli.md is stale (python benchmarks/readme_block.py cli)"
+        "docs/cli.md is stale (python docsgen/readme_block.py cli)"
     for name in console_scripts():
         assert f"\n## {name}\n" in text and f"Usage: {name} " in text, name
     assert "### m2m-pipeline shards" in text and "The same command: `python -m trainer.run`." in text

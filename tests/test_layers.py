@@ -1,6 +1,8 @@
-"""Layers point down: tools.bpg < pipeline < trainer < trainer.decisions < scripts (demo,
-experiments, benchmarks), read from the source with ``ast`` (every import, also those inside
-functions and under ``if TYPE_CHECKING``), and no two modules import each other."""
+"""Layers point down: tools.bpg < pipeline < trainer < trainer.decisions < the scripts' shared
+folders (docsgen: the docs' generated blocks; fixtures: synthetic photos and the reference
+loader) < scripts (demo, experiments, benchmarks), read from the source with ``ast`` (every
+import, also those inside functions and under ``if TYPE_CHECKING``), and no two modules import
+each other."""
 import ast
 import subprocess
 import sys
@@ -9,14 +11,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("tools", "pipeline", "trainer", "demo", "experiments", "benchmarks")
+FOLDERS = ("tools", "pipeline", "trainer", "docsgen", "fixtures", "demo", "experiments", "benchmarks")
 #: (module prefix, layer), the longest prefix wins; tests sit above everything
-LAYERS = (("tools", 0), ("pipeline", 1), ("trainer", 2), ("trainer.decisions", 3), ("demo", 4),
-          ("experiments", 4), ("benchmarks", 4), ("tests", 5))
+LAYERS = (("tools", 0), ("pipeline", 1), ("trainer", 2), ("trainer.decisions", 3), ("docsgen", 4),
+          ("fixtures", 4), ("demo", 5), ("experiments", 5), ("benchmarks", 5), ("tests", 6))
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -31,15 +33,15 @@ def layer(module: str) -> int | None:
     return None if best is None else best[1]
 
 
-def project_modules() -> dict[str, Path]:
+def project_modules(root: Path = ROOT) -> dict[str, Path]:
     out = {}
     for folder in FOLDERS:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            out[module_name(path)] = path
+        for path in sorted((root / folder).rglob("*.py")):
+            out[module_name(path, root)] = path
     return out
 
 
-def imports(module: str, path: Path, known: set[str]) -> set[str]:
+def imports(module: str, path: Path, known: set[str], root: Path = ROOT) -> set[str]:
     """The project modules ``module`` imports (a name imported from a package that is itself a
     module counts as that module)."""
     is_package = path.name == "__init__.py"
@@ -63,15 +65,20 @@ def imports(module: str, path: Path, known: set[str]) -> set[str]:
             if t in known and t != module:
                 found.add(t)
             elif t and t.split(".")[0] not in {f for f in FOLDERS} and t not in sys.stdlib_module_names \
-                    and (ROOT / "benchmarks" / f"{t.split('.')[0]}.py").exists():
+                    and (root / "benchmarks" / f"{t.split('.')[0]}.py").exists():
                 found.add("benchmarks." + t.split(".")[0])   # a script put on sys.path by hand
     return found
 
 
-def graph() -> dict[str, set[str]]:
-    mods = project_modules()
-    known = set(mods) | {module_name(p) for p in (ROOT / "tests").rglob("*.py")}   # targets, never walked
-    return {m: imports(m, p, known) for m, p in mods.items()}
+def graph(root: Path = ROOT) -> dict[str, set[str]]:
+    mods = project_modules(root)
+    known = set(mods) | {module_name(p, root) for p in (root / "tests").rglob("*.py")}   # targets, never walked
+    return {m: imports(m, p, known, root) for m, p in mods.items()}
+
+
+def upward(g: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+                  for a, targets in g.items() for b in targets if layer(b) > layer(a))
 
 
 def test_the_walk_sees_the_project():
@@ -82,10 +89,22 @@ def test_the_walk_sees_the_project():
 
 
 def test_no_upward_import():
-    g = graph()
-    upward = sorted(f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
-                    for a, targets in g.items() for b in targets if layer(b) > layer(a))
-    assert upward == []
+    assert upward(graph()) == []
+
+
+def test_a_planted_upward_import_is_found(tmp_path):
+    """The check can fail: in a copy of the project's modules, one import of a higher layer,
+    made inside a function of a pipeline module, is the one thing it reports."""
+    for folder in FOLDERS + ("tests",):
+        for path in (ROOT / folder).rglob("*.py"):
+            copy = tmp_path / path.relative_to(ROOT)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(path.read_bytes())
+    assert upward(graph(tmp_path)) == []
+    planted = tmp_path / "pipeline" / "crops.py"
+    planted.write_text(planted.read_text(encoding="utf-8") + "\n\ndef _planted():\n    from trainer import vocab\n",
+                       encoding="utf-8")
+    assert upward(graph(tmp_path)) == ["pipeline.crops (layer 1) imports trainer.vocab (layer 2)"]
 
 
 def test_no_import_cycle():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.synthetic import make_image_folder
+from fixtures.synthetic import make_image_folder
 from tests.zoo_helpers import ARCH, trained_on_entry, write_expert
 
 SETTINGS = ["jpeg-10", "j2k-200", "lossless"]

@@ -17,7 +17,7 @@ from experiments import common, summarize
 from experiments.subsets import SubsetError, check_disjoint, images, make_subset
 from pipeline.build import build_setting
 from tests.conftest import make_image_folder
-from tests.test_trainer_common import CLASSES, build_shards
+from tests.trainer_helpers import CLASSES, build_shards
 from trainer import EvalConfig, TrainConfig, checkpoint, evaluate, train
 from trainer.eval_cache import LAST_EPOCH, TRAIN_LOSS, manifest_digest
 from trainer.models import build_model

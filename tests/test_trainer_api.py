@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_trainer_common import build_shards
+from tests.trainer_helpers import build_shards
 from trainer import EvalConfig, TrainConfig, evaluate, methods, run, train
 from trainer.config import ConfigError
 from trainer.losses import CrossEntropyLoss

@@ -16,7 +16,7 @@ from PIL import Image
 
 from trainer.decisions import predict, recommend
 from tests.conftest import synthetic_rgb
-from tests.test_trainer_common import build_shards
+from tests.trainer_helpers import build_shards
 from trainer import run, teacher_cache
 from trainer import eval as teval
 from trainer.models import build_model
