@@ -148,7 +148,7 @@ docs: install ## Every generated block of the docs (docs/cli.md included) and th
 	$(PY) experiments/figures.py --out docs
 
 report: install ## Table 1, Fig. 4/5 from runs/, shards/ and reports/results.json (PAPER=paper_table1.json to compare)
-	$(PY) -m trainer.decisions.report --runs runs/ --shards $(OUT) --results reports/results.json --out reports/ \
+	$(PY) -m trainer.reports.report --runs runs/ --shards $(OUT) --results reports/results.json --out reports/ \
 	  $(if $(PAPER),--paper $(PAPER)) $(if $(PAPER_ARCH),--paper-arch $(PAPER_ARCH))
 
 clean: ## Remove outputs (shards/, runs/, bench-out/), keep .venv

@@ -12,7 +12,7 @@ Steps (each reuses what an earlier run already built or measured):
  4. train     expert and fine-tuning on one setting, same budget (trainer.train); label-free
               (--labels teacher) on the embedded data
  5. evaluate  both on every val setting: where training on one setting helps the others
- 6. report    Table 1, Fig. 4 (rate-accuracy) and Fig. 5 (trainer.decisions.report)
+ 6. report    Table 1, Fig. 4 (rate-accuracy) and Fig. 5 (trainer.reports.report)
 
 Evaluations are cached per (model bytes, shard folder content) in OUT/eval-cache
 (trainer.eval_cache): a second run with nothing changed only checks and reports.
@@ -272,7 +272,7 @@ def run_demo(a) -> None:
     clock = Clock()
     import torch
 
-    from trainer.decisions.report import report
+    from trainer.reports.report import report
     from trainer import EvalConfig, TrainConfig, train
     from trainer.models import build_model
     from trainer.rundir import RunDir

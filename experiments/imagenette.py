@@ -25,7 +25,7 @@ says which (``"selection"``), and every row says whether its checkpoint was chos
 images it scores (``selected_on_scored_data``; the summary and the report refuse those).  Every step reuses finished work
 (shards, complete runs, models already in the results file), so the script can be re-run.
 It calls the Python APIs (``pipeline.build.build``, ``trainer.train``, ``trainer.evaluate``,
-``trainer.decisions.report.report``), never a command line.
+``trainer.reports.report.report``), never a command line.
 """
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def run(a) -> None:
     write_meta(a, train_globs, time.time() - t0)
     if a.codestream_results:
         codestream_check(a)
-    from trainer.decisions.report import report
+    from trainer.reports.report import report
     from experiments.summarize import report as summary
     report([a.results], a.val_root, a.out / "reports", runs=a.out / "runs")  # refuses rows chosen on val
     text = summary(json.loads(a.results.read_text()))

@@ -7,7 +7,7 @@ std over seeds.  Four views:
   ("expert (teacher labels)", method key ``expert+teacher``: ``trainer.methods``).
 - **retention** (the default when the rows have class groups, ``trainer.eval --group``):
   each group's top-1 on the model's own setting and on the clean images, beside the
-  pretrained model (``trainer.decisions.retention``).
+  pretrained model (``trainer.reports.retention``).
 - **deployment** (the rows of ``experiments/deployment.py``): every model (pretrained,
   specialists, generalists, per ``--bn`` mode) on every val setting, Fig. 5 style, and the
   deployment targets each met or missed.
@@ -42,7 +42,7 @@ from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
 from docsgen.readme_block import BLOCKS, RESULTS_PAGE  # noqa: E402 - the registry of the generated blocks
-from trainer.decisions.results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, check_selection,  # noqa: E402
+from trainer.reports.results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, check_selection,  # noqa: E402
                                selected_on_scored, selection_unknown)
 
 METRIC_NOTES = {"top1": "top1: arg-max over all 1000 ImageNet classes",
@@ -120,8 +120,8 @@ def report(rows: list[dict]) -> str:
 
 def retention_report(rows: list[dict]) -> str:
     """The retention tables (1000-way top-1, then top1_present) of rows with class groups."""
-    from trainer.decisions.results import results_from_rows
-    from trainer.decisions.retention import markdown, retention_tables
+    from trainer.reports.results import results_from_rows
+    from trainer.reports.retention import markdown, retention_tables
 
     tables = retention_tables(results_from_rows([r for r in rows if r.get("group") is not None]))
     if not tables:
@@ -267,7 +267,7 @@ def compare_report(labelled: list[tuple[str, list[dict]]], setting: str | None =
 
 def load_rows(paths: list[Path], allow_selected: bool = False) -> list[dict]:
     """The rows of results files; rows scored on the images their checkpoint was chosen on are
-    refused unless ``allow_selected`` (``trainer.decisions.results.check_selection``)."""
+    refused unless ``allow_selected`` (``trainer.reports.results.check_selection``)."""
     rows = []
     for path in paths:
         try:

@@ -9,8 +9,9 @@ import pytest
 
 from pipeline.codecs import create
 from tests.conftest import synthetic_rgb
-from trainer.decisions import figures, predict, report
-from trainer.decisions.results import load_manifests, load_results
+from trainer.decisions import predict
+from trainer.reports import figures, report
+from trainer.reports.results import load_manifests, load_results
 
 NEW = {"webp": ("webp-8", 8, 2022.0), "avif": ("avif-26", 26, 1995.0), "jxl": ("jxl-14", 14, 2010.0)}
 

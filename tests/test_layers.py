@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("tools", "pipeline", "trainer", "docsgen", "fixtures", "demo", "experiments", "benchmarks")
 #: (module prefix, layer), the longest prefix wins; tests sit above everything
-LAYERS = (("tools", 0), ("pipeline", 1), ("trainer", 2), ("trainer.decisions", 3), ("docsgen", 4),
-          ("fixtures", 4), ("demo", 5), ("experiments", 5), ("benchmarks", 5), ("tests", 6))
+LAYERS = (("tools", 0), ("pipeline", 1), ("trainer", 2), ("trainer.reports", 3), ("trainer.decisions", 3),
+          ("docsgen", 5), ("fixtures", 5), ("demo", 6), ("experiments", 6), ("benchmarks", 6), ("tests", 7))
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -83,9 +83,9 @@ def upward(g: dict[str, set[str]]) -> list[str]:
 
 def test_the_walk_sees_the_project():
     g = graph()
-    assert {"tools.bpg", "pipeline.manifest", "trainer.data.loader", "trainer.decisions.report", "demo.__main__",
+    assert {"tools.bpg", "pipeline.manifest", "trainer.data.loader", "trainer.reports.report", "demo.__main__",
             "experiments.common"} <= set(g)
-    assert "trainer.vocab" in g["trainer.decisions.report"] and "trainer.data.batch" in g["trainer.data.loader"]
+    assert "trainer.vocab" in g["trainer.reports.report"] and "trainer.data.batch" in g["trainer.data.loader"]
 
 
 def test_no_upward_import():
@@ -152,8 +152,8 @@ def test_the_walk_would_see_an_upward_import_and_a_cycle(tmp_path, monkeypatch):
     assert imports("trainer.b", fake["trainer.b"], known) == {"trainer.a"}
 
 
-@pytest.mark.parametrize("module", ["trainer.decisions.report", "trainer.decisions.results",
-                                    "trainer.decisions.recommend", "trainer.decisions.retention",
+@pytest.mark.parametrize("module", ["trainer.reports.report", "trainer.reports.results",
+                                    "trainer.reports.recommend", "trainer.reports.retention",
                                     "trainer.vocab", "trainer.rundir"])
 def test_the_reports_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"

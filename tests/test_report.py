@@ -1,4 +1,4 @@
-"""trainer.decisions.report on tiny hand-written manifests and results: the tables repeat the inputs,
+"""trainer.reports.report on tiny hand-written manifests and results: the tables repeat the inputs,
 blanks where nothing was measured, and the figures plot exactly what their CSVs say."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from trainer.decisions import report
-from trainer.decisions.results import load_manifests, load_results
+from trainer.reports import report
+from trainer.reports.results import load_manifests, load_results
 
 # setting -> (q, mean bytes, psnr, ssim)
 SETTINGS = {

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.decisions import recommend
-from trainer.decisions import report as dreport
+from trainer.reports import recommend
+from trainer.reports import report as dreport
 from experiments import common, summarize
 from experiments.subsets import SubsetError, check_disjoint, images, make_subset
 from pipeline.build import build_setting

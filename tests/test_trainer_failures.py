@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.decisions import predict, recommend
+from trainer.decisions import predict
+from trainer.reports import recommend
 from tests.conftest import synthetic_rgb
 from tests.trainer_helpers import build_shards
 from trainer import run, teacher_cache

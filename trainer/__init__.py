@@ -23,7 +23,7 @@ _LAZY = {"TrainConfig": "config", "EvalConfig": "config", "TrainResult": "traini
 
 
 def __getattr__(name: str):
-    # imported on first use, so that `python -m trainer.decisions.report` & co. do not pay for torch
+    # imported on first use, so that `python -m trainer.reports.report` & co. do not pay for torch
     if name in _LAZY:
         import importlib
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

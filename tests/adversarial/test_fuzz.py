@@ -41,7 +41,7 @@ hostile = st.one_of(
 def warm():
     """Import and first-call costs (torch, the method registry) outside the deadlines."""
     import trainer.training  # noqa: F401
-    from trainer.decisions.results import load_results  # noqa: F401
+    from trainer.reports.results import load_results  # noqa: F401
     from trainer.config import TrainConfig
     TrainConfig(shards=["x.tar"], out="runs/x", device="cpu").resolved()
 
@@ -92,7 +92,7 @@ def test_the_manifest_reader_on_edited_manifests(manifest_dict, edits):
                                                                  "count", "split", "group"]), values), max_size=3)
        .map(json.dumps))
 def test_the_results_reader(text):
-    from trainer.decisions.results import ResultsError, load_results
+    from trainer.reports.results import ResultsError, load_results
     try:
         load_results(_write(text))
     except (ResultsError, UserError) as exc:

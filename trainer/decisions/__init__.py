@@ -10,6 +10,6 @@ the other way round):
 - ``zoo.py``: the experts a receiver holds, loaded once;
 - ``serve.py``: the receiver as an HTTP service (``m2m-serve``, extra ``[serve]``).
 
-``python -m trainer.decisions.report|recommend|predict|serve`` (or ``m2m-report``, ``m2m-recommend``,
+``python -m trainer.reports.report|recommend|predict|serve`` (or ``m2m-report``, ``m2m-recommend``,
 ``m2m-predict``, ``m2m-serve``).  The reports import no torch (``predict`` does, when it classifies).
 """

@@ -16,7 +16,7 @@ method ("expert (teacher labels)") and never mixed with the dataset-labelled exp
 Rows of a class group (``trainer.eval --group``: ``group`` is set) score a subset of a
 setting's classes; they never enter Table 1, the figures or the recommender, which read the
 whole-setting rows only.  ``load_results(..., groups=True)`` returns them too, for the
-retention view (``trainer.decisions.report``).
+retention view (``trainer.reports.report``).
 """
 from __future__ import annotations
 

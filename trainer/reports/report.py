@@ -1,6 +1,6 @@
 """Table 1, Fig. 4 and Fig. 5 of the paper from whatever has been measured so far.
 
-    python -m trainer.decisions.report --runs runs/ --shards shards/ --results reports/results.json --out reports/
+    python -m trainer.reports.report --runs runs/ --shards shards/ --results reports/results.json --out reports/
 
 Writes into ``--out``:
 
@@ -359,7 +359,7 @@ def report(results_paths, shards, out, *, split: str = "val", runs=None, x: str 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point callable from tests: returns the exit status instead of exiting."""
-    return run_click(cli, argv, "python -m trainer.decisions.report")
+    return run_click(cli, argv, "python -m trainer.reports.report")
 
 
 if __name__ == "__main__":

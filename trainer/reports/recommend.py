@@ -1,8 +1,8 @@
 """Pick the codec setting and model for a bandwidth budget, from measured results only.
 
-    python -m trainer.decisions.recommend --budget 1000 --results reports/results.json [--manifests shards/]
-    python -m trainer.decisions.recommend --bpp 0.2 --results reports/results.json
-    python -m trainer.decisions.recommend --min-top1 65 --results reports/results.json
+    python -m trainer.reports.recommend --budget 1000 --results reports/results.json [--manifests shards/]
+    python -m trainer.reports.recommend --bpp 0.2 --results reports/results.json
+    python -m trainer.reports.recommend --min-top1 65 --results reports/results.json
 
 Every evaluated (setting, model) pair is an option: its rate is the mean bytes (or bpp) per
 image that trainer.eval measured (else the manifest's), its value the top-1 measured on that
@@ -352,7 +352,7 @@ def print_human(options, front, choice, estimates, x, limit, min_top1) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point callable from tests: returns the exit status instead of exiting."""
-    return run_click(cli, argv, "python -m trainer.decisions.recommend")
+    return run_click(cli, argv, "python -m trainer.reports.recommend")
 
 
 if __name__ == "__main__":
