@@ -35,6 +35,8 @@ def _avif_module():
 @register
 class AvifCodec(Codec):
     name = "avif"
+    title = "AVIF"
+    order = 5
     header_size = staticmethod(heif_size)
     ext = "avif"
     q_range = (0, 100)

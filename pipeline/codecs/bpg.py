@@ -20,6 +20,8 @@ from .base import Codec, CodecError, Option, Probe, register
 @register
 class BpgCodec(Codec):
     name = "bpg"
+    title = "BPG"
+    order = 3
     ext = "bpg"
     magics = (b"BPG\xfb",)
     q_range = (0, 51)

@@ -13,6 +13,8 @@ from .base import Codec, Option, pil_decode, register
 @register
 class JpegCodec(Codec):
     name = "jpeg"
+    title = "JPEG"
+    order = 1
     ext = "jpg"
     magics = (b"\xff\xd8\xff",)
     q_range = (1, 100)

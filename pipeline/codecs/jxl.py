@@ -34,6 +34,8 @@ def _imagecodecs():
 @register
 class JxlCodec(Codec):
     name = "jxl"
+    title = "JPEG XL"
+    order = 6
     header_size = staticmethod(jxl_size)
     ext = "jxl"
     magics = (JXL_CODESTREAM, JXL_CONTAINER)

@@ -21,6 +21,8 @@ from .headers import webp_image_chunk, webp_size
 @register
 class WebpCodec(Codec):
     name = "webp"
+    title = "WebP"
+    order = 4
     header_size = staticmethod(webp_size)
     ext = "webp"
     q_range = (0, 100)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from pipeline import codecs
 from pipeline.bounded import BoundedReadError, read_json
 from pipeline.manifest import Manifest, ManifestError
 from pipeline.provenance import resolve_path
@@ -32,9 +33,6 @@ from pipeline.setting import Setting, SettingError
 from trainer import vocab
 from trainer.clitools import UserError
 from trainer.rundir import RunDir
-
-# Lossless first (the reference), then the paper's codecs, then anything new alphabetically.
-CODEC_ORDER = ("lossless", "jpeg", "j2k", "bpg")
 
 REQUIRED_RESULT_KEYS = ("arch", "method", "setting", "top1")
 
@@ -103,8 +101,21 @@ def codec_of(name: str) -> str:
         return name
 
 
-def codec_rank(codec: str) -> tuple[int, str]:
-    return (CODEC_ORDER.index(codec), "") if codec in CODEC_ORDER else (len(CODEC_ORDER), codec)
+def codec_rank(codec: str) -> tuple[float, str]:
+    """Where tables and figures put a codec: its ``order`` in the codec registry (lossless, the
+    reference, first), a name the registry does not know last."""
+    try:
+        return (codecs.get(codec).order, "")
+    except codecs.CodecError:
+        return (math.inf, codec)
+
+
+def codec_title(codec: str) -> str:
+    """A codec's display name ("JPEG 2000"), its name when the registry does not know it."""
+    try:
+        return codecs.get(codec).title
+    except codecs.CodecError:
+        return codec
 
 
 def finite(x: Any) -> float | None:
