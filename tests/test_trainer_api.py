@@ -85,6 +85,35 @@ def test_a_new_method_is_one_class(shards, tmp_path):
         methods.REGISTRY.unregister("clean-finetune")
 
 
+def test_an_architecture_from_elsewhere_is_one_registered_class(tmp_path):
+    """Register a network torchvision does not have: it builds, normalises with its own mean and
+    std, and a checkpoint of it loads back by the name it records."""
+    from torch import nn
+
+    from trainer import models
+
+    @models.register
+    class Tiny(models.Architecture):
+        name = "tiny-test-net"
+        mean = std = (0.5, 0.5, 0.5)
+
+        def network(self, num_classes):
+            return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, num_classes))
+
+    try:
+        assert "tiny-test-net" in models.list_archs()
+        model = models.build_model("tiny-test-net", num_classes=3)
+        x = torch.rand(2, 3, 4, 4)
+        assert torch.equal(model(x), model.net((x - 0.5) / 0.5))
+        torch.save({"model": model.net.state_dict(), "arch": "tiny-test-net", "num_classes": 3}, tmp_path / "c.pth")
+        loaded, meta = models.load_model(tmp_path / "c.pth")
+        assert meta["arch"] == "tiny-test-net" and torch.equal(loaded(x), model(x))
+    finally:
+        models.ARCHS.unregister("tiny-test-net")
+    with pytest.raises(models.ModelError, match="unknown arch 'tiny-test-net'"):
+        models.build_model("tiny-test-net")
+
+
 # -- config and the API ---------------------------------------------------------------------------
 def test_train_and_evaluate_api(shards, tmp_path):
     result = train(quick(shards, tmp_path / "r", val_shards=[str(shards / "val" / "jpeg-10" / "*.tar")]))
