@@ -55,6 +55,19 @@ def test_registry_order_needs_and_paper_defaults():
         TrainConfig(shards=["s"], out="o", method="pretrained").resolved()
 
 
+def test_the_vocabulary_reads_the_methods_own_declarations(tmp_path):
+    """trainer.vocab (no torch) knows the registered methods from their classes: the same names,
+    titles and order; a class that is not registered is not a method."""
+    from trainer import vocab
+    assert vocab.names() == methods.names()
+    assert [vocab.title(n) for n in vocab.names()] == [methods.get(n).title for n in methods.names()] == [
+        "pretrained", "stability", "fine-tune", "expert"]
+    source = tmp_path / "methods.py"
+    source.write_text("class Base:\n    name = 'base'\n\n\n@register\nclass B(Base):\n    name = 'b'\n"
+                      "    title = 'Bee'\n\n\n@register\nclass A(Base):\n    name = 'a'\n")
+    assert vocab._declared(source) == {"b": "Bee", "a": "a"}
+
+
 def test_a_new_method_is_one_class(shards, tmp_path):
     """Register a method (CE on the clean crop instead of x~) and train it through the API."""
     @methods.register
