@@ -22,9 +22,8 @@ from typing import Any
 from . import options as O
 from .losses import REDUCTIONS
 from .methods import get as get_method, names as method_names
-from .options import ConfigError, check_ranges, flag, opt
+from .options import ConfigError, check_ranges, check_types, flag, opt
 from .vocab import BN_MODES, LABEL_SOURCES
-from .optiontypes import check_types
 
 #: the largest batch: it sizes the loader's buffers (65,536 x 224² x 3 bytes = 9.9 GB)
 MAX_BATCH = 1 << 16
