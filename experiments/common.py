@@ -127,7 +127,7 @@ def scored_checkpoint(run: Path, select_per_class: int) -> Path:
 
 def selection_protocol(select_per_class: int) -> dict | str:
     """What the results' meta file says about how the scored checkpoints were chosen."""
-    from trainer.eval_cache import LAST_EPOCH
+    from trainer.checkpoint import LAST_EPOCH
     return {"split": SELECT_SPLIT, "per_class": select_per_class} if select_per_class else LAST_EPOCH
 
 

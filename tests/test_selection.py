@@ -16,10 +16,11 @@ from trainer.reports import report as dreport
 from experiments import common, summarize
 from experiments.subsets import SubsetError, check_disjoint, images, make_subset
 from pipeline.build import build_setting
+from pipeline.manifest import digest as manifest_digest
 from tests.conftest import make_image_folder
 from tests.trainer_helpers import CLASSES, build_shards
 from trainer import EvalConfig, TrainConfig, checkpoint, evaluate, train
-from trainer.eval_cache import LAST_EPOCH, TRAIN_LOSS, manifest_digest
+from trainer.checkpoint import LAST_EPOCH, TRAIN_LOSS
 from trainer.models import build_model
 
 ARCH = "mobilenet_v3_small"

@@ -22,6 +22,7 @@ from typing import Any
 from . import options as O
 from .losses import REDUCTIONS
 from .methods import get as get_method, names as method_names
+from .optim import names as optimizer_names
 from .options import ConfigError, check_ranges, check_types, flag, opt
 from .vocab import BN_MODES, LABEL_SOURCES
 
@@ -73,6 +74,8 @@ class TrainConfig:
     stability_full: bool = opt(False, help="Stability: train all layers (default: the head, as the paper).")
     # optimisation (the paper's defaults)
     epochs: int = opt(45, low=1, high=10**6)
+    optimizer: str = opt("adam", choices=optimizer_names,
+                         help="Built from --lr, --betas and --weight-decay; adam is the paper's.")
     lr: float | None = opt(None, low=0, low_open=True, optional=False,
                            help="Default: the method's (expert 1e-5; stability per arch).")
     betas: tuple[float, float] = opt((0.5, 0.99))

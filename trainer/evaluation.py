@@ -15,7 +15,7 @@ sample's class is unknown, so a group row's ``skipped`` is the setting's, and it
 ``expected`` is None.
 
 ``selected_on_scored_data`` says whether the checkpoint was chosen (best epoch) on the images
-of that setting folder (``trainer.eval_cache.selected_on_scored``): such a score is optimistic
+of that setting folder (``trainer.checkpoint.selected_on_scored``): such a score is optimistic
 and the decisions refuse it unless asked.  False for plain weights and for a checkpoint
 chosen without validation, None for a checkpoint that does not record what chose it.
 """
@@ -38,7 +38,8 @@ from .clitools import UserError
 from .config import EvalConfig
 from .data import DataLossError, ShardSet, check_classes, check_skips, group_shards, make_eval_loader
 from .distributed import Dist, init_distributed
-from .eval_cache import EvalCache, Summary, ordered, selected_on_scored
+from .checkpoint import selected_on_scored
+from .eval_cache import EvalCache, Summary, ordered
 from .groups import resolve as resolve_groups
 
 log = logging.getLogger("trainer.eval")

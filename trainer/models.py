@@ -219,7 +219,7 @@ def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
 
     meta: arch, num_classes, method ("pretrained" for plain weights), trained_on, labels,
     checkpoint (path or None), weights, epoch, args, selected_on (a run checkpoint's record of
-    what chose it: ``trainer.eval_cache.selected_on_scored``; None if it has none)."""
+    what chose it: ``trainer.checkpoint.selected_on_scored``; None if it has none)."""
     if is_weights_file(path_or_weights):
         sd, ckpt = load_state_dict_file(path_or_weights)
         if ckpt is not None:
