@@ -8,7 +8,7 @@ Renderers:
 
 - ``document``: a benchmark's or the demo's results file (``save`` writes it: the command,
   the environment and the parts of its Markdown, tables as cells), several joined;
-- ``summary``: ``experiments/summarize.py`` of ``trainer.eval`` results files (the arguments
+- ``summary``: ``experiments/summarize.py`` of ``trainer.evaluation`` results files (the arguments
   are summarize's);
 - ``extended``: the extended codecs' settings table (``experiments/extended_settings.py``);
 - ``cli``: the reference of every console script of setup.cfg, from the click commands

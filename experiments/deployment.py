@@ -15,7 +15,7 @@ with as many optimisation steps as one specialist.  No validation during trainin
 model scored is the last epoch's (the val images only ever score).  Every model is evaluated
 on all ten val settings.
 
-Outputs: OUT/results.json (``trainer.eval`` rows), the committed ``--publish`` file (the same
+Outputs: OUT/results.json (``trainer.evaluation`` rows), the committed ``--publish`` file (the same
 rows with each model's kind and ``--bn`` mode, paths relative to the file) and its meta file,
 and ``--figure`` (rate-accuracy curves).  ``experiments/summarize.py --view deployment``
 renders the table of docs/deployment.md.  Every step reuses finished work.

@@ -1,11 +1,11 @@
-"""The experiment tables of docs/results.md from results files (``trainer.eval`` rows), mean ± sample
+"""The experiment tables of docs/results.md from results files (``trainer.evaluation`` rows), mean ± sample
 std over seeds.  Four views:
 
 - **table1** (the default for rows without class groups): top-1 per (setting, method), each
   model evaluated on the setting it was trained on (pretrained: on each setting).  Runs on
   teacher labels (``--labels teacher``) are their own column, named as everywhere else
   ("expert (teacher labels)", method key ``expert+teacher``: ``trainer.methods``).
-- **retention** (the default when the rows have class groups, ``trainer.eval --group``):
+- **retention** (the default when the rows have class groups, ``trainer.evaluation --group``):
   each group's top-1 on the model's own setting and on the clean images, beside the
   pretrained model (``trainer.reports.retention``).
 - **deployment** (the rows of ``experiments/deployment.py``): every model (pretrained,
@@ -125,7 +125,7 @@ def retention_report(rows: list[dict]) -> str:
 
     tables = retention_tables(results_from_rows([r for r in rows if r.get("group") is not None]))
     if not tables:
-        raise UserError("no rows of class groups in the results (evaluate with trainer.eval --group)")
+        raise UserError("no rows of class groups in the results (evaluate with trainer.evaluation --group)")
     parts = []
     for t in tables:
         n = max((len(c.values) for r in t.rows if r.method != "pretrained" for m in r.cells.values()
@@ -276,7 +276,7 @@ def load_rows(paths: list[Path], allow_selected: bool = False) -> list[dict]:
             raise UserError(f"{path}: not a readable results file ({exc})") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) and "method" in r and "setting" in r
                                                  for r in data):
-            raise UserError(f"{path}: expected a list of trainer.eval rows")
+            raise UserError(f"{path}: expected a list of trainer.evaluation rows")
         rows += check_selection(data, allow_selected, str(path))
     return rows
 
@@ -417,7 +417,7 @@ def readme_blocks() -> dict:
               help=f"Show rows whose checkpoint was chosen on the images it is scored on, marked {SELECTED_MARK} "
                    "(refused without it).")
 def cli(results, compared, setting, view, readme, block_name, all_blocks, only, allow_selected):
-    """Mean ± spread over seeds of trainer.eval results."""
+    """Mean ± spread over seeds of trainer.evaluation results."""
     if all_blocks:
         blocks = readme_blocks()
         unknown = sorted(set(only) - set(blocks))

@@ -14,7 +14,7 @@ import torch
 from pipeline.manifest import digest as manifest_digest
 from tests.trainer_helpers import build_shards
 from trainer import EvalConfig, evaluate, evaluation
-from trainer import eval as teval
+from trainer import evaluation as teval
 from trainer.eval_cache import DIR_NAME, Summary
 from trainer.models import build_model
 

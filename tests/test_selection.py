@@ -1,5 +1,5 @@
 """No model is chosen on the images it is scored on: every checkpoint records what chose it,
-trainer.eval flags a row scored on those images (``selected_on_scored_data``), the summaries
+trainer.evaluation flags a row scored on those images (``selected_on_scored_data``), the summaries
 and the report refuse flagged rows unless told, and the experiments choose on a selection
 split of train images that is disjoint from the train and val subsets."""
 from __future__ import annotations
@@ -72,7 +72,7 @@ def test_every_checkpoint_records_what_chose_it(trained):
     assert checkpoint.load(trained / "plain-run" / "last.pth")["selected_on"] == LAST_EPOCH
 
 
-# --------------------------------------------------------------------------- trainer.eval
+# --------------------------------------------------------------------------- trainer.evaluation
 
 def test_flag_set_on_the_validation_folder_and_clear_elsewhere(trained, tmp_path):
     """(a) best.pth scored on the very folder it was validated on is flagged, also as a copy

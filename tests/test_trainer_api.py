@@ -165,7 +165,7 @@ def test_tensorboard_logging_and_its_absence(shards, tmp_path, monkeypatch, caps
 
 def test_old_argv_style_several_values_after_one_flag(shards, tmp_path):
     """--shards a b (argparse nargs='+') still works on the click commands."""
-    from trainer import eval as teval
+    from trainer import evaluation as teval
     m = tmp_path / "w.pth"
     from trainer.models import build_model
     torch.save(build_model(ARCH, None, 1000).net.state_dict(), m)

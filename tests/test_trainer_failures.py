@@ -19,7 +19,7 @@ from trainer.reports import recommend
 from tests.conftest import synthetic_rgb
 from tests.trainer_helpers import build_shards
 from trainer import run, teacher_cache
-from trainer import eval as teval
+from trainer import evaluation as teval
 from trainer.models import build_model
 
 torch.set_num_threads(1)

@@ -15,7 +15,7 @@ import torch
 from pipeline.build import build
 from tests.conftest import make_image_folder
 from trainer import EvalConfig, TrainConfig, evaluate, run, train
-from trainer import eval as teval
+from trainer import evaluation as teval
 from trainer import teacher_cache
 from trainer.data import LoaderSpec, group_shards, make_eval_loader, make_train_loader
 

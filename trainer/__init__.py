@@ -1,5 +1,5 @@
 """Expert training on compressed shards: the Python API under the ``trainer.run`` and
-``trainer.eval`` commands.
+``trainer.evaluation`` commands.
 
     from trainer import TrainConfig, EvalConfig, train, evaluate
     result = train(TrainConfig(shards=["shards/train/j2k-200/*.tar"], arch="resnet50",

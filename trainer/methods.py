@@ -261,5 +261,5 @@ def create(config: Any) -> Method:
     """The configured method of a (resolved) training config."""
     cls = get(config.method)
     if not cls.trainable:
-        raise MethodError(f"method {config.method!r} is not trained; evaluate its weights with trainer.eval")
+        raise MethodError(f"method {config.method!r} is not trained; evaluate its weights with trainer.evaluation")
     return cls(config)
