@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.codecs import create
+from receiver import core
 from tests.conftest import synthetic_rgb
-from trainer.decisions import predict
 from trainer.reports import report
 from trainer.reports.results import load_manifests, load_results
 
@@ -24,7 +24,7 @@ def test_receiver_recognises_new_formats_by_content(tmp_path, codec):
     data = create(codec, 40).encode(rgb)
     f = tmp_path / "received.jpg"       # a misleading extension on purpose
     f.write_bytes(data)
-    pixels, pred = predict.read_input(f)
+    pixels, pred = core.read_input(f)
     assert pred.codec == codec and pred.bytes == len(data) and pred.received_size == [224, 224]
     assert not pred.cropped
     np.testing.assert_array_equal(pixels, create(codec, 40).decode(data))

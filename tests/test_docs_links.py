@@ -179,7 +179,7 @@ def _commands():
 def test_the_readme_shows_the_commands_of_the_flow():
     cmds = {" ".join(c) for c in _commands()}
     assert {"python -m trainer.run", "python -m trainer.evaluation", "python -m pipeline summary", "m2m-serve",
-            "python -m trainer.decisions.predict"} <= cmds
+            "python -m receiver.predict"} <= cmds
 
 
 @pytest.mark.parametrize("words", _commands(), ids=" ".join)

@@ -1,8 +1,8 @@
-"""Layers point down: tools.bpg < pipeline < trainer < trainer.decisions < the scripts' shared
-folders (docsgen: the docs' generated blocks; fixtures: synthetic photos and the reference
-loader) < scripts (demo, experiments, benchmarks), read from the source with ``ast`` (every
-import, also those inside functions and under ``if TYPE_CHECKING``), and no two modules import
-each other."""
+"""Layers point down: tools.bpg < pipeline < trainer (its reports above the rest of it) <
+receiver < the scripts' shared folders (docsgen: the docs' generated blocks; fixtures:
+synthetic photos and the reference loader) < scripts (demo, experiments, benchmarks), read
+from the source with ``ast`` (every import, also those inside functions and under ``if
+TYPE_CHECKING``), and no two modules import each other."""
 import ast
 import subprocess
 import sys
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("tools", "pipeline", "trainer", "docsgen", "fixtures", "demo", "experiments", "benchmarks")
+FOLDERS = ("tools", "pipeline", "trainer", "receiver", "docsgen", "fixtures", "demo", "experiments", "benchmarks")
 #: (module prefix, layer), the longest prefix wins; tests sit above everything
-LAYERS = (("tools", 0), ("pipeline", 1), ("trainer", 2), ("trainer.reports", 3), ("trainer.decisions", 3),
-          ("docsgen", 5), ("fixtures", 5), ("demo", 6), ("experiments", 6), ("benchmarks", 6), ("tests", 7))
+LAYERS = (("tools", 0), ("pipeline", 1), ("trainer", 2), ("trainer.reports", 3), ("receiver", 4), ("docsgen", 5),
+          ("fixtures", 5), ("demo", 6), ("experiments", 6), ("benchmarks", 6), ("tests", 7))
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -83,8 +83,8 @@ def upward(g: dict[str, set[str]]) -> list[str]:
 
 def test_the_walk_sees_the_project():
     g = graph()
-    assert {"tools.bpg", "pipeline.manifest", "trainer.data.loader", "trainer.reports.report", "demo.__main__",
-            "experiments.common"} <= set(g)
+    assert {"tools.bpg", "pipeline.manifest", "trainer.data.loader", "trainer.reports.report", "receiver.core",
+            "docsgen.readme_block", "fixtures.synthetic", "demo.__main__", "experiments.common"} <= set(g)
     assert "trainer.vocab" in g["trainer.reports.report"] and "trainer.data.batch" in g["trainer.data.loader"]
 
 
@@ -94,17 +94,17 @@ def test_no_upward_import():
 
 def test_a_planted_upward_import_is_found(tmp_path):
     """The check can fail: in a copy of the project's modules, one import of a higher layer,
-    made inside a function of a pipeline module, is the one thing it reports."""
+    made inside a function of a trainer module, is the one thing it reports."""
     for folder in FOLDERS + ("tests",):
         for path in (ROOT / folder).rglob("*.py"):
             copy = tmp_path / path.relative_to(ROOT)
             copy.parent.mkdir(parents=True, exist_ok=True)
             copy.write_bytes(path.read_bytes())
     assert upward(graph(tmp_path)) == []
-    planted = tmp_path / "pipeline" / "crops.py"
-    planted.write_text(planted.read_text(encoding="utf-8") + "\n\ndef _planted():\n    from trainer import vocab\n",
+    planted = tmp_path / "trainer" / "models.py"
+    planted.write_text(planted.read_text(encoding="utf-8") + "\n\ndef _planted():\n    from receiver import core\n",
                        encoding="utf-8")
-    assert upward(graph(tmp_path)) == ["pipeline.crops (layer 1) imports trainer.vocab (layer 2)"]
+    assert upward(graph(tmp_path)) == ["trainer.models (layer 2) imports receiver.core (layer 4)"]
 
 
 def test_no_import_cycle():
@@ -154,7 +154,7 @@ def test_the_walk_would_see_an_upward_import_and_a_cycle(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("module", ["trainer.reports.report", "trainer.reports.results",
                                     "trainer.reports.recommend", "trainer.reports.retention",
-                                    "trainer.vocab", "trainer.rundir"])
+                                    "trainer.vocab", "trainer.rundir", "receiver.route"])
 def test_the_reports_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""trainer.decisions.predict, the receiver: bitstreams in, top-5 out, bad files reported and skipped."""
+"""receiver.predict, the receiver on files: bitstreams in, top-5 out, bad files reported and skipped."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.classes import imagenet_name
 from tests.conftest import synthetic_rgb
-from trainer.decisions import predict
+from receiver import predict
 from trainer.models import build_model
 
 # random weights: only the plumbing is tested.  resnet18 rather than a smaller net because

@@ -1,4 +1,4 @@
-"""Failure behaviour of the trainer and the decisions: hostile files made here,
+"""Failure behaviour of the trainer, the reports and the receiver: hostile files made here,
 one-line errors, nothing lost silently, nothing written outside the output folder, no hang."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.decisions import predict
+from receiver import predict
 from trainer.reports import recommend
 from tests.conftest import synthetic_rgb
 from tests.trainer_helpers import build_shards

@@ -330,7 +330,12 @@ def probe(data: bytes) -> Probe:
 
 def decode_any(data: bytes) -> np.ndarray:
     """Decode a bitstream of any registered codec (:func:`in_order`), recognised by its content."""
-    cls = detect(data)
+    return decode_as(detect(data), data)
+
+
+def decode_as(cls: type[Codec], data: bytes) -> np.ndarray:
+    """Decode a bitstream already recognised as ``cls``'s (:func:`probe` names it), with that
+    codec's decoder (one per codec, made on first use)."""
     if cls not in _DECODERS:
         _DECODERS[cls] = cls(cls.default_q)
     return _DECODERS[cls].decode(data)

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from trainer.decisions import predict
+from receiver import predict
 from trainer.reports import recommend, report
 from pipeline.__main__ import cli as pipeline_cli
 from tests.conftest import synthetic_rgb

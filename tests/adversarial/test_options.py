@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.decisions import predict
+from receiver import predict
 from tests.conftest import synthetic_rgb
 from trainer import evaluation as teval, run
 
