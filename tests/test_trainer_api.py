@@ -187,11 +187,12 @@ def test_console_scripts_resolve_and_return_exit_codes():
     import importlib
     scripts = [l.strip() for l in _setup_cfg()["options.entry_points"]["console_scripts"].splitlines() if l.strip()]
     names = {s.split("=")[0].strip() for s in scripts}
-    assert {"m2m-train", "m2m-eval", "m2m-cache-teacher", "m2m-report", "m2m-recommend", "m2m-predict"} <= names
+    assert {"m2m-train", "m2m-eval", "m2m-cache-teacher", "m2m-report", "m2m-recommend", "m2m-predict",
+            "m2m-serve"} <= names
     # the scripts (demo, experiments, benchmarks) run from the checkout: none is installed
     assert "m2m-demo" not in names
-    assert _setup_cfg()["options.packages.find"]["include"].replace(" ", "").split(",") == ["pipeline*", "trainer*",
-                                                                                         "tools*"]
+    assert _setup_cfg()["options.packages.find"]["include"].replace(" ", "").split(",") == [
+        "pipeline*", "trainer*", "receiver*", "tools*"]
     for line in scripts:
         name, target = (x.strip() for x in line.split("="))
         module, func = target.split(":")
@@ -199,6 +200,41 @@ def test_console_scripts_resolve_and_return_exit_codes():
         if module.startswith("pipeline"):
             continue  # click standalone mode: exits itself (not this package's command)
         assert main(["--help"]) == 0, name
+
+
+def test_options_a_script_shares_with_a_config_are_made_from_its_fields():
+    """click_options gives a script some of a config's fields with its own defaults and spelling,
+    read from the environment too, checked when the command line is parsed."""
+    import click
+    from click.testing import CliRunner
+
+    from trainer.options import click_options
+
+    seen = {}
+
+    @click.command()
+    @click_options(TrainConfig, only=("epochs", "batch_size", "lr"), envvar=True, check=True,
+                   override={"epochs": {"default": 1}, "batch_size": {"default": 32, "flag": "--batch"}})
+    def cmd(**params):
+        seen.update(params)
+
+    assert CliRunner().invoke(cmd, [], env={"BATCH": "8"}).exit_code == 0
+    assert seen == {"epochs": 1, "batch_size": 8, "lr": None}
+    for argv, problem in ((["--epochs", "0"], "'--epochs': 0: must be a whole number >= 1"),
+                          (["--batch", "0"], "'--batch': 0: must be a whole number >= 1"),
+                          (["--lr", "-1"], "'--lr': -1.0: must be a finite number > 0")):
+        result = CliRunner().invoke(cmd, argv)
+        assert result.exit_code == 2 and problem in result.output, result.output
+    with pytest.raises(TypeError, match="no field"):
+        click_options(TrainConfig, only=("epochs", "nope"))
+
+
+def test_the_demo_and_the_experiments_declare_no_config_field_by_hand():
+    scripts = [ROOT / "demo" / "__main__.py", *sorted((ROOT / "experiments").glob("*.py"))]
+    for flag in ("--epochs", "--lr", "--alpha", "--workers", "--batch", "--batch-size", "--train-limit", "--weights",
+                 "--threads", "--steps-per-epoch"):
+        hand = [p.name for p in scripts if f'click.option("{flag}"' in p.read_text(encoding="utf-8")]
+        assert hand == [], f"{flag} declared by hand in {hand}"
 
 
 def _requirements(text: str) -> list[str]:

@@ -119,20 +119,25 @@ def _kind(cls, f: dataclasses.Field) -> type:
     return base if base in (int, float, bool, str, list, tuple) else object
 
 
-def check_value(name: str, value: Any, kind: type, spec: Spec, optional: bool) -> None:
-    """Raise ConfigError (one line naming the option) unless ``value`` meets ``spec``."""
+def value_problem(value: Any, kind: type, spec: Spec, optional: bool) -> str | None:
+    """Why ``value`` does not meet ``spec`` ("choose from a, b", "must be a whole number >= 1"),
+    or None when it does."""
     if value is None and optional:
-        return
+        return None
     if spec.choices is not None:
         choices = spec.choice_list()
-        if value not in choices:
-            raise ConfigError(f"{flag(name)} {value!r}: choose from {', '.join(map(str, choices))}")
-        return
+        return None if value in choices else f"choose from {', '.join(map(str, choices))}"
     if kind in (int, float):
         high = spec.high if spec.high is not None or kind is float else MAX_WHOLE
-        problem = range_problem(value, whole=kind is int, low=spec.low, high=high, low_open=spec.low_open)
-        if problem is not None:
-            raise ConfigError(f"{flag(name)} {value!r}: {problem}")
+        return range_problem(value, whole=kind is int, low=spec.low, high=high, low_open=spec.low_open)
+    return None
+
+
+def check_value(name: str, value: Any, kind: type, spec: Spec, optional: bool) -> None:
+    """Raise ConfigError (one line naming the option) unless ``value`` meets ``spec``."""
+    problem = value_problem(value, kind, spec, optional)
+    if problem is not None:
+        raise ConfigError(f"{spec.flag or flag(name)} {value!r}: {problem}")
 
 
 def check_ranges(config) -> None:
@@ -147,21 +152,41 @@ def check_ranges(config) -> None:
 
 
 # -- the command line ---------------------------------------------------------------------------------
-def click_options(cls, skip: tuple[str, ...] = ()) -> Callable:
+def click_options(cls, skip: tuple[str, ...] = (), *, only: tuple[str, ...] | None = None,
+                  override: dict[str, dict] | None = None, envvar: bool = False, check: bool = False) -> Callable:
     """A decorator adding one click option per field of the config dataclass ``cls`` (in field
-    order), spelt, typed, defaulted and explained by the field and its :class:`Spec`."""
+    order, or in the order of ``only``), spelt, typed, defaulted and explained by the field and
+    its :class:`Spec`.
+
+    A command that offers some of a config's fields with defaults of its own (the experiments,
+    the demo) names them in ``only`` and gives ``override``: per field, the ``default`` and the
+    :class:`Spec` values (``help``, ``flag`` ...) that differ for it.  ``envvar``: each option is
+    also read from the environment variable its flag names (``--train-limit``: TRAIN_LIMIT);
+    ``check``: a value outside its range is refused when the command line is parsed (exit
+    status 2), not later when the config is resolved."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    override = override or {}
+    unknown = sorted(set(only or ()) - set(fields) | set(override) - set(only or fields))
+    if unknown:
+        raise TypeError(f"{cls.__name__}: no field(s) {', '.join(unknown)} to make options of")
     made = []
-    for f in dataclasses.fields(cls):
-        spec = spec_of(f)
+    for f in (fields[n] for n in only) if only is not None else fields.values():
+        changes = dict(override.get(f.name, {}))
+        spec = dataclasses.replace(spec_of(f), **{k: v for k, v in changes.items() if k != "default"})
         if not spec.cli or f.name in skip:
             continue
         kind = _kind(cls, f)
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory
                                                               is not MISSING else None)
+        default = changes.get("default", default)
         name = spec.flag or flag(f.name)
         kw: dict[str, Any] = {"help": spec.help, "required": spec.required}
         if spec.metavar:
             kw["metavar"] = spec.metavar
+        if envvar:
+            kw["envvar"] = name[2:].upper().replace("-", "_")
+        if check:
+            kw["callback"] = _checker(kind, spec)
         if kind is bool:
             if default is True or spec.negatable:
                 decl = f"{name}/--no-{name[2:]}"
@@ -190,6 +215,16 @@ def click_options(cls, skip: tuple[str, ...] = ()) -> Callable:
             fn = o(fn)
         return fn
     return decorate
+
+
+def _checker(kind: type, spec: Spec) -> Callable:
+    def callback(ctx, param, value):
+        # None: not given, which the config resolves (a method's learning rate ...)
+        problem = value_problem(value, kind, spec, optional=True)
+        if problem is not None:
+            raise click.BadParameter(f"{value!r}: {problem}", ctx, param)
+        return value
+    return callback
 
 
 # -- the types of a config file's values -----------------------------------------------------------
