@@ -21,12 +21,14 @@ class OptimizerError(UserError, ValueError):
 
 
 class Optimizer:
-    """Base class: ``build`` returns the torch optimizer of the trainable parameters."""
+    """Base class: ``build`` returns the torch optimizer of the trainable parameters; the
+    base builds ``torch_class`` with --lr, --betas and --weight-decay."""
     name: ClassVar[str]
+    torch_class: ClassVar[type[torch.optim.Optimizer]]
 
-    @staticmethod
-    def build(params, c: Any) -> torch.optim.Optimizer:
-        raise NotImplementedError
+    @classmethod
+    def build(cls, params, c: Any) -> torch.optim.Optimizer:
+        return cls.torch_class(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
 
 
 REGISTRY: Registry[type[Optimizer]] = Registry("optimizer", OptimizerError)
@@ -37,20 +39,14 @@ register = REGISTRY.register
 class Adam(Optimizer):
     """The paper's: Adam with --betas (0.5, 0.99) and L2 --weight-decay."""
     name = "adam"
-
-    @staticmethod
-    def build(params, c):
-        return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+    torch_class = torch.optim.Adam
 
 
 @register
 class AdamW(Optimizer):
     """Adam with decoupled --weight-decay (Loshchilov and Hutter)."""
     name = "adamw"
-
-    @staticmethod
-    def build(params, c):
-        return torch.optim.AdamW(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+    torch_class = torch.optim.AdamW
 
 
 def names() -> tuple[str, ...]:
