@@ -182,7 +182,7 @@ BLOCKS = [
 ]
 
 #: the Markdown files whose blocks are all generated (a block not in BLOCKS is an error)
-DOCS = ("README.md", "tools/bpg/README.md", "trainer/README.md", "docs")
+DOCS = ("README.md", "tools/bpg/README.md", "trainer/README.md", "receiver/README.md", "docs")
 
 
 def doc_files(root: Path = ROOT) -> list[Path]:

@@ -29,7 +29,7 @@ README = ROOT / "README.md"
 def pages(root: Path = ROOT) -> list[Path]:
     """The Markdown a reader follows links through."""
     return [root / "README.md", *sorted((root / "docs").glob("*.md")), root / "trainer" / "README.md",
-            root / "tools" / "bpg" / "README.md"]
+            root / "receiver" / "README.md", root / "tools" / "bpg" / "README.md"]
 
 
 # --------------------------------------------------------------------------- Markdown reading

@@ -28,7 +28,7 @@ sample's class is unknown, so a group row's ``skipped`` is the setting's, and it
 
 ``selected_on_scored_data`` says whether the checkpoint was chosen (best epoch) on the images
 of that setting folder (``trainer.checkpoint.selected_on_scored``): such a score is optimistic
-and the decisions refuse it unless asked.  False for plain weights and for a checkpoint
+and the reports refuse it unless asked.  False for plain weights and for a checkpoint
 chosen without validation, None for a checkpoint that does not record what chose it.
 """
 from __future__ import annotations
