@@ -307,15 +307,15 @@ def test_predict_keeps_pixel_budget_and_memory_errors_per_file(tmp_path, checkpo
     assert rc == 1 and f"error: {large}:" in captured.err and "pixel budget" in captured.err
     assert f"{small}: jpeg" in captured.out
 
-    import pipeline.codecs as codecs
-    real = codecs.decode_any
+    from receiver import core
+    real = core.decode_as
 
-    def oom_on_png(data):
+    def oom_on_png(codec, data):
         if data.startswith(b"\x89PNG"):
             raise MemoryError()
-        return real(data)
+        return real(codec, data)
 
-    monkeypatch.setattr(codecs, "decode_any", oom_on_png)
+    monkeypatch.setattr(core, "decode_as", oom_on_png)       # the receiver's decoder
     monkeypatch.setenv("M2M_MAX_PIXELS", str(50_000_000))
     rc = predict.main(["--model", str(checkpoint), "--device", "cpu", str(large), str(small)])
     captured = capsys.readouterr()
