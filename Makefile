@@ -98,10 +98,10 @@ test-fast: install ## The test suite without the tests marked slow
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # the benchmarks write their results files (benchmarks/results/*.json: numbers, command, environment);
-# the docs' blocks are rendered from those files (benchmarks/readme_block.py, the registry of every block:
+# the docs' blocks are rendered from those files (docsgen/readme_block.py, the registry of every block:
 # which page holds which block)
 RESULTS := benchmarks/results
-BLOCK   := $(PY) benchmarks/readme_block.py
+BLOCK   := $(PY) docsgen/readme_block.py
 
 bench: install ## Benchmarks: pipeline, BPG codec, trainer; writes benchmarks/results/*.json, refreshes their tables in docs/
 	@mkdir -p $(RESULTS)
@@ -148,7 +148,7 @@ docs: install ## Every generated block of the docs (docs/cli.md included) and th
 	$(PY) experiments/figures.py --out docs
 
 report: install ## Table 1, Fig. 4/5 from runs/, shards/ and reports/results.json (PAPER=paper_table1.json to compare)
-	$(PY) -m trainer.decisions.report --runs runs/ --shards $(OUT) --results reports/results.json --out reports/ \
+	$(PY) -m trainer.reports.report --runs runs/ --shards $(OUT) --results reports/results.json --out reports/ \
 	  $(if $(PAPER),--paper $(PAPER)) $(if $(PAPER_ARCH),--paper-arch $(PAPER_ARCH))
 
 clean: ## Remove outputs (shards/, runs/, bench-out/), keep .venv

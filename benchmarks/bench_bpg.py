@@ -174,7 +174,7 @@ def main(argv=None) -> None:
     ap.add_argument("--q", type=int, default=41)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
-    ap.add_argument("--json", type=Path, help="the results file the docs block is rendered from (benchmarks/readme_block.py)")
+    ap.add_argument("--json", type=Path, help="the results file the docs block is rendered from (docsgen/readme_block.py)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows, ratios, what = run(args.q, args.rounds)
@@ -184,7 +184,7 @@ def main(argv=None) -> None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text)
     if args.json:
-        from benchmarks.readme_block import save
+        from docsgen.readme_block import save
         save(args.json, text, "benchmarks/bench_bpg.py", sys.argv[1:] if argv is None else argv)
 
 

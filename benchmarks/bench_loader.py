@@ -15,8 +15,8 @@ other work on the machine does not decide the result; the worker's wall-time rat
 * ``loader, in process``: the same stage list without a worker process;
 * ``before``: the same plan through webdataset's stock per-sample stages (tar reader,
   shuffle, ``decode_any`` into a tensor per sample, ``torch.stack``): the loader as it was
-  before the lean stages (``benchmarks/loader_reference.py``);
-* the parts: reading only (``tarfile``; this loader's reader ``trainer.tarstream``) and
+  before the lean stages (``fixtures/loader_reference.py``);
+* the parts: reading only (``tarfile``; this loader's reader ``trainer.data.tarstream``) and
   decoding only (bitstreams already in memory), each timed for min(5 s, ``--seconds``).
 
 Steady state: each loader is one long epoch whose workers persist through every round; the
@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.codecs import decode_any  # noqa: E402
 from pipeline.markdown import table  # noqa: E402
-from trainer import tarstream  # noqa: E402
+from trainer.data import tarstream  # noqa: E402
 from trainer.data import LoaderSpec, group_shards, make_train_loader  # noqa: E402
 
 IMAGENETTE = ROOT.parent / "shared" / "imagenette"
@@ -59,7 +59,7 @@ def build_shards(work: Path, images: int, bpg_images: int, jobs: int) -> tuple[d
     if (IMAGENETTE / "val").is_dir():
         src, split, what = IMAGENETTE, "val", "Imagenette val (real ImageNet JPEGs)"
     else:
-        from benchmarks.synthetic import make_image_folder
+        from fixtures.synthetic import make_image_folder
         classes = [f"n{i:08d}" for i in range(10)]
         make_image_folder(work / "src", classes=classes, per_class=-(-images // 10), size=(300, 260))
         src, split, what = work / "src", "train", "synthetic photos"
@@ -104,7 +104,7 @@ def loader(settings, workers: int):
 
 
 def stock(settings):
-    from benchmarks import loader_reference
+    from fixtures import loader_reference
 
     spec = LoaderSpec(batch_size=32, workers=0, shuffle_buffer=1000, seed=0)
     return iter(loader_reference.train_loader(settings, spec, epoch=0, batches=EPOCH)[0])
@@ -271,14 +271,14 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="untimed seconds after the shuffle buffer's fill")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="jobs for building the shards")
     p.add_argument("--markdown", default=None)
-    p.add_argument("--json", default=None, help="the results file the docs block is rendered from (benchmarks/readme_block.py)")
+    p.add_argument("--json", default=None, help="the results file the docs block is rendered from (docsgen/readme_block.py)")
     a = p.parse_args(argv)
     text = bench(a)
     print(text)
     if a.markdown:
         atomic_write(a.markdown, text + "\n")
     if a.json:
-        from benchmarks.readme_block import save
+        from docsgen.readme_block import save
         save(a.json, text, "benchmarks/bench_loader.py", sys.argv[1:] if argv is None else argv)
     return 0
 

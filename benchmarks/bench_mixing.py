@@ -81,7 +81,7 @@ def main(argv=None):
     ap.add_argument("--shuffle-buffer", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--markdown", type=Path)
-    ap.add_argument("--json", type=Path, help="the results file the docs block is rendered from (benchmarks/readme_block.py)")
+    ap.add_argument("--json", type=Path, help="the results file the docs block is rendered from (docsgen/readme_block.py)")
     args = ap.parse_args(argv)
     if not (args.src / args.split).is_dir():
         print(f"skipping: {args.src / args.split} is absent", file=sys.stderr)
@@ -118,7 +118,7 @@ def main(argv=None):
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text + "\n")
     if args.json:
-        from benchmarks.readme_block import save
+        from docsgen.readme_block import save
         save(args.json, text, "benchmarks/bench_mixing.py", sys.argv[1:] if argv is None else argv)
 
 

@@ -278,13 +278,13 @@ def main(argv=None):
     ap.add_argument("--scale-rounds", type=int, default=2, help="rounds of the one-pass comparison (fastest kept)")
     ap.add_argument("--scale-markdown", type=Path, help="write the scale tables here (skipped when absent)")
     ap.add_argument("--storage-only", action="store_true", help="only the clean-crop storage comparison")
-    ap.add_argument("--json", type=Path, help="the results file the docs block is rendered from (benchmarks/readme_block.py)")
+    ap.add_argument("--json", type=Path, help="the results file the docs block is rendered from (docsgen/readme_block.py)")
     ap.add_argument("--scale-json", type=Path, help="the scale tables' results file (skipped when absent)")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
 
     def save(path, text):
-        from benchmarks.readme_block import save
+        from docsgen.readme_block import save
         save(path, text, "benchmarks/bench_pipeline.py", argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))

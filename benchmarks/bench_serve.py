@@ -11,7 +11,7 @@ when ../shared is absent) one after another.  Each point runs ``--warmup`` secon
 ``--seconds`` are timed: start-up and warm-up are excluded.  The latency is split with the
 server's own counters (``GET /v1/stats``) into decode (probe, route, decode), the wait for a
 micro-batch, the forward of that batch, and the rest (HTTP, JSON, the client).  The model's own
-rate is ``predict.classify`` (the same tensor work as the server's forward) on a batch of that
+rate is ``receiver.core.classify`` (the same tensor work as the server's forward) on a batch of that
 size in this process right after each point, the server idle.  Clients and server share the machine's cores.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def jpeg10_images(n: int) -> tuple[list[bytes], str]:
             with Image.open(f) as img:
                 out.append(codec.encode(crop_image(img.convert("RGB"))))
         return out, "Imagenette val crops"
-    from benchmarks.synthetic import synthetic_rgb
+    from fixtures.synthetic import synthetic_rgb
     return [codec.encode(synthetic_rgb(224, 224, seed=i)) for i in range(n)], "synthetic photos"
 
 
@@ -78,7 +78,7 @@ def get_json(port: int, path: str) -> dict:
 
 
 def start_server(port: int, weights: str | None, log_path: Path, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "trainer.decisions.serve", "--arch", ARCH, "--port", str(port),
+    cmd = [sys.executable, "-m", "receiver.serve", "--arch", ARCH, "--port", str(port),
            "--default", weights or "random", "--max-inflight", "256", *extra]
     if weights is None:   # no weights file: a random MobileNetV2 (the same work per image)
         import torch
@@ -167,8 +167,8 @@ def load_model_alone(weights: str | None):
 
 
 def forward_rate(model, batch: int, seconds: float) -> float:
-    """Images/s of the model alone (predict.classify: to float, forward, softmax, top-5) at ``batch``."""
-    from trainer.decisions.predict import classify
+    """Images/s of the model alone (receiver.core.classify: to float, forward, softmax, top-5) at ``batch``."""
+    from receiver.core import classify
 
     rng = np.random.default_rng(0)
     xs = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.markdown:
         atomic_write(a.markdown, text)
     if a.json:
-        from benchmarks.readme_block import save
+        from docsgen.readme_block import save
         save(a.json, text, "benchmarks/bench_serve.py", sys.argv[1:] if argv is None else argv, points=points)
     return 0
 

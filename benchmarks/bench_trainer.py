@@ -55,7 +55,7 @@ EPOCH = 10 ** 7   # batches: one epoch longer than any benchmark
 def make_shards(root: Path, n: int, jobs: int) -> str:
     """``n`` synthetic photos of 10 classes -> split-layout jpeg-10 (+ lossless) shards of 100."""
     from pipeline.build import build
-    from benchmarks.synthetic import make_image_folder
+    from fixtures.synthetic import make_image_folder
     classes = [f"n{i:08d}" for i in range(10)]
     make_image_folder(root / "src", classes=classes, per_class=-(-n // 10), size=(300, 260))
     build(root / "src", "train", ["jpeg-10"], root / "shards", shard_size=100, jobs=jobs, layout="split",
@@ -272,14 +272,14 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-decode", action="store_true", help="decode the JPEG bitstreams on the GPU (nvJPEG)")
     p.add_argument("--markdown", default=None)
     p.add_argument("--json", default=None, help="the results file the docs block is rendered from "
-                   "(benchmarks/readme_block.py)")
+                   "(docsgen/readme_block.py)")
     a = p.parse_args(argv)
     text, rounds = bench(a)
     print(text)
     if a.markdown:
         atomic_write(a.markdown, text + "\n")
     if a.json:
-        from benchmarks.readme_block import save
+        from docsgen.readme_block import save
         save(a.json, text, "benchmarks/bench_trainer.py", sys.argv[1:] if argv is None else argv,
              gpu=a.device.startswith("cuda"), rounds=rounds)
     return 0

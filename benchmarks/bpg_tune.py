@@ -230,7 +230,7 @@ def main(argv=None) -> None:
     ap.add_argument("--evaluate-only", action="store_true", help="compare today's hevc.TUNING with x265's defaults, no search")
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--json", type=Path, help="the results file the README block is rendered from "
-                    "(benchmarks/readme_block.py), with the search's details")
+                    "(docsgen/readme_block.py), with the search's details")
     args = ap.parse_args(argv)
     if not BPGENC.exists() or not (SHARED / "imagenette").exists():
         raise SystemExit(f"needs {BPGENC} and {SHARED / 'imagenette'}")
@@ -273,7 +273,7 @@ def main(argv=None) -> None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(text)
     if args.json:
-        from benchmarks.readme_block import save
+        from docsgen.readme_block import save
         args.json.parent.mkdir(parents=True, exist_ok=True)
         save(args.json, text, "benchmarks/bpg_tune.py", sys.argv[1:] if argv is None else argv,
              search={"tuning": tuning, "closer_held_out": closer_held_out, "before": before, "after": after,

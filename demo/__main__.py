@@ -12,7 +12,7 @@ Steps (each reuses what an earlier run already built or measured):
  4. train     expert and fine-tuning on one setting, same budget (trainer.train); label-free
               (--labels teacher) on the embedded data
  5. evaluate  both on every val setting: where training on one setting helps the others
- 6. report    Table 1, Fig. 4 (rate-accuracy) and Fig. 5 (trainer.decisions.report)
+ 6. report    Table 1, Fig. 4 (rate-accuracy) and Fig. 5 (trainer.reports.report)
 
 Evaluations are cached per (model bytes, shard folder content) in OUT/eval-cache
 (trainer.eval_cache): a second run with nothing changed only checks and reports.
@@ -33,6 +33,8 @@ import numpy as np
 from pipeline.atomic import atomic_write, atomic_write_json
 from pipeline.setting import PAPER, Setting, SettingError
 from trainer.clitools import UserError, run_click
+from trainer.config import TrainConfig
+from trainer.options import click_options
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the paper's nine settings (JPEG 75/10/5, JPEG 2000 75/200/400, BPG 41/46/51) and the reference
@@ -182,33 +184,41 @@ def run_state(folder: Path, config) -> str:
     return "complete" if run.complete(config.epochs) else "partial"
 
 
+#: the options that are TrainConfig's fields (made by trainer.options from them), with the demo's
+#: defaults and the help that differs
+TRAINING = {"weights": {"help": "Pretrained weights: a file or a torchvision weights name (default: DEFAULT, the "
+                                "embedded EfficientNet-Lite0 file)."},
+            "arch": {"default": None, "help": "Architecture (default efficientnet_lite0)."},
+            "epochs": {"default": 3},
+            "lr": {"default": 1e-4, "help": "Higher than the paper's 1e-5: the demo trains minutes, not days."},
+            "alpha": {"default": 1e-2},
+            "threads": {"help": "torch CPU threads (default: all cores)."},
+            "workers": {"default": 2, "help": "Loader processes."}}
+
+
+def training_options(*names: str):
+    return click_options(TrainConfig, only=names, override={n: TRAINING[n] for n in names if n in TRAINING},
+                         check=True)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", default=None, help="ImageNet-style folder with train/ and val/ (default: embedded photos).")
-@click.option("--weights", default=None, help="Pretrained weights: a file or a torchvision weights name "
-                                              "(default: DEFAULT, the embedded EfficientNet-Lite0 file).")
-@click.option("--arch", default=None, help="Architecture (default efficientnet_lite0).")
+@training_options("weights", "arch")
 @click.option("--out", default="runs/demo", type=click.Path(file_okay=False, path_type=Path), show_default=True)
 @click.option("--settings", default=DEFAULT_SETTINGS, show_default=True,
               help="Comma-separated settings to evaluate on (val shards only); paper = lossless and the paper's nine.")
 @click.option("--train-setting", default="j2k-200", show_default=True,
               help="The setting expert and fine-tuning train on (the only one with train shards).")
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True,
-              help="Higher than the paper's 1e-5: the demo trains minutes, not days.")
-@click.option("--alpha", type=float, default=1e-2, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
-@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None)
+@training_options("epochs", "lr", "alpha", "batch_size", "threads", "steps_per_epoch")
 @click.option("--per-photo", type=click.IntRange(min=1), default=24, show_default=True, help="Views per embedded photo.")
 @click.option("--photos", type=click.IntRange(min=1), default=None, help="Only the first N embedded photos (quick runs).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Images per split (quick runs).")
 @click.option("--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Loader processes.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@training_options("workers", "seed")
 @click.option("--force", is_flag=True, help="Evaluate again even what the evaluation cache holds (shards and "
                                             "complete runs are still reused: delete --out to start over).")
 @click.option("--readme", is_flag=True, help="Also refresh the README's demo table and plot.")
-@click.option("--progress/--no-progress", default=True)
+@training_options("progress")
 def cli(**params):
     """`make demo`: the whole flow, on the embedded default or on your data."""
     run_demo(SimpleNamespace(**params))
@@ -272,7 +282,7 @@ def run_demo(a) -> None:
     clock = Clock()
     import torch
 
-    from trainer.decisions.report import report
+    from trainer.reports.report import report
     from trainer import EvalConfig, TrainConfig, train
     from trainer.models import build_model
     from trainer.rundir import RunDir
@@ -372,8 +382,8 @@ def _table_only(markdown: str) -> str:
 def update_readme(plot: Path, table: str, elapsed: float, steps, a, arch: str, labels: str,
                   train_setting: str) -> None:
     """docs/demo-results.json (what the README's demo block is rendered from) and the plot; then
-    the block itself (benchmarks/readme_block.py; the demo runs from the checkout, as ``python -m demo``)."""
-    from benchmarks.readme_block import BLOCKS, refresh, save
+    the block itself (docsgen/readme_block.py; the demo runs from the checkout, as ``python -m demo``)."""
+    from docsgen.readme_block import BLOCKS, refresh, save
 
     docs = ROOT / "docs"
     atomic_write(docs / "demo_rate_accuracy.png", plot.read_bytes())

@@ -14,14 +14,57 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import click
+
 from pipeline.provenance import environment, portable_path
 from pipeline.setting import Setting, SettingError
 from trainer import methods
 from trainer.clitools import UserError
+from trainer.config import TrainConfig
+from trainer.options import click_options
 from trainer.rundir import RunDir
 
 #: the settings of every experiment's val split besides the trained ones (B-clean = lossless)
 LOSSLESS = "lossless"
+
+#: the training options every experiment takes: TrainConfig's own fields (their types, ranges
+#: and help), with the experiments' defaults
+TRAINING = ("weights", "arch", "epochs", "train_limit", "batch_size", "lr", "alpha", "device", "workers")
+TRAINING_DEFAULTS = {
+    "weights": {"default": "../shared/weights/mobilenet_v2_imagenet.pth"},
+    "arch": {"default": "mobilenet_v2"},
+    "epochs": {"default": 1},
+    "train_limit": {"help": "Samples per epoch (default: the whole train subset)."},
+    "batch_size": {"default": 32, "flag": "--batch"},
+    "lr": {"default": 1e-4, "help": "Learning rate of fine-tuning and expert training."},
+    "alpha": {"default": 1e-2, "help": "KL weight of expert training."},
+    "workers": {"default": 1, "help": "Loader processes per run (and per evaluation)."},
+}
+
+
+def options(seeds: str, train_per_class: int, val_per_class: int, shard_size: int):
+    """The options every experiment script takes, declared once here, each also read from the
+    environment variable its flag names (the shell scripts set them: SRC, SEEDS, EPOCHS,
+    BATCH ...): the images (``--src``), the subsets drawn from them and their shards
+    (``--seeds``, ``--train-per-class``, ``--val-per-class``, ``--subset-seed``,
+    ``--shard-size``, ``--jobs``) with the script's defaults, and the model and the training
+    budget (:data:`TRAINING`: TrainConfig's fields)."""
+    own = [click.option("--src", envvar="SRC", type=click.Path(path_type=Path), default=Path("../shared/imagenette")),
+           click.option("--seeds", envvar="SEEDS", default=seeds),
+           click.option("--train-per-class", envvar="TRAIN_PER_CLASS", type=click.IntRange(min=1),
+                        default=train_per_class, help="Train images drawn from each class."),
+           click.option("--val-per-class", envvar="VAL_PER_CLASS", type=click.IntRange(min=1), default=val_per_class,
+                        help="Val images drawn from each class (the same for every model)."),
+           click.option("--subset-seed", envvar="SUBSET_SEED", type=click.IntRange(min=0), default=0),
+           click.option("--shard-size", envvar="SHARD_SIZE", type=click.IntRange(min=1), default=shard_size),
+           click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None, help="Default: all cores."),
+           click_options(TrainConfig, only=TRAINING, override=TRAINING_DEFAULTS, envvar=True, check=True)]
+
+    def decorate(fn):
+        for o in reversed(own):
+            fn = o(fn)
+        return fn
+    return decorate
 
 
 def parse_methods(text: str) -> list[tuple[str, str]]:
@@ -94,6 +137,12 @@ class Budget:
     workers: int | None = None       # loader processes (None: the trainer's default)
     device: str = "auto"
 
+    @classmethod
+    def of(cls, a, **extra) -> "Budget":
+        """The budget the shared options (:func:`options`) ask for; ``extra``: the script's own fields."""
+        return cls(epochs=a.epochs, train_limit=a.train_limit, batch=a.batch_size, lr=a.lr, alpha=a.alpha,
+                   workers=a.workers, device=a.device, **extra)
+
     def hyper(self, method: str) -> dict:
         if method == "stability":
             return dict(lr=self.stab_lr, alpha=self.stab_alpha, sigma=self.stab_sigma)
@@ -127,7 +176,7 @@ def scored_checkpoint(run: Path, select_per_class: int) -> Path:
 
 def selection_protocol(select_per_class: int) -> dict | str:
     """What the results' meta file says about how the scored checkpoints were chosen."""
-    from trainer.eval_cache import LAST_EPOCH
+    from trainer.checkpoint import LAST_EPOCH
     return {"split": SELECT_SPLIT, "per_class": select_per_class} if select_per_class else LAST_EPOCH
 
 

@@ -15,7 +15,7 @@ with as many optimisation steps as one specialist.  No validation during trainin
 model scored is the last epoch's (the val images only ever score).  Every model is evaluated
 on all ten val settings.
 
-Outputs: OUT/results.json (``trainer.eval`` rows), the committed ``--publish`` file (the same
+Outputs: OUT/results.json (``trainer.evaluation`` rows), the committed ``--publish`` file (the same
 rows with each model's kind and ``--bn`` mode, paths relative to the file) and its meta file,
 and ``--figure`` (rate-accuracy curves).  ``experiments/summarize.py --view deployment``
 renders the table of docs/deployment.md.  Every step reuses finished work.
@@ -225,25 +225,13 @@ def figure(results: Path, out: Path) -> Path:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--src", envvar="SRC", type=click.Path(path_type=Path), default=Path("../shared/imagenette"))
-@click.option("--weights", envvar="WEIGHTS", default="../shared/weights/mobilenet_v2_imagenet.pth")
-@click.option("--arch", envvar="ARCH", default="mobilenet_v2")
+@common.options(seeds="0 1", train_per_class=100, val_per_class=30, shard_size=250)
 @click.option("--specialists", envvar="SPECIALISTS", default="jpeg-10 j2k-200 bpg-46",
               help="One specialist per setting; the generalist trains on lossless + these.")
 @click.option("--bn", "bn_modes", envvar="BN", default="train frozen", help="The --bn modes every model is trained with.")
 @click.option("--setting-weights", envvar="SETTING_WEIGHTS", default="",
               help="The generalist's shares (SETTING=W,...; default equal).")
-@click.option("--seeds", envvar="SEEDS", default="0 1")
-@click.option("--train-per-class", envvar="TRAIN_PER_CLASS", type=click.IntRange(min=1), default=100)
-@click.option("--val-per-class", envvar="VAL_PER_CLASS", type=click.IntRange(min=1), default=30)
-@click.option("--subset-seed", envvar="SUBSET_SEED", type=click.IntRange(min=0), default=0)
-@click.option("--shard-size", envvar="SHARD_SIZE", type=click.IntRange(min=1), default=250)
 @click.option("--val-shard-size", envvar="VAL_SHARD_SIZE", type=click.IntRange(min=1), default=100)
-@click.option("--epochs", envvar="EPOCHS", type=click.IntRange(min=1), default=1)
-@click.option("--train-limit", envvar="TRAIN_LIMIT", type=click.IntRange(min=1), default=None)
-@click.option("--batch", envvar="BATCH", type=click.IntRange(min=1), default=32)
-@click.option("--lr", envvar="LR", type=float, default=1e-4)
-@click.option("--alpha", envvar="ALPHA", type=float, default=1e-2)
 @click.option("--out", envvar="OUT", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/experiments/deployment"))
 @click.option("--shards", envvar="SHARDS", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -256,9 +244,6 @@ def figure(results: Path, out: Path) -> Path:
 @click.option("--report-only", is_flag=True,
               help="Only publish OUT/results.json's rows, the meta file, the figure and the table (no training, "
                    "no evaluation).")
-@click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None)
-@click.option("--device", envvar="DEVICE", default="auto")
-@click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1)
 def cli(**params):
     """Specialists and a generalist, --bn train and frozen, on all ten settings."""
     from types import SimpleNamespace
@@ -278,8 +263,7 @@ def cli(**params):
     a.seeds = common.parse_seeds(a.seeds)
     a.shards = a.shards or a.out / "shards"
     a.results = a.out / "results.json"
-    a.budget = common.Budget(epochs=a.epochs, train_limit=a.train_limit, batch=a.batch, lr=a.lr, alpha=a.alpha,
-                             workers=a.workers, device=a.device)
+    a.budget = common.Budget.of(a)
     run(a)
     return 0
 

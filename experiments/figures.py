@@ -109,8 +109,8 @@ def retention(root: Path, out: Path) -> Path:
     """Per trained setting: 1000-way top-1 of each class group on the model's own setting and
     on the clean images, per method (the first retention table of docs/results.md)."""
     from experiments.summarize import load_rows
-    from trainer.decisions.results import results_from_rows
-    from trainer.decisions.retention import column_title, retention_tables
+    from trainer.reports.results import results_from_rows
+    from trainer.reports.retention import column_title, retention_tables
 
     rows = load_rows([root / RETENTION])
     tables = retention_tables(results_from_rows([r for r in rows if r.get("group") is not None]))
@@ -185,7 +185,7 @@ def _number(text: str) -> float | None:
 def table_rows(path: Path, first: str) -> list[dict]:
     """The rows of the table whose first column is ``first`` in a benchmark's results file,
     as {column: cell text}."""
-    from benchmarks.readme_block import load
+    from docsgen.readme_block import load
     for part in load(path)["parts"]:
         table = part.get("table")
         if table and table["header"][0] == first:

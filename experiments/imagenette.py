@@ -25,7 +25,7 @@ says which (``"selection"``), and every row says whether its checkpoint was chos
 images it scores (``selected_on_scored_data``; the summary and the report refuse those).  Every step reuses finished work
 (shards, complete runs, models already in the results file), so the script can be re-run.
 It calls the Python APIs (``pipeline.build.build``, ``trainer.train``, ``trainer.evaluate``,
-``trainer.decisions.report.report``), never a command line.
+``trainer.reports.report.report``), never a command line.
 """
 from __future__ import annotations
 
@@ -102,29 +102,14 @@ def _train_seed_logged(a, seed: int, train_globs, select_globs) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--src", envvar="SRC", type=click.Path(path_type=Path), default=Path("../shared/imagenette"))
-@click.option("--weights", envvar="WEIGHTS", default="../shared/weights/mobilenet_v2_imagenet.pth")
-@click.option("--arch", envvar="ARCH", default="mobilenet_v2")
+@common.options(seeds="0 1 2", train_per_class=150, val_per_class=100, shard_size=500)
 @click.option("--settings", envvar="SETTINGS", default="jpeg-10 j2k-200")
 @click.option("--methods", "methods_", envvar="METHODS", default="stability finetune expert",
               help="Also expert+teacher: label-free expert.")
-@click.option("--seeds", envvar="SEEDS", default="0 1 2")
-@click.option("--train-per-class", envvar="TRAIN_PER_CLASS", type=click.IntRange(min=1), default=150,
-              help="Train images drawn from each class.")
-@click.option("--val-per-class", envvar="VAL_PER_CLASS", type=click.IntRange(min=1), default=100,
-              help="Val images drawn from each class (the same for every model).")
-@click.option("--subset-seed", envvar="SUBSET_SEED", type=click.IntRange(min=0), default=0)
 @click.option("--order", envvar="ORDER", type=click.Choice(ORDERS), default="mixed",
               help="Order of the train shards (sorted: class by class, the old default).")
-@click.option("--shard-size", envvar="SHARD_SIZE", type=click.IntRange(min=1), default=500)
-@click.option("--epochs", envvar="EPOCHS", type=click.IntRange(min=1), default=1)
-@click.option("--train-limit", envvar="TRAIN_LIMIT", type=click.IntRange(min=1), default=None,
-              help="Samples per epoch (default: the whole train subset).")
 @click.option("--val-limit", envvar="VAL_LIMIT", type=click.IntRange(min=1), default=None,
               help="Val samples scored per setting (default: the whole val subset).")
-@click.option("--batch", envvar="BATCH", type=click.IntRange(min=1), default=32)
-@click.option("--lr", envvar="LR", type=float, default=1e-4)
-@click.option("--alpha", envvar="ALPHA", type=float, default=1e-2)
 @click.option("--stab-lr", envvar="STAB_LR", type=float, default=1e-4, help="Stability: classifier layers only.")
 @click.option("--stab-alpha", envvar="STAB_ALPHA", type=float, default=5e-3)
 @click.option("--stab-sigma", envvar="STAB_SIGMA", type=float, default=4e-2)
@@ -134,8 +119,6 @@ def _train_seed_logged(a, seed: int, train_globs, select_globs) -> None:
               help="Results file (default OUT/results.json); rows merge into it.")
 @click.option("--shards", envvar="SHARDS", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/experiments/shards"), help="Shard root; the subsets' links go to SHARDS/../subsets.")
-@click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None, help="Default: all cores.")
-@click.option("--device", envvar="DEVICE", default="auto")
 @click.option("--select-per-class", envvar="SELECT_PER_CLASS", type=click.IntRange(min=0), default=50,
               help="Train images of each class outside the train subset, validated on every epoch to choose "
                    "best.pth (never the val images the tables score); 0: no validation, the last epoch is scored.")
@@ -145,8 +128,6 @@ def _train_seed_logged(a, seed: int, train_globs, select_globs) -> None:
               help="Evaluate every model on every setting (else on its own setting only).")
 @click.option("--parallel-seeds/--serial-seeds", envvar="PARALLEL_SEEDS", default=False,
               help="Train the seeds at the same time (one big GPU, many cores).")
-@click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1,
-              help="Loader processes per run (and per evaluation).")
 @click.option("--train-only", envvar="TRAIN_ONLY", is_flag=True, help="Stop after training.")
 @click.option("--layout", envvar="LAYOUT", type=click.Choice(LAYOUTS), default=PAIR,
               help="Shard layout (split: the clean crops once, in lossless/; small enough to carry to a GPU).")
@@ -165,9 +146,7 @@ def cli(**params):
     a.methods = common.parse_methods(a.methods_)
     a.seeds = common.parse_seeds(a.seeds)
     a.results = a.results or a.out / "results.json"
-    a.budget = common.Budget(epochs=a.epochs, train_limit=a.train_limit, batch=a.batch, lr=a.lr, alpha=a.alpha,
-                             stab_lr=a.stab_lr, stab_alpha=a.stab_alpha, stab_sigma=a.stab_sigma,
-                             workers=a.workers, device=a.device)
+    a.budget = common.Budget.of(a, stab_lr=a.stab_lr, stab_alpha=a.stab_alpha, stab_sigma=a.stab_sigma)
     run(a)
     return 0
 
@@ -198,7 +177,7 @@ def run(a) -> None:
     write_meta(a, train_globs, time.time() - t0)
     if a.codestream_results:
         codestream_check(a)
-    from trainer.decisions.report import report
+    from trainer.reports.report import report
     from experiments.summarize import report as summary
     report([a.results], a.val_root, a.out / "reports", runs=a.out / "runs")  # refuses rows chosen on val
     text = summary(json.loads(a.results.read_text()))

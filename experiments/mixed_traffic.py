@@ -1,5 +1,5 @@
 """Mixed traffic: a receiver gets images of every setting, shuffled.  Top-1 of the routed zoo
-(each image answered by the expert of its codec and rate, ``trainer.decisions.route``), of the
+(each image answered by the expert of its codec and rate, ``receiver.route``), of the
 best single specialist, of each generalist and of the pretrained model, on the same stream.
 
     python experiments/mixed_traffic.py --zoo runs/experiments/deployment/runs --select '*-bn-train-s0' \\
@@ -46,7 +46,7 @@ class Received:
 def read_traffic(val_root: Path, settings: list[str], per_setting: int | None, seed: int) -> list[Received]:
     """The bitstreams and labels of each setting folder, shuffled together with ``seed``."""
     from pipeline.manifest import Manifest
-    from trainer.tarstream import tar_samples
+    from trainer.data.tarstream import tar_samples
 
     out = []
     for name in settings:
@@ -85,8 +85,9 @@ def evaluate(zoo, traffic: list[Received], device: str, batch: int = 64) -> tupl
     counts by setting)."""
     import numpy as np
 
-    from trainer.decisions.predict import InputError, classify, route_input
+    from receiver.core import InputError, Receiver, classify
 
+    receiver = Receiver(zoo, device)
     models = {e.name: e for e in zoo.experts.values()}
     if zoo.default is not None:
         models[PRETRAINED] = zoo.default
@@ -104,7 +105,7 @@ def evaluate(zoo, traffic: list[Received], device: str, batch: int = 64) -> tupl
         xs, chosen, kept = [], [], []
         for r in chunk:
             try:
-                expert, x, _ = route_input(zoo, r.data, r.setting)
+                expert, x, _ = receiver.receive(r.data, r.setting)
             except InputError as exc:
                 raise UserError(f"an image of {r.setting} cannot be read: {exc}") from None
             xs.append(x)
@@ -185,7 +186,7 @@ def cli(zoo_dir, select, val_root, settings, pretrained, arch, per_setting, seed
     import torch
 
     from pipeline.setting import Setting
-    from trainer.decisions.zoo import load_zoo
+    from receiver.zoo import load_zoo
 
     names = [s.name for s in Setting.parse_list(settings)]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -199,7 +200,7 @@ def cli(zoo_dir, select, val_root, settings, pretrained, arch, per_setting, seed
     if markdown:
         atomic_write(markdown, text + "\n")
     if json_out:
-        from benchmarks.readme_block import save
+        from docsgen.readme_block import save
         save(json_out, text, "experiments/mixed_traffic.py", _ARGV,
              results={"rows": {m: [{k: v for k, v in r.items() if k != "scores"} for r in rs]
                                for m, rs in rows.items()},

@@ -84,24 +84,11 @@ def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--src", envvar="SRC", type=click.Path(path_type=Path), default=Path("../shared/imagenette"))
-@click.option("--weights", envvar="WEIGHTS", default="../shared/weights/mobilenet_v2_imagenet.pth")
-@click.option("--arch", envvar="ARCH", default="mobilenet_v2")
+@common.options(seeds="0 1 2", train_per_class=300, val_per_class=100, shard_size=500)
 @click.option("--settings", envvar="SETTINGS", default="j2k-200 jpeg-10")
 @click.option("--methods", "methods_", envvar="METHODS", default="finetune expert expert+teacher")
 @click.option("--a-classes", envvar="A_CLASSES", default=A_CLASSES, help="Trained classes (folder names).")
 @click.option("--b-classes", envvar="B_CLASSES", default=B_CLASSES, help="Held-out classes (folder names).")
-@click.option("--seeds", envvar="SEEDS", default="0 1 2")
-@click.option("--train-per-class", envvar="TRAIN_PER_CLASS", type=click.IntRange(min=1), default=300)
-@click.option("--val-per-class", envvar="VAL_PER_CLASS", type=click.IntRange(min=1), default=100)
-@click.option("--subset-seed", envvar="SUBSET_SEED", type=click.IntRange(min=0), default=0)
-@click.option("--shard-size", envvar="SHARD_SIZE", type=click.IntRange(min=1), default=500)
-@click.option("--epochs", envvar="EPOCHS", type=click.IntRange(min=1), default=1)
-@click.option("--train-limit", envvar="TRAIN_LIMIT", type=click.IntRange(min=1), default=None,
-              help="Samples per epoch (default: all of A's train images).")
-@click.option("--batch", envvar="BATCH", type=click.IntRange(min=1), default=32)
-@click.option("--lr", envvar="LR", type=float, default=1e-4)
-@click.option("--alpha", envvar="ALPHA", type=float, default=1e-2)
 @click.option("--out", envvar="OUT", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/experiments/retention"))
 @click.option("--results", envvar="RESULTS", type=click.Path(dir_okay=False, path_type=Path),
@@ -109,10 +96,6 @@ def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
               help="Results file; rows merge into it, and RESULTS.meta.json records the budget.")
 @click.option("--shards", envvar="SHARDS", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/experiments/shards"), help="Shard root; the subsets' links go to SHARDS/../subsets.")
-@click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None, help="Default: all cores.")
-@click.option("--device", envvar="DEVICE", default="auto")
-@click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1,
-              help="Loader processes per run (and per evaluation).")
 @click.option("--train-only", envvar="TRAIN_ONLY", is_flag=True, help="Stop after training.")
 @click.option("--bn-check/--no-bn-check", envvar="BN_CHECK", default=True, show_default=True,
               help="Also score every trained model on the clean images with the pretrained model's batch-norm "
@@ -132,8 +115,7 @@ def cli(**params):
     a.b_classes = parse_classes(a.b_classes, "B_CLASSES")
     if set(a.a_classes) & set(a.b_classes):
         raise UserError(f"A_CLASSES and B_CLASSES share {', '.join(sorted(set(a.a_classes) & set(a.b_classes)))}")
-    a.budget = common.Budget(epochs=a.epochs, train_limit=a.train_limit, batch=a.batch, lr=a.lr, alpha=a.alpha,
-                             workers=a.workers, device=a.device)
+    a.budget = common.Budget.of(a)
     run(a)
     return 0
 

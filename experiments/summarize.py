@@ -1,13 +1,13 @@
-"""The experiment tables of docs/results.md from results files (``trainer.eval`` rows), mean ± sample
+"""The experiment tables of docs/results.md from results files (``trainer.evaluation`` rows), mean ± sample
 std over seeds.  Four views:
 
 - **table1** (the default for rows without class groups): top-1 per (setting, method), each
   model evaluated on the setting it was trained on (pretrained: on each setting).  Runs on
   teacher labels (``--labels teacher``) are their own column, named as everywhere else
   ("expert (teacher labels)", method key ``expert+teacher``: ``trainer.methods``).
-- **retention** (the default when the rows have class groups, ``trainer.eval --group``):
+- **retention** (the default when the rows have class groups, ``trainer.evaluation --group``):
   each group's top-1 on the model's own setting and on the clean images, beside the
-  pretrained model (``trainer.decisions.retention``).
+  pretrained model (``trainer.reports.retention``).
 - **deployment** (the rows of ``experiments/deployment.py``): every model (pretrained,
   specialists, generalists, per ``--bn`` mode) on every val setting, Fig. 5 style, and the
   deployment targets each met or missed.
@@ -41,7 +41,8 @@ from pipeline.markdown import table  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
 
-from trainer.decisions.results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, check_selection,  # noqa: E402
+from docsgen.readme_block import BLOCKS, RESULTS_PAGE  # noqa: E402 - the registry of the generated blocks
+from trainer.reports.results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, check_selection,  # noqa: E402
                                selected_on_scored, selection_unknown)
 
 METRIC_NOTES = {"top1": "top1: arg-max over all 1000 ImageNet classes",
@@ -119,12 +120,12 @@ def report(rows: list[dict]) -> str:
 
 def retention_report(rows: list[dict]) -> str:
     """The retention tables (1000-way top-1, then top1_present) of rows with class groups."""
-    from trainer.decisions.results import results_from_rows
-    from trainer.decisions.retention import markdown, retention_tables
+    from trainer.reports.results import results_from_rows
+    from trainer.reports.retention import markdown, retention_tables
 
     tables = retention_tables(results_from_rows([r for r in rows if r.get("group") is not None]))
     if not tables:
-        raise UserError("no rows of class groups in the results (evaluate with trainer.eval --group)")
+        raise UserError("no rows of class groups in the results (evaluate with trainer.evaluation --group)")
     parts = []
     for t in tables:
         n = max((len(c.values) for r in t.rows if r.method != "pretrained" for m in r.cells.values()
@@ -266,7 +267,7 @@ def compare_report(labelled: list[tuple[str, list[dict]]], setting: str | None =
 
 def load_rows(paths: list[Path], allow_selected: bool = False) -> list[dict]:
     """The rows of results files; rows scored on the images their checkpoint was chosen on are
-    refused unless ``allow_selected`` (``trainer.decisions.results.check_selection``)."""
+    refused unless ``allow_selected`` (``trainer.reports.results.check_selection``)."""
     rows = []
     for path in paths:
         try:
@@ -275,7 +276,7 @@ def load_rows(paths: list[Path], allow_selected: bool = False) -> list[dict]:
             raise UserError(f"{path}: not a readable results file ({exc})") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) and "method" in r and "setting" in r
                                                  for r in data):
-            raise UserError(f"{path}: expected a list of trainer.eval rows")
+            raise UserError(f"{path}: expected a list of trainer.evaluation rows")
         rows += check_selection(data, allow_selected, str(path))
     return rows
 
@@ -366,7 +367,7 @@ def generate(results: list[Path], compared: list[str] = (), setting: str | None 
 
 
 def block(argv: list[str], root: Path = ROOT) -> str:
-    """A README block's content from its arguments (``benchmarks/readme_block.py``)."""
+    """A README block's content from its arguments (``docsgen/readme_block.py``)."""
     results, compared, setting, view, it = [], [], None, "auto", iter(argv)
     for arg in it:
         if arg == "--compare":
@@ -389,23 +390,10 @@ def write_block(readme: Path, name: str, content: str) -> None:
         raise UserError(f"{readme}: {exc}") from None
 
 
-#: the page that holds the experiment blocks below
-RESULTS_PAGE = "docs/results.md"
-
-#: the experiment blocks of RESULTS_PAGE: name -> the arguments that make them (paths from the
-#: repository root); the registry of every generated block (benchmarks/readme_block.py) takes them from here
-README_BLOCKS = {
-    "imagenette": ["experiments/results/imagenette-cpu.json"],
-    "imagenette-order-cpu": ["--compare", "sorted=experiments/results/imagenette-cpu-sorted.json",
-                             "--compare", "mixed=experiments/results/imagenette-cpu.json", "--setting", "j2k-200"],
-    "retention": ["experiments/results/retention-cpu.json"],
-    "retention-bn": ["experiments/results/retention-cpu-pretrained-bn.json"],
-}
-
-
 def readme_blocks() -> dict:
-    """The experiment blocks: name -> arguments."""
-    return {name: list(argv) for name, argv in README_BLOCKS.items()}
+    """The experiment blocks of RESULTS_PAGE (the registry of every generated block,
+    docsgen/readme_block.py, lists them): name -> arguments."""
+    return {b.name: list(b.args) for b in BLOCKS if b.file == RESULTS_PAGE and b.renderer == "summary"}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -422,14 +410,14 @@ def readme_blocks() -> dict:
               help="Block name: <!-- NAME:start --> ... <!-- NAME:end -->.")
 @click.option("--all-blocks", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Regenerate every experiment block of this Markdown file ({RESULTS_PAGE}; "
-                   "benchmarks/readme_block.py) from the results files.")
+                   "docsgen/readme_block.py) from the results files.")
 @click.option("--only", multiple=True, metavar="NAME",
               help="With --all-blocks: only these blocks (repeatable).")
 @click.option(ALLOW_SELECTED, "allow_selected", is_flag=True,
               help=f"Show rows whose checkpoint was chosen on the images it is scored on, marked {SELECTED_MARK} "
                    "(refused without it).")
 def cli(results, compared, setting, view, readme, block_name, all_blocks, only, allow_selected):
-    """Mean ± spread over seeds of trainer.eval results."""
+    """Mean ± spread over seeds of trainer.evaluation results."""
     if all_blocks:
         blocks = readme_blocks()
         unknown = sorted(set(only) - set(blocks))

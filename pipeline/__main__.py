@@ -20,7 +20,7 @@ from .cli import CommandError, Group, one_line
 from .codecs import CodecError, available, get
 from .limits import FileKindError, PixelBudgetError, max_pixels_option
 from .plan import DEFAULT_ORDER, DEFAULT_SEED, ORDERS
-from .setting import Setting, SettingError
+from .setting import EXTENDED_SETTINGS, Setting, SettingError
 from .shards import LAYOUTS, PAIR
 from .signals import terminate_as_interrupt
 
@@ -51,6 +51,12 @@ def _parse_q(q: str | None):
     return q
 
 
+def _titles(settings) -> str:
+    """"WebP, AVIF and JPEG XL": the codecs of these settings, as the codec registry names them."""
+    titles = [get(name).title for name in dict.fromkeys(Setting.parse(s).codec for s in settings)]
+    return " and ".join([", ".join(titles[:-1]), titles[-1]]) if len(titles) > 1 else "".join(titles)
+
+
 def _settings(codec: str | None, q: str | None, settings: str | None) -> list:
     if settings and (codec or q):
         raise click.UsageError("give either --settings or --codec/--q, not both")
@@ -75,10 +81,11 @@ def cli(verbose: int) -> None:
 
 @cli.command()
 @click.option("--codec", default=None, help=f"Codec name ({', '.join(available())}).")
-@click.option("--q", default=None, help="Quality value (JPEG quality, J2K compression ratio, BPG -q); none for lossless.")
+@click.option("--q", default=None, help="Quality value of --codec (its meaning and range: `python -m pipeline codecs`); "
+                                         "none for lossless.")
 @click.option("--settings", default=None, metavar="NAMES",
               help="Several settings in one pass, e.g. lossless,jpeg-10,j2k-200,bpg-41, or paper (lossless and "
-                   "the paper's nine), or extended (WebP, AVIF and JPEG XL at the paper's J2K rates).")
+                   f"the paper's nine), or extended ({_titles(EXTENDED_SETTINGS)} at the paper's J2K rates).")
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Image root: SRC/<split>/<class>/<image>.")
 @click.option("--split", default=None, help="Sub-folder of SRC to process (train, val, ...); omit to use SRC itself.")
 @click.option("--out", default="shards", show_default=True, type=click.Path(file_okay=False), help="Output root.")

@@ -6,7 +6,7 @@ folder (``shards/train/lossless``) and the (setting tar, reference tar) of every
 Any mismatch raises :class:`PairingError`, one line naming both folders: a missing
 reference or manifest, another split, another plan (source, order, seed, shard size,
 limit), other shard names, or keys that are not the reference's keys of that shard in the
-same order.  Readers (the trainer, ``trainer.eval``, the teacher cache) call it before
+same order.  Readers (the trainer, ``trainer.evaluation``, the teacher cache) call it before
 pairing samples by key; ``python -m pipeline check FOLDER`` runs it from the shell.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.synthetic import make_image_folder, synthetic_rgb  # noqa: F401 - the tests import them from here
+from fixtures.synthetic import make_image_folder, synthetic_rgb  # noqa: F401 - the tests import them from here
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("M2M_SHARED", ROOT.parent / "shared"))

@@ -113,6 +113,15 @@ def test_registry_lists_codecs():
     assert create("j2k", 200).setting == "j2k-200" and create("lossless").setting == "lossless"
 
 
+def test_every_codec_declares_its_title_and_place():
+    """Tables, figures and help texts take codec names and their order from the registry: the
+    reference first, then the paper's codecs in its order, then the extended ones."""
+    from pipeline.codecs import in_order
+    assert [c.name for c in in_order()] == ["lossless", "jpeg", "j2k", "bpg", "webp", "avif", "jxl"]
+    assert [c.title for c in in_order()] == ["lossless", "JPEG", "JPEG 2000", "BPG", "WebP", "AVIF", "JPEG XL"]
+    assert len({c.order for c in in_order()}) == len(available())
+
+
 def test_png_is_recognised_as_lossless(crop):
     buf = io.BytesIO()
     Image.fromarray(crop).save(buf, "PNG")

@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from tests.test_trainer_common import build_shards
+from tests.trainer_helpers import build_shards
 from trainer import TrainConfig, checkpoint, run, train
 from trainer.data import LoaderSpec, group_shards, make_train_loader
 from trainer.data.mixing import MixError, check_mixable, parse_weights, setting_weights

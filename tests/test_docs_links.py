@@ -19,8 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import cli_reference  # noqa: E402
-from benchmarks import readme_block as rb  # noqa: E402
+from docsgen import cli_reference  # noqa: E402
+from docsgen import readme_block as rb  # noqa: E402
 from pipeline.markdown import BlockError  # noqa: E402
 
 README = ROOT / "README.md"
@@ -29,7 +29,7 @@ README = ROOT / "README.md"
 def pages(root: Path = ROOT) -> list[Path]:
     """The Markdown a reader follows links through."""
     return [root / "README.md", *sorted((root / "docs").glob("*.md")), root / "trainer" / "README.md",
-            root / "tools" / "bpg" / "README.md"]
+            root / "receiver" / "README.md", root / "tools" / "bpg" / "README.md"]
 
 
 # --------------------------------------------------------------------------- Markdown reading
@@ -178,8 +178,8 @@ def _commands():
 
 def test_the_readme_shows_the_commands_of_the_flow():
     cmds = {" ".join(c) for c in _commands()}
-    assert {"python -m trainer.run", "python -m trainer.eval", "python -m pipeline summary", "m2m-serve",
-            "python -m trainer.decisions.predict"} <= cmds
+    assert {"python -m trainer.run", "python -m trainer.evaluation", "python -m pipeline summary", "m2m-serve",
+            "python -m receiver.predict"} <= cmds
 
 
 @pytest.mark.parametrize("words", _commands(), ids=" ".join)
@@ -240,7 +240,7 @@ def test_cli_reference_is_a_fresh_registry_block():
     block = next(b for b in rb.BLOCKS if b.file == "docs/cli.md")
     text = rb.read_block((ROOT / "docs" / "cli.md").read_text(encoding="utf-8"), block.name)
     assert text is not None and text.strip() == block.render(ROOT).strip(), \
-        "docs/cli.md is stale (python benchmarks/readme_block.py cli)"
+        "docs/cli.md is stale (python docsgen/readme_block.py cli)"
     for name in console_scripts():
         assert f"\n## {name}\n" in text and f"Usage: {name} " in text, name
     assert "### m2m-pipeline shards" in text and "The same command: `python -m trainer.run`." in text

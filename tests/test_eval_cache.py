@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from pipeline.manifest import digest as manifest_digest
-from tests.test_trainer_common import build_shards
+from tests.trainer_helpers import build_shards
 from trainer import EvalConfig, evaluate, evaluation
-from trainer import eval as teval
+from trainer import evaluation as teval
 from trainer.eval_cache import DIR_NAME, Summary
 from trainer.models import build_model
 
@@ -187,7 +187,7 @@ def test_cli_says_what_it_reused_and_force_recomputes(work, capsys, caplog):
 
 
 def test_class_groups_are_part_of_the_key(work, monkeypatch):
-    from tests.test_trainer_common import CLASSES
+    from tests.trainer_helpers import CLASSES
 
     a, b = {"A": [CLASSES[0]]}, {"B": [CLASSES[1]]}
     rows1, s1 = run(config(work, groups=a))

@@ -1,4 +1,4 @@
-"""Class groups in trainer.eval: one pass gives the scores of named class subsets,
+"""Class groups in trainer.evaluation: one pass gives the scores of named class subsets,
 equal to torchvision + Pillow run over the same samples and to evaluating shards built from
 those classes alone; bad groups are one-line user errors."""
 from __future__ import annotations
@@ -258,7 +258,7 @@ def test_group_rows_equal_the_scores_of_separate_shards(shards, tmp_path):
 
 @pytest.mark.slow
 def test_cli_groups_from_options_and_files(shards, tmp_path, capsys):
-    from trainer.eval import main
+    from trainer.evaluation import main
     groups = tmp_path / "split.txt"
     groups.write_text("A=cat,dog\nB=fox,owl\n")
     base = ["--arch", "mobilenet_v3_small", "--weights", str(shards / "w.pth"), "--num-classes", str(OUTPUTS),
@@ -318,7 +318,7 @@ BAD_GROUPS = {   # id: (arguments, what the one line must say besides the input'
 def test_cli_bad_groups_are_one_line_user_errors(shards, tmp_path, capsys, case):
     """Exit status 1 (a user error, trainer/clitools.py; 2 is click's usage errors), one line on
     stderr naming the input and the reason, no traceback, no results file, no model run."""
-    from trainer.eval import main
+    from trainer.evaluation import main
     d = _files(tmp_path)
     where = shards / "shards" / "all" / "val" / "jpeg-10"
     args, msg = BAD_GROUPS[case]
@@ -341,7 +341,7 @@ def test_cli_bad_group_as_a_process_prints_no_traceback(shards, tmp_path):
 
     where = shards / "shards" / "all" / "val" / "jpeg-10"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    p = subprocess.run([sys.executable, "-m", "trainer.eval", "--arch", "mobilenet_v3_small", "--weights",
+    p = subprocess.run([sys.executable, "-m", "trainer.evaluation", "--arch", "mobilenet_v3_small", "--weights",
                         str(shards / "w.pth"), "--shards", str(where), "--group", "A=cat,zebra", "--workers", "0",
                         "--device", "cpu", "--out", str(tmp_path / "bad.json")],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)

@@ -1,6 +1,6 @@
 """Every generated block of the docs is what its committed results files render to: a number
 typed between the markers, or a results file changed without its block, fails here.
-(Refresh: python benchmarks/readme_block.py --all.)"""
+(Refresh: python docsgen/readme_block.py --all.)"""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import readme_block as rb  # noqa: E402
+from docsgen import readme_block as rb  # noqa: E402
 from pipeline.markdown import parse_document, render_document  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def test_block_is_rendered_from_its_committed_files(block):
     assert got is not None, f"{block.file} has no block {block.name}"
     assert got.strip() == block.render(ROOT).strip(), \
         f"{block.file}: block {block.name} is not what {', '.join(block.sources())} renders " \
-        "(python benchmarks/readme_block.py --all)"
+        "(python docsgen/readme_block.py --all)"
 
 
 def test_every_block_of_the_docs_is_in_the_registry():
@@ -34,7 +34,7 @@ def test_every_block_of_the_docs_is_in_the_registry():
     assert ROOT / "README.md" in files and ROOT / "tools/bpg/README.md" in files
     known = {(b.file, b.name) for b in rb.BLOCKS}
     found = {(p.relative_to(ROOT).as_posix(), n) for p in files for n in rb.block_names(p.read_text(encoding="utf-8"))}
-    assert found - known == set(), "blocks with no source and renderer in benchmarks/readme_block.py"
+    assert found - known == set(), "blocks with no source and renderer in docsgen/readme_block.py"
     assert known - found == set(), "registry entries with no block in the docs"
     assert len(found) >= 16
 
@@ -70,7 +70,7 @@ def test_a_block_without_a_source_is_found(tmp_path):
         if meta.is_file():
             shutil.copy(meta, tmp_path / rel.replace(".json", ".meta.json"))
     (tmp_path / "docs" / "notes.md").write_text("<!-- typed:start -->\n| a |\n|---|\n| 1 |\n<!-- typed:end -->\n")
-    assert rb.stale(tmp_path) == ["docs/notes.md: block typed has no source in benchmarks/readme_block.py"]
+    assert rb.stale(tmp_path) == ["docs/notes.md: block typed has no source in docsgen/readme_block.py"]
 
 
 def test_results_file_keeps_the_tables_as_cells(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.synthetic import make_image_folder
+from fixtures.synthetic import make_image_folder
 from tests.zoo_helpers import ARCH, trained_on_entry, write_expert
 
 SETTINGS = ["jpeg-10", "j2k-200", "lossless"]
@@ -57,7 +57,7 @@ def test_mixed_traffic_on_a_tiny_zoo(tmp_path, capsys):
     assert "| generalist (expert-generalist) | 33.3 |" in present_table
 
     # the same numbers computed here: each model alone, and the zoo as its routes say
-    from trainer.decisions.zoo import load_zoo
+    from receiver.zoo import load_zoo
     zoo = load_zoo(runs, str(tmp_path / "pre.pth"), ARCH, select="expert-*")
     assert sorted(e.rsplit("/", 1)[-1] for e in zoo.experts) == ["expert-generalist", "expert-j2k-200",
                                                                   "expert-jpeg-10"]
@@ -90,5 +90,5 @@ def test_mixed_traffic_on_a_tiny_zoo(tmp_path, capsys):
 
 
 def mixed_traffic_input(zoo, r):
-    from trainer.decisions.predict import route_input
-    return route_input(zoo, r.data, r.setting)[1]
+    from receiver.core import Receiver
+    return Receiver(zoo).receive(r.data, r.setting)[1]

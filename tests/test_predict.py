@@ -1,4 +1,4 @@
-"""trainer.decisions.predict, the receiver: bitstreams in, top-5 out, bad files reported and skipped."""
+"""receiver.predict, the receiver on files: bitstreams in, top-5 out, bad files reported and skipped."""
 from __future__ import annotations
 
 import io
@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from pipeline.classes import imagenet_name
+from pipeline.crops import crop_image
+from receiver import predict
 from tests.conftest import synthetic_rgb
-from trainer.decisions import predict
 from trainer.models import build_model
 
 # random weights: only the plumbing is tested.  resnet18 rather than a smaller net because
@@ -157,3 +158,19 @@ def test_other_codecs_detected_by_content(tmp_path, checkpoint, capsys, codec, q
     # the receiver decodes the bitstream as the codec does and classifies those pixels
     probs = reference_probs(model, create(codec, q).decode(data))
     assert [t[2] for t in parse_top(out, str(f))] == list(np.argsort(-probs)[:5])
+
+
+def test_the_receiver_reads_a_bitstreams_headers_once(monkeypatch):
+    """One content sniff per received bitstream: the probe's codec decodes it."""
+    from pipeline.codecs import base, decode_any
+    from receiver.core import Receiver
+    from receiver.zoo import Zoo
+
+    sniffs = []
+    real = base.detect
+    monkeypatch.setattr(base, "detect", lambda data: sniffs.append(len(data)) or real(data))
+    data = jpeg_bytes(synthetic_rgb(240, 300, seed=4))
+    expert, x, pred = Receiver(Zoo.single(None, {}, "model")).receive(data, "body")
+    assert sniffs == [len(data)] and expert.name == "model" and pred.route is None
+    assert pred.codec == "jpeg" and pred.received_size == [300, 240] and pred.cropped and x.shape == (224, 224, 3)
+    np.testing.assert_array_equal(x, crop_image(Image.fromarray(decode_any(data))))

@@ -1,12 +1,12 @@
-"""trainer.decisions.recommend on a hand-made set of (bytes, top-1) points with known answers."""
+"""trainer.reports.recommend on a hand-made set of (bytes, top-1) points with known answers."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from trainer.decisions import recommend
-from trainer.decisions.recommend import Option, choose, interpolate, pareto_front
+from trainer.reports import recommend
+from trainer.reports.recommend import Option, choose, interpolate, pareto_front
 
 
 def row(setting, top1, nbytes, method="expert", trained_on="same", arch="resnet50", labels="dataset"):

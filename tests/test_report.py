@@ -1,4 +1,4 @@
-"""trainer.decisions.report on tiny hand-written manifests and results: the tables repeat the inputs,
+"""trainer.reports.report on tiny hand-written manifests and results: the tables repeat the inputs,
 blanks where nothing was measured, and the figures plot exactly what their CSVs say."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from trainer.decisions import report
-from trainer.decisions.results import load_manifests, load_results
+from trainer.reports import report
+from trainer.reports.results import load_manifests, load_results
 
 # setting -> (q, mean bytes, psnr, ssim)
 SETTINGS = {
@@ -242,7 +242,7 @@ def test_fig5_heatmap_is_the_csv(measured):
 
 
 def test_trainer_eval_row_details(tmp_path, capsys):
-    """Rows as trainer.eval writes them: null top-1 (unlabelled images) is skipped, PSNR/SSIM
+    """Rows as trainer.evaluation writes them: null top-1 (unlabelled images) is skipped, PSNR/SSIM
     recorded in the row fill in for a missing manifest, several splits are not mixed."""
     rows = [dict(row("pretrained", None, "jpeg-10", 49.6), mean_psnr=25.3, mean_ssim=0.74, split="val"),
             dict(row("expert", "jpeg-10", "jpeg-10", None), split="val"),

@@ -1,4 +1,4 @@
-"""The retention view: trainer.decisions.retention, trainer.report's retention.md, the
+"""The retention view: trainer.reports.retention, trainer.report's retention.md, the
 summaries of experiments/summarize.py, the subsets and experiments/retention.py end to end."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.decisions import report
-from trainer.decisions.results import load_results, results_from_rows
-from trainer.decisions.retention import OWN, retention_tables
+from trainer.reports import report
+from trainer.reports.results import load_results, results_from_rows
+from trainer.reports.retention import OWN, retention_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -251,7 +251,7 @@ def _md_tables(text):
 
 
 def test_report_retention_cells_are_the_mean_and_std_of_the_input_rows(tmp_path, capsys):
-    """trainer.decisions.report on group rows (A and B on the compressed setting, B on the clean images) of
+    """trainer.reports.report on group rows (A and B on the compressed setting, B on the clean images) of
     pretrained / fine-tune / expert over 3 seeds: every cell of retention.md and retention.csv is
     the mean ± sample std of its input values, computed here with numpy; rows without groups give
     no retention section."""
@@ -259,7 +259,7 @@ def test_report_retention_cells_are_the_mean_and_std_of_the_input_rows(tmp_path,
 
     import numpy as np
 
-    from trainer.decisions.report import main as report_main
+    from trainer.reports.report import main as report_main
 
     rng = np.random.default_rng(13)
     cells = [("A", "j2k-200"), ("B", "j2k-200"), ("B", "lossless")]

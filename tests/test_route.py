@@ -15,8 +15,8 @@ from pipeline.codecs import CodecError, PictureTooLargeError, Probe, create, pro
 from pipeline.setting import PAPER_SETTINGS, Setting
 from tests.conftest import shared_path, synthetic_rgb
 from tests.zoo_helpers import entry_of, trained_on_entry, write_expert
-from trainer.decisions.route import DEFAULT, ExpertCard, Router, TrainedSetting
-from trainer.decisions.zoo import ZooError, card_of, expert_entries, load_zoo
+from receiver.route import DEFAULT, ExpertCard, Router, TrainedSetting
+from receiver.zoo import ZooError, card_of, expert_entries, load_zoo
 
 NINE = [s for s in PAPER_SETTINGS if s != "lossless"]
 
@@ -171,7 +171,7 @@ def test_a_checkpoint_without_trained_on_is_only_a_default(tmp_path):
 
 
 def test_card_refuses_a_setting_name_that_is_not_one(tmp_path):
-    from trainer.decisions.zoo import Entry
+    from receiver.zoo import Entry
     with pytest.raises(ZooError, match="not a setting name"):
         card_of(Entry("x", tmp_path / "x.pth"), [{"setting": "../etc", "bpp": 1.0}])
 

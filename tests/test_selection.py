@@ -1,5 +1,5 @@
 """No model is chosen on the images it is scored on: every checkpoint records what chose it,
-trainer.eval flags a row scored on those images (``selected_on_scored_data``), the summaries
+trainer.evaluation flags a row scored on those images (``selected_on_scored_data``), the summaries
 and the report refuse flagged rows unless told, and the experiments choose on a selection
 split of train images that is disjoint from the train and val subsets."""
 from __future__ import annotations
@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.decisions import recommend
-from trainer.decisions import report as dreport
+from trainer.reports import recommend
+from trainer.reports import report as dreport
 from experiments import common, summarize
 from experiments.subsets import SubsetError, check_disjoint, images, make_subset
 from pipeline.build import build_setting
+from pipeline.manifest import digest as manifest_digest
 from tests.conftest import make_image_folder
-from tests.test_trainer_common import CLASSES, build_shards
+from tests.trainer_helpers import CLASSES, build_shards
 from trainer import EvalConfig, TrainConfig, checkpoint, evaluate, train
-from trainer.eval_cache import LAST_EPOCH, TRAIN_LOSS, manifest_digest
+from trainer.checkpoint import LAST_EPOCH, TRAIN_LOSS
 from trainer.models import build_model
 
 ARCH = "mobilenet_v3_small"
@@ -71,7 +72,7 @@ def test_every_checkpoint_records_what_chose_it(trained):
     assert checkpoint.load(trained / "plain-run" / "last.pth")["selected_on"] == LAST_EPOCH
 
 
-# --------------------------------------------------------------------------- trainer.eval
+# --------------------------------------------------------------------------- trainer.evaluation
 
 def test_flag_set_on_the_validation_folder_and_clear_elsewhere(trained, tmp_path):
     """(a) best.pth scored on the very folder it was validated on is flagged, also as a copy

@@ -22,7 +22,7 @@ pytest.importorskip("uvicorn", reason="the [serve] extra (starlette, uvicorn) is
 
 from tests.conftest import ROOT, synthetic_rgb  # noqa: E402
 from tests.zoo_helpers import ARCH, entry_of, free_port, write_expert  # noqa: E402
-from trainer.decisions.serve import join_frames  # noqa: E402
+from receiver.serve import join_frames  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def zoo(tmp_path_factory):
 def server(zoo, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("log") / "serve.log"
-    cmd = [sys.executable, "-m", "trainer.decisions.serve", "--experts", str(zoo / "runs"),
+    cmd = [sys.executable, "-m", "receiver.serve", "--experts", str(zoo / "runs"),
            "--default", str(zoo / "default.pth"), "--arch", ARCH, "--host", "127.0.0.1", "--port", str(port),
            "--max-body", str(4 << 20), "--timeout", str(TIMEOUT_S), "--threads", "2",
            "--max-inflight", str(MAX_INFLIGHT)]
@@ -145,7 +145,7 @@ def reference(zoo, files):
     import contextlib
     import io
 
-    from trainer.decisions import predict
+    from receiver import predict
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = predict.main(["--experts", str(zoo / "runs"), "--default", str(zoo / "default.pth"), "--arch", ARCH,

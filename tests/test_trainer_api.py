@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_trainer_common import build_shards
+from tests.trainer_helpers import build_shards
 from trainer import EvalConfig, TrainConfig, evaluate, methods, run, train
 from trainer.config import ConfigError
 from trainer.losses import CrossEntropyLoss
@@ -55,6 +55,19 @@ def test_registry_order_needs_and_paper_defaults():
         TrainConfig(shards=["s"], out="o", method="pretrained").resolved()
 
 
+def test_the_vocabulary_reads_the_methods_own_declarations(tmp_path):
+    """trainer.vocab (no torch) knows the registered methods from their classes: the same names,
+    titles and order; a class that is not registered is not a method."""
+    from trainer import vocab
+    assert vocab.names() == methods.names()
+    assert [vocab.title(n) for n in vocab.names()] == [methods.get(n).title for n in methods.names()] == [
+        "pretrained", "stability", "fine-tune", "expert"]
+    source = tmp_path / "methods.py"
+    source.write_text("class Base:\n    name = 'base'\n\n\n@register\nclass B(Base):\n    name = 'b'\n"
+                      "    title = 'Bee'\n\n\n@register\nclass A(Base):\n    name = 'a'\n")
+    assert vocab._declared(source) == {"b": "Bee", "a": "a"}
+
+
 def test_a_new_method_is_one_class(shards, tmp_path):
     """Register a method (CE on the clean crop instead of x~) and train it through the API."""
     @methods.register
@@ -83,6 +96,35 @@ def test_a_new_method_is_one_class(shards, tmp_path):
         assert args["method"] == "clean-finetune" and methods.title("clean-finetune") == "fine-tune on clean"
     finally:
         methods.REGISTRY.unregister("clean-finetune")
+
+
+def test_an_architecture_from_elsewhere_is_one_registered_class(tmp_path):
+    """Register a network torchvision does not have: it builds, normalises with its own mean and
+    std, and a checkpoint of it loads back by the name it records."""
+    from torch import nn
+
+    from trainer import models
+
+    @models.register
+    class Tiny(models.Architecture):
+        name = "tiny-test-net"
+        mean = std = (0.5, 0.5, 0.5)
+
+        def network(self, num_classes):
+            return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, num_classes))
+
+    try:
+        assert "tiny-test-net" in models.list_archs()
+        model = models.build_model("tiny-test-net", num_classes=3)
+        x = torch.rand(2, 3, 4, 4)
+        assert torch.equal(model(x), model.net((x - 0.5) / 0.5))
+        torch.save({"model": model.net.state_dict(), "arch": "tiny-test-net", "num_classes": 3}, tmp_path / "c.pth")
+        loaded, meta = models.load_model(tmp_path / "c.pth")
+        assert meta["arch"] == "tiny-test-net" and torch.equal(loaded(x), model(x))
+    finally:
+        models.ARCHS.unregister("tiny-test-net")
+    with pytest.raises(models.ModelError, match="unknown arch 'tiny-test-net'"):
+        models.build_model("tiny-test-net")
 
 
 # -- config and the API ---------------------------------------------------------------------------
@@ -123,7 +165,7 @@ def test_tensorboard_logging_and_its_absence(shards, tmp_path, monkeypatch, caps
 
 def test_old_argv_style_several_values_after_one_flag(shards, tmp_path):
     """--shards a b (argparse nargs='+') still works on the click commands."""
-    from trainer import eval as teval
+    from trainer import evaluation as teval
     m = tmp_path / "w.pth"
     from trainer.models import build_model
     torch.save(build_model(ARCH, None, 1000).net.state_dict(), m)
@@ -145,11 +187,12 @@ def test_console_scripts_resolve_and_return_exit_codes():
     import importlib
     scripts = [l.strip() for l in _setup_cfg()["options.entry_points"]["console_scripts"].splitlines() if l.strip()]
     names = {s.split("=")[0].strip() for s in scripts}
-    assert {"m2m-train", "m2m-eval", "m2m-cache-teacher", "m2m-report", "m2m-recommend", "m2m-predict"} <= names
+    assert {"m2m-train", "m2m-eval", "m2m-cache-teacher", "m2m-report", "m2m-recommend", "m2m-predict",
+            "m2m-serve"} <= names
     # the scripts (demo, experiments, benchmarks) run from the checkout: none is installed
     assert "m2m-demo" not in names
-    assert _setup_cfg()["options.packages.find"]["include"].replace(" ", "").split(",") == ["pipeline*", "trainer*",
-                                                                                         "tools*"]
+    assert _setup_cfg()["options.packages.find"]["include"].replace(" ", "").split(",") == [
+        "pipeline*", "trainer*", "receiver*", "tools*"]
     for line in scripts:
         name, target = (x.strip() for x in line.split("="))
         module, func = target.split(":")
@@ -157,6 +200,41 @@ def test_console_scripts_resolve_and_return_exit_codes():
         if module.startswith("pipeline"):
             continue  # click standalone mode: exits itself (not this package's command)
         assert main(["--help"]) == 0, name
+
+
+def test_options_a_script_shares_with_a_config_are_made_from_its_fields():
+    """click_options gives a script some of a config's fields with its own defaults and spelling,
+    read from the environment too, checked when the command line is parsed."""
+    import click
+    from click.testing import CliRunner
+
+    from trainer.options import click_options
+
+    seen = {}
+
+    @click.command()
+    @click_options(TrainConfig, only=("epochs", "batch_size", "lr"), envvar=True, check=True,
+                   override={"epochs": {"default": 1}, "batch_size": {"default": 32, "flag": "--batch"}})
+    def cmd(**params):
+        seen.update(params)
+
+    assert CliRunner().invoke(cmd, [], env={"BATCH": "8"}).exit_code == 0
+    assert seen == {"epochs": 1, "batch_size": 8, "lr": None}
+    for argv, problem in ((["--epochs", "0"], "'--epochs': 0: must be a whole number >= 1"),
+                          (["--batch", "0"], "'--batch': 0: must be a whole number >= 1"),
+                          (["--lr", "-1"], "'--lr': -1.0: must be a finite number > 0")):
+        result = CliRunner().invoke(cmd, argv)
+        assert result.exit_code == 2 and problem in result.output, result.output
+    with pytest.raises(TypeError, match="no field"):
+        click_options(TrainConfig, only=("epochs", "nope"))
+
+
+def test_the_demo_and_the_experiments_declare_no_config_field_by_hand():
+    scripts = [ROOT / "demo" / "__main__.py", *sorted((ROOT / "experiments").glob("*.py"))]
+    for flag in ("--epochs", "--lr", "--alpha", "--workers", "--batch", "--batch-size", "--train-limit", "--weights",
+                 "--threads", "--steps-per-epoch"):
+        hand = [p.name for p in scripts if f'click.option("{flag}"' in p.read_text(encoding="utf-8")]
+        assert hand == [], f"{flag} declared by hand in {hand}"
 
 
 def _requirements(text: str) -> list[str]:

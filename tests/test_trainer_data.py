@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_trainer_common import build_shards
+from tests.trainer_helpers import build_shards
 from trainer.data import LoaderSpec, ShardError, group_shards, make_eval_loader, make_train_loader
 from trainer.data import expand_shards
 
@@ -19,6 +19,11 @@ def shards(tmp_path_factory):
 
 def keys(loader):
     return [k for b in loader for k in b["key"]]
+
+
+def test_the_helper_builds_shards_with_the_pipeline(tmp_path):
+    out = build_shards(tmp_path, codecs=(("jpeg", 10),), per_class=1, shard_size=1)
+    assert sorted(p.name for p in (out / "train" / "jpeg-10").glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
 
 
 def test_group_shards_and_patterns(shards):
@@ -142,7 +147,7 @@ def _same_batches(a, b):
 def test_loader_yields_what_webdatasets_stock_stages_yield(shards, need_comp, need_clean, setting):
     """Same samples, same order, same pixels as the stock webdataset stages (tar reader,
     shuffle, decode_any per sample, torch.stack) for the same plan and seed."""
-    from benchmarks import loader_reference
+    from fixtures import loader_reference
 
     ss = group_shards(str(shards / "train" / setting / "*.tar"))
     spec = LoaderSpec(batch_size=3, workers=0, shuffle_buffer=4, seed=5)

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from tests.test_trainer_common import build_shards
+from tests.trainer_helpers import build_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

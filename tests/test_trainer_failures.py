@@ -1,4 +1,4 @@
-"""Failure behaviour of the trainer and the decisions: hostile files made here,
+"""Failure behaviour of the trainer, the reports and the receiver: hostile files made here,
 one-line errors, nothing lost silently, nothing written outside the output folder, no hang."""
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.decisions import predict, recommend
+from receiver import predict
+from trainer.reports import recommend
 from tests.conftest import synthetic_rgb
-from tests.test_trainer_common import build_shards
-from trainer import cache_teacher, run
-from trainer import eval as teval
+from tests.trainer_helpers import build_shards
+from trainer import run, teacher_cache
+from trainer import evaluation as teval
 from trainer.models import build_model
 
 torch.set_num_threads(1)
@@ -126,7 +127,7 @@ def test_hostile_manifest_setting_never_escapes_the_output_folder(shards, tmp_pa
     cache_root = tmp_path / "a" / "b" / "cache"
     m["setting"] = "../../../escaped"  # cache_root / setting would be tmp_path/"escaped"
     (folder / "manifest.json").write_text(json.dumps(m))
-    rc = cache_teacher.main(["--shards", str(folder / "*.tar"), "--arch", ARCH, "--out", str(cache_root),
+    rc = teacher_cache.main(["--shards", str(folder / "*.tar"), "--arch", ARCH, "--out", str(cache_root),
                              "--workers", "0", "--no-progress"])
     line = one_error_line(capsys.readouterr().err)
     assert rc == 1 and "not a setting name" in line and str(folder) in line
@@ -205,7 +206,7 @@ def test_bad_paths_are_one_line(shards, tmp_path, capsys):
          "no such weights file"),
         (teval.main, ["--arch", ARCH, "--weights", "NOPE", "--shards", str(shards / "val" / "*" / "*.tar")],
          "no weights named 'NOPE'"),
-        (cache_teacher.main, ["--shards", str(tmp_path / "x.tar"), "--arch", ARCH], "does not exist"),
+        (teacher_cache.main, ["--shards", str(tmp_path / "x.tar"), "--arch", ARCH], "does not exist"),
         (recommend.main, ["--results", str(tmp_path / "none.json")], "no such results file"),
     ]
     for main, args, words in cases:
@@ -305,15 +306,15 @@ def test_predict_keeps_pixel_budget_and_memory_errors_per_file(tmp_path, checkpo
     assert rc == 1 and f"error: {large}:" in captured.err and "pixel budget" in captured.err
     assert f"{small}: jpeg" in captured.out
 
-    import pipeline.codecs as codecs
-    real = codecs.decode_any
+    from receiver import core
+    real = core.decode_as
 
-    def oom_on_png(data, budget=None):
+    def oom_on_png(codec, data, budget=None):
         if data.startswith(b"\x89PNG"):
             raise MemoryError()
-        return real(data, budget)
+        return real(codec, data, budget)
 
-    monkeypatch.setattr(codecs, "decode_any", oom_on_png)
+    monkeypatch.setattr(core, "decode_as", oom_on_png)       # the receiver's decoder
     rc = predict.main(["--model", str(checkpoint), "--device", "cpu", str(large), str(small)])
     captured = capsys.readouterr()
     assert rc == 1 and f"error: {large}: out of memory" in captured.err and f"{small}: jpeg" in captured.out

@@ -122,7 +122,7 @@ def test_kl_reduction_validated():
 def test_plateau_decays_after_three_bad_epochs():
     """'divide the lr by 5 when the val loss has not improved for 3 consecutive epochs'."""
     from types import SimpleNamespace
-    from trainer.training import make_scheduler
+    from trainer.optim import make_scheduler
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([p], lr=1.0)
     sch = make_scheduler(opt, SimpleNamespace(lr_factor=0.2, lr_patience=3, min_lr=0.0))

@@ -14,8 +14,8 @@ import torch
 
 from pipeline.build import build
 from tests.conftest import make_image_folder
-from trainer import EvalConfig, TrainConfig, cache_teacher, evaluate, run, train
-from trainer import eval as teval
+from trainer import EvalConfig, TrainConfig, evaluate, run, train
+from trainer import evaluation as teval
 from trainer import teacher_cache
 from trainer.data import LoaderSpec, group_shards, make_eval_loader, make_train_loader
 
@@ -62,7 +62,7 @@ def test_the_loader_joins_the_reference_only_when_the_clean_crop_is_needed(data,
     assert split[0].reference is not None and pair[0].reference is None
     assert split[0].reference.folder == str((data / "split" / "train" / "lossless").absolute())
     opened = []
-    from trainer import tarstream
+    from trainer.data import tarstream
     real = tarstream.tar_samples
     monkeypatch.setattr(tarstream, "tar_samples", lambda path, url=None, **kw: opened.append(Path(path).parent.name)
                         or real(path, url, **kw))
@@ -120,7 +120,7 @@ def test_the_teacher_cache_is_the_references_built_once_for_every_setting(data, 
     train(config(str(copy / "jpeg-75" / "*.tar"), tmp_path / "75", method="expert"))
     assert len(builds) == 1
     # the command, for another teacher (fresh random weights): one cache for both settings
-    assert cache_teacher.main(["--shards", str(copy / "jpeg-10" / "*.tar"), "--shards", str(copy / "jpeg-75" / "*.tar"),
+    assert teacher_cache.main(["--shards", str(copy / "jpeg-10" / "*.tar"), "--shards", str(copy / "jpeg-75" / "*.tar"),
                                "--arch", ARCH, "--workers", "0", "--no-progress"]) == 0
     assert len(builds) == 2 and "shared with the other settings" in capsys.readouterr().out
     npy = npy_first
@@ -205,7 +205,7 @@ def test_a_missing_or_mismatched_reference_is_one_line_naming_both_folders(copy,
                                    "--workers", "0", "--no-progress"]),
                        (teval.main, ["--arch", ARCH, "--weights", "none.pth", "--shards", shards,
                                      "--out", str(tmp_path / "res.json"), "--workers", "0", "--no-progress"]),
-                       (cache_teacher.main, ["--shards", shards, "--arch", ARCH, "--workers", "0", "--no-progress"])):
+                       (teacher_cache.main, ["--shards", shards, "--arch", ARCH, "--workers", "0", "--no-progress"])):
         assert main(args) == 1, main
         line = one_error_line(capsys.readouterr().err)
         assert words in line and str(copy / "jpeg-10") in line and str(copy / "lossless") in line, line

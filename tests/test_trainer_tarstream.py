@@ -1,4 +1,4 @@
-"""trainer.tarstream reads what webdataset reads (its tarfile-based reader is the reference),
+"""trainer.data.tarstream reads what webdataset reads (its tarfile-based reader is the reference),
 for the tar dialects Python writes, and refuses broken tars."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from trainer.tarstream import TarError, tar_samples
+from trainer.data.tarstream import TarError, tar_samples
 
 
 def _write(path, members, fmt):

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from tests.conftest import synthetic_rgb
-from tests.test_trainer_common import build_shards
+from tests.trainer_helpers import build_shards
 from trainer import TrainConfig, loop, methods, run, train
-from trainer import eval as teval
+from trainer import evaluation as teval
 from trainer.data import LoaderSpec, group_shards, make_eval_loader, make_train_loader
 from trainer.losses import ExpertLoss
 from trainer.models import build_model, state_dict_hash

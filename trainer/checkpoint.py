@@ -9,9 +9,14 @@ types on purpose (see ``trainer.run``), so nothing is lost by refusing the rest.
 A refused or unreadable file becomes a :class:`CheckpointError` whose one-line message names
 the file and the reason.  torch's own message suggests reloading with ``weights_only=False``;
 that advice is never passed on.
+
+A run checkpoint's keys (:data:`CHECKPOINT_KEYS`) are written by :class:`CheckpointSaver`,
+which also records what chose each file (``selected_on``), and read back here
+(:func:`training_settings`, :func:`bn_mode`, :func:`selected_on_scored`).
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -22,8 +27,23 @@ import torch
 
 from pipeline.atomic import RecordingWriter, atomic_output
 from pipeline.limits import FileKindError, open_regular_file
+from pipeline.manifest import digest as manifest_digest
 
 from .clitools import UserError
+from .rundir import RunDir
+
+#: what a run checkpoint holds, in the order it is written (plain types only: it is read back
+#: with weights_only=True); the first six are what a run resumes from.  "best_metric": the best
+#: score so far; "metrics": the epoch's row; "trained_on" and "bn": what it was trained on and
+#: how (:func:`trained_on`, read back with :func:`training_settings` and :func:`bn_mode`);
+#: "selected_on": what chose the file (:func:`selection_record`, LAST_EPOCH or TRAIN_LOSS;
+#: missing in older checkpoints), which the evaluation reads with :func:`selected_on_scored`
+CHECKPOINT_KEYS = ("model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric",
+                   "metrics", "trained_on", "bn", "selected_on")
+RESUME_KEYS = CHECKPOINT_KEYS[:6]
+#: what a checkpoint records when no shard folder chose it
+LAST_EPOCH = "last epoch"
+TRAIN_LOSS = "train loss"
 
 
 class CheckpointError(UserError, ValueError):
@@ -112,3 +132,77 @@ def bn_mode(ckpt: dict) -> str:
     checkpoint does not say: what every run did before the option existed)."""
     value = ckpt.get("bn") if isinstance(ckpt, dict) else None
     return value if value in ("train", "frozen") else "train"
+
+
+def trained_on(sets, weights: list[float]) -> list[dict]:
+    """A run checkpoint's ``trained_on``: per training setting folder (a ``ShardSet``), in the
+    order trained on, its setting, rate and asked weight (read back with :func:`training_settings`)."""
+    out = []
+    for s, w in zip(sets, weights):
+        crop = (s.manifest.get("crop") or {}).get("center_crop")
+        side = crop if isinstance(crop, int) else None
+        out.append({"setting": s.name, "codec": s.codec, "q": s.q, "bytes_per_image": s.manifest.mean("bytes"),
+                    "bpp": s.manifest.mean("bpp"), "pixels_per_image": side * side if side else None,
+                    "weight": float(w)})
+    return out
+
+
+# -- what chose a checkpoint -------------------------------------------------------------------------
+def selection_record(sets: list, metric: str) -> dict:
+    """What a checkpoint chosen by ``metric`` on the shard sets ``sets`` records as
+    ``selected_on``: per setting folder, its manifest digest and the shard file names."""
+    return {"by": metric, "folders": [{"setting": s.name, "manifest": manifest_digest(s.manifest),
+                                       "shards": sorted(os.path.basename(p) for p in s.shards)} for s in sets]}
+
+
+def selected_on_scored(selected_on, s) -> bool | None:
+    """Whether a checkpoint's ``selected_on`` record shares images with the shard set ``s``:
+    the same manifest content and at least one shard file in common.  None: the record is
+    missing or unreadable (a checkpoint written before the record existed)."""
+    if selected_on in (LAST_EPOCH, TRAIN_LOSS):
+        return False
+    folders = selected_on.get("folders") if isinstance(selected_on, dict) else None
+    if not isinstance(folders, list):
+        return None
+    digest, names = manifest_digest(s.manifest), {os.path.basename(p) for p in s.shards}
+    return any(isinstance(f, dict) and f.get("manifest") == digest and names & set(f.get("shards") or ())
+               for f in folders)
+
+
+#: the epoch row's column of each ``metric`` a saver chooses on
+VAL_COLUMNS = {"top1": "val_top1", "loss": "val_loss"}
+
+
+class CheckpointSaver:
+    """A run's ``last.pth`` every epoch and its ``best.pth`` when the epoch is the best so far,
+    each recording what chose it.
+
+    ``metric`` ``top1``: the highest validation top-1; ``loss``: the lowest validation loss.
+    Without validation shards the lowest train loss chooses, never the evaluation images."""
+
+    def __init__(self, run: RunDir, metric: str, val_sets: list, best: float | None = None):
+        self.run, self.metric, self.validated, self.best = run, metric, bool(val_sets), best
+        self.best_on = selection_record(val_sets, VAL_COLUMNS[metric]) if val_sets else TRAIN_LOSS
+
+    def update(self, row: dict, loss: float) -> bool:
+        """Whether the epoch of ``row`` is the best so far; ``loss`` is the one the LR schedule
+        follows (validation, else training)."""
+        score = row.get("val_top1") if (self.metric == "top1" and self.validated) else -loss
+        improved = score is not None and math.isfinite(score) and (self.best is None or score > self.best)
+        if improved:
+            self.best = score
+        return improved
+
+    def save(self, state: dict, improved: bool) -> None:
+        """Write ``last.pth`` (and ``best.pth`` when ``improved``) of ``state``: every key of
+        :data:`CHECKPOINT_KEYS` but ``best_metric`` and ``selected_on``, which the saver adds."""
+        if set(state) | {"best_metric", "selected_on"} != set(CHECKPOINT_KEYS):
+            raise ValueError(f"a run checkpoint holds {', '.join(CHECKPOINT_KEYS)}; got {', '.join(state)}")
+
+        def written(selected_on) -> dict:
+            values = {**state, "best_metric": self.best, "selected_on": selected_on}
+            return {k: values[k] for k in CHECKPOINT_KEYS}
+
+        save(written(LAST_EPOCH), self.run.last)
+        if improved:
+            save(written(self.best_on), self.run.best)

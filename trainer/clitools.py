@@ -1,4 +1,4 @@
-"""What every command of the trainer and the decisions shares: user errors are one line,
+"""What every command of the trainer, its reports and the receiver shares: user errors are one line,
 ``main(argv)`` returns an exit status (console-script ready, and callable from tests).
 
 Exit status: 0 success, 1 a user error (bad input file, refused checkpoint, data loss ...;

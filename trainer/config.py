@@ -22,9 +22,9 @@ from typing import Any
 from . import options as O
 from .losses import REDUCTIONS
 from .methods import get as get_method, names as method_names
-from .options import ConfigError, check_ranges, flag, opt
+from .optim import names as optimizer_names
+from .options import ConfigError, check_ranges, check_types, flag, opt
 from .vocab import BN_MODES, LABEL_SOURCES
-from .optiontypes import check_types
 
 #: the largest batch: it sizes the loader's buffers (65,536 x 224² x 3 bytes = 9.9 GB)
 MAX_BATCH = 1 << 16
@@ -74,6 +74,8 @@ class TrainConfig:
     stability_full: bool = opt(False, help="Stability: train all layers (default: the head, as the paper).")
     # optimisation (the paper's defaults)
     epochs: int = opt(45, low=1, high=10**6)
+    optimizer: str = opt("adam", choices=optimizer_names,
+                         help="Built from --lr, --betas and --weight-decay; adam is the paper's.")
     lr: float | None = opt(None, low=0, low_open=True, optional=False,
                            help="Default: the method's (expert 1e-5; stability per arch).")
     betas: tuple[float, float] = opt((0.5, 0.99))
@@ -194,7 +196,7 @@ class EvalConfig:
 
 @dataclass
 class TeacherCacheConfig:
-    """``trainer.cache_teacher``: the teacher's logits on every clean crop of the settings."""
+    """``trainer.teacher_cache``: the teacher's logits on every clean crop of the settings."""
     shards: list[str] = O.shards("Shard globs / brace patterns (grouped by folder).", required=True)
     arch: str | None = opt(None, required=True, help="Architecture of the teacher (the model trained from).")
     weights: str | None = opt(None, help="Torchvision weights name, or a weights / checkpoint file.")

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from pipeline.atomic import AtomicWriteError, atomic_write_json
 from pipeline.bounded import read_json
-from pipeline.manifest import digest as manifest_digest
 
 from .models import load_model, model_identity
 
@@ -46,32 +45,6 @@ DIR_NAME = "eval-cache"
 #: EvalConfig fields that cannot change a row (what to evaluate, where to write, how fast)
 NOT_IN_KEY = frozenset({"shards", "checkpoints", "weights", "arch", "num_classes", "out", "overwrite",
                         "batch_size", "workers", "device", "threads", "progress", "cache", "cache_dir", "force"})
-
-
-#: what a checkpoint records when no shard folder chose it (``trainer.training``)
-LAST_EPOCH = "last epoch"
-TRAIN_LOSS = "train loss"
-
-
-def selection_record(sets: list, metric: str) -> dict:
-    """What a checkpoint chosen by ``metric`` on the shard sets ``sets`` records as
-    ``selected_on``: per setting folder, its manifest digest and the shard file names."""
-    return {"by": metric, "folders": [{"setting": s.name, "manifest": manifest_digest(s.manifest),
-                                       "shards": sorted(os.path.basename(p) for p in s.shards)} for s in sets]}
-
-
-def selected_on_scored(selected_on, s) -> bool | None:
-    """Whether a checkpoint's ``selected_on`` record shares images with the shard set ``s``:
-    the same manifest content and at least one shard file in common.  None: the record is
-    missing or unreadable (a checkpoint written before the record existed)."""
-    if selected_on in (LAST_EPOCH, TRAIN_LOSS):
-        return False
-    folders = selected_on.get("folders") if isinstance(selected_on, dict) else None
-    if not isinstance(folders, list):
-        return None
-    digest, names = manifest_digest(s.manifest), {os.path.basename(p) for p in s.shards}
-    return any(isinstance(f, dict) and f.get("manifest") == digest and names & set(f.get("shards") or ())
-               for f in folders)
 
 
 def _no_nan(row: dict) -> dict:

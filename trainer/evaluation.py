@@ -1,5 +1,17 @@
-"""``evaluate(config) -> rows``: checkpoints and plain weights on every setting, and the
-results file the decisions read (``results.json`` + ``results.csv``).
+"""``evaluate(config) -> rows``: checkpoints and plain weights on every setting, the results
+file the reports read (``results.json`` + ``results.csv``), and its command (``m2m-eval``)::
+
+    python -m trainer.evaluation --checkpoint runs/r50-j2k200/best.pth --shards 'shards/val/*/*.tar' --out results.json
+    python -m trainer.evaluation --arch mobilenet_v2 --weights file.pth --shards ...   # plain weights ("pretrained")
+    python -m trainer.evaluation --checkpoint best.pth --shards 'shards/val/*/*.tar' \\
+        --group A=n01440764,n02102040 --group B=n02979186,n03000684    # or --classes groups.txt
+
+Rows of an existing ``--out`` file for other (model, setting) pairs are kept (``--overwrite``
+drops them).  A (model, setting) pair evaluated before, with the same checkpoint bytes, the
+same shards and options, is taken from the cache (``eval-cache/`` beside ``--out``, see
+:mod:`trainer.eval_cache`) instead of evaluated: ``--force`` recomputes it, ``--no-cache``
+ignores the cache.  The command fills a :class:`trainer.config.EvalConfig` and calls
+:func:`evaluate`.
 
 One row per (model, setting): ``COLUMNS`` below.  ``count`` is the number of samples scored,
 ``skipped`` the samples of the setting that could not be scored (unreadable tar, undecodable
@@ -15,8 +27,8 @@ sample's class is unknown, so a group row's ``skipped`` is the setting's, and it
 ``expected`` is None.
 
 ``selected_on_scored_data`` says whether the checkpoint was chosen (best epoch) on the images
-of that setting folder (``trainer.eval_cache.selected_on_scored``): such a score is optimistic
-and the decisions refuse it unless asked.  False for plain weights and for a checkpoint
+of that setting folder (``trainer.checkpoint.selected_on_scored``): such a score is optimistic
+and the reports refuse it unless asked.  False for plain weights and for a checkpoint
 chosen without validation, None for a checkpoint that does not record what chose it.
 """
 from __future__ import annotations
@@ -25,8 +37,11 @@ import csv
 import json
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 
+import click
 import torch
 
 from pipeline.atomic import atomic_output, atomic_write
@@ -34,12 +49,14 @@ from pipeline.bounded import BoundedReadError, read_json
 from pipeline.provenance import portable_path
 
 from . import labelspace, loop
-from .clitools import UserError
+from .checkpoint import selected_on_scored
+from .clitools import UserError, run_click
 from .config import EvalConfig
 from .data import DataLossError, ShardSet, check_classes, check_skips, group_shards, make_eval_loader
 from .distributed import Dist, init_distributed
-from .eval_cache import EvalCache, Summary, ordered, selected_on_scored
+from .eval_cache import EvalCache, Summary, ordered
 from .groups import resolve as resolve_groups
+from .options import click_options
 
 log = logging.getLogger("trainer.eval")
 
@@ -198,3 +215,35 @@ def evaluate(config: EvalConfig, summary: Summary | None = None) -> list[dict]:
         raise DataLossError(f"{len(failures)} evaluation(s) lost too many samples (their rows were not written): "
                             + " | ".join(failures))
     return rows
+
+
+# -- the command ------------------------------------------------------------------------------------
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click_options(EvalConfig)
+def cli(**params):
+    """Top-1 / top-5 of models on every setting of the shards."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = EvalConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()})
+    t0 = time.perf_counter()
+    rows = evaluate(cfg)
+    if rows and os.environ.get("RANK", "0") == "0":
+        w = max(len(r["setting"]) for r in rows)
+        for r in rows:
+            top1 = "—" if r["top1"] is None or r["top1"] != r["top1"] else f"{r['top1']:6.2f}"
+            top5 = "—" if r["top5"] is None or r["top5"] != r["top5"] else f"{r['top5']:6.2f}"
+            group = f" [{r['group']}]" if r.get("group") else ""
+            click.echo(f"{r['method']:>10} {str(r['trained_on']):>12} {r['setting']:>{w}}{group}  top1 {top1}  "
+                       f"top5 {top5}  n={r['count']}" + (f"  skipped {r['skipped']}" if r["skipped"] else ""))
+    if cfg.out:
+        click.echo(f"wrote {cfg.out} ({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: returns the exit status."""
+    return run_click(cli, argv, "python -m trainer.evaluation",
+                     multi=("--checkpoint", "--weights", "--shards", "--group", "--classes"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """Class groups of an evaluation: named subsets of the classes, scored apart
-(``trainer.eval --group A=n01440764,n02102040 --group B=... --classes FILE``).
+(``trainer.evaluation --group A=n01440764,n02102040 --group B=... --classes FILE``).
 
 A group is ``NAME=CLASS,CLASS,...`` (commas or spaces).  A class is named by its class folder
 (as the shards' manifest lists it in ``class_index``, e.g. an ImageNet wnid), by an ImageNet

@@ -5,7 +5,8 @@ crop x, the teacher g), its defaults (per architecture where the paper gives the
 loss on one batch.  Adding a method is one class with ``@register``.
 
 The method vocabulary the reports use (column order, display names, ``expert+teacher``)
-is :mod:`trainer.vocab`'s, which needs no torch; registering a method declares it there.
+is :mod:`trainer.vocab`'s, which needs no torch: it reads the ``@register`` classes below
+from this file's source, and a method registered at run time declares itself there.
 :class:`Step` (how a batch becomes loss terms: device, autocast, teacher) is the other half
 of a method's ``loss``.
 """
@@ -47,7 +48,7 @@ class Method:
 
     #: registry name (``--method``)
     name: ClassVar[str]
-    #: display name in tables and plots (default: the one :mod:`trainer.vocab` declares)
+    #: display name in tables and plots (default: the name)
     title: ClassVar[str]
     #: False for a reference that is evaluated, never trained (pretrained)
     trainable: ClassVar[bool] = True
@@ -154,7 +155,7 @@ class _Methods(Registry):
 
     def register(self, cls):
         if "title" not in cls.__dict__:
-            cls.title = vocab.title(cls.name)
+            cls.title = cls.name
         super().register(cls)
         vocab.declare(cls.name, cls.title)
         return cls
@@ -219,6 +220,7 @@ class Stability(Method):
 class Finetune(Method):
     """Plain fine-tuning on x̃: ``L = CE(f(x̃), y)``."""
     name = "finetune"
+    title = "fine-tune"
     defaults = {"lr": 1e-5}
     fixed = {"alpha": 0.0}
 
@@ -259,5 +261,5 @@ def create(config: Any) -> Method:
     """The configured method of a (resolved) training config."""
     cls = get(config.method)
     if not cls.trainable:
-        raise MethodError(f"method {config.method!r} is not trained; evaluate its weights with trainer.eval")
+        raise MethodError(f"method {config.method!r} is not trained; evaluate its weights with trainer.evaluation")
     return cls(config)

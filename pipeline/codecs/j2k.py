@@ -76,6 +76,8 @@ MAX_NUMRES_224 = 8
 @register
 class J2kCodec(Codec):
     name = "j2k"
+    title = "JPEG 2000"
+    order = 2
     ext = "jp2"
     extensions = ("jp2", "j2k")
     magics = (J2K_MAGIC, JP2_MAGIC)

@@ -14,6 +14,8 @@ from .headers import jpeg_header
 @register
 class JpegCodec(Codec):
     name = "jpeg"
+    title = "JPEG"
+    order = 1
     ext = "jpg"
     magics = (b"\xff\xd8\xff",)
     q_range = (1, 100)

@@ -35,6 +35,8 @@ def _imagecodecs():
 @register
 class JxlCodec(Codec):
     name = "jxl"
+    title = "JPEG XL"
+    order = 6
     #: size, extra channels, and animation (refused: no header gives its frame count)
     header_reader = staticmethod(jxl_header)
     ext = "jxl"

@@ -23,6 +23,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @register
 class LosslessCodec(Codec):
     name = "lossless"
+    title = "lossless"
+    order = 0
     ext = "webp"
     magics = ()
     q_range = None

@@ -21,6 +21,8 @@ from .headers import webp_header, webp_image_chunk
 @register
 class WebpCodec(Codec):
     name = "webp"
+    title = "WebP"
+    order = 4
     header_reader = staticmethod(webp_header)
     ext = "webp"
     q_range = (0, 100)

@@ -9,10 +9,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from trainer.decisions import predict, recommend, report
+from receiver import predict
+from trainer.reports import recommend, report
 from pipeline.__main__ import cli as pipeline_cli
 from tests.conftest import synthetic_rgb
-from trainer import eval as teval, run
+from trainer import evaluation as teval, run
 
 from .conftest import ARCH, edit_manifest, eval_args, one_error, train_args
 

@@ -37,10 +37,10 @@ def _picture(mode: str, size=(240, 232)) -> Image.Image:
 @pytest.mark.parametrize("mode,fmt", [("I;16", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("P", "PNG"),
                                       ("CMYK", "JPEG"), ("L", "PNG")])
 def test_the_receiver_sees_what_the_pipeline_sees(tmp_path, mode, fmt):
-    from trainer.decisions import predict
+    from receiver import core
     path = tmp_path / f"picture.{fmt.lower()}"
     _picture(mode).save(path, fmt, **({"transparency": 0} if mode == "P" else {}))
-    x, pred = predict.read_input(path)
+    x, pred = core.read_input(path)
     reference = load_crop(path)
     assert pred.cropped and x.shape == reference.shape == (224, 224, 3)
     np.testing.assert_array_equal(x, reference)

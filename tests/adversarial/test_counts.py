@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer import eval as teval, run
+from trainer import evaluation as teval, run
 
 from .conftest import edit_manifest, eval_args, one_error, train_args
 

@@ -220,7 +220,7 @@ def test_loader_decodes_do_not_touch_the_environment(monkeypatch):
     M2M_MAX_PIXELS per sample (a process-wide variable, racing with threads)."""
     import os
 
-    from trainer.completeness import decode_sized
+    from trainer.data.completeness import decode_sized
     seen = []
     monkeypatch.setattr(os, "environ", _Watch(os.environ, seen))
     buf = io.BytesIO()
@@ -251,8 +251,8 @@ def test_every_command_declares_max_pixels_the_same_way(command):
 
     from pipeline.__main__ import cli as pipeline_cli
     from tools.bpg.__main__ import main as bpg_cli
-    from trainer.decisions.predict import cli as predict_cli
-    from trainer.decisions.serve import cli as serve_cli
+    from receiver.predict import cli as predict_cli
+    from receiver.serve import cli as serve_cli
     cmd = {"pipeline": pipeline_cli.commands["shards"], "predict": predict_cli, "serve": serve_cli,
            "bpg": bpg_cli.commands["dec"]}[command]
     opt = next(p for p in cmd.params if "--max-pixels" in getattr(p, "opts", ()))

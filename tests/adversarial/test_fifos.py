@@ -44,7 +44,7 @@ def finishes(fn, *args, fifos=(), timeout: float = 60):
 
 
 def test_eval_of_a_checkpoint_that_is_a_fifo(animals, tmp_path, capsys):
-    from trainer import eval as teval
+    from trainer import evaluation as teval
     fifo = tmp_path / "model.pth"
     os.mkfifo(fifo)
     for extra in ((), ("--no-cache",)):
@@ -66,7 +66,7 @@ def test_resume_auto_with_a_fifo_for_metrics(animals, run_dir, tmp_path, capsys)
 
 
 def test_a_fifo_in_place_of_a_shard_is_a_lost_shard(animals, run_dir, copy_of, tmp_path, capsys):
-    from trainer import eval as teval
+    from trainer import evaluation as teval
     shards = copy_of(animals["val3"])
     tar = sorted(shards.glob("shard-*.tar"))[0]
     tar.unlink()
@@ -78,7 +78,7 @@ def test_a_fifo_in_place_of_a_shard_is_a_lost_shard(animals, run_dir, copy_of, t
 
 
 def test_the_loader_reads_no_fifo(tmp_path):
-    from trainer import tarstream
+    from trainer.data import tarstream
     fifo = tmp_path / "shard-000000.tar"
     os.mkfifo(fifo)
     with pytest.raises(OSError, match="not a regular file"):

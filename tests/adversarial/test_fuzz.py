@@ -40,7 +40,7 @@ hostile = st.one_of(
 def warm():
     """Import and first-call costs (torch, the method registry) outside the deadlines."""
     import trainer.training  # noqa: F401
-    from trainer.decisions.results import load_results  # noqa: F401
+    from trainer.reports.results import load_results  # noqa: F401
     from trainer.config import TrainConfig
     TrainConfig(shards=["x.tar"], out="runs/x", device="cpu").resolved()
 
@@ -102,7 +102,7 @@ def test_the_manifest_reader_on_edited_manifests(manifest_dict, edits):
                                                                  "count", "split", "group"]), values), max_size=3)
        .map(json.dumps))
 def test_the_results_reader(text):
-    from trainer.decisions.results import ResultsError, load_results
+    from trainer.reports.results import ResultsError, load_results
     try:
         load_results(_write(text))
     except (ResultsError, UserError) as exc:
@@ -153,7 +153,7 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
        cut=st.integers(0, 4096) | st.none(), claim=st.integers(0, 8 << 30) | st.none())
 @example(members=[("a.cls", b"1")], flips=[], cut=None, claim=5 << 30)   # a 5 GB member in a 10 KB tar
 def test_the_tar_reader(members, flips, cut, claim, tmp_path):
-    from trainer.tarstream import TarError, tar_samples
+    from trainer.data.tarstream import TarError, tar_samples
     data = bytearray(_tar(members))
     for pos, value in flips:
         if pos < len(data):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.build import build_setting
-from trainer import eval as teval, run
+from trainer import evaluation as teval, run
 from trainer.losses import LabelError, masked_ce
 
 from .conftest import edit_manifest, eval_args, make_split, one_error, train_args

@@ -9,7 +9,7 @@ from tests.adversarial.conftest import ARCH, one_error
 
 
 def test_an_expert_list_entry_with_a_nul_byte(tmp_path, capsys):
-    from trainer.decisions import predict
+    from receiver import predict
     (tmp_path / "experts.yaml").write_text('- {path: "a\\0b.pth"}\n')
     (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff")
     assert predict.main(["--experts", str(tmp_path / "experts.yaml"), str(tmp_path / "x.jpg")]) == 1
@@ -29,7 +29,7 @@ def test_a_config_path_with_a_nul_byte(animals, tmp_path, capsys, field):
 
 
 def test_a_checkpoint_option_with_a_nul_byte(animals, tmp_path, capsys):
-    from trainer import eval as teval
+    from trainer import evaluation as teval
     assert teval.main(["--checkpoint", "a\0b.pth", "--shards", str(animals["val3"]), "--out",
                        str(tmp_path / "r.json")]) == 1
     assert "NUL byte" in one_error(capsys.readouterr().err)
@@ -40,13 +40,14 @@ def test_a_received_file_name_with_a_nul_byte(tmp_path, weights_file, capsys):
     from PIL import Image
 
     from tests.conftest import synthetic_rgb
-    from trainer.decisions import predict
+    from receiver import predict
     good = tmp_path / "good.jpg"
     Image.fromarray(synthetic_rgb(224, 224, seed=1)).save(good)
     rc = predict.main(["--model", str(weights_file), "--arch", ARCH, "--device", "cpu", "bad\0.jpg", str(good)])
     assert rc == 1 and "NUL byte" in one_error(capsys.readouterr().err)
-    model, meta = predict.load(str(weights_file), ARCH, None, "cpu")
-    preds = predict.predict_files(["bad\0.jpg", good], model, meta)
+    from receiver.core import Receiver
+    from receiver.zoo import load_single
+    preds = Receiver(load_single(str(weights_file), ARCH)).predict_files(["bad\0.jpg", good])
     assert "NUL byte" in preds[0].error and preds[1].error is None and preds[1].codec == "jpeg"
 
 

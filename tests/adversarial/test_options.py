@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.decisions import predict
+from receiver import predict
 from tests.conftest import synthetic_rgb
-from trainer import eval as teval, run
+from trainer import evaluation as teval, run
 
 from .conftest import eval_args, one_error, train_args
 

@@ -21,7 +21,7 @@ def test_inside_path_only_keeps_paths_inside_the_checkout(tmp_path):
 
 def test_the_recorded_command_of_a_checkout_under_tmp(tmp_path):
     """The readme block's ``command`` as run from a checkout whose folder shares tmp_path's parent."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import benchmarks.readme_block as rb; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import docsgen.readme_block as rb; "
             "rb.ROOT = __import__('pathlib').Path(sys.argv[2]); "
             "print(rb.command('benchmarks/b.py', ['--json', sys.argv[3], '--out=' + sys.argv[2] + '/o']))")
     checkout = tmp_path / "x"

@@ -24,7 +24,7 @@ BAD = {"negative bytes": {"mean_bytes": -5}, "huge top-1": {"top1": 1e308}, "10*
 
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_recommend_refuses_an_absurd_number(tmp_path, capsys, name):
-    from trainer.decisions import recommend
+    from trainer.reports import recommend
     p = tmp_path / "results.json"
     # json.dumps writes 10**400 as digits, as a hostile file would
     p.write_text(json.dumps(GOOD + [_row(setting="jpeg-50", q=50, **BAD[name])]))
@@ -35,7 +35,7 @@ def test_recommend_refuses_an_absurd_number(tmp_path, capsys, name):
 
 
 def test_sane_rows_are_still_recommended(tmp_path, capsys):
-    from trainer.decisions import recommend
+    from trainer.reports import recommend
     p = tmp_path / "results.json"
     p.write_text(json.dumps(GOOD))
     assert recommend.main(["--results", str(p), "--budget", "3000"]) == 0
@@ -43,7 +43,7 @@ def test_sane_rows_are_still_recommended(tmp_path, capsys):
 
 
 def test_report_refuses_them_too(tmp_path, capsys):
-    from trainer.decisions.results import ResultsError, load_results
+    from trainer.reports.results import ResultsError, load_results
     p = tmp_path / "results.json"
     p.write_text(json.dumps(GOOD + [_row(mean_bytes=-5)]))
     with pytest.raises(ResultsError, match="mean_bytes -5 is not a number in"):

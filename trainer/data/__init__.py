@@ -4,7 +4,7 @@ The loader is an explicit list of stages (open_clip style).  Training::
 
     epoch plan (which shards each rank and worker reads, how many batches it makes)
     -> this worker's shards [or shards drawn with replacement: --resampled]
-    -> tar samples (trainer.tarstream; counted against the manifest; split layout: the
+    -> tar samples (trainer.data.tarstream; counted against the manifest; split layout: the
        reference's clean crop joined by key, only when the method needs it)
     -> shuffle buffer (the worker's quota of samples first, on its own)
     -> decode into the batch (comp.* with the pipeline's decoders, clean.* only when needed,
@@ -37,9 +37,11 @@ carry the last records).  The loop adds them up and :func:`check_skips` fails a 
 loses more than ``max_skip`` of its data.
 
 The package, one concern a module: :mod:`.shardsets` (a pattern's shards and their
-manifests), :mod:`.skips` (skip records), :mod:`.plan` (the epoch plan, the shard stages and
-the shuffles), :mod:`.samples` (counted tar reading), :mod:`.batch` (decoding into the
-batch), :mod:`.gpu_jpeg` (the GPU-JPEG hand-off) and :mod:`.loader` (the loaders).
+manifests), :mod:`.completeness` (what a manifest promises held against what the files can
+give), :mod:`.skips` (skip records), :mod:`.plan` (the epoch plan, the shard stages and the
+shuffles), :mod:`.tarstream` (a tar's samples by WebDataset's rule), :mod:`.samples` (counted
+tar reading), :mod:`.batch` (decoding into the batch), :mod:`.gpu_jpeg` (the GPU-JPEG
+hand-off) and :mod:`.loader` (the loaders).
 """
 from __future__ import annotations
 

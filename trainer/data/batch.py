@@ -14,7 +14,7 @@ from torch.utils.data import get_worker_info
 
 from pipeline.limits import DEFAULT_BUDGET
 
-from ..completeness import decode_sized
+from .completeness import decode_sized
 from ..losses import UNLABELLED
 from .gpu_jpeg import jpeg_size
 from .plan import worker

@@ -12,7 +12,7 @@ import torch
 import webdataset as wds
 
 from ..clitools import UserError
-from ..completeness import picture_size
+from .completeness import picture_size
 from ..distributed import mix_seed
 from .batch import decode_batches
 from .mixing import MixedSamples, mixed_plan

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .. import tarstream
+from . import tarstream
 from .skips import SkipLog, first_line
 
 
@@ -43,7 +43,7 @@ def _joined(samples, ref_url: str, skips: "SkipLog"):
 
 
 def tar_samples(expected: dict[str, int], skips: "SkipLog"):
-    """The samples of each shard (:mod:`trainer.tarstream`), one shard at a time, so that what a
+    """The samples of each shard (:mod:`trainer.data.tarstream`), one shard at a time, so that what a
     shard loses is counted: a shard that cannot be opened or read to the end, or holds fewer
     samples than its manifest lists, records the missing samples in ``skips``.  A shard item
     with ``ref`` (split layout, clean crop needed) gets the reference's clean crops joined

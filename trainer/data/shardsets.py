@@ -16,7 +16,7 @@ from pipeline.manifest import Manifest, digest as manifest_digest
 from pipeline.setting import Setting
 
 from ..clitools import UserError
-from ..completeness import check_counts, missing_listed
+from .completeness import check_counts, missing_listed
 from ..losses import LabelError
 
 log = logging.getLogger("trainer.data")

@@ -10,7 +10,7 @@ from pipeline.atomic import atomic_output
 from pipeline.markdown import cell as md_cell, table as md_table
 from trainer import vocab
 
-from .results import (Result, SettingStats, best_per_cell, codec_rank, difference, eval_value, rate_of,
+from .results import (Result, SettingStats, best_per_cell, codec_rank, codec_title, difference, eval_value, rate_of,
                       setting_order)
 
 method_name = vocab.title
@@ -81,7 +81,6 @@ def rate_accuracy_series(results: list[Result], stats: dict[str, SettingStats], 
 
 
 _METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">")
-CODEC_TITLES = {"jpeg": "JPEG", "j2k": "JPEG 2000", "bpg": "BPG", "webp": "WebP", "avif": "AVIF", "jxl": "JPEG XL"}
 RATE_LABELS = {"bytes": "bytes per image (log scale)", "bpp": "bits per pixel (log scale)"}
 
 
@@ -166,7 +165,7 @@ def plot_rate_accuracy(series: list[Series], path: Path, x: str = "bytes", title
             below = lo > 8
             ax.annotate(st, (xv, lo if below else hi), xytext=(0, -8 if below else 7), textcoords="offset points",
                         ha="center", va="top" if below else "bottom", fontsize=7.5, color="0.2")
-        ax.set_title(CODEC_TITLES.get(codec, codec), fontsize=10)
+        ax.set_title(codec_title(codec), fontsize=10)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick_text(v, x)))

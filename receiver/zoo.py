@@ -1,5 +1,5 @@
 """A zoo of experts: the models a receiver holds, loaded once, and the rule that picks one per
-received bitstream (:mod:`trainer.decisions.route`).
+received bitstream (:mod:`receiver.route`).
 
 Where experts come from (``--experts``):
 
@@ -209,3 +209,12 @@ def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch
     if not loaded and default_expert is None:
         raise ZooError("no model: give --experts, --default, or both")
     return Zoo(loaded, default_expert)
+
+
+def load_single(source: str, arch: str | None = None, device: str = "cpu") -> Zoo:
+    """A zoo of one model that answers everything (``predict --model`` or ``--weights``): a run
+    checkpoint, a weights file (with ``arch``) or a weights name (with ``arch``)."""
+    from trainer.models import load_model
+
+    model, meta = load_model(source, arch=arch)
+    return Zoo.single(model.to(device).eval(), meta, "model")

@@ -1,6 +1,6 @@
 """Table 1, Fig. 4 and Fig. 5 of the paper from whatever has been measured so far.
 
-    python -m trainer.decisions.report --runs runs/ --shards shards/ --results reports/results.json --out reports/
+    python -m trainer.reports.report --runs runs/ --shards shards/ --results reports/results.json --out reports/
 
 Writes into ``--out``:
 
@@ -17,7 +17,7 @@ Writes into ``--out``:
 - ``fig5_<arch>.png`` + ``fig5_cross_eval.csv``: top-1 of models trained on setting A (rows)
   evaluated on setting B (columns).
 - ``retention.md`` / ``retention.csv`` (when the results hold rows of class groups,
-  ``trainer.eval --group``): each group's top-1 on the setting a model was trained on and on
+  ``trainer.evaluation --group``): each group's top-1 on the setting a model was trained on and on
   the clean images, beside the pretrained model (``retention.py``).
 - ``report.md``: the tables, the figures and what is still missing.
 
@@ -98,7 +98,7 @@ def build_table1(results: list[Result], stats: dict[str, SettingStats], arch: st
         row = {k: st and getattr(st, k) for k in ("psnr", "ssim", "bytes", "bpp")}
         row["setting"] = s
         for k in ("psnr", "ssim", "bytes", "bpp"):
-            if row[k] is None:  # no manifest: what trainer.eval recorded for the setting
+            if row[k] is None:  # no manifest: what trainer.evaluation recorded for the setting
                 row[k] = eval_value(results, s, k)
         for m in methods:
             cell = _cell(best, arch, m, s)
@@ -285,7 +285,7 @@ def _missing_note(results: list[Result], stats: dict[str, SettingStats], runs: l
     pending = unevaluated_runs(runs, results)
     lines += [f"- run `{run.name}` ({run.method or '?'}, {run.arch or '?'}, trained on {run.trained_on or '?'}) "
               "has no evaluation results: "
-              f"run `python -m trainer.eval` on `{run.best}`" for run in pending]
+              f"run `python -m trainer.evaluation` on `{run.best}`" for run in pending]
     no_manifest = sorted({r.setting for r in results} - set(stats))
     if no_manifest:
         lines.append(f"- no manifest for {', '.join(no_manifest)} (rate and quality as recorded by the evaluation)")
@@ -297,7 +297,7 @@ def _missing_note(results: list[Result], stats: dict[str, SettingStats], runs: l
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--results", "results_paths", multiple=True, type=click.Path(path_type=Path),
               default=[Path("reports/results.json")], show_default=True,
-              help="results.json of trainer.eval (repeatable).")
+              help="results.json of trainer.evaluation (repeatable).")
 @click.option("--shards", type=click.Path(path_type=Path), default=None,
               help="Shard root; manifests of --split give PSNR, SSIM and bytes.")
 @click.option("--split", default="val", show_default=True, help="Evaluation split of the manifests.")
@@ -359,7 +359,7 @@ def report(results_paths, shards, out, *, split: str = "val", runs=None, x: str 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point callable from tests: returns the exit status instead of exiting."""
-    return run_click(cli, argv, "python -m trainer.decisions.report")
+    return run_click(cli, argv, "python -m trainer.reports.report")
 
 
 if __name__ == "__main__":

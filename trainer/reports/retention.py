@@ -1,10 +1,10 @@
 """The retention view: what a model trained on some classes keeps of the others.
 
-It reads the rows of class groups (``trainer.eval --group A=... --group B=...``): for every
+It reads the rows of class groups (``trainer.evaluation --group A=... --group B=...``): for every
 (arch, trained setting, method) the top-1 of each group on the setting the model was trained
 on ("own setting") and on every other evaluated setting (lossless: the clean images), beside
 the pretrained model on the same sets.  Several runs of one cell (seeds) give mean ± sample
-std and their count.  ``trainer.decisions.report`` shows it beside Table 1 when group rows exist;
+std and their count.  ``trainer.reports.report`` shows it beside Table 1 when group rows exist;
 ``experiments/summarize.py`` writes the tables of docs/results.md from the same function.
 """
 from __future__ import annotations

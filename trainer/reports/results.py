@@ -5,7 +5,7 @@ Inputs (contracts of the other modules):
 
 - ``SHARDS/<split>/<setting>/manifest.json``: per-setting rate and quality (``mean`` bytes,
   bpp, PSNR, SSIM);
-- ``results.json`` from ``trainer.eval``: a list of rows (one per model x evaluated setting;
+- ``results.json`` from ``trainer.evaluation``: a list of rows (one per model x evaluated setting;
   the columns are ``trainer.evaluation.COLUMNS``);
 - ``runs/<name>/args.json`` from ``trainer.run``: which method / labels each run used.
 
@@ -13,10 +13,10 @@ A *model* is identified by (arch, method, labels, trained_on); ``trainer.vocab.k
 the labels into the method so that an expert trained on teacher labels is reported as its own
 method ("expert (teacher labels)") and never mixed with the dataset-labelled expert.
 
-Rows of a class group (``trainer.eval --group``: ``group`` is set) score a subset of a
+Rows of a class group (``trainer.evaluation --group``: ``group`` is set) score a subset of a
 setting's classes; they never enter Table 1, the figures or the recommender, which read the
 whole-setting rows only.  ``load_results(..., groups=True)`` returns them too, for the
-retention view (``trainer.decisions.report``).
+retention view (``trainer.reports.report``).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from pipeline import codecs
 from pipeline.bounded import BoundedReadError, read_json
 from pipeline.manifest import METRIC_RANGES, Manifest, ManifestError
 from pipeline.provenance import resolve_path
@@ -32,9 +33,6 @@ from pipeline.setting import Setting, SettingError
 from trainer import vocab
 from trainer.clitools import UserError
 from trainer.rundir import RunDir
-
-# Lossless first (the reference), then the paper's codecs, then anything new alphabetically.
-CODEC_ORDER = ("lossless", "jpeg", "j2k", "bpg")
 
 REQUIRED_RESULT_KEYS = ("arch", "method", "setting", "top1")
 
@@ -103,8 +101,21 @@ def codec_of(name: str) -> str:
         return name
 
 
-def codec_rank(codec: str) -> tuple[int, str]:
-    return (CODEC_ORDER.index(codec), "") if codec in CODEC_ORDER else (len(CODEC_ORDER), codec)
+def codec_rank(codec: str) -> tuple[float, str]:
+    """Where tables and figures put a codec: its ``order`` in the codec registry (lossless, the
+    reference, first), a name the registry does not know last."""
+    try:
+        return (codecs.get(codec).order, "")
+    except codecs.CodecError:
+        return (math.inf, codec)
+
+
+def codec_title(codec: str) -> str:
+    """A codec's display name ("JPEG 2000"), its name when the registry does not know it."""
+    try:
+        return codecs.get(codec).title
+    except codecs.CodecError:
+        return codec
 
 
 def finite(x: Any) -> float | None:
@@ -233,7 +244,7 @@ class Result:
 def load_results(paths: str | Path | Iterable[str | Path] | None, groups: bool = False) -> list[Result]:
     """Rows of one or more results.json files (a missing file is an error, an empty list not).
 
-    Rows whose top-1 is null are left out: trainer.eval writes null when the evaluated images
+    Rows whose top-1 is null are left out: trainer.evaluation writes null when the evaluated images
     carry no labels, which is a measurement of nothing.  Rows of class groups are left out
     unless ``groups`` (they score part of a setting, not the setting)."""
     if paths is None:
@@ -247,7 +258,7 @@ def load_results(paths: str | Path | Iterable[str | Path] | None, groups: bool =
 
 
 def results_from_rows(rows: list[dict], source: str = "rows") -> list[Result]:
-    """Result rows from already-parsed trainer.eval rows (null top-1 left out, as on load)."""
+    """Result rows from already-parsed trainer.evaluation rows (null top-1 left out, as on load)."""
     out = [_result_row(Path(source), i, row) for i, row in enumerate(rows)]
     return [r for r in out if r is not None]
 
@@ -256,7 +267,7 @@ def _results_file(path: Path) -> list[Result]:
     try:
         data = read_json(path, "results file")
     except FileNotFoundError:
-        raise ResultsError(f"{path}: no such results file (write it with python -m trainer.eval)") from None
+        raise ResultsError(f"{path}: no such results file (write it with python -m trainer.evaluation)") from None
     except (OSError, BoundedReadError) as exc:
         raise ResultsError(f"{exc} (not a readable results file)") from None
     if isinstance(data, dict) and isinstance(data.get("results"), list):
@@ -344,7 +355,7 @@ def load_runs(runs: str | Path | None) -> list[Run]:
 
 
 def unevaluated_runs(runs: list[Run], results: list[Result]) -> list[Run]:
-    """Runs none of whose checkpoints appears in the results (they need trainer.eval)."""
+    """Runs none of whose checkpoints appears in the results (they need trainer.evaluation)."""
     seen = {Path(r.checkpoint).resolve().parent for r in results if r.checkpoint}
     return [run for run in runs if run.path.resolve() not in seen]
 
@@ -398,7 +409,7 @@ def single_split(results: list[Result], split: str) -> tuple[list[Result], list[
 
 
 def eval_value(results: list[Result], setting: str, attr: str) -> float | None:
-    """Rate or quality recorded by trainer.eval when the setting has no manifest."""
+    """Rate or quality recorded by trainer.evaluation when the setting has no manifest."""
     return next((getattr(r, attr) for r in results if r.setting == setting and getattr(r, attr) is not None), None)
 
 

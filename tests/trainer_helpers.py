@@ -25,8 +25,3 @@ def build_shards(root: Path, codecs=(("jpeg", 10), ("lossless", None)), per_clas
 
 def small_threads():
     torch.set_num_threads(1)
-
-
-def test_helpers_build(tmp_path):
-    out = build_shards(tmp_path, codecs=(("jpeg", 10),), per_class=1, shard_size=1)
-    assert sorted(p.name for p in (out / "train" / "jpeg-10").glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]

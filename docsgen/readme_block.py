@@ -8,18 +8,24 @@ Renderers:
 
 - ``document``: a benchmark's or the demo's results file (``save`` writes it: the command,
   the environment and the parts of its Markdown, tables as cells), several joined;
-- ``summary``: ``experiments/summarize.py`` of ``trainer.eval`` results files (the arguments
+- ``summary``: ``experiments/summarize.py`` of ``trainer.evaluation`` results files (the arguments
   are summarize's);
 - ``extended``: the extended codecs' settings table (``experiments/extended_settings.py``);
 - ``cli``: the reference of every console script of setup.cfg, from the click commands
-  (``benchmarks/cli_reference.py``).
+  (``docsgen/cli_reference.py``).
 
-    python benchmarks/readme_block.py pipeline scale       # refresh these blocks from their files
-    python benchmarks/readme_block.py --all                 # every block
-    python benchmarks/readme_block.py --check               # exit 1 when a block differs
+This folder sits below the scripts that write results files (benchmarks/, experiments/, the
+demo): they import :func:`save` and :func:`load` from here.  The two renderers that are
+experiment scripts are named as ``module:function``, the way setup.cfg names a console script,
+and imported only when one of their blocks is rendered.
+
+    python docsgen/readme_block.py pipeline scale       # refresh these blocks from their files
+    python docsgen/readme_block.py --all                 # every block
+    python docsgen/readme_block.py --check               # exit 1 when a block differs
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
@@ -37,9 +43,12 @@ from pipeline.markdown import (BlockError, block_names, parse_document, read_blo
 from pipeline.provenance import environment, hardware, inside_path  # noqa: E402
 from trainer.clitools import UserError  # noqa: E402
 
-from experiments import summarize  # noqa: E402 - the summary blocks and their renderer
-
 RESULTS = "benchmarks/results"
+#: the page of the experiment tables (``experiments/summarize.py --all-blocks`` regenerates its blocks)
+RESULTS_PAGE = "docs/results.md"
+#: the renderers that are experiment scripts (see the module's docstring)
+SUMMARY = "experiments.summarize:block"
+EXTENDED = "experiments.extended_settings:render_table"
 
 
 # --------------------------------------------------------------------------- results files
@@ -82,8 +91,14 @@ def render_documents(sources: list[str], root: Path) -> str:
     return "\n\n".join(render_document(load(root / s)["parts"]) for s in sources)
 
 
+def script_function(target: str):
+    """The function that ``module:function`` names, its module imported now."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def render_summary(argv: list[str], root: Path) -> str:
-    return summarize.block(argv, root=root)
+    return script_function(SUMMARY)(argv, root=root)
 
 
 def summary_sources(argv: list[str]) -> list[str]:
@@ -101,12 +116,11 @@ def summary_sources(argv: list[str]) -> list[str]:
 
 
 def render_extended(sources: list[str], root: Path) -> str:
-    from experiments import extended_settings
-    return extended_settings.render_table(json.loads((root / sources[0]).read_text(encoding="utf-8")))
+    return script_function(EXTENDED)(json.loads((root / sources[0]).read_text(encoding="utf-8")))
 
 
 def render_cli(sources: list[str], root: Path) -> str:
-    from benchmarks import cli_reference
+    from docsgen import cli_reference
     return cli_reference.render(root)
 
 
@@ -133,7 +147,9 @@ def _doc(file: str, name: str, *sources: str) -> Block:
 
 
 def _summary(name: str, *argv: str) -> Block:
-    return Block(summarize.RESULTS_PAGE, name, "summary", argv)
+    """An experiment table of RESULTS_PAGE: its name and summarize's arguments (paths from the
+    repository root)."""
+    return Block(RESULTS_PAGE, name, "summary", argv)
 
 
 BLOCKS = [
@@ -150,7 +166,11 @@ BLOCKS = [
     _doc("docs/receiver.md", "serve", f"{RESULTS}/serve.json"),
     _doc("docs/receiver.md", "mixed-traffic", "experiments/results/mixed-traffic-cpu.json",
          "experiments/results/mixed-traffic-cpu-bn-frozen.json"),
-    *(_summary(name, *argv) for name, argv in summarize.README_BLOCKS.items()),
+    _summary("imagenette", "experiments/results/imagenette-cpu.json"),
+    _summary("imagenette-order-cpu", "--compare", "sorted=experiments/results/imagenette-cpu-sorted.json",
+             "--compare", "mixed=experiments/results/imagenette-cpu.json", "--setting", "j2k-200"),
+    _summary("retention", "experiments/results/retention-cpu.json"),
+    _summary("retention-bn", "experiments/results/retention-cpu-pretrained-bn.json"),
     Block("docs/deployment.md", "deployment", "summary",
           ("--view", "deployment", "experiments/results/deployment-cpu.json")),
     _doc("tools/bpg/README.md", "bpg-tuning", f"{RESULTS}/bpg-tune.json"),
@@ -162,7 +182,7 @@ BLOCKS = [
 ]
 
 #: the Markdown files whose blocks are all generated (a block not in BLOCKS is an error)
-DOCS = ("README.md", "tools/bpg/README.md", "trainer/README.md", "docs")
+DOCS = ("README.md", "tools/bpg/README.md", "trainer/README.md", "receiver/README.md", "docs")
 
 
 def doc_files(root: Path = ROOT) -> list[Path]:
@@ -199,7 +219,7 @@ def stale(root: Path = ROOT) -> list[str]:
             out.append(f"{b.file}: block {b.name} differs from what {', '.join(b.sources())} renders")
     for path in doc_files(root):
         rel = path.relative_to(root).as_posix()
-        out += [f"{rel}: block {n} has no source in benchmarks/readme_block.py"
+        out += [f"{rel}: block {n} has no source in docsgen/readme_block.py"
                 for n in block_names(path.read_text(encoding="utf-8")) if (rel, n) not in known]
     return out
 

@@ -1,11 +1,11 @@
 """Pick the codec setting and model for a bandwidth budget, from measured results only.
 
-    python -m trainer.decisions.recommend --budget 1000 --results reports/results.json [--manifests shards/]
-    python -m trainer.decisions.recommend --bpp 0.2 --results reports/results.json
-    python -m trainer.decisions.recommend --min-top1 65 --results reports/results.json
+    python -m trainer.reports.recommend --budget 1000 --results reports/results.json [--manifests shards/]
+    python -m trainer.reports.recommend --bpp 0.2 --results reports/results.json
+    python -m trainer.reports.recommend --min-top1 65 --results reports/results.json
 
 Every evaluated (setting, model) pair is an option: its rate is the mean bytes (or bpp) per
-image that trainer.eval measured (else the manifest's), its value the top-1 measured on that
+image that trainer.evaluation measured (else the manifest's), its value the top-1 measured on that
 setting.  Models evaluated on a setting they were not trained on count too: a camera can
 ship any setting, the server any model.  The Pareto front keeps the options that no other
 option beats on both rate and top-1.
@@ -274,7 +274,7 @@ def stats_from(manifests: Path | None, split: str) -> dict[str, SettingStats]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--results", "results_paths", multiple=True, type=click.Path(path_type=Path),
               default=[Path("reports/results.json")], show_default=True,
-              help="results.json of trainer.eval (repeatable).")
+              help="results.json of trainer.evaluation (repeatable).")
 @click.option("--budget", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Bytes per image the link allows.")
 @click.option("--bpp", type=FiniteFloat(min=0, min_open=True), default=None,
@@ -352,7 +352,7 @@ def print_human(options, front, choice, estimates, x, limit, min_top1) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point callable from tests: returns the exit status instead of exiting."""
-    return run_click(cli, argv, "python -m trainer.decisions.recommend")
+    return run_click(cli, argv, "python -m trainer.reports.recommend")
 
 
 if __name__ == "__main__":

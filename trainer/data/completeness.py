@@ -22,7 +22,7 @@ from braceexpand import braceexpand
 
 from pipeline.limits import DEFAULT_BUDGET, PixelBudgetError
 
-from .clitools import UserError
+from ..clitools import UserError
 
 #: the smallest tar sample: one member's header and one data block
 MIN_SAMPLE_BYTES = 1024

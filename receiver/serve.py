@@ -1,4 +1,5 @@
-"""The receiver as an HTTP service: every received image goes to the expert of its rate.
+"""``m2m-serve``: the receiver (:class:`receiver.core.Receiver`) as an HTTP service: every
+received image goes to the expert of its rate.
 
     m2m-serve --experts runs/ --default pretrained --arch mobilenet_v2 --port 8080
     curl --data-binary @image.jpg http://127.0.0.1:8080/v1/classify
@@ -14,10 +15,11 @@ Endpoints (docs/receiver.md has the details):
   (counters and time spent decoding and in forward passes, for the benchmark).
 
 Models are loaded once at start; a request never touches the disk.  Each request is read
-(bounded), its headers probed (codec, size within the pixel budget, quality), routed, then
-decoded in a thread pool; the decoded images of concurrent requests meet in a micro-batch
-that waits at most ``--batch-wait-ms`` for requests still decoding, and each expert runs
-one forward over its share.  A bad request gets a 4xx status and a one-line ``error``;
+(bounded), then received in a thread pool (its headers probed once: codec, size within the
+pixel budget, quality; routed; decoded: :meth:`Receiver.receive`); the decoded images of
+concurrent requests meet in a micro-batch that waits at most ``--batch-wait-ms`` for
+requests still decoding, and each expert runs one forward over its share
+(:meth:`Receiver.answer`).  A bad request gets a 4xx status and a one-line ``error``;
 a server at its ``--max-inflight`` limit answers 503 at once.
 """
 from __future__ import annotations
@@ -34,10 +36,11 @@ from dataclasses import asdict, dataclass, field
 import click
 import numpy as np
 
-from pipeline.limits import DecodeBudget, max_pixels_option
+from pipeline.limits import max_pixels_option
 from trainer.clitools import run_click
 
-from .predict import InputError, InputTooLargeError, Prediction, answer, route_input
+from .core import InputError, InputTooLargeError, Prediction, Receiver
+from .zoo import load_zoo
 
 log = logging.getLogger("m2m.serve")
 
@@ -48,7 +51,6 @@ FRAMES_TYPE = "application/x-m2m-frames"
 @dataclass(frozen=True)
 class Limits:
     max_body: int = 16 << 20            # bytes of one request body
-    max_pixels: int = 50_000_000        # of one decoded picture, from its header
     max_inflight: int = 64              # requests being served at once
     timeout: float = 10.0               # seconds for one request, body included
     max_frames: int = 64                # bitstreams in one batch request
@@ -103,8 +105,8 @@ class MicroBatcher:
     next collection fills by itself.  Forwards run one at a time in their own thread (torch
     uses every core for one)."""
 
-    def __init__(self, device: str, k: int, wait_s: float, max_batch: int, stats: Stats):
-        self.device, self.k, self.wait_s, self.max_batch, self.stats = device, k, wait_s, max_batch, stats
+    def __init__(self, receiver: Receiver, wait_s: float, max_batch: int, stats: Stats):
+        self.receiver, self.wait_s, self.max_batch, self.stats = receiver, wait_s, max_batch, stats
         self.pending: list[_Item] = []
         self.decoding = 0
         self._wake = asyncio.Event()
@@ -143,8 +145,8 @@ class MicroBatcher:
                 t0 = time.perf_counter()
                 self.stats.wait_s += sum(t0 - it.submitted for it in items)
                 try:
-                    await loop.run_in_executor(self._pool, answer, items[0].expert, [it.x for it in items],
-                                               [it.pred for it in items], self.device, self.k)
+                    await loop.run_in_executor(self._pool, self.receiver.answer, items[0].expert,
+                                               [it.x for it in items], [it.pred for it in items])
                 except Exception as exc:  # noqa: BLE001 - a forward failure answers its requests, the server stays
                     for it in items:
                         if not it.done.done():
@@ -163,9 +165,9 @@ class MicroBatcher:
 # --------------------------------------------------------------------------- the service
 
 class Service:
-    def __init__(self, zoo, limits: Limits, device: str = "cpu", k: int = 5, wait_ms: float = 2.0,
-                 max_batch: int = 32, decode_threads: int = 2):
-        self.zoo, self.limits, self.device, self.k = zoo, limits, device, k
+    def __init__(self, receiver: Receiver, limits: Limits, wait_ms: float = 2.0, max_batch: int = 32,
+                 decode_threads: int = 2):
+        self.receiver, self.limits = receiver, limits
         self.stats = Stats()
         self.wait_s, self.max_batch = wait_ms / 1000, max_batch
         self.decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
@@ -173,7 +175,7 @@ class Service:
         self.batcher: MicroBatcher | None = None
 
     async def startup(self) -> None:
-        self.batcher = MicroBatcher(self.device, self.k, self.wait_s, self.max_batch, self.stats)
+        self.batcher = MicroBatcher(self.receiver, self.wait_s, self.max_batch, self.stats)
         self.batcher.start()
 
     async def shutdown(self) -> None:
@@ -208,8 +210,7 @@ class Service:
         submitted = False
         try:
             t0 = time.perf_counter()
-            expert, x, pred = await loop.run_in_executor(self.decode_pool, route_input, self.zoo, data, name,
-                                                         DecodeBudget(max_pixels=self.limits.max_pixels))
+            expert, x, pred = await loop.run_in_executor(self.decode_pool, self.receiver.receive, data, name)
             self.stats.decode_s += time.perf_counter() - t0
             self.batcher.decoding -= 1
             submitted = True
@@ -313,11 +314,12 @@ def make_app(service: Service):
         return await service.handle(request, batch=True)
 
     async def health(request):
-        return JSONResponse({"status": "ok", "experts": len(service.zoo.experts),
-                             "default": service.zoo.default is not None, "in_flight": service.inflight})
+        zoo = service.receiver.zoo
+        return JSONResponse({"status": "ok", "experts": len(zoo.experts), "default": zoo.default is not None,
+                             "in_flight": service.inflight})
 
     async def models(request):
-        return JSONResponse(service.zoo.models())
+        return JSONResponse(service.receiver.zoo.models())
 
     async def stats(request):
         return JSONResponse(service.stats.as_dict())
@@ -351,7 +353,7 @@ def make_app(service: Service):
 @click.option("--topk", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--max-body", type=click.IntRange(min=1), default=Limits.max_body, show_default=True,
               help="Largest request body in bytes.")
-@max_pixels_option(default=Limits.max_pixels)
+@max_pixels_option
 @click.option("--max-inflight", type=click.IntRange(min=1), default=Limits.max_inflight, show_default=True,
               help="Requests served at once; more get 503 at once.")
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=Limits.timeout, show_default=True,
@@ -371,7 +373,6 @@ def cli(experts, default, arch, host, port, device, k, max_body, budget, max_inf
     """Serve the receiver over HTTP: each bitstream answered by the expert of its codec and rate."""
     import uvicorn
 
-    from .zoo import load_zoo
 
     if experts is None and default is None:
         raise click.UsageError("give --experts DIR|LIST, --default MODEL, or both")
@@ -383,7 +384,7 @@ def cli(experts, default, arch, host, port, device, k, max_body, budget, max_inf
     zoo = load_zoo(experts, default, arch, device)
     log.info("loaded %d expert(s)%s in %.1f s", len(zoo.experts), " and a default" if zoo.default else "",
              time.perf_counter() - t0)
-    service = Service(zoo, Limits(max_body, budget.max_pixels, max_inflight, timeout, max_frames), device, k,
+    service = Service(Receiver(zoo, device, k, budget), Limits(max_body, max_inflight, timeout, max_frames),
                       batch_wait_ms, max_batch, decode_threads)
     uvicorn.run(make_app(service), host=host, port=port, log_level="warning", access_log=False,
                 timeout_keep_alive=5, h11_max_incomplete_event_size=16 << 10)
