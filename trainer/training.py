@@ -17,7 +17,7 @@ import torch
 
 from pipeline.atomic import make_folder
 
-from . import checkpoint, labelspace, loop, methods
+from . import checkpoint, labelspace, loop, methods, precision
 from .clitools import UserError
 from .config import TrainConfig, yaml_text
 from .data import (LoaderSpec, check_classes, check_skips, default_workers, describe, group_shards, make_eval_loader,
@@ -35,9 +35,10 @@ log = logging.getLogger("trainer.run")
 #: "selected_on": what chose the checkpoint (``trainer.eval_cache.selection_record``, LAST_EPOCH or
 #: TRAIN_LOSS); trainer.eval flags a score on the same images (missing in older checkpoints: unknown);
 #: "trained_on" and "bn": what it was trained on and how (:func:`trained_on`; read back with
-#: ``trainer.checkpoint.training_settings`` and ``bn_mode``)
+#: ``trainer.checkpoint.training_settings`` and ``bn_mode``); "precision": the precision it was
+#: trained in (``trainer.precision``: fp32 or bf16; missing in older checkpoints)
 CHECKPOINT_KEYS = ("model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric",
-                   "selected_on", "trained_on", "bn")
+                   "selected_on", "trained_on", "bn", "precision")
 
 
 def trained_on(sets, weights: list[float]) -> list[dict]:
@@ -142,12 +143,17 @@ def train(config: TrainConfig) -> TrainResult:
     # the number used, so that --config repeats the run's data order on another machine too
     auto_workers = c.workers is None
     workers = default_workers() if auto_workers else c.workers
-    c = dataclasses.replace(c, workers=workers)
+    # the precision likewise: args.yaml records the one used (auto decided here: fp32 or bf16)
+    prec = precision.resolve(c.precision, d.device)
+    c = dataclasses.replace(c, workers=workers, precision=prec.name)
     info = {"num_classes": n_classes, "trained_on": ",".join(sorted({s.name for s in train_sets})),
             "classes": classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes)
-            else None, "world_size": d.world, "label_space": space}
+            else None, "world_size": d.world, "label_space": space, "precision_choice": prec.choice}
     if d.main:
         make_folder(out, "run folder")
+        log.info("%s", prec.describe())
+        if ckpt is not None and ckpt.get("precision") not in (None, prec.name):
+            log.warning("resuming a run trained in %s at %s", ckpt.get("precision"), prec.name)
         log.info("train: %s; %d loader worker(s) per rank%s", describe(train_sets), workers,
                  " (from the CPU count)" if auto_workers else "")
         if val_sets:
@@ -164,21 +170,19 @@ def train(config: TrainConfig) -> TrainResult:
     if c.bn == "frozen" and not norm_layers(model):
         log.warning("--bn frozen: %s has no normalisation layers with running statistics; nothing to freeze", c.arch)
     method = methods.create(c)
-    step = loop.Step(method=method, labels=c.labels, device=d.device, amp=c.amp and cuda,
-                     channels_last=c.channels_last and cuda, grad_clip=c.grad_clip)
+    step = loop.Step(method=method, labels=c.labels, device=d.device, precision=prec, grad_clip=c.grad_clip)
     caches = None
     if method.needs(c.labels, cached_teacher=False).teacher:
-        teacher = copy.deepcopy(model).eval().requires_grad_(False).to(d.device)
+        # the teacher runs in the student's precision, live or cached (the cache records it)
+        teacher = prec.prepare(copy.deepcopy(model).eval().requires_grad_(False).to(d.device))
         caches = resolve_caches(train_sets, teacher, c.arch, c.weights, c.teacher_cache,
                                 fallback_root=out / "teacher-cache", d=d, batch_size=c.val_batch_size,
-                                workers=workers, device=d.device, amp=step.amp, progress=c.progress,
+                                workers=workers, device=d.device, precision=prec, progress=c.progress,
                                 max_skip=c.max_skip)
         step.teacher = None if caches is not None else teacher
     needs = method.needs(c.labels, cached_teacher=caches is not None)
     info["teacher_cached"] = caches is not None
-    model.to(d.device)
-    if step.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prec.prepare(model.to(d.device))
     params = freeze_all_but_head(model) if method.head_only else list(model.parameters())
     optimizer = torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
     scheduler = make_scheduler(optimizer, c)
@@ -255,7 +259,7 @@ def train(config: TrainConfig) -> TrainResult:
             state = {"model": model.net.state_dict(), "arch": c.arch, "num_classes": n_classes, "epoch": epoch + 1,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "args": args, "best_metric": best, "metrics": row,
-                     "trained_on": trained_on(train_sets, weights), "bn": c.bn}
+                     "trained_on": trained_on(train_sets, weights), "bn": c.bn, "precision": prec.name}
             checkpoint.save({**state, "selected_on": LAST_EPOCH}, run.last)
             if improved:
                 checkpoint.save({**state, "selected_on": best_on}, run.best)
