@@ -33,6 +33,7 @@ import numpy as np
 from pipeline.atomic import atomic_write, atomic_write_json
 from pipeline.setting import PAPER, Setting, SettingError
 from trainer.clitools import UserError, run_click
+from trainer.precision import CHOICES as PRECISIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the paper's nine settings (JPEG 75/10/5, JPEG 2000 75/200/400, BPG 41/46/51) and the reference
@@ -172,12 +173,18 @@ def run_state(folder: Path, config) -> str:
     train again) or "none"."""
     from trainer.rundir import RunDir
 
+    from trainer.distributed import resolve_device
+    from trainer.precision import resolve
+
     run = RunDir(folder)
     if not run.is_run():
         return "none"
     saved = run.args()
     wanted = config.resolved()
     if not saved or any(saved.get(k) != getattr(wanted, k) for k in RUN_KEYS):
+        return "other"
+    # args.json records the precision used (fp32 | bf16); one from before the option has none
+    if saved.get("precision", "fp32") != resolve(wanted.precision, resolve_device(wanted.device)).name:
         return "other"
     return "complete" if run.complete(config.epochs) else "partial"
 
@@ -198,6 +205,9 @@ def run_state(folder: Path, config) -> str:
 @click.option("--alpha", type=float, default=1e-2, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: all cores).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="Training and evaluation (trainer.precision): auto = bf16 autocast + channels_last where the "
+                   "device runs bf16 natively, fp32 elsewhere.")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None)
 @click.option("--per-photo", type=click.IntRange(min=1), default=24, show_default=True, help="Views per embedded photo.")
 @click.option("--photos", type=click.IntRange(min=1), default=None, help="Only the first N embedded photos (quick runs).")
@@ -286,6 +296,10 @@ def run_demo(a) -> None:
     cache_dir = str(a.out / "eval-cache")
 
     clock.step("data", f"data ({'embedded scikit-image photos' if not a.data else a.data}); model {arch} ({weights})")
+    from trainer.distributed import resolve_device
+    from trainer.precision import resolve
+    prec = resolve(a.precision, resolve_device("auto"))     # the device the demo's runs and evaluations use
+    click.echo(f"   {prec.describe()}")
     src, labels = prepare_data(a, lambda: build_model(arch, weights))
 
     clock.step("shards", "shards: val for every setting in one pass, train for the training setting only")
@@ -299,7 +313,8 @@ def run_demo(a) -> None:
                    f"{train_setting.name}")
     build_shards(a, src, shards, settings, train_setting)
     val_globs = [str(shards / "val" / n / "shard-*.tar") for n in names]
-    common = dict(workers=a.workers, progress=a.progress, limit=a.limit, cache_dir=cache_dir, force=a.force)
+    common = dict(workers=a.workers, progress=a.progress, limit=a.limit, cache_dir=cache_dir, force=a.force,
+                  precision=a.precision)
 
     clock.step("baseline", "the pretrained model on every setting")
     shutil.rmtree(reports, ignore_errors=True)
@@ -319,7 +334,7 @@ def run_demo(a) -> None:
                              alpha=a.alpha if method == "expert" else None,       # fine-tuning has none
                              epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, out=str(out),
                              workers=a.workers, resume="auto", steps_per_epoch=a.steps_per_epoch,
-                             progress=a.progress)
+                             precision=a.precision, progress=a.progress)
         state = run_state(out, config)
         if state == "complete":
             click.echo(f"   {out} is complete: reused")
@@ -348,7 +363,7 @@ def run_demo(a) -> None:
     atomic_write_json(reports / "wall_time.json", {"seconds": elapsed, "cpu_count": os.cpu_count(),
                                                    "steps": {n: {"wall_s": w, "cpu_s": c} for n, w, c in clock.steps}})
     if a.readme:
-        update_readme(plot, table, elapsed, clock.steps, a, arch, labels, train_setting.name)
+        update_readme(plot, table, elapsed, clock.steps, a, arch, labels, train_setting.name, prec.name)
 
 
 def _count(folder: Path) -> int | None:
@@ -370,7 +385,7 @@ def _table_only(markdown: str) -> str:
 
 
 def update_readme(plot: Path, table: str, elapsed: float, steps, a, arch: str, labels: str,
-                  train_setting: str) -> None:
+                  train_setting: str, precision: str) -> None:
     """docs/demo-results.json (what the README's demo block is rendered from) and the plot; then
     the block itself (benchmarks/readme_block.py; the demo runs from the checkout, as ``python -m demo``)."""
     from benchmarks.readme_block import BLOCKS, refresh, save
@@ -380,7 +395,8 @@ def update_readme(plot: Path, table: str, elapsed: float, steps, a, arch: str, l
     per_step = ", ".join(f"{name} {wall:.0f} s" for name, wall, _ in steps)
     block = (f"Generated by `make demo-docs` ({arch}; expert and fine-tuning trained on "
              f"`{train_setting}` for {a.epochs} epochs, lr {a.lr:g}, α {a.alpha:g}, labels: {labels}; all three "
-             f"models evaluated on every setting; wall time {elapsed / 60:.1f} min on {os.cpu_count()} CPU cores: "
+             f"models evaluated on every setting; {precision}; wall time {elapsed / 60:.1f} min on "
+             f"{os.cpu_count()} CPU cores: "
              f"{per_step}). Top-1 in %.\n\n{_table_only(table)}\n\n![rate-accuracy](docs/demo_rate_accuracy.png)")
     save(docs / "demo-results.json", block, "-m", ["demo", *sys.argv[1:]])
     refresh([b for b in BLOCKS if b.name == "demo"], ROOT)

@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from pipeline.atomic import atomic_write_json  # noqa: E402
 from pipeline.setting import PAPER_SETTINGS  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
+from trainer.precision import CHOICES as PRECISIONS  # noqa: E402
 from trainer.rundir import RunDir  # noqa: E402
 from trainer.vocab import BN_MODES  # noqa: E402
 
@@ -258,6 +259,8 @@ def figure(results: Path, out: Path) -> Path:
                    "no evaluation).")
 @click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None)
 @click.option("--device", envvar="DEVICE", default="auto")
+@click.option("--precision", envvar="PRECISION", type=click.Choice(PRECISIONS), default="auto",
+              help="Training and evaluation (trainer.precision): auto = bf16 where the device runs it natively.")
 @click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1)
 def cli(**params):
     """Specialists and a generalist, --bn train and frozen, on all ten settings."""
@@ -279,7 +282,7 @@ def cli(**params):
     a.shards = a.shards or a.out / "shards"
     a.results = a.out / "results.json"
     a.budget = common.Budget(epochs=a.epochs, train_limit=a.train_limit, batch=a.batch, lr=a.lr, alpha=a.alpha,
-                             workers=a.workers, device=a.device)
+                             workers=a.workers, device=a.device, precision=a.precision)
     run(a)
     return 0
 
@@ -308,7 +311,8 @@ def run(a) -> None:
     a.train_globs, val_globs = prepare(a)
     seconds["shards"] = round(time.time() - t0)
     t0 = time.time()
-    common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, workers=a.workers)
+    common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, workers=a.workers,
+                               precision=a.precision)
     seconds["evaluation"] += round(time.time() - t0)
     for m in models(a):
         t0 = time.time()

@@ -48,6 +48,7 @@ from pipeline.plan import ORDERS  # noqa: E402
 from pipeline.shards import LAYOUTS, PAIR  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
+from trainer.precision import CHOICES as PRECISIONS  # noqa: E402
 
 from experiments import common  # noqa: E402
 
@@ -136,6 +137,8 @@ def _train_seed_logged(a, seed: int, train_globs, select_globs) -> None:
               default=Path("runs/experiments/shards"), help="Shard root; the subsets' links go to SHARDS/../subsets.")
 @click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None, help="Default: all cores.")
 @click.option("--device", envvar="DEVICE", default="auto")
+@click.option("--precision", envvar="PRECISION", type=click.Choice(PRECISIONS), default="auto",
+              help="Training and evaluation (trainer.precision): auto = bf16 where the device runs it natively.")
 @click.option("--select-per-class", envvar="SELECT_PER_CLASS", type=click.IntRange(min=0), default=50,
               help="Train images of each class outside the train subset, validated on every epoch to choose "
                    "best.pth (never the val images the tables score); 0: no validation, the last epoch is scored.")
@@ -167,7 +170,7 @@ def cli(**params):
     a.results = a.results or a.out / "results.json"
     a.budget = common.Budget(epochs=a.epochs, train_limit=a.train_limit, batch=a.batch, lr=a.lr, alpha=a.alpha,
                              stab_lr=a.stab_lr, stab_alpha=a.stab_alpha, stab_sigma=a.stab_sigma,
-                             workers=a.workers, device=a.device)
+                             workers=a.workers, device=a.device, precision=a.precision)
     run(a)
     return 0
 
@@ -208,13 +211,14 @@ def run(a) -> None:
 
 def evaluate_all(a, val_globs: dict[str, str]) -> None:
     common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, workers=a.workers,
-                               val_limit=a.val_limit)
+                               val_limit=a.val_limit, precision=a.precision)
     for s in a.settings:
         checkpoints = [str(common.scored_checkpoint(common.run_dir(a.out, methods.key(m, lab), s.name, seed),
                                                     a.select_per_class))
                        for seed in a.seeds for m, lab in a.methods]
         own = val_globs if a.cross else {s.name: val_globs[s.name]}
-        common.evaluate_models(a.results, checkpoints, own, a.device, workers=a.workers, val_limit=a.val_limit)
+        common.evaluate_models(a.results, checkpoints, own, a.device, workers=a.workers, val_limit=a.val_limit,
+                               precision=a.precision)
 
 
 def codestream_check(a) -> None:
@@ -229,7 +233,7 @@ def codestream_check(a) -> None:
                         a.jobs or os.cpu_count() or 1, codec_options={"container": "j2k"})
     common.evaluate_pretrained(a.codestream_results, a.arch, a.weights,
                                {s: common.shard_glob(root, "val", s) for s in j2k}, a.device, workers=a.workers,
-                               val_limit=a.val_limit)
+                               val_limit=a.val_limit, precision=a.precision)
 
 
 def write_meta(a, train_globs: dict[str, str], seconds: float) -> None:

@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from pipeline.atomic import atomic_write  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
+from trainer.precision import CHOICES as PRECISIONS  # noqa: E402
 
 from experiments import common  # noqa: E402
 
@@ -111,6 +112,8 @@ def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
               default=Path("runs/experiments/shards"), help="Shard root; the subsets' links go to SHARDS/../subsets.")
 @click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None, help="Default: all cores.")
 @click.option("--device", envvar="DEVICE", default="auto")
+@click.option("--precision", envvar="PRECISION", type=click.Choice(PRECISIONS), default="auto",
+              help="Training and evaluation (trainer.precision): auto = bf16 where the device runs it natively.")
 @click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1,
               help="Loader processes per run (and per evaluation).")
 @click.option("--train-only", envvar="TRAIN_ONLY", is_flag=True, help="Stop after training.")
@@ -133,7 +136,7 @@ def cli(**params):
     if set(a.a_classes) & set(a.b_classes):
         raise UserError(f"A_CLASSES and B_CLASSES share {', '.join(sorted(set(a.a_classes) & set(a.b_classes)))}")
     a.budget = common.Budget(epochs=a.epochs, train_limit=a.train_limit, batch=a.batch, lr=a.lr, alpha=a.alpha,
-                             workers=a.workers, device=a.device)
+                             workers=a.workers, device=a.device, precision=a.precision)
     run(a)
     return 0
 
@@ -155,10 +158,12 @@ def run(a) -> str:
                 checkpoints.setdefault(s.name, []).append(str(common.scored_checkpoint(run_path, 0)))
     if a.train_only:
         return ""
-    common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, groups=groups, workers=a.workers)
+    common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, groups=groups, workers=a.workers,
+                               precision=a.precision)
     for s in a.settings:
         own = {s.name: val_globs[s.name], common.LOSSLESS: val_globs[common.LOSSLESS]}
-        common.evaluate_models(a.results, checkpoints[s.name], own, a.device, groups=groups, workers=a.workers)
+        common.evaluate_models(a.results, checkpoints[s.name], own, a.device, groups=groups, workers=a.workers,
+                               precision=a.precision)
     if a.bn_check:
         bn_check(a, checkpoints, val_globs, groups)
     write_meta(a, time.time() - t0)
@@ -196,8 +201,10 @@ def bn_check(a, checkpoints: dict[str, list[str]], val_globs: dict[str, str], gr
     itself, on the clean val images (``--bn-results``)."""
     clean = {common.LOSSLESS: val_globs[common.LOSSLESS]}
     variants = [str(with_pretrained_bn(Path(c), a.arch, a.weights)) for cs in checkpoints.values() for c in cs]
-    common.evaluate_pretrained(a.bn_results, a.arch, a.weights, clean, a.device, groups=groups, workers=a.workers)
-    common.evaluate_models(a.bn_results, variants, clean, a.device, groups=groups, workers=a.workers)
+    common.evaluate_pretrained(a.bn_results, a.arch, a.weights, clean, a.device, groups=groups, workers=a.workers,
+                               precision=a.precision)
+    common.evaluate_models(a.bn_results, variants, clean, a.device, groups=groups, workers=a.workers,
+                           precision=a.precision)
 
 
 def write_meta(a, seconds: float) -> None:

@@ -16,7 +16,8 @@ evaluation rows carry it in their ``precision`` column, and it is part of the ev
 cache's key and of the teacher cache's name.
 
 Whether the CPU runs bf16 natively is read from its flags (:func:`cpu_flags`: /proc/cpuinfo,
-else torch's own probes), so that tests can fake any CPU.
+else torch's own probes), so that tests can fake any CPU.  Importing this module does not
+import torch (the commands' ``--help`` and option checks stay light).
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from pipeline.registry import Registry
 
 from .clitools import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("trainer.precision")
 
@@ -55,6 +57,8 @@ class PrecisionError(UserError, ValueError):
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags: /proc/cpuinfo's ``flags`` (x86) or ``Features`` (Arm) line;
     where there is none (macOS, Windows) the bf16 flags torch's own probes confirm."""
+    import torch
+
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
@@ -75,8 +79,20 @@ def cpu_bf16() -> tuple[bool, str]:
     return False, f"the CPU reports none of {', '.join(CPU_BF16_FLAGS)}"
 
 
+def cpu_words() -> str:
+    """The CPU as results files name it: its model, its bf16 flags and its cores."""
+    import os
+
+    from pipeline.provenance import cpu_model
+
+    flags = sorted(set(CPU_BF16_FLAGS) & cpu_flags())
+    return f"{cpu_model()} ({', '.join(flags) or 'no bf16 flags'}), {os.cpu_count()} cores"
+
+
 def cuda_bf16() -> tuple[bool, str]:
     """(does the visible CUDA GPU run bf16 natively, the evidence in words)."""
+    import torch
+
     if not torch.cuda.is_available():
         return False, "no CUDA GPU is visible"
     name = torch.cuda.get_device_name()
@@ -98,9 +114,10 @@ def native_bf16(device_type: str) -> tuple[bool, str]:
 
 # -- the kinds ------------------------------------------------------------------------------------
 class Kind:
-    """One numeric precision: the autocast dtype (None: none) and the memory layout it runs in."""
+    """One numeric precision: the autocast dtype (a ``torch`` attribute name; None: no
+    autocast) and the memory layout it runs in."""
     name: ClassVar[str]
-    dtype: ClassVar[torch.dtype | None] = None
+    dtype: ClassVar[str | None] = None
     needs_native_bf16: ClassVar[bool] = False
 
     @staticmethod
@@ -125,7 +142,7 @@ class FP32(Kind):
 @REGISTRY.register
 class BF16(Kind):
     name = "bf16"
-    dtype = torch.bfloat16
+    dtype = "bfloat16"
     needs_native_bf16 = True
 
 
@@ -143,32 +160,39 @@ class Precision:
     reason: str = ""           # why the device does (not) run bf16 natively
 
     @property
-    def dtype(self) -> torch.dtype | None:
+    def dtype(self) -> "torch.dtype | None":
         """The autocast dtype (None: fp32, no autocast)."""
-        return REGISTRY.get(self.name).dtype
+        import torch
+
+        name = REGISTRY.get(self.name).dtype
+        return getattr(torch, name) if name else None
 
     def autocast(self):
         """The context the forward passes run in."""
+        import torch
+
         if self.dtype is None:
             return nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     @property
-    def memory_format(self) -> torch.memory_format:
+    def memory_format(self) -> "torch.memory_format":
+        import torch
+
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+    def prepare(self, model: "torch.nn.Module") -> "torch.nn.Module":
         """The model in this precision's memory layout (its weights stay float32: autocast casts
         them per operation, and the optimiser updates float32 weights)."""
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+        return model.to(memory_format=self.memory_format) if self.channels_last else model
 
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
+    def layout(self, x: "torch.Tensor") -> "torch.Tensor":
         """An input batch in this precision's memory layout."""
         return x.contiguous(memory_format=self.memory_format)
 
     def describe(self) -> str:
         """The start-up line: what runs, and why."""
-        how = f"{self.name} autocast" if self.dtype is not None else "float32"
+        how = f"{self.name} autocast" if REGISTRY.get(self.name).dtype else "float32"
         how += ", channels_last" if self.channels_last else ", NCHW"
         asked = f"--precision {self.choice}" + (f": {self.reason}" if self.choice == AUTO and self.reason else "")
         return f"precision {self.name} on {self.device_type} ({how}; {asked})"
@@ -177,14 +201,16 @@ class Precision:
         return self.name
 
 
-def fp32(device: torch.device | str = "cpu") -> Precision:
+def fp32(device: "torch.device | str" = "cpu") -> Precision:
     """float32 on ``device`` (what code that asks for nothing gets)."""
     return resolve("fp32", device)
 
 
-def resolve(choice: str | Precision, device: torch.device | str) -> Precision:
+def resolve(choice: str | Precision, device: "torch.device | str") -> Precision:
     """The precision ``choice`` (auto | fp32 | bf16) means on ``device``; PrecisionError (one
     line naming the device) for bf16 on a device without native bf16, or an unknown choice."""
+    import torch
+
     device = torch.device(device)
     if isinstance(choice, Precision):
         if choice.device_type == device.type:

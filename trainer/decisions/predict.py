@@ -34,6 +34,7 @@ import click
 import numpy as np
 
 from trainer.clitools import run_click
+from trainer.precision import CHOICES as PRECISIONS
 
 CROP = 224
 
@@ -159,13 +160,15 @@ def model_input(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
 
 # --------------------------------------------------------------------------- the model
 
-def load(model_path: str | None, arch: str | None, weights: str | None, device: str):
-    """(model in eval mode, meta) from a run checkpoint, a weights file or a weights name."""
+def load(model_path: str | None, arch: str | None, weights: str | None, device: str, precision=None):
+    """(model in eval mode, meta) from a run checkpoint, a weights file or a weights name, in
+    the memory layout of ``precision`` (a resolved ``trainer.precision.Precision``; None: as loaded)."""
     from trainer.models import load_model
 
     source = model_path if model_path is not None else weights
     model, meta = load_model(source, arch=arch)
-    return model.to(device).eval(), meta
+    model = model.to(device).eval()
+    return (precision.prepare(model) if precision is not None else model), meta
 
 
 def class_names(meta: dict, n: int) -> list[str]:
@@ -180,12 +183,17 @@ def class_names(meta: dict, n: int) -> list[str]:
     return [f"class {i}" for i in range(n)]
 
 
-def classify(model, batch: list[np.ndarray], device: str, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(top-k probabilities, top-k indices, number of classes) of a batch of HxWx3 uint8."""
+def classify(model, batch: list[np.ndarray], device: str, k: int,
+             precision=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(top-k probabilities, top-k indices, number of classes) of a batch of HxWx3 uint8, the
+    forward in ``precision`` (a resolved ``trainer.precision.Precision``; None: float32 as is)."""
     import torch
+    from contextlib import nullcontext
 
     x = torch.from_numpy(np.stack(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
-    with torch.inference_mode():
+    if precision is not None:
+        x = precision.layout(x)
+    with torch.inference_mode(), (precision.autocast() if precision is not None else nullcontext()):
         probs = model(x).float().softmax(dim=1)
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     return top.values.cpu().numpy(), top.indices.cpu().numpy(), int(probs.shape[1])
@@ -193,7 +201,7 @@ def classify(model, batch: list[np.ndarray], device: str, k: int) -> tuple[np.nd
 
 def answer(expert, batch: list[np.ndarray], preds: list[Prediction], device: str, k: int) -> None:
     """Fill ``top`` of each prediction with one forward of ``expert`` over the batch."""
-    values, indices, n = classify(expert.model, batch, device, k)
+    values, indices, n = classify(expert.model, batch, device, k, expert.precision)
     names = class_names(expert.meta, n)
     for pred, vals, idxs in zip(preds, values, indices):
         pred.top = [{"index": int(i), "name": names[int(i)], "prob": float(v)} for v, i in zip(vals, idxs)]
@@ -217,13 +225,13 @@ def route_input(zoo, data: bytes, name: str):
 
 def predict_files(files: list[Path], model, meta: dict, device: str = "cpu", k: int = 5,
                   batch_size: int = 16, on_error=None, max_bytes: int = DEFAULT_MAX_BYTES,
-                  zoo=None) -> list[Prediction]:
+                  zoo=None, precision=None) -> list[Prediction]:
     """Predictions in input order; failed files carry ``error`` (and go to ``on_error``).
     ``zoo`` (:func:`trainer.decisions.zoo.load_zoo`): each file goes to its expert, and
-    ``model``/``meta`` are not used."""
+    ``model``/``meta``/``precision`` are not used (the zoo's models run in its own)."""
     from .zoo import Zoo
 
-    zoo = zoo or Zoo.single(model, meta, "model")
+    zoo = zoo or Zoo.single(model, meta, "model", precision)
     preds: list[Prediction] = []
     pending: dict[str, tuple[object, list[np.ndarray], list[Prediction]]] = {}
 
@@ -278,12 +286,16 @@ def format_prediction(p: Prediction) -> str:
 @click.option("--topk", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: bf16 autocast + channels_last where the device runs bf16 natively, fp32 elsewhere | fp32 "
+                   "| bf16 (trainer.precision).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Largest decoded picture in pixels (default: the pixel budget, 50 M; env M2M_MAX_PIXELS).")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_BYTES, show_default=True,
               help="Largest received file read.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (errors included) to stdout.")
-def cli(files, model_path, experts, default, arch, weights, k, batch_size, device, max_pixels, max_bytes, as_json):
+def cli(files, model_path, experts, default, arch, weights, k, batch_size, device, precision, max_pixels, max_bytes,
+        as_json):
     """Classify received bitstreams (JPEG, JPEG 2000, BPG, WebP, AVIF, JPEG XL, PNG; detected by content)."""
     routed = experts is not None or default is not None
     if routed and (model_path is not None or weights is not None):
@@ -296,19 +308,22 @@ def cli(files, model_path, experts, default, arch, weights, k, batch_size, devic
         from pipeline.limits import set_max_pixels
         set_max_pixels(max_pixels)
     from trainer.distributed import resolve_device
+    from trainer.precision import resolve
     device = resolve_device(device or "auto")
+    prec = resolve(precision, device)        # bf16 where the device has none: one line, exit status 2
+    click.echo(prec.describe(), err=True)
     zoo = model = meta = None
     if routed:
         from .zoo import load_zoo
-        zoo = load_zoo(experts, default, arch, device)
+        zoo = load_zoo(experts, default, arch, device, precision=prec)
     else:
-        model, meta = load(model_path, arch, weights, device)  # a refused / bad file: one line (UserError)
+        model, meta = load(model_path, arch, weights, device, prec)  # a refused / bad file: one line (UserError)
 
     def report_error(p: Prediction) -> None:
         click.echo(f"error: {p.file}: {p.error}", err=True)
 
     preds = predict_files(list(files), model, meta, device, k, batch_size, on_error=report_error,
-                          max_bytes=max_bytes, zoo=zoo)
+                          max_bytes=max_bytes, zoo=zoo, precision=prec)
     if as_json:
         click.echo(json.dumps([asdict(p) for p in preds], indent=2))
     else:
