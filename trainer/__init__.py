@@ -10,6 +10,7 @@ Where things live: ``config.py`` (the typed configs), ``methods.py`` (one class 
 method, and ``Step``), ``vocab.py`` (the method names and titles, no torch), ``losses.py``,
 ``loop.py`` (``train_one_epoch``, ``evaluate``), ``data/`` (the streaming shard loader),
 ``rundir.py`` (a run folder's files), ``teacher_cache.py``, ``models.py``, ``checkpoint.py``,
+``precision.py`` (``--precision``: autocast and layout, decided once),
 ``training.py`` / ``evaluation.py`` (a run, an evaluation), ``run.py`` / ``eval.py`` /
 ``cache_teacher.py`` (the commands); ``decisions/`` (reports, recommendations, the receiver)
 sits above the rest and reads what it wrote.

@@ -53,6 +53,16 @@ class PrecisionError(UserError, ValueError):
 
 
 # -- what the hardware offers ---------------------------------------------------------------------
+def parse_flags(cpuinfo: str) -> frozenset[str] | None:
+    """The first ``flags`` (x86) or ``Features`` (Arm) line of a /proc/cpuinfo text; None when
+    there is none."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return None
+
+
 @lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags: /proc/cpuinfo's ``flags`` (x86) or ``Features`` (Arm) line;
@@ -60,13 +70,11 @@ def cpu_flags() -> frozenset[str]:
     import torch
 
     try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        flags = parse_flags(Path("/proc/cpuinfo").read_text(errors="replace"))
     except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
+        flags = None
+    if flags is not None:
+        return flags
     probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
     return frozenset(flag for flag, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)())
 
