@@ -18,7 +18,8 @@ loader is measured by bench_loader.py and bench_trainer.py), MobileNetV2 with ra
 Every (column, precision) pair is warmed up first (``--warmup`` seconds, untimed: oneDNN
 builds its kernels on the first calls), then timed for ``--seconds`` in ``--rounds`` rounds;
 inside a round fp32 and bf16 take turns in ``--slice``-second slices (which goes first
-alternates between rounds), so that a change in the machine's load reaches both alike.  The ratio is bf16 img/s / fp32 img/s.
+alternates between rounds), so that a change in the machine's load reaches both alike.  The
+ratio is bf16 img/s / fp32 img/s.
 Goals on a CPU with native bf16: training step >= 2.5x, the inference columns >= 2x.
 
 On a device without native bf16 there is nothing to compare: the script says so and exits 0
@@ -163,8 +164,8 @@ def bench(a) -> tuple[str, list[dict], dict]:
         f"fp32 against bf16 (`--precision`) at steady state: {ARCH} (random weights), batch {a.batch_size}, 224²; "
         f"{precision.cpu_words()}; torch {a.threads} thread(s); fp32 = float32, NCHW; bf16 = bf16 autocast, "
         f"channels_last; {a.seconds:g} s timed per column and precision in {a.rounds} rounds, fp32 and bf16 taking "
-        f"turns in {a.slice:g}-s slices, after {a.warmup:g} s of warm-up each. The 1-minute load average, read after each round, was {load:.1f} at its "
-        f"highest: other processes shared the cores when above {os.cpu_count()}.", "",
+        f"turns in {a.slice:g}-s slices, after {a.warmup:g} s of warm-up each. The 1-minute load average, read "
+        f"after each round, was {load:.1f} at its highest: other processes shared the cores when above {os.cpu_count()}.", "",
         table(["column", "fp32 img/s", "bf16 img/s", "bf16 / fp32", "goal", ""], rows,
               align=["l", "r", "r", "r", "r", "l"]), "",
         "training step: expert training with the cached teacher (loss, backward, Adam); teacher-cache forward: the "

@@ -219,9 +219,9 @@ def markdown(points: list[dict], source: str, weights_note: str, load: float, th
     if len(precs) > 1:
         by = {(p["precision"], p["clients"]): p["rps"] for p in points}
         clients = list(dict.fromkeys(p["clients"] for p in points))
-        text += "\n\n" + table(["clients", *(f"{q} requests/s" for q in precs), f"{precs[1]} / {precs[0]}"],
-                                [[c, *(f"{by[(q, c)]:.1f}" for q in precs), f"{by[(precs[1], c)] / by[(precs[0], c)]:.2f}x"]
-                                 for c in clients])
+        ratio = [[c, *(f"{by[(q, c)]:.1f}" for q in precs), f"{by[(precs[1], c)] / by[(precs[0], c)]:.2f}x"]
+                 for c in clients]
+        text += "\n\n" + table(["clients", *(f"{q} requests/s" for q in precs), f"{precs[1]} / {precs[0]}"], ratio)
     return (f"m2m-serve with MobileNetV2 ({weights_note}) on {precision.cpu_words()}, 224² JPEG quality-10 "
             f"bitstreams ({source}); clients on the same cores; forwards on {threads} thread(s), in the server "
             f"(`--threads {threads}`) and for the model alone; {points[0]['seconds']:.0f} s timed per point "

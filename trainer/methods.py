@@ -26,7 +26,8 @@ from .losses import CrossEntropyLoss, ExpertLoss, StabilityLoss
 from .precision import Precision, fp32
 from .vocab import LABEL_SOURCES, TEACHER_LABELS, key, rank, split_key, title
 
-__all__ = ["LABEL_SOURCES", "TEACHER_LABELS", "Method", "MethodError", "Needs", "REGISTRY", "Step", "create", "get", "key", "names", "rank", "register", "split_key", "title", "to_input"]
+__all__ = ["LABEL_SOURCES", "TEACHER_LABELS", "Method", "MethodError", "Needs", "REGISTRY", "Step", "create", "get",
+           "key", "names", "rank", "register", "split_key", "title", "to_input"]
 
 
 class MethodError(UserError, ValueError):
