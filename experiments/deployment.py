@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from pipeline.atomic import atomic_write_json  # noqa: E402
 from pipeline.setting import PAPER_SETTINGS  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
-from trainer.precision import CHOICES as PRECISIONS  # noqa: E402
+from trainer.precision import click_option as precision_option  # noqa: E402
 from trainer.rundir import RunDir  # noqa: E402
 from trainer.vocab import BN_MODES  # noqa: E402
 
@@ -259,8 +259,7 @@ def figure(results: Path, out: Path) -> Path:
                    "no evaluation).")
 @click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None)
 @click.option("--device", envvar="DEVICE", default="auto")
-@click.option("--precision", envvar="PRECISION", type=click.Choice(PRECISIONS), default="auto",
-              help="Training and evaluation (trainer.precision): auto = bf16 where the device runs it natively.")
+@precision_option(envvar="PRECISION")
 @click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1)
 def cli(**params):
     """Specialists and a generalist, --bn train and frozen, on all ten settings."""

@@ -48,7 +48,7 @@ from pipeline.plan import ORDERS  # noqa: E402
 from pipeline.shards import LAYOUTS, PAIR  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
-from trainer.precision import CHOICES as PRECISIONS  # noqa: E402
+from trainer.precision import click_option as precision_option  # noqa: E402
 
 from experiments import common  # noqa: E402
 
@@ -137,8 +137,7 @@ def _train_seed_logged(a, seed: int, train_globs, select_globs) -> None:
               default=Path("runs/experiments/shards"), help="Shard root; the subsets' links go to SHARDS/../subsets.")
 @click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None, help="Default: all cores.")
 @click.option("--device", envvar="DEVICE", default="auto")
-@click.option("--precision", envvar="PRECISION", type=click.Choice(PRECISIONS), default="auto",
-              help="Training and evaluation (trainer.precision): auto = bf16 where the device runs it natively.")
+@precision_option(envvar="PRECISION")
 @click.option("--select-per-class", envvar="SELECT_PER_CLASS", type=click.IntRange(min=0), default=50,
               help="Train images of each class outside the train subset, validated on every epoch to choose "
                    "best.pth (never the val images the tables score); 0: no validation, the last epoch is scored.")

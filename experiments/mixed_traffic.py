@@ -32,7 +32,7 @@ from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.markdown import table  # noqa: E402
 from pipeline.setting import PAPER_SETTINGS  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
-from trainer.precision import CHOICES as PRECISIONS  # noqa: E402
+from trainer.precision import click_option as precision_option  # noqa: E402
 
 ZOO, BEST, GENERALIST, PRETRAINED = "routed zoo", "best specialist", "generalist", "pretrained"
 
@@ -178,8 +178,7 @@ def summarize(zoo, scores: dict, routed: dict, settings: list[str]) -> tuple[dic
 @click.option("--per-setting", type=click.IntRange(min=1), default=None, help="At most this many images per setting.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="The forwards' precision (trainer.precision): auto = bf16 where the device runs it natively.")
+@precision_option()
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=Path),
               help="The results file docs/receiver.md's block is rendered from.")
 @click.option("--markdown", default=None, type=click.Path(path_type=Path))

@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from pipeline.atomic import atomic_write  # noqa: E402
 from trainer import methods  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
-from trainer.precision import CHOICES as PRECISIONS  # noqa: E402
+from trainer.precision import click_option as precision_option  # noqa: E402
 
 from experiments import common  # noqa: E402
 
@@ -112,8 +112,7 @@ def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
               default=Path("runs/experiments/shards"), help="Shard root; the subsets' links go to SHARDS/../subsets.")
 @click.option("--jobs", envvar="JOBS", type=click.IntRange(min=1), default=None, help="Default: all cores.")
 @click.option("--device", envvar="DEVICE", default="auto")
-@click.option("--precision", envvar="PRECISION", type=click.Choice(PRECISIONS), default="auto",
-              help="Training and evaluation (trainer.precision): auto = bf16 where the device runs it natively.")
+@precision_option(envvar="PRECISION")
 @click.option("--workers", envvar="WORKERS", type=click.IntRange(min=0), default=1,
               help="Loader processes per run (and per evaluation).")
 @click.option("--train-only", envvar="TRAIN_ONLY", is_flag=True, help="Stop after training.")

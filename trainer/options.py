@@ -86,11 +86,8 @@ def progress():
 
 
 def precision():
-    from .precision import CHOICES
-    return opt("auto", choices=CHOICES,
-               help="auto: bf16 autocast + channels_last where the device runs bf16 natively (a CUDA GPU that "
-                    "supports it; a CPU reporting AVX-512 BF16 or AMX), fp32 elsewhere | fp32 | bf16 (an error "
-                    "where the device has no native bf16).")
+    from .precision import AUTO, CHOICES, HELP
+    return opt(AUTO, choices=CHOICES, help=HELP)
 
 
 def max_skip(what: str = "an epoch"):

@@ -45,6 +45,10 @@ CHOICES = (AUTO, "fp32", "bf16")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 #: the config keys the option replaces (old args.yaml files and checkpoints hold them)
 LEGACY_KEYS = ("amp", "channels_last")
+#: the option's help, wherever it is offered
+HELP = ("auto: bf16 autocast + channels_last where the device runs bf16 natively (a CUDA GPU that supports it; a "
+        "CPU reporting AVX-512 BF16 or AMX), fp32 elsewhere | fp32 | bf16 (an error where the device has no native "
+        "bf16).")
 
 
 class PrecisionError(UserError, ValueError):
@@ -233,6 +237,15 @@ def resolve(choice: str | Precision, device: "torch.device | str") -> Precision:
         raise PrecisionError(f"--precision {name}: device {device} has no native bf16 ({reason}); "
                              "use --precision auto or fp32")
     return Precision(name, device.type, kind.channels_last(device.type), choice, reason)
+
+
+def click_option(envvar: str | None = None):
+    """``--precision`` for a click command outside the trainer's configs (the receiver, the
+    demo, the experiments): the same choices, default and help."""
+    import click
+
+    return click.option("--precision", envvar=envvar, type=click.Choice(CHOICES), default=AUTO, show_default=True,
+                        help=HELP)
 
 
 def check_choice(value: Any, device: str | None) -> None:

@@ -34,7 +34,7 @@ import click
 import numpy as np
 
 from trainer.clitools import run_click
-from trainer.precision import CHOICES as PRECISIONS
+from trainer.precision import click_option as precision_option
 
 CROP = 224
 
@@ -286,9 +286,7 @@ def format_prediction(p: Prediction) -> str:
 @click.option("--topk", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto: bf16 autocast + channels_last where the device runs bf16 natively, fp32 elsewhere | fp32 "
-                   "| bf16 (trainer.precision).")
+@precision_option()
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Largest decoded picture in pixels (default: the pixel budget, 50 M; env M2M_MAX_PIXELS).")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_BYTES, show_default=True,

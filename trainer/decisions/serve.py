@@ -35,7 +35,7 @@ import click
 import numpy as np
 
 from trainer.clitools import run_click
-from trainer.precision import CHOICES as PRECISIONS
+from trainer.precision import click_option as precision_option
 
 from .predict import InputError, InputTooLargeError, Prediction, answer, route_input
 
@@ -347,9 +347,7 @@ def make_app(service: Service):
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device of every model.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto: bf16 autocast + channels_last where the device runs bf16 natively, fp32 elsewhere | fp32 "
-                   "| bf16 (trainer.precision).")
+@precision_option()
 @click.option("--topk", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--max-body", type=click.IntRange(min=1), default=Limits.max_body, show_default=True,
               help="Largest request body in bytes.")
