@@ -168,12 +168,18 @@ def class_names(meta: dict, n: int) -> list[str]:
     return [f"class {i}" for i in range(n)]
 
 
-def classify(model, batch: list[np.ndarray], device: str, k: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(top-k probabilities, top-k indices, number of classes) of a batch of HxWx3 uint8."""
+def classify(model, batch: list[np.ndarray], device: str, k: int,
+             precision=None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(top-k probabilities, top-k indices, number of classes) of a batch of HxWx3 uint8, the
+    forward in ``precision`` (a resolved ``trainer.precision.Precision``; None: float32 as is)."""
+    from contextlib import nullcontext
+
     import torch
 
     x = torch.from_numpy(np.stack(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
-    with torch.inference_mode():
+    if precision is not None:
+        x = precision.layout(x)
+    with torch.inference_mode(), (precision.autocast() if precision is not None else nullcontext()):
         probs = model(x).float().softmax(dim=1)
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     return top.values.cpu().numpy(), top.indices.cpu().numpy(), int(probs.shape[1])
@@ -203,7 +209,7 @@ class Receiver:
 
     def answer(self, expert, batch: list[np.ndarray], preds: list[Prediction]) -> None:
         """Fill ``top`` of each prediction with one forward of ``expert`` over the batch."""
-        values, indices, n = classify(expert.model, batch, self.device, self.k)
+        values, indices, n = classify(expert.model, batch, self.device, self.k, expert.precision)
         names = class_names(expert.meta, n)
         for pred, vals, idxs in zip(preds, values, indices):
             pred.top = [{"index": int(i), "name": names[int(i)], "prob": float(v)} for v, i in zip(vals, idxs)]
