@@ -458,7 +458,7 @@ def make_app(service: Service):
         return service.respond(service.receiver.zoo.models())
 
     async def stats(request):
-        return service.respond(service.stats.as_dict())
+        return service.respond({**service.stats.as_dict(), "buffered_bytes": service.budget.held})
 
     async def http_error(request, exc: HTTPException):
         path = request.url.path
