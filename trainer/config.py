@@ -15,6 +15,7 @@ override the file) and as ``args.json`` (with what the run learnt: ``trained_on`
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ class TrainConfig:
     # run
     out: str | None = opt(None, help="Run folder.")
     resume: str | None = opt(None, help="'auto' (OUT/last.pth when present) or a checkpoint path.")
+    resume_changed: bool = opt(False, help="Resume although what the run trains on changed (its settings and their "
+                                           "weights, --method, --alpha, --bn ...): refused without it.")
     seed: int = O.seed()
     device: str = O.device()
     amp: bool = O.amp()
@@ -225,7 +228,15 @@ def _paths(value, name: str) -> list[str]:
         return [str(value)]
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{flag(name)}: expected a list of paths, got {value!r}")
-    return [str(v) for v in value]
+    paths = [str(v) for v in value]
+    seen: dict[str, str] = {}
+    for p in paths:              # the same folder twice (under any spelling) is a mistake, not a weight
+        key = os.path.normpath(os.path.abspath(p.rstrip("/") or "/"))
+        if key in seen:
+            raise ConfigError(f"{flag(name)}: {p} is listed twice ({seen[key]} and {p}); give each setting once "
+                              "(--setting-weights weighs them)")
+        seen[key] = p
+    return paths
 
 
 def _device(c) -> None:
