@@ -164,6 +164,7 @@ BLOCKS = [
          f"{RESULTS}/trainer-gpu-mobilenet_v2.json"),
     _doc("README.md", "demo", "docs/demo-results.json"),
     _doc("docs/receiver.md", "serve", f"{RESULTS}/serve.json"),
+    _doc("docs/receiver.md", "serve-stall", f"{RESULTS}/serve-stall.json"),
     _doc("docs/receiver.md", "mixed-traffic", "experiments/results/mixed-traffic-cpu.json",
          "experiments/results/mixed-traffic-cpu-bn-frozen.json"),
     _summary("imagenette", "experiments/results/imagenette-cpu.json"),
