@@ -309,3 +309,40 @@ def test_a_host_that_is_not_this_machines_is_one_error(tmp_path, capsys):
                      "--port", str(free_port())])
     line = one_error(capsys.readouterr().err)
     assert rc == 2 and "no-such-host.invalid" in line
+
+
+# --------------------------------------------------------------------------- decoding
+
+def test_a_decode_worker_that_dies_takes_no_request_down():
+    """Decodes run in worker processes (a decoder holding the GIL cannot stall the server's
+    event loop); a worker killed (a decoder crash, the OOM killer) fails the decodes queued
+    with it, and each is tried again on a fresh pool."""
+    import asyncio
+    import signal
+
+    import numpy as np
+
+    from pipeline.codecs import probe
+    from receiver.core import decode_input
+    from receiver.serve import DecodePool
+
+    data = _png()
+    probed = probe(data)
+
+    async def decode_around_a_kill():
+        pool = DecodePool(1, ThreadPoolExecutor(1))
+        await pool.start()
+        try:
+            first = await pool.decode(data, probed, "first", None)
+            workers = list(pool._pool._processes)
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            second = await pool.decode(data, probed, "second", None)
+            return workers, first, second, list(pool._pool._processes)
+        finally:
+            pool.shutdown()
+
+    workers, (x1, p1), (x2, p2), fresh = asyncio.run(decode_around_a_kill())
+    assert workers and os.getpid() not in workers and not set(workers) & set(fresh)
+    x_ref, _ = decode_input(data, probed, "ref")
+    assert np.array_equal(x1, x_ref) and np.array_equal(x2, x_ref) and p2.file == "second"
