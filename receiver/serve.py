@@ -14,13 +14,17 @@ Endpoints (docs/receiver.md has the details):
 - ``GET /health``, ``GET /v1/models`` (the experts and their settings), ``GET /v1/stats``
   (counters and time spent decoding and in forward passes, for the benchmark).
 
-Models are loaded once at start; a request never touches the disk.  Each request is read
-(bounded), then received in a thread pool (its headers probed once: codec, size within the
-pixel budget, quality; routed; decoded: :meth:`Receiver.receive`); the decoded images of
-concurrent requests meet in a micro-batch that waits at most ``--batch-wait-ms`` for
-requests still decoding, and each expert runs one forward over its share
-(:meth:`Receiver.answer`).  A bad request gets a 4xx status and a one-line ``error``;
-a server at its ``--max-inflight`` limit answers 503 at once.
+The listening socket is bound before the models load.  Models are loaded once at start; a
+request never touches the disk.  Each request is read (bounded by ``--max-body`` and, with
+all others, by one byte budget, ``--max-buffered``), its headers probed once and routed in a
+thread (:meth:`Receiver.choose`: codec, size within the pixel budget, quality), its picture
+decoded in a worker process (:class:`DecodePool`: a decoder holding the GIL cannot stall the
+event loop); the decoded images of concurrent requests meet in a micro-batch that waits at
+most ``--batch-wait-ms`` for requests still decoding, and each expert runs one forward over
+its share (:meth:`Receiver.answer`).  Every answer is JSON; an error's is a one-line
+``error``, counted in ``/v1/stats``; a server at its ``--max-inflight`` limit answers 503 at
+once.  What happens before a request reaches the application (header time, the connection
+bound, what the HTTP parser refuses, the lingering close) is :mod:`receiver.http`.
 """
 from __future__ import annotations
 
