@@ -103,7 +103,7 @@ test-fast: install ## The test suite without the tests marked slow
 RESULTS := benchmarks/results
 BLOCK   := $(PY) docsgen/readme_block.py
 
-bench: install ## Benchmarks: pipeline, BPG codec, trainer; writes benchmarks/results/*.json, refreshes their tables in docs/
+bench: install ## Benchmarks: pipeline, BPG codec, trainer, fp32 vs bf16; writes benchmarks/results/*.json, refreshes their tables in docs/
 	@mkdir -p $(RESULTS)
 	$(PY) benchmarks/bench_pipeline.py --images 384 --json $(RESULTS)/pipeline.json --scale-images 48 --scale-json $(RESULTS)/scale.json
 	$(PY) benchmarks/bench_pipeline.py --images 96 --storage-only --json $(RESULTS)/storage.json
@@ -117,6 +117,8 @@ bench: install ## Benchmarks: pipeline, BPG codec, trainer; writes benchmarks/re
 	$(PY) benchmarks/bench_loader.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/loader.json
 	$(PY) benchmarks/bench_trainer.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/trainer.json
 	$(BLOCK) loader trainer
+	$(PY) benchmarks/bench_precision.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/precision.json
+	$(BLOCK) precision
 
 # make bench-gpu on a machine with a CUDA GPU: about 5 minutes (2 archs x 2 modes x 3 columns x 20 s, plus set-up);
 # BENCH_GPU_MODES=finetune,expert-live,expert-cached adds the live teacher, BENCH_GPU_ARGS=--gpu-decode uses nvJPEG
@@ -128,8 +130,8 @@ bench-gpu: install ## Trainer throughput at steady state on a CUDA GPU (resnet50
 	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS) --json $(RESULTS)/trainer-gpu-mobilenet_v2.json
 	$(BLOCK) trainer-gpu
 
-# about 2 minutes: 3 points x (BENCH_SECONDS + warm-up), the server's start, the model alone at each batch size
-bench-serve: install ## m2m-serve at steady state (MobileNetV2, 1/8/32 clients); writes $(RESULTS)/serve.json, refreshes docs/receiver.md
+# about 5 minutes: 3 points x 2 precisions x (BENCH_SECONDS + warm-up), the servers' start, the model alone at each mean batch
+bench-serve: install ## m2m-serve at steady state (MobileNetV2, 1/8/32 clients, fp32 and bf16); writes $(RESULTS)/serve.json, refreshes docs/receiver.md
 	@mkdir -p $(RESULTS)
 	$(PY) benchmarks/bench_serve.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/serve.json
 	$(PY) benchmarks/bench_serve_stall.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/serve-stall.json

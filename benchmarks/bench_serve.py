@@ -1,8 +1,8 @@
-"""m2m-serve at steady state: requests/s and latency at 1, 8 and 32 concurrent clients, beside
-the model's own forward rate at the same batch size.
+"""m2m-serve at steady state: requests/s and latency at 1, 8 and 32 concurrent clients, in fp32
+and in bf16 (``--precision``), beside the model's own forward rate at the server's mean batch size.
 
-    python benchmarks/bench_serve.py [--seconds 20] [--clients 1,8,32] [--markdown bench-out/serve.md]
-                                     [--json benchmarks/results/serve.json]
+    python benchmarks/bench_serve.py [--seconds 20] [--clients 1,8,32] [--precisions fp32,bf16]
+                                     [--markdown bench-out/serve.md] [--json benchmarks/results/serve.json]
 
 The server (MobileNetV2, ImageNet weights from ../shared/weights when present) runs as its own
 process on a loopback port; the clients are threads of this process, each with one kept-alive
@@ -11,8 +11,12 @@ when ../shared is absent) one after another.  Each point runs ``--warmup`` secon
 ``--seconds`` are timed: start-up and warm-up are excluded.  The latency is split with the
 server's own counters (``GET /v1/stats``) into decode (probe, route, decode), the wait for a
 micro-batch, the forward of that batch, and the rest (HTTP, JSON, the client).  The model's own
-rate is ``receiver.core.classify`` (the same tensor work as the server's forward) on a batch of that
-size in this process right after each point, the server idle.  Clients and server share the machine's cores.
+rate is ``receiver.core.classify`` (the same tensor work as the server's forward, in the same
+precision) at the server's mean batch size over that point, in this process right after it,
+the servers idle; a mean between two whole sizes is the interpolation of the time per image
+measured at both.  One server per precision runs from the start; at each client count the
+precisions take turns (which goes first alternates), so that both meet the machine alike.
+Without native bf16 only fp32 is measured.  Clients and servers share the machine's cores.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ if str(ROOT) not in sys.path:
 
 from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.markdown import table  # noqa: E402
+from trainer import precision  # noqa: E402
 
 SHARED = Path(os.environ.get("M2M_SHARED", ROOT.parent / "shared"))
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
@@ -78,6 +83,7 @@ def get_json(port: int, path: str) -> dict:
 
 
 def start_server(port: int, weights: str | None, log_path: Path, extra: list[str]) -> subprocess.Popen:
+    """m2m-serve on ``port`` (``extra``: more options, e.g. --precision), once it answers /health."""
     cmd = [sys.executable, "-m", "receiver.serve", "--arch", ARCH, "--port", str(port),
            "--default", weights or "random", "--max-inflight", "256", *extra]
     if weights is None:   # no weights file: a random MobileNetV2 (the same work per image)
@@ -161,24 +167,40 @@ def run_point(port: int, images: list[bytes], clients: int, warmup: float, secon
             "parts_ms": parts}
 
 
-def load_model_alone(weights: str | None):
+def load_model_alone(weights: str | None, prec):
+    """The served model in this process, in the layout of ``prec`` (as ``load_zoo`` makes it)."""
     from trainer.models import build_model, load_model
-    return (load_model(weights, arch=ARCH)[0] if weights else build_model(ARCH, None, 1000)).eval()
+    model = (load_model(weights, arch=ARCH)[0] if weights else build_model(ARCH, None, 1000)).eval()
+    return prec.prepare(model)
 
 
-def forward_rate(model, batch: int, seconds: float) -> float:
-    """Images/s of the model alone (receiver.core.classify: to float, forward, softmax, top-5) at ``batch``."""
+def forward_rate(model, batch: int, seconds: float, prec) -> float:
+    """Images/s of the model alone (receiver.core.classify: to float, forward in ``prec``, softmax,
+    top-5) at ``batch``."""
     from receiver.core import classify
 
     rng = np.random.default_rng(0)
     xs = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(batch)]
     for _ in range(3):
-        classify(model, xs, "cpu", 5)
+        classify(model, xs, "cpu", 5, prec)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        classify(model, xs, "cpu", 5)
+        classify(model, xs, "cpu", 5, prec)
         n += 1
     return n * batch / (time.perf_counter() - t0)
+
+
+def rate_at_mean_batch(model, mean_batch: float, seconds: float, prec) -> tuple[float, list[int]]:
+    """The model alone at a mean batch size: measured at the whole size, or (between two) the
+    time per image interpolated between both; (img/s, the sizes measured)."""
+    lo = max(1, int(np.floor(mean_batch)))
+    hi = max(lo, int(np.ceil(mean_batch)))
+    if hi == lo:
+        return forward_rate(model, lo, seconds, prec), [lo]
+    t_lo = 1 / forward_rate(model, lo, seconds / 2, prec)
+    t_hi = 1 / forward_rate(model, hi, seconds / 2, prec)
+    w = mean_batch - lo
+    return 1 / ((1 - w) * t_lo + w * t_hi), [lo, hi]
 
 
 def markdown(points: list[dict], source: str, weights_note: str, load: float, threads: int) -> str:
@@ -186,17 +208,26 @@ def markdown(points: list[dict], source: str, weights_note: str, load: float, th
     for p in points:
         parts = p["parts_ms"]
         total = sum(parts.values()) or 1.0
-        rows.append([p["clients"], f"{p['rps']:.1f}", f"{p['p50_ms']:.0f}", f"{p['p99_ms']:.0f}", f"{p['mean_batch']:.1f}",
+        rows.append([p["precision"], p["clients"], f"{p['rps']:.1f}", f"{p['p50_ms']:.0f}", f"{p['p99_ms']:.0f}",
+                     f"{p['mean_batch']:.1f}",
                      *(f"{100 * parts[k] / total:.0f}%" for k in ("decode", "batch wait", "forward", "HTTP and rest")),
                      f"{p['model_rate']:.1f}", f"{p['rps'] / p['model_rate']:.2f}"])
-    head = ["clients", "requests/s", "p50 ms", "p99 ms", "mean batch", "decode", "batch wait", "forward",
-            "HTTP and rest", "model alone, img/s (batch = clients)", "served / model"]
+    head = ["precision", "clients", "requests/s", "p50 ms", "p99 ms", "mean batch", "decode", "batch wait", "forward",
+            "HTTP and rest", "model alone, img/s (at the mean batch)", "served / model"]
     text = table(head, rows)
-    return (f"m2m-serve with MobileNetV2 ({weights_note}) on a 2-core x86-64 CPU, 224² JPEG quality-10 "
+    precs = list(dict.fromkeys(p["precision"] for p in points))
+    if len(precs) > 1:
+        by = {(p["precision"], p["clients"]): p["rps"] for p in points}
+        clients = list(dict.fromkeys(p["clients"] for p in points))
+        ratio = [[c, *(f"{by[(q, c)]:.1f}" for q in precs), f"{by[(precs[1], c)] / by[(precs[0], c)]:.2f}x"]
+                 for c in clients]
+        text += "\n\n" + table(["clients", *(f"{q} requests/s" for q in precs), f"{precs[1]} / {precs[0]}"], ratio)
+    return (f"m2m-serve with MobileNetV2 ({weights_note}) on {precision.cpu_words()}, 224² JPEG quality-10 "
             f"bitstreams ({source}); clients on the same cores; forwards on {threads} thread(s), in the server "
             f"(`--threads {threads}`) and for the model alone; {points[0]['seconds']:.0f} s timed per point "
-            f"after warm-up.  Shares: of the mean latency.  The 1-minute load average, read after each point, "
-            f"was {load:.1f} at its highest: other processes shared the cores when above 2.\n\n{text}\n")
+            f"after warm-up, the precisions taking turns at each client count.  Shares: of the mean latency.  "
+            f"The 1-minute load average, read after each point, was {load:.1f} at its highest: other processes "
+            f"shared the cores when above {os.cpu_count()}.\n\n{text}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--forward-seconds", type=float, default=8.0)
     p.add_argument("--clients", default="1,8,32")
+    p.add_argument("--precisions", default="fp32,bf16",
+                   help="the servers' --precision, compared side by side (bf16 is left out without native bf16)")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of a forward, in the server (--threads) and for the model alone; 1 leaves "
@@ -217,25 +250,39 @@ def main(argv: list[str] | None = None) -> int:
     images, source = jpeg10_images(a.images)
     import torch
     torch.set_num_threads(a.threads)
-    model = load_model_alone(weights)
+    names = [q for q in a.precisions.split(",") if q]
+    native, why = precision.native_bf16("cpu")
+    if "bf16" in names and not native:
+        print(f"bench_serve: bf16 left out, this CPU has no native bf16 ({why})", file=sys.stderr)
+        names.remove("bf16")
+    precs = [precision.resolve(q, "cpu") for q in names]
+    models = {q.name: load_model_alone(weights, q) for q in precs}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        port = free_port()
-        proc = start_server(port, weights, Path(tmp) / "serve.log", ["--threads", str(a.threads)])
+        servers = {}
         try:
+            for q in precs:
+                port = free_port()
+                servers[q.name] = (port, start_server(port, weights, Path(tmp) / f"serve-{q.name}.log",
+                                                      ["--threads", str(a.threads), "--precision", q.name]))
             points = []
-            for c in clients:
-                pt = run_point(port, images, c, a.warmup, a.seconds)
-                pt["load_average"] = os.getloadavg()[0]
-                # the model alone right after, the server idle: the same conditions of the machine
-                pt["model_rate"] = forward_rate(model, c, a.forward_seconds)
-                points.append(pt)
+            for i, c in enumerate(clients):
+                for q in (precs if i % 2 == 0 else precs[::-1]):
+                    pt = run_point(servers[q.name][0], images, c, a.warmup, a.seconds)
+                    pt["precision"] = q.name
+                    pt["load_average"] = os.getloadavg()[0]
+                    # the model alone right after, the servers idle: the same conditions of the machine
+                    pt["model_rate"], pt["model_batches"] = rate_at_mean_batch(models[q.name], pt["mean_batch"],
+                                                                               a.forward_seconds, q)
+                    points.append(pt)
+                    print(f"{q.name} {c:>3} clients: {pt['rps']:.1f} req/s, p50 {pt['p50_ms']:.0f} ms, "
+                          f"p99 {pt['p99_ms']:.0f} ms, batch {pt['mean_batch']:.1f}; model alone at that batch "
+                          f"{pt['model_rate']:.1f} img/s", file=sys.stderr, flush=True)
         finally:
-            proc.terminate()
-            proc.wait(30)
-    for pt in points:
-        print(f"{pt['clients']:>3} clients: {pt['rps']:.1f} req/s, p50 {pt['p50_ms']:.0f} ms, "
-              f"p99 {pt['p99_ms']:.0f} ms, batch {pt['mean_batch']:.1f}; model alone {pt['model_rate']:.1f} img/s",
-              file=sys.stderr)
+            for _, proc in servers.values():
+                proc.terminate()
+                proc.wait(30)
+    order = {q.name: k for k, q in enumerate(precs)}
+    points.sort(key=lambda pt: (order[pt["precision"]], clients.index(pt["clients"])))
     text = markdown(points, source, "ImageNet weights" if weights else "random weights: no weights file found",
                     max(p["load_average"] for p in points), a.threads)
     print(text)

@@ -17,8 +17,9 @@ each timed stretch, the batches the workers made while another mode ran are unti
 Each of the three is timed for ``--seconds`` (20 by default) per mode, on ``--images``
 distinct synthetic photos in split-layout jpeg-10 shards (the layout for ImageNet; the
 expert modes read the clean crops from the reference, or the cache).  Loader workers: the
-trainer's default (the CPU count), or ``--workers``.  On CUDA: bf16 autocast,
-channels_last, pinned memory, non-blocking copies, cuDNN autotuning (the trainer's settings);
+trainer's default (the CPU count), or ``--workers``.  ``--precision`` as the trainer's
+(auto: bf16 autocast and channels_last where the device runs bf16 natively; the table names
+the one used).  On CUDA: pinned memory, non-blocking copies, cuDNN autotuning (the trainer's settings);
 ``--gpu-decode`` decodes the JPEG bitstreams with nvJPEG instead of in the workers.
 After each round it prints that round's rates and the running totals over the rounds so
 far; the table gives the totals over all rounds.
@@ -46,6 +47,7 @@ from pipeline.markdown import table  # noqa: E402
 from trainer import TrainConfig, loop, methods  # noqa: E402
 from trainer.data import PREFETCH, LoaderSpec, default_workers, group_shards, make_train_loader  # noqa: E402
 from trainer.models import build_model  # noqa: E402
+from trainer.precision import CHOICES as PRECISIONS, Precision, resolve  # noqa: E402
 from trainer.teacher_cache import resolve_caches  # noqa: E402
 
 MODES = ("finetune", "expert-live", "expert-cached")
@@ -63,13 +65,12 @@ def make_shards(root: Path, n: int, jobs: int) -> str:
     return str(root / "shards" / "train" / "jpeg-10" / "*.tar")
 
 
-def step_for(mode: str, arch: str, teacher, device: torch.device) -> loop.Step:
-    """The trainer's Step for a mode (on CUDA the trainer's defaults: bf16 autocast, channels_last)."""
-    cuda = device.type == "cuda"
+def step_for(mode: str, arch: str, teacher, device: torch.device, precision: Precision) -> loop.Step:
+    """The trainer's Step for a mode, in ``precision``."""
     name = "finetune" if mode == "finetune" else "expert"
     method = methods.create(TrainConfig(shards=["-"], out="-", method=name, arch=arch).resolved())
     return loop.Step(method=method, teacher=teacher if mode == "expert-live" else None, device=device,
-                     amp=cuda, channels_last=cuda)
+                     precision=precision)
 
 
 def sync(device: torch.device) -> None:
@@ -89,7 +90,7 @@ def train_step(model, opt, batch, step: loop.Step) -> int:
 class Mode:
     """One training mode: its persistent loader, its Step, pre-loaded batches, the times."""
 
-    def __init__(self, name, a, settings, caches, teacher, device, workers):
+    def __init__(self, name, a, settings, caches, teacher, device, workers, precision):
         self.name, self.device = name, device
         spec = LoaderSpec(batch_size=a.batch_size, workers=workers, shuffle_buffer=1000, seed=0,
                           gpu_jpeg=a.gpu_decode and device.type == "cuda")
@@ -98,7 +99,7 @@ class Mode:
                                       pin_memory=device.type == "cuda", batches=EPOCH)
         self.it = iter(loader)
         self.prefetch = PREFETCH * workers + 1
-        self.step = step_for(name, a.arch, teacher, device)
+        self.step = step_for(name, a.arch, teacher, device, precision)
         self.pre = [next(self.it) for _ in range(4)]          # includes the shuffle buffer's fill
         self.images = {"loader": 0, "step": 0, "e2e": 0}
         self.seconds = {"loader": 0.0, "step": 0.0, "e2e": 0.0}
@@ -179,9 +180,9 @@ def bench(a) -> tuple[str, list[dict]]:
     build_s = time.perf_counter() - t0
     print(f"shards ready in {build_s:.1f} s", flush=True)
     settings = group_shards(pattern)
-    model = build_model(a.arch, None, 1000).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    prec = resolve(a.precision, device)
+    print(prec.describe(), flush=True)
+    model = prec.prepare(build_model(a.arch, None, 1000).to(device))
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     modes = [m for m in a.modes.split(",") if m]
     unknown = sorted(set(modes) - set(MODES))
@@ -189,12 +190,12 @@ def bench(a) -> tuple[str, list[dict]]:
         sys.exit(f"error: unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     t0 = time.perf_counter()
     caches = resolve_caches(settings, teacher, a.arch, None, mode=str(Path(tmp.name) / "cache"), workers=workers,
-                            batch_size=2 * a.batch_size, device=device, amp=device.type == "cuda") \
+                            batch_size=2 * a.batch_size, device=device, precision=prec) \
         if "expert-cached" in modes else None
     cache_s = time.perf_counter() - t0
     print(f"teacher cache ready in {cache_s:.1f} s", flush=True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, betas=(0.5, 0.99))
-    runs = [Mode(m, a, settings, caches, teacher, device, workers) for m in modes]
+    runs = [Mode(m, a, settings, caches, teacher, device, workers, prec) for m in modes]
     for m in runs:
         m.warm(model, opt, a.warmup)
     print(f"warmed up ({len(runs)} mode(s), {workers} loader worker(s) each)", flush=True)
@@ -223,7 +224,7 @@ def bench(a) -> tuple[str, list[dict]]:
                if base.name == "finetune" else ("—", "—"))] for m in runs]
     count = sum(s.count for s in settings)
     lines = [f"Trainer throughput at steady state ({a.arch}, batch {a.batch_size}, 224x224 jpeg-10 split-layout shards "
-             f"of {count} distinct images; {device_name(device, a.threads)}; {workers} loader worker(s)"
+             f"of {count} distinct images; {device_name(device, a.threads, prec)}; {workers} loader worker(s)"
              f"{' (the default for this machine)' if a.workers is None else ''}"
              f"{', JPEG decoded on the GPU' if a.gpu_decode and device.type == 'cuda' else ''}; "
              f"{a.seconds:g} s timed per mode and column in {a.rounds} interleaved rounds after {a.warmup:g} s of "
@@ -249,10 +250,12 @@ def bench(a) -> tuple[str, list[dict]]:
     return text, rounds
 
 
-def device_name(device: torch.device, threads: int) -> str:
+def device_name(device: torch.device, threads: int, prec: Precision) -> str:
+    how = f"{prec.name} autocast" if prec.dtype is not None else "fp32"
+    how += ", channels_last" if prec.channels_last else ""
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, bf16 autocast, channels_last, {os.cpu_count()} CPU cores"
-    return f"CPU, {threads} thread(s) for the model, {os.cpu_count()} core(s)"
+        return f"{torch.cuda.get_device_name(device)}, {how}, {os.cpu_count()} CPU cores"
+    return f"CPU, {how}, {threads} thread(s) for the model, {os.cpu_count()} core(s)"
 
 
 def main(argv=None) -> int:
@@ -269,6 +272,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="jobs for building the shards")
     p.add_argument("--shards", default=None, help="use these shards instead of synthetic ones")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="as the trainer's --precision")
     p.add_argument("--gpu-decode", action="store_true", help="decode the JPEG bitstreams on the GPU (nvJPEG)")
     p.add_argument("--markdown", default=None)
     p.add_argument("--json", default=None, help="the results file the docs block is rendered from "

@@ -29,7 +29,8 @@ LOSSLESS = "lossless"
 
 #: the training options every experiment takes: TrainConfig's own fields (their types, ranges
 #: and help), with the experiments' defaults
-TRAINING = ("weights", "arch", "epochs", "train_limit", "batch_size", "lr", "alpha", "device", "workers")
+TRAINING = ("weights", "arch", "epochs", "train_limit", "batch_size", "lr", "alpha", "device", "precision",
+            "workers")
 TRAINING_DEFAULTS = {
     "weights": {"default": "../shared/weights/mobilenet_v2_imagenet.pth"},
     "arch": {"default": "mobilenet_v2"},
@@ -123,6 +124,22 @@ def check_validation(run: Path, val_glob: str | None) -> None:
                         f"{want or 'none'}; remove the run folder or choose another OUT")
 
 
+def check_precision(run: Path, precision: str) -> None:
+    """A one-line error when the run folder's args.json says it was trained in another
+    precision than ``precision`` (fp32 | bf16); a run from before the option records none and
+    is kept."""
+    args = RunDir(run).args_json
+    if not args.exists():
+        return
+    try:
+        had = json.loads(args.read_text(encoding="utf-8")).get("precision")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise UserError(f"{args}: not a readable run record ({exc}); remove {run} to train it again") from None
+    if had is not None and had != precision:
+        raise UserError(f"{run}: trained in {had}, this experiment trains in {precision}; remove the run folder, "
+                        f"choose another OUT or give PRECISION={had}")
+
+
 @dataclass
 class Budget:
     """The training budget every trained method gets (the same number of steps for all)."""
@@ -136,12 +153,13 @@ class Budget:
     stab_sigma: float = 4e-2
     workers: int | None = None       # loader processes (None: the trainer's default)
     device: str = "auto"
+    precision: str = "auto"          # trainer.precision: auto | fp32 | bf16, training and evaluation alike
 
     @classmethod
     def of(cls, a, **extra) -> "Budget":
         """The budget the shared options (:func:`options`) ask for; ``extra``: the script's own fields."""
         return cls(epochs=a.epochs, train_limit=a.train_limit, batch=a.batch_size, lr=a.lr, alpha=a.alpha,
-                   workers=a.workers, device=a.device, **extra)
+                   workers=a.workers, device=a.device, precision=a.precision, **extra)
 
     def hyper(self, method: str) -> dict:
         if method == "stability":
@@ -158,12 +176,14 @@ def train_run(run: Path, train_glob: str | list[str], method: str, labels: str, 
     from trainer import TrainConfig, train
 
     check_validation(run, val_glob)
+    check_precision(run, used_precision(budget.precision, budget.device))
     if not RunDir(run).complete(budget.epochs):
         train(TrainConfig(
             shards=[train_glob] if isinstance(train_glob, str) else list(train_glob),
             val_shards=[val_glob] if val_glob else None, arch=arch, weights=weights,
             method=method, labels=labels, epochs=budget.epochs, train_limit=budget.train_limit, val_limit=val_limit,
-            batch_size=budget.batch, seed=seed, out=str(run), resume="auto", device=budget.device, progress=False,
+            batch_size=budget.batch, seed=seed, out=str(run), resume="auto", device=budget.device,
+            precision=budget.precision, progress=False,
             **({"workers": budget.workers} if budget.workers is not None else {}), **budget.hyper(method), **extra))
     return RunDir(run).best
 
@@ -254,9 +274,18 @@ def _rows(results: Path) -> list[dict]:
     return rows if isinstance(rows, list) else []
 
 
-def evaluated(results: Path, checkpoint: str, settings: list[str], groups: list[str] | None = None) -> bool:
+def used_precision(choice: str, device: str) -> str:
+    """What ``--precision choice`` resolves to on ``device`` (fp32 or bf16): what rows record."""
+    from trainer.distributed import resolve_device
+    from trainer.precision import resolve
+    return resolve(choice, resolve_device(device)).name
+
+
+def evaluated(results: Path, checkpoint: str, settings: list[str], groups: list[str] | None = None,
+              precision: str | None = None) -> bool:
     """True when ``results`` already holds this checkpoint's rows for every setting (and every
-    group), and is newer than the checkpoint (a retrained run is evaluated again)."""
+    group; in ``precision`` when given: fp32 | bf16), and is newer than the checkpoint (a
+    retrained run is evaluated again)."""
     if not results.exists() or not Path(checkpoint).exists():
         return False
     if os.path.getmtime(results) < os.path.getmtime(checkpoint):
@@ -264,37 +293,41 @@ def evaluated(results: Path, checkpoint: str, settings: list[str], groups: list[
     want = {(s, g) for s in settings for g in (groups or [None])}
     stored = portable_path(checkpoint, results.parent)     # as trainer.evaluate writes it
     have = {(r.get("setting"), r.get("group")) for r in _rows(results)
-            if isinstance(r, dict) and r.get("checkpoint") == stored}
+            if isinstance(r, dict) and r.get("checkpoint") == stored
+            and (precision is None or r.get("precision") == precision)}
     return want <= have
 
 
 def evaluate_models(results: Path, checkpoints: list[str], val_globs: dict[str, str], device: str,
                     groups: dict[str, list[str]] | None = None, workers: int | None = None,
-                    val_limit: int | None = None) -> None:
-    """Evaluate each checkpoint on the val settings it has no rows for yet (``val_globs``:
-    setting -> glob), with the class groups when given; rows merge into ``results``."""
+                    val_limit: int | None = None, precision: str = "auto") -> None:
+    """Evaluate each checkpoint on the val settings it has no rows for yet in ``precision``
+    (``val_globs``: setting -> glob), with the class groups when given; rows merge into ``results``."""
     from trainer import EvalConfig, evaluate
 
-    todo = [c for c in checkpoints if not evaluated(results, c, list(val_globs), list(groups or {}) or None)]
+    used = used_precision(precision, device)
+    todo = [c for c in checkpoints if not evaluated(results, c, list(val_globs), list(groups or {}) or None, used)]
     if todo:
         evaluate(EvalConfig(checkpoints=todo, shards=list(val_globs.values()), out=str(results), device=device,
-                            limit=val_limit, progress=False, groups=groups or {},
+                            precision=precision, limit=val_limit, progress=False, groups=groups or {},
                             **({"workers": workers} if workers is not None else {})))
 
 
 def evaluate_pretrained(results: Path, arch: str, weights: str, val_globs: dict[str, str], device: str,
                         groups: dict[str, list[str]] | None = None, workers: int | None = None,
-                        val_limit: int | None = None) -> None:
-    """The pretrained model on every val setting (skipped when its rows are there)."""
+                        val_limit: int | None = None, precision: str = "auto") -> None:
+    """The pretrained model on every val setting (skipped when its rows in ``precision`` are there)."""
     from trainer import EvalConfig, evaluate
 
+    used = used_precision(precision, device)
     have = {(r.get("setting"), r.get("group")) for r in _rows(results)
-            if isinstance(r, dict) and r.get("method") == "pretrained" and r.get("arch") == arch}
+            if isinstance(r, dict) and r.get("method") == "pretrained" and r.get("arch") == arch
+            and r.get("precision") == used}
     want = {(s, g) for s in val_globs for g in ([None] + list(groups or {}))}
     if not want <= have:
         evaluate(EvalConfig(arch=arch, weights=[weights], shards=list(val_globs.values()), out=str(results),
-                            device=device, limit=val_limit, progress=False, groups=groups or {},
-                            **({"workers": workers} if workers is not None else {})))
+                            device=device, precision=precision, limit=val_limit, progress=False,
+                            groups=groups or {}, **({"workers": workers} if workers is not None else {})))
 
 
 def batch_stats(train_glob: str, budget: Budget, seed: int, shuffle_buffer: int = 1000) -> dict:
@@ -341,6 +374,12 @@ def write_meta(results: Path, info: dict, budget: Budget, runs: list[Path]) -> P
     for key in ("settings", "methods", "seeds"):
         meta[key] = list(dict.fromkeys(list(old.get(key) or []) + list(info.get(key) or [])))
     meta["steps_per_run"] = sorted(steps)
+    # what auto picked here (an experiment that compares precisions names them in ``info``)
+    if info.get("precision"):
+        meta["precision"] = info["precision"]
+        meta.pop("precision_choice", None)
+    else:
+        meta["precision"], meta["precision_choice"] = used_precision(budget.precision, budget.device), budget.precision
     meta["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
     meta["environment"] = environment(gpu=budget.device != "cpu")     # "auto" may be a GPU
     from pipeline.atomic import atomic_write_json

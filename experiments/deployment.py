@@ -292,7 +292,8 @@ def run(a) -> None:
     a.train_globs, val_globs = prepare(a)
     seconds["shards"] = round(time.time() - t0)
     t0 = time.time()
-    common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, workers=a.workers)
+    common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, workers=a.workers,
+                               precision=a.precision)
     seconds["evaluation"] += round(time.time() - t0)
     for m in models(a):
         t0 = time.time()

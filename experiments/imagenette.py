@@ -187,13 +187,14 @@ def run(a) -> None:
 
 def evaluate_all(a, val_globs: dict[str, str]) -> None:
     common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, workers=a.workers,
-                               val_limit=a.val_limit)
+                               val_limit=a.val_limit, precision=a.precision)
     for s in a.settings:
         checkpoints = [str(common.scored_checkpoint(common.run_dir(a.out, methods.key(m, lab), s.name, seed),
                                                     a.select_per_class))
                        for seed in a.seeds for m, lab in a.methods]
         own = val_globs if a.cross else {s.name: val_globs[s.name]}
-        common.evaluate_models(a.results, checkpoints, own, a.device, workers=a.workers, val_limit=a.val_limit)
+        common.evaluate_models(a.results, checkpoints, own, a.device, workers=a.workers, val_limit=a.val_limit,
+                               precision=a.precision)
 
 
 def codestream_check(a) -> None:
@@ -208,7 +209,7 @@ def codestream_check(a) -> None:
                         a.jobs or os.cpu_count() or 1, codec_options={"container": "j2k"})
     common.evaluate_pretrained(a.codestream_results, a.arch, a.weights,
                                {s: common.shard_glob(root, "val", s) for s in j2k}, a.device, workers=a.workers,
-                               val_limit=a.val_limit)
+                               val_limit=a.val_limit, precision=a.precision)
 
 
 def write_meta(a, train_globs: dict[str, str], seconds: float) -> None:

@@ -2,7 +2,7 @@
 # The paper's comparison on real ImageNet images (Imagenette): experiments/imagenette.py, which
 # reads the same environment variables as before (SRC, WEIGHTS, ARCH, SETTINGS, METHODS, SEEDS,
 # EPOCHS, TRAIN_LIMIT, VAL_LIMIT, BATCH, LR, ALPHA, STAB_LR, STAB_ALPHA, STAB_SIGMA, OUT, SHARDS,
-# JOBS, DEVICE, SELECT_PER_CLASS, CROSS, PARALLEL_SEEDS, WORKERS); `--help` lists them.
+# JOBS, DEVICE, PRECISION, SELECT_PER_CLASS, CROSS, PARALLEL_SEEDS, WORKERS); `--help` lists them.
 #
 #   experiments/imagenette.sh                       # defaults; ../shared data
 #   SEEDS="0 1 2" EPOCHS=3 TRAIN_LIMIT=9469 experiments/imagenette.sh

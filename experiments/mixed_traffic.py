@@ -32,6 +32,7 @@ from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.markdown import table  # noqa: E402
 from pipeline.setting import PAPER_SETTINGS  # noqa: E402
 from trainer.clitools import UserError, run_click  # noqa: E402
+from trainer.precision import click_option as precision_option  # noqa: E402
 
 ZOO, BEST, GENERALIST, PRETRAINED = "routed zoo", "best specialist", "generalist", "pretrained"
 
@@ -116,7 +117,7 @@ def evaluate(zoo, traffic: list[Received], device: str, batch: int = 64) -> tupl
             cell[1] += 1
         tops: dict[str, dict[str, np.ndarray]] = {m: {} for m in METRICS}
         for name, e in models.items():
-            _, ranked, _, _ = classify(e.model, xs, device, 10 ** 6)   # every class, best first
+            _, ranked, _, _ = classify(e.model, xs, device, 10 ** 6, e.precision)   # every class, best first
             tops["top1"][name] = ranked[:, 0]
             first_present = np.isin(ranked, present).argmax(axis=1)
             tops["top1_present"][name] = ranked[np.arange(len(ranked)), first_present]
@@ -178,10 +179,12 @@ def summarize(zoo, scores: dict, routed: dict, settings: list[str]) -> tuple[dic
 @click.option("--per-setting", type=click.IntRange(min=1), default=None, help="At most this many images per setting.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None)
+@precision_option()
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=Path),
               help="The results file docs/receiver.md's block is rendered from.")
 @click.option("--markdown", default=None, type=click.Path(path_type=Path))
-def cli(zoo_dir, select, val_root, settings, pretrained, arch, per_setting, seed, device, json_out, markdown):
+def cli(zoo_dir, select, val_root, settings, pretrained, arch, per_setting, seed, device, precision, json_out,
+        markdown):
     """Top-1 on shuffled traffic of every setting: routed zoo, best specialist, generalist, pretrained."""
     import torch
 
@@ -190,7 +193,9 @@ def cli(zoo_dir, select, val_root, settings, pretrained, arch, per_setting, seed
 
     names = [s.name for s in Setting.parse_list(settings)]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    zoo = load_zoo(zoo_dir, pretrained, arch, device, select=select)
+    from trainer.precision import resolve
+    prec = resolve(precision, device)
+    zoo = load_zoo(zoo_dir, pretrained, arch, device, select=select, precision=prec)
     traffic = read_traffic(val_root, names, per_setting, seed)
     scores, routed = evaluate(zoo, traffic, device)
     rows, text = summarize(zoo, scores, routed, names)
@@ -205,7 +210,7 @@ def cli(zoo_dir, select, val_root, settings, pretrained, arch, per_setting, seed
              results={"rows": {m: [{k: v for k, v in r.items() if k != "scores"} for r in rs]
                                for m, rs in rows.items()},
                       "routed_to_own_setting": {s: c[0] / c[1] for s, c in routed.items()},
-                      "images": len(traffic), "seed": seed})
+                      "images": len(traffic), "seed": seed, "precision": prec.name})
     return 0
 
 

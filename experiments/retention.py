@@ -137,10 +137,12 @@ def run(a) -> str:
                 checkpoints.setdefault(s.name, []).append(str(common.scored_checkpoint(run_path, 0)))
     if a.train_only:
         return ""
-    common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, groups=groups, workers=a.workers)
+    common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, groups=groups, workers=a.workers,
+                               precision=a.precision)
     for s in a.settings:
         own = {s.name: val_globs[s.name], common.LOSSLESS: val_globs[common.LOSSLESS]}
-        common.evaluate_models(a.results, checkpoints[s.name], own, a.device, groups=groups, workers=a.workers)
+        common.evaluate_models(a.results, checkpoints[s.name], own, a.device, groups=groups, workers=a.workers,
+                               precision=a.precision)
     if a.bn_check:
         bn_check(a, checkpoints, val_globs, groups)
     write_meta(a, time.time() - t0)
@@ -178,8 +180,10 @@ def bn_check(a, checkpoints: dict[str, list[str]], val_globs: dict[str, str], gr
     itself, on the clean val images (``--bn-results``)."""
     clean = {common.LOSSLESS: val_globs[common.LOSSLESS]}
     variants = [str(with_pretrained_bn(Path(c), a.arch, a.weights)) for cs in checkpoints.values() for c in cs]
-    common.evaluate_pretrained(a.bn_results, a.arch, a.weights, clean, a.device, groups=groups, workers=a.workers)
-    common.evaluate_models(a.bn_results, variants, clean, a.device, groups=groups, workers=a.workers)
+    common.evaluate_pretrained(a.bn_results, a.arch, a.weights, clean, a.device, groups=groups, workers=a.workers,
+                               precision=a.precision)
+    common.evaluate_models(a.bn_results, variants, clean, a.device, groups=groups, workers=a.workers,
+                           precision=a.precision)
 
 
 def write_meta(a, seconds: float) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What expert training buys a deployer: experiments/retention.py, which reads the
 # environment variables named like its options (SRC, WEIGHTS, SETTINGS, METHODS, SEEDS, EPOCHS,
-# TRAIN_PER_CLASS, VAL_PER_CLASS, A_CLASSES, B_CLASSES, OUT, RESULTS, SHARDS, DEVICE, WORKERS ...);
+# TRAIN_PER_CLASS, VAL_PER_CLASS, A_CLASSES, B_CLASSES, OUT, RESULTS, SHARDS, DEVICE, PRECISION, WORKERS ...);
 # `--help` lists them.
 #
 #   experiments/retention.sh                                  # the CPU budget of docs/results.md and its blocks

@@ -168,14 +168,19 @@ def class_names(meta: dict, n: int) -> list[str]:
     return [f"class {i}" for i in range(n)]
 
 
-def classify(model, batch: list[np.ndarray], device: str,
-             k: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+def classify(model, batch: list[np.ndarray], device: str, k: int,
+             precision=None) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """(top-k probabilities, top-k indices, number of classes, which rows had finite logits)
-    of a batch of HxWx3 uint8."""
+    of a batch of HxWx3 uint8, the forward in ``precision`` (a resolved
+    ``trainer.precision.Precision``; None: float32 as is)."""
+    from contextlib import nullcontext
+
     import torch
 
     x = torch.from_numpy(np.stack(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
-    with torch.inference_mode():
+    if precision is not None:
+        x = precision.layout(x)
+    with torch.inference_mode(), (precision.autocast() if precision is not None else nullcontext()):
         logits = model(x).float()
         finite = torch.isfinite(logits).all(dim=1)
         probs = logits.softmax(dim=1)
@@ -222,7 +227,7 @@ class Receiver:
     def answer(self, expert, batch: list[np.ndarray], preds: list[Prediction]) -> None:
         """Fill ``top`` of each prediction with one forward of ``expert`` over the batch; a
         picture whose logits are not finite gets ``error`` instead (the others are answered)."""
-        values, indices, n, finite = classify(expert.model, batch, self.device, self.k)
+        values, indices, n, finite = classify(expert.model, batch, self.device, self.k, expert.precision)
         names = class_names(expert.meta, n)
         for pred, vals, idxs, ok in zip(preds, values, indices, finite):
             if not ok:

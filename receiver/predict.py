@@ -28,6 +28,7 @@ import click
 from pipeline.codecs import in_order
 from pipeline.limits import max_pixels_option
 from trainer.clitools import run_click
+from trainer.precision import click_option as precision_option
 
 from .core import DEFAULT_MAX_BYTES, Prediction, Receiver
 from .zoo import load_single, load_zoo
@@ -59,11 +60,13 @@ def format_prediction(p: Prediction) -> str:
 @click.option("--topk", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+@precision_option()
 @max_pixels_option
 @click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_BYTES, show_default=True,
               help="Largest received file read.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (errors included) to stdout.")
-def cli(files, model_path, experts, default, arch, weights, k, batch_size, device, budget, max_bytes, as_json):
+def cli(files, model_path, experts, default, arch, weights, k, batch_size, device, precision, budget, max_bytes,
+        as_json):
     routed = experts is not None or default is not None
     if routed and (model_path is not None or weights is not None):
         raise click.UsageError("--experts/--default route between models: give them without --model or --weights")
@@ -72,9 +75,12 @@ def cli(files, model_path, experts, default, arch, weights, k, batch_size, devic
     if weights is not None and arch is None:
         raise click.UsageError("--weights needs --arch")
     from trainer.distributed import resolve_device
+    from trainer.precision import resolve
     device = resolve_device(device or "auto")
-    zoo = (load_zoo(experts, default, arch, device) if routed   # a refused / bad file: one line (UserError)
-           else load_single(model_path if model_path is not None else weights, arch, device))
+    prec = resolve(precision, device)        # bf16 where the device has none: one line, exit status 2
+    click.echo(prec.describe(), err=True)
+    zoo = (load_zoo(experts, default, arch, device, precision=prec) if routed   # a bad file: one line (UserError)
+           else load_single(model_path if model_path is not None else weights, arch, device, prec))
 
     def report_error(p: Prediction) -> None:
         click.echo(f"error: {p.file}: {p.error}", err=True)

@@ -42,6 +42,7 @@ import numpy as np
 
 from pipeline.limits import PixelBudgetError, max_pixels_option
 from trainer.clitools import run_click
+from trainer.precision import click_option as precision_option
 
 from .core import InputError, InputTooLargeError, Prediction, Receiver, decode_input
 from .http import ConnectionLimits, protocol_class
@@ -505,6 +506,7 @@ def make_app(service: Service):
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device of every model.")
+@precision_option()
 @click.option("--topk", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--max-body", type=click.IntRange(min=1), default=Limits.max_body, show_default=True,
               help="Largest request body in bytes.")
@@ -532,23 +534,29 @@ def make_app(service: Service):
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads of a forward (default: torch's, the core count).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
-def cli(experts, default, arch, host, port, device, k, max_body, budget, max_inflight, timeout, max_frames,
-        batch_wait_ms, max_batch, decode_threads, decode_processes, max_buffered, max_connections, header_timeout, threads, log_level):
+def cli(experts, default, arch, host, port, device, precision, k, max_body, budget, max_inflight, timeout,
+        max_frames, batch_wait_ms, max_batch, decode_threads, decode_processes, max_buffered, max_connections,
+        header_timeout, threads, log_level):
     """Serve the receiver over HTTP: each bitstream answered by the expert of its codec and rate."""
     import uvicorn
+
+    from trainer.distributed import resolve_device
+    from trainer.precision import resolve
 
     if experts is None and default is None:
         raise click.UsageError("give --experts DIR|LIST, --default MODEL, or both")
     if max_body > max_buffered:
         raise click.UsageError(f"--max-body {max_body} is over --max-buffered {max_buffered}: no body could be held")
+    prec = resolve(precision, resolve_device(device))    # bf16 where the device has none: one line, exit 2
     sock = listen(host, port)                # before the models load: a busy port fails at once
     max_connections = fit_open_files(max_connections)
     if threads:
         import torch
         torch.set_num_threads(threads)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    log.info("%s", prec.describe())
     t0 = time.perf_counter()
-    zoo = load_zoo(experts, default, arch, device)
+    zoo = load_zoo(experts, default, arch, device, precision=prec)
     log.info("loaded %d expert(s)%s in %.1f s", len(zoo.experts), " and a default" if zoo.default else "",
              time.perf_counter() - t0)
     service = Service(Receiver(zoo, device, k, budget),

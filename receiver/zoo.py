@@ -50,6 +50,7 @@ class Expert:
     model: Any
     meta: dict
     path: str
+    precision: Any = None      # the trainer.precision.Precision its forwards run in (None: float32 as is)
 
     @property
     def name(self) -> str:
@@ -69,8 +70,8 @@ class Zoo:
         self.router = Router([e.card for e in self.experts.values()])
 
     @classmethod
-    def single(cls, model, meta: dict, name: str) -> "Zoo":
-        return cls({}, Expert(ExpertCard(name), model, meta, name), routed=False)
+    def single(cls, model, meta: dict, name: str, precision=None) -> "Zoo":
+        return cls({}, Expert(ExpertCard(name), model, meta, name, precision), routed=False)
 
     def choose(self, probe: Probe) -> tuple[Expert, Route | None]:
         """The expert that answers this bitstream, and why; RouteError when none fits and there
@@ -88,12 +89,13 @@ class Zoo:
         """What ``GET /v1/models`` lists."""
         out = [{"name": e.name, "role": "specialist" if e.card.specialist else "generalist",
                 "arch": e.meta.get("arch"), "num_classes": e.meta.get("num_classes"),
+                "precision": getattr(e.precision, "name", None),
                 "settings": [{"setting": s.setting, "codec": s.codec, "q": s.q, "bpp": s.bpp}
                              for s in e.card.settings]} for e in self.experts.values()]
         if self.default is not None:
             out.append({"name": DEFAULT, "role": "default", "source": self.default.path,
                         "arch": self.default.meta.get("arch"), "num_classes": self.default.meta.get("num_classes"),
-                        "settings": []})
+                        "precision": getattr(self.default.precision, "name", None), "settings": []})
         return out
 
 
@@ -180,11 +182,15 @@ def card_of(entry: Entry, trained_on: list[dict]) -> ExpertCard:
 
 
 def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch: str | None = None,
-             device: str = "cpu", select: str | None = None) -> Zoo:
+             device: str = "cpu", select: str | None = None, precision="auto") -> Zoo:
     """Load every expert (``select``: see :func:`expert_entries`) and the default once, in eval
-    mode on ``device``."""
+    mode on ``device``, to run in ``precision`` (a choice, auto | fp32 | bf16, or a resolved
+    ``trainer.precision.Precision``)."""
     from trainer import checkpoint
     from trainer.models import load_model
+    from trainer.precision import resolve
+
+    prec = resolve(precision, device)
 
     loaded: dict[str, Expert] = {}
     for entry in expert_entries(experts, select) if experts is not None else []:
@@ -196,7 +202,7 @@ def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch
         if entry.name in loaded:
             raise ZooError(f"{entry.checkpoint}: expert {entry.name!r} listed twice")
         model, meta = load_model(entry.checkpoint)
-        loaded[entry.name] = Expert(card, model.to(device).eval(), meta, str(entry.checkpoint))
+        loaded[entry.name] = Expert(card, prec.prepare(model.to(device).eval()), meta, str(entry.checkpoint), prec)
     default_expert = None
     if default is not None:
         if default == PRETRAINED:
@@ -205,16 +211,19 @@ def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch
             model, meta = load_model("DEFAULT", arch=arch)
         else:
             model, meta = load_model(default, arch=arch)
-        default_expert = Expert(ExpertCard(DEFAULT), model.to(device).eval(), meta, default)
+        default_expert = Expert(ExpertCard(DEFAULT), prec.prepare(model.to(device).eval()), meta, default, prec)
     if not loaded and default_expert is None:
         raise ZooError("no model: give --experts, --default, or both")
     return Zoo(loaded, default_expert)
 
 
-def load_single(source: str, arch: str | None = None, device: str = "cpu") -> Zoo:
+def load_single(source: str, arch: str | None = None, device: str = "cpu", precision="auto") -> Zoo:
     """A zoo of one model that answers everything (``predict --model`` or ``--weights``): a run
-    checkpoint, a weights file (with ``arch``) or a weights name (with ``arch``)."""
+    checkpoint, a weights file (with ``arch``) or a weights name (with ``arch``), to run in
+    ``precision`` (a choice or a resolved ``trainer.precision.Precision``)."""
     from trainer.models import load_model
+    from trainer.precision import resolve
 
+    prec = resolve(precision, device)
     model, meta = load_model(source, arch=arch)
-    return Zoo.single(model.to(device).eval(), meta, "model")
+    return Zoo.single(prec.prepare(model.to(device).eval()), meta, "model", prec)

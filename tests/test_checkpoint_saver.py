@@ -21,7 +21,7 @@ VAL = SimpleNamespace(name="jpeg-10", manifest={"setting": "jpeg-10", "count": 4
 def state(epoch: int) -> dict:
     return {"model": {"w": torch.tensor([float(epoch)])}, "arch": "resnet18", "num_classes": 10, "epoch": epoch,
             "optimizer": {}, "scheduler": {}, "args": {"seed": 0}, "metrics": {"epoch": epoch},
-            "trained_on": [{"setting": "jpeg-10"}], "bn": "train"}
+            "trained_on": [{"setting": "jpeg-10"}], "bn": "train", "precision": "fp32"}
 
 
 def epochs(saver: CheckpointSaver, rows: list[tuple[dict, float]]) -> list[bool]:

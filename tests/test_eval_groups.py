@@ -187,7 +187,7 @@ def shards(tmp_path_factory):
 def _eval(root, shards, out, **kw):
     return evaluate(EvalConfig(arch="mobilenet_v3_small", weights=[str(root / "w.pth")], num_classes=OUTPUTS,
                                shards=[str(root / "shards" / shards / "val" / "jpeg-10")], out=str(out),
-                               workers=0, device="cpu", progress=False, **kw))
+                               workers=0, device="cpu", precision="fp32", progress=False, **kw))
 
 
 def test_group_rows_equal_an_independent_computation(shards, tmp_path):

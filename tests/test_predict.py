@@ -67,7 +67,8 @@ def test_jpeg_top5_with_imagenet_names(tmp_path, checkpoint, capsys):
     data = jpeg_bytes(synthetic_rgb(224, 224, seed=3))
     f = tmp_path / "received.bin"  # no extension: detection is by content
     f.write_bytes(data)
-    rc = predict.main(["--model", str(path), "--device", "cpu", str(f)])
+    # fp32: the receiver's decode and forward equal the float32 reference to the printed digit
+    rc = predict.main(["--model", str(path), "--device", "cpu", "--precision", "fp32", str(f)])
     out = capsys.readouterr().out
     assert rc == 0
     assert f"{f}: jpeg, {len(data)} bytes, 224x224" in out and "CenterCrop" not in out

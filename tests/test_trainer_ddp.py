@@ -105,7 +105,7 @@ def test_two_nodes_see_the_epoch_once_and_train_as_one_process_with_twice_the_ba
                 str(shards / "train" / "jpeg-10" / "*.tar"), "--method", "stability", "--sigma", "0",
                 "--arch", "resnet18", "--num-classes", "1000", "--batch-size", str(batch), "--val-batch-size", "3",
                 "--workers", "0", "--shuffle-buffer", "1", "--epochs", "2", "--lr", "1e-2", "--seed", "4",
-                "--no-progress", "--out", str(out), "--device", "cpu", "--threads", "1"]
+                "--no-progress", "--out", str(out), "--device", "cpu", "--precision", "fp32", "--threads", "1"]
 
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
     port = _free_port()

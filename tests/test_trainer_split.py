@@ -138,7 +138,7 @@ def test_the_teacher_cache_is_the_references_built_once_for_every_setting(data, 
     m["shards"][0]["sha256"] = "0" * 64
     (copy / "lossless" / "manifest.json").write_text(json.dumps(m))
     assert "other shards" in teacher_cache.validate(npy, group_shards(str(copy / "jpeg-10" / "*.tar"))[0], ARCH,
-                                                    meta["weights_hash"])
+                                                    meta["weights_hash"], meta["precision"])
 
 
 def _fail_on_the_fifth_image(monkeypatch):

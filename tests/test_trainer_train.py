@@ -165,8 +165,11 @@ def test_resume_gives_identical_weights(shards, tmp_path, monkeypatch):
     saved = read_yaml(tmp_path / "cut" / "args.yaml")
     assert saved["alpha"] == 1e-2 and saved["epochs"] == 3 and saved["method"] == "expert"
     import dataclasses
+    from trainer.precision import resolve
+    # args.yaml records the precision auto resolved to (as it records the worker count)
+    assert saved["precision"] == resolve("auto", "cpu").name
     assert TrainConfig.from_yaml(tmp_path / "cut" / "args.yaml").resolved() == \
-        dataclasses.replace(cut_cfg, resume="auto").resolved()
+        dataclasses.replace(cut_cfg, resume="auto", precision=saved["precision"]).resolved()
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ their fields), ``methods.py`` (one class per training method, and ``Step``), ``v
 ``evaluate``), ``optim.py`` (the optimizer by name, the LR schedule), ``data/`` (the
 streaming shard loader), ``rundir.py`` (a run folder's files), ``teacher_cache.py``,
 ``models.py`` (architectures by name), ``checkpoint.py`` (checkpoints and their saver),
+``precision.py`` (``--precision``: autocast and layout, decided once),
 ``training.py`` / ``evaluation.py`` (a run, an evaluation and its command), ``run.py`` (the
 training command); ``reports/`` (Table 1, figures, retention, the recommender) sits above the
 rest and reads what it wrote.  The map: trainer/README.md.

@@ -37,9 +37,11 @@ from .rundir import RunDir
 #: score so far; "metrics": the epoch's row; "trained_on" and "bn": what it was trained on and
 #: how (:func:`trained_on`, read back with :func:`training_settings` and :func:`bn_mode`);
 #: "selected_on": what chose the file (:func:`selection_record`, LAST_EPOCH or TRAIN_LOSS;
-#: missing in older checkpoints), which the evaluation reads with :func:`selected_on_scored`
+#: missing in older checkpoints), which the evaluation reads with :func:`selected_on_scored`;
+#: "precision": the precision it was trained in (``trainer.precision``: fp32 or bf16; missing in
+#: older checkpoints)
 CHECKPOINT_KEYS = ("model", "arch", "num_classes", "epoch", "optimizer", "scheduler", "args", "best_metric",
-                   "metrics", "trained_on", "bn", "selected_on")
+                   "metrics", "trained_on", "bn", "precision", "selected_on")
 RESUME_KEYS = CHECKPOINT_KEYS[:6]
 #: what a checkpoint records when no shard folder chose it
 LAST_EPOCH = "last epoch"

@@ -2,7 +2,8 @@
 ``main(argv)`` returns an exit status (console-script ready, and callable from tests).
 
 Exit status: 0 success, 1 a user error (bad input file, refused checkpoint, data loss ...;
-one line on stderr naming the input), 2 a usage error (click's), 130 interrupted; every error
+one line on stderr naming the input), 2 a usage error (click's, or a user error whose class
+sets ``exit_code = 2``: an option this machine cannot honour), 130 interrupted; every error
 is one ``error: ...`` line (:mod:`pipeline.cli`, the pipeline's commands print theirs alike).
 """
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _run(cli: click.Command, args: list[str], prog_name: str) -> int:
         return 130
     except USER_ERRORS as exc:
         click.echo(f"error: {one_line(exc)}", err=True)
-        return 1
+        return getattr(exc, "exit_code", 1)
     except ValueError as exc:
         if "null byte" not in str(exc):     # a path with a NUL byte that no check above caught
             raise

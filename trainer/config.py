@@ -25,6 +25,7 @@ from .losses import REDUCTIONS
 from .methods import get as get_method, names as method_names
 from .optim import names as optimizer_names
 from .options import ConfigError, check_ranges, check_types, flag, opt
+from .precision import upgrade_legacy
 from .vocab import BN_MODES, LABEL_SOURCES
 
 #: the largest batch: it sizes the loader's buffers (65,536 x 224² x 3 bytes = 9.9 GB)
@@ -93,8 +94,7 @@ class TrainConfig:
                                            "weights, --method, --alpha, --bn ...): refused without it.")
     seed: int = O.seed()
     device: str = O.device()
-    amp: bool = O.amp()
-    channels_last: bool = opt(True, help="channels_last memory layout on CUDA.")
+    precision: str = O.precision()
     threads: int | None = O.threads()
     progress: bool = O.progress()
     log_every: int = opt(0, low=0, help="Also log the train loss every N steps.")
@@ -164,7 +164,7 @@ class EvalConfig:
     max_skip: float = O.max_skip("a setting")
     device: str = O.device()
     threads: int | None = O.threads()
-    amp: bool = O.amp()
+    precision: str = O.precision()
     progress: bool = O.progress()
     cache: bool = opt(True, help="Reuse the results of (model, setting) pairs evaluated before with the same bytes "
                                  "and options.")
@@ -209,6 +209,7 @@ class TeacherCacheConfig:
     batch_size: int = opt(64, low=1, high=MAX_BATCH)
     workers: int | None = O.workers()
     device: str = O.device()
+    precision: str = O.precision()
     max_skip: float = O.max_skip("a setting")
     force: bool = opt(False, help="Rebuild even when a valid cache exists.")
     progress: bool = O.progress()
@@ -218,6 +219,7 @@ class TeacherCacheConfig:
         if not c.shards:
             raise ConfigError("no shards: give --shards")
         check_ranges(c)
+        _device(c)
         return c
 
 
@@ -254,11 +256,15 @@ def _paths(value, name: str, twice: str | None = None) -> list[str]:
 
 
 def _device(c) -> None:
+    """The device, then the precision on it (bf16 where the device has none is refused now,
+    before anything runs: ``trainer.precision.PrecisionError``, exit status 2)."""
     from .distributed import DeviceError, resolve_device
+    from .precision import check_choice
     try:
         resolve_device(c.device)
     except DeviceError as exc:
         raise ConfigError(str(exc)) from None
+    check_choice(c.precision, c.device)
 
 
 def _known(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -266,6 +272,8 @@ def _known(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: expected a mapping of option names to values")
     names = {f.name for f in fields(cls)}
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if "precision" in names:    # an older run's amp / channels_last
+        data = upgrade_legacy(data, source, ConfigError)
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")

@@ -10,7 +10,8 @@ A cached entry is one model on one setting folder, keyed by
   built), and the name, size and mtime of every selected tar (a tar replaced or edited in
   place behind its manifest's back is evaluated again);
 - every evaluation option that can change a row (``--limit``, ``--max-skip``, the device
-  type and autocast, ... : all of :class:`trainer.config.EvalConfig` but the ones listed in
+  type and the precision it resolves to there (fp32 or bf16: an ``auto`` row is cached under
+  what auto picked), ... : all of :class:`trainer.config.EvalConfig` but the ones listed in
   ``NOT_IN_KEY``), and ``VERSION``, bumped when the rows' meaning changes.
 
 Entries live in ``eval-cache/`` beside the results file (``EvalConfig.cache_dir`` elsewhere),
@@ -38,8 +39,8 @@ from .models import load_model, model_identity
 log = logging.getLogger("trainer.eval")
 
 #: bump when what a row means changes (a new score, another skip rule): old entries are then unused
-#: (2: rows carry ``selected_on_scored_data``)
-VERSION = 2
+#: (2: rows carry ``selected_on_scored_data``; 3: rows carry ``precision``, the key holds it instead of amp)
+VERSION = 3
 #: the folder name beside the results file
 DIR_NAME = "eval-cache"
 #: EvalConfig fields that cannot change a row (what to evaluate, where to write, how fast)
@@ -88,9 +89,9 @@ class EvalCache:
             folder = c.cache_dir or (Path(c.out).parent / DIR_NAME if c.out else None)
         elif world > 1:
             log.info("evaluation cache not used: %d processes", world)
+        from .precision import resolve
         options = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name not in NOT_IN_KEY}
-        amp = bool(options.get("amp")) and getattr(device, "type", str(device)) == "cuda"
-        options.update(amp=amp, device=getattr(device, "type", str(device)))
+        options.update(precision=resolve(c.precision, device).name, device=getattr(device, "type", str(device)))
         return cls(folder, options, force=getattr(c, "force", False), summary=summary)
 
     @property

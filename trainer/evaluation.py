@@ -57,6 +57,7 @@ from .distributed import Dist, init_distributed
 from .eval_cache import EvalCache, Summary, ordered
 from .groups import resolve as resolve_groups
 from .options import click_options
+from .precision import Precision, resolve as resolve_precision
 
 log = logging.getLogger("trainer.eval")
 
@@ -67,22 +68,23 @@ PATH_COLUMNS = ("checkpoint", "weights", "shards_dir")
 COLUMNS = ["checkpoint", "weights", "arch", "method", "trained_on", "labels", "setting", "codec", "q", "split",
            "shards_dir", "top1", "top5", "top1_present", "count", "labelled", "skipped", "expected", "loss",
            "mean_bytes", "mean_bpp", "mean_psnr", "mean_ssim", "epoch", "group", "group_classes",
-           "selected_on_scored_data"]
+           "selected_on_scored_data", "precision"]
 
 
 def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64, workers: int = 2,
-                   device="cpu", amp: bool = True, limit: int | None = None, d: Dist | None = None,
-                   progress: bool = False, max_skip: float = 0.01,
+                   device="cpu", precision: str | Precision = "auto", limit: int | None = None,
+                   d: Dist | None = None, progress: bool = False, max_skip: float = 0.01,
                    groups: dict[str, list[str]] | None = None) -> tuple[list[dict], list[str]]:
     """(rows, failures): one row per setting, and one per class group of it (``groups``: name
     -> class names, resolved against each setting's manifest); a setting that lost more than
-    ``max_skip`` of its samples gives a failure message instead of rows."""
+    ``max_skip`` of its samples gives a failure message instead of rows.  ``precision``: a
+    choice (auto | fp32 | bf16) or a resolved :class:`~trainer.precision.Precision`; every row
+    records the one used."""
     d = d or Dist()
     device = torch.device(device)
-    step = loop.Step(device=device, amp=amp and device.type == "cuda", channels_last=device.type == "cuda")
-    model = model.to(device).eval()
-    if step.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    prec = resolve_precision(precision, device)
+    step = loop.Step(device=device, precision=prec)
+    model = prec.prepare(model.to(device).eval())
     check_classes(sets, int(meta.get("num_classes") or 1000), f"{meta.get('checkpoint') or meta.get('weights')}")
     for s in sets:
         labelspace.check([s], labelspace.of_model(meta), meta.get("checkpoint") or meta.get("weights"))
@@ -118,7 +120,8 @@ def evaluate_model(model, meta: dict, sets: list[ShardSet], batch_size: int = 64
                "mean_psnr": mean.get("psnr"), "mean_ssim": mean.get("ssim"), "epoch": meta.get("epoch"),
                "group": None, "group_classes": None,
                "selected_on_scored_data": (False if meta.get("checkpoint") is None
-                                           else selected_on_scored(meta.get("selected_on"), s))}
+                                           else selected_on_scored(meta.get("selected_on"), s)),
+               "precision": prec.name}
         rows.append(row)
         for name, g in (r.get("groups") or {}).items():
             rows.append({**row, **{k: g[k] for k in ("top1", "top5", "top1_present", "loss", "labelled")},
@@ -197,10 +200,13 @@ def evaluate(config: EvalConfig, summary: Summary | None = None) -> list[dict]:
     if c.threads:
         torch.set_num_threads(c.threads)
     d = init_distributed(c.device)
+    prec = resolve_precision(c.precision, d.device)
     sets = group_shards(c.shards)
     cache = EvalCache.for_config(c, d.device, d.world, summary)
     for s in sets if c.groups else ():  # a class no setting knows is an error before any model runs
         _group_ids(c.groups, s)
+    if d.main:
+        log.info("%s", prec.describe())
     rows: list[dict] = []
     failures: list[str] = []
     if c.num_classes is not None:
@@ -212,7 +218,7 @@ def evaluate(config: EvalConfig, summary: Summary | None = None) -> list[dict]:
         mine, todo = cache.split(source, arch, n_classes, sets)     # rows reused, sets left to evaluate
         if todo:
             model, meta = cache.load(source, arch, n_classes)
-            r, f = evaluate_model(model, meta, todo, c.batch_size, c.workers, d.device, c.amp, c.limit, d,
+            r, f = evaluate_model(model, meta, todo, c.batch_size, c.workers, d.device, prec, c.limit, d,
                                   c.progress, c.max_skip, groups=c.groups)
             cache.store(source, arch, n_classes, todo, r)
             mine += r

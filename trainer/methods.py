@@ -12,7 +12,6 @@ of a method's ``loss``.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -25,10 +24,11 @@ from . import vocab
 from .clitools import UserError
 from .data import DeviceJpeg
 from .losses import CrossEntropyLoss, ExpertLoss, StabilityLoss
+from .precision import Precision, fp32
 from .vocab import LABEL_SOURCES, TEACHER_LABELS, key, rank, split_key, title
 
-__all__ = ["LABEL_SOURCES", "TEACHER_LABELS", "Method", "MethodError", "Needs", "REGISTRY", "Step", "amp_context",
-           "create", "get", "key", "names", "rank", "register", "split_key", "title", "to_input"]
+__all__ = ["LABEL_SOURCES", "TEACHER_LABELS", "Method", "MethodError", "Needs", "REGISTRY", "Step", "create", "get",
+           "key", "names", "rank", "register", "split_key", "title", "to_input"]
 
 
 class MethodError(UserError, ValueError):
@@ -90,16 +90,21 @@ class Method:
 # -- a batch's way through the model ------------------------------------------------------------
 @dataclass
 class Step:
-    """How a batch becomes loss terms: the method, the frozen teacher, the device."""
+    """How a batch becomes loss terms: the method, the frozen teacher, the device and the
+    precision (``trainer.precision``: autocast and layout, shared by the student and a live
+    teacher; the loss terms are float32 whatever it is)."""
     method: Method | None = None
     teacher: nn.Module | None = None       # frozen g (None when its logits come from the cache)
     labels: str = "dataset"                # dataset | teacher (arg-max of g(x))
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp: bool = False                      # bf16 autocast (CUDA)
-    channels_last: bool = False
+    precision: Precision | None = None     # None: fp32 on ``device``
     grad_clip: float | None = None
     #: decodes what a ``gpu_jpeg`` loader left undecoded (made on first use, for ``device``)
     jpeg: DeviceJpeg | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.precision is None:
+            self.precision = fp32(self.device)
 
     def decoded(self, batch: dict) -> dict:
         """The batch with its JPEG bitstreams (if a ``gpu_jpeg`` loader left any) decoded on the device."""
@@ -110,11 +115,11 @@ class Step:
         return self.jpeg(batch)
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (N,3,H,W) -> float 0..1 on the device (channels_last on request)."""
-        return to_input(x, self.device, self.channels_last)
+        """uint8 (N,3,H,W) -> float 0..1 on the device, in the precision's memory layout."""
+        return to_input(x, self.device, self.precision.channels_last)
 
     def autocast(self):
-        return amp_context(self.device, self.amp)
+        return self.precision.autocast()
 
     def teacher_logits(self, batch: dict) -> torch.Tensor:
         """g(x): from the cache when the batch carries it, else the frozen teacher's forward pass."""
@@ -140,13 +145,6 @@ def to_input(x: torch.Tensor, device: torch.device, channels_last: bool = False)
     x = x.to(device, non_blocking=True)
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-
-
-def amp_context(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked; nothing elsewhere."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 

@@ -91,8 +91,9 @@ def progress():
     return opt(True)
 
 
-def amp():
-    return opt(True, help="bf16 autocast on CUDA.")
+def precision():
+    from .precision import AUTO, CHOICES, HELP
+    return opt(AUTO, choices=CHOICES, help=HELP)
 
 
 def max_skip(what: str = "an epoch"):

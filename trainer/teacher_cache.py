@@ -11,14 +11,18 @@ once and shared by all of them (and by the ``lossless`` setting itself).  It is 
 the reference folder, its ``plan_id`` and its shards' identity
 (:meth:`trainer.data.ShardSet.identity`), the arch and the weights.
 
-Files, in that folder (or under ``--out/<setting>/``): ``teacher-<arch>-<hash>.npy``
-(float16 logits, one row per sample, memory-mappable) and ``teacher-<arch>-<hash>.json``
-(arch, weights, weights_hash, count, skipped, num_classes, setting, plan_id, identity, keys
-in row order).  ``hash`` = sha256 of the teacher's weights
+Files, in that folder (or under ``--out/<setting>/``): ``teacher-<arch>-<hash>-<precision>.npy``
+(float16 logits, one row per sample, memory-mappable) and the same name in ``.json`` (arch,
+weights, weights_hash, precision, count, skipped, num_classes, setting, plan_id, identity,
+keys in row order).  ``hash`` = sha256 of the teacher's weights
 (``trainer.models.state_dict_hash``), so a cache is only ever used with the exact teacher
-that made it.  A cache covers every shard the folder's manifest lists; it is valid when
-arch, weights hash and count (+ the samples skipped while building it) match the manifest,
-and so do the plan and the shards' identity.
+that made it; ``precision`` (fp32 or bf16, ``trainer.precision``) is the one the teacher ran
+in, which is the student's: a run in bf16 uses (or builds) the bf16 cache and never reads
+logits computed in fp32, and the other way round.  A cache covers every shard the folder's
+manifest lists; it is valid when arch, weights hash, precision and count (+ the samples
+skipped while building it) match the manifest, and so do the plan and the shards' identity.
+A cache written before the precision was recorded (no ``-<precision>`` in its name) is not
+read: the run builds the cache of its precision beside it.
 
 Every path is built from the user's shard folder or ``--out``, the setting name of a
 checked manifest (``pipeline.manifest.Manifest``: never a path separator) and a checked
@@ -45,10 +49,11 @@ from .clitools import UserError, run_click
 from .data import ShardSet, check_skips, folder_key, group_shards, make_eval_loader
 from .distributed import Dist, barrier, resolve_device
 from .loop import Skips
-from .methods import amp_context, to_input
+from .methods import to_input
 from .config import TeacherCacheConfig
 from .models import build_model, state_dict_hash
 from .options import click_options
+from .precision import Precision, fp32, resolve as resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +112,24 @@ def cache_target(shards: ShardSet) -> ShardSet:
     return shards.reference if shards.reference is not None else shards
 
 
-def cache_path(shards: ShardSet, arch: str, weights_hash: str, root: str | os.PathLike | None = None) -> Path:
-    """Where the cache of ``shards`` for this teacher lives: beside the clean crops (the
-    setting's folder, or its reference's), or under ``root/<that folder's setting>/``."""
-    if not _ARCH.fullmatch(arch or "") or not re.fullmatch(r"[0-9a-f]+", weights_hash):
-        raise CacheError(f"cannot name a teacher cache after arch {arch!r} and hash {weights_hash!r}")
+def cache_path(shards: ShardSet, arch: str, weights_hash: str, root: str | os.PathLike | None = None,
+               precision: str = "fp32") -> Path:
+    """Where the cache of ``shards`` for this teacher in this precision (fp32 | bf16) lives:
+    beside the clean crops (the setting's folder, or its reference's), or under
+    ``root/<that folder's setting>/``."""
+    if not _ARCH.fullmatch(arch or "") or not re.fullmatch(r"[0-9a-f]+", weights_hash) \
+            or not _ARCH.fullmatch(str(precision)):
+        raise CacheError(f"cannot name a teacher cache after arch {arch!r}, hash {weights_hash!r} and precision "
+                         f"{precision!r}")
     shards = cache_target(shards)
     base = Path(shards.folder) if root is None else Path(root) / shards.setting.name
-    return base / f"teacher-{arch}-{weights_hash}.npy"
+    return base / f"teacher-{arch}-{weights_hash}-{precision}.npy"
 
 
-def validate(path: str | os.PathLike, shards: ShardSet, arch: str, weights_hash: str) -> str | None:
-    """None when the cache at ``path`` is usable for ``shards``, else the reason."""
+def validate(path: str | os.PathLike, shards: ShardSet, arch: str, weights_hash: str,
+             precision: str = "fp32") -> str | None:
+    """None when the cache at ``path`` is usable for ``shards`` by a run in ``precision``,
+    else the reason."""
     shards = cache_target(shards)
     path = Path(path)
     meta_p = path.with_suffix(".json")
@@ -136,6 +147,8 @@ def validate(path: str | os.PathLike, shards: ShardSet, arch: str, weights_hash:
         return f"arch {meta.get('arch')} != {arch}"
     if meta.get("weights_hash") != weights_hash:
         return f"weights hash {meta.get('weights_hash')} != {weights_hash}"
+    if meta.get("precision") != str(precision):
+        return (f"computed in {meta.get('precision') or 'an unrecorded precision'}, this run is {precision}")
     want = int(shards.manifest["count"])
     count, skipped = meta.get("count"), meta.get("skipped", 0)
     if not isinstance(count, int) or not isinstance(skipped, int) or count + skipped != want:
@@ -162,14 +175,15 @@ def _whole(shards: ShardSet) -> ShardSet:
 @torch.no_grad()
 def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: str | None,
                 path: str | os.PathLike, batch_size: int = 64, workers: int = 0,
-                device: torch.device | str = "cpu", amp: bool = False, progress: bool = False,
+                device: torch.device | str = "cpu", precision: Precision | None = None, progress: bool = False,
                 max_skip: float = 0.01) -> Path:
     """Run the teacher over every clean crop of the setting (of its reference, in split
-    layout); write the cache atomically."""
+    layout) in ``precision`` (default fp32); write the cache atomically."""
     shards = cache_target(shards)
     path = Path(path)
     device = torch.device(device)
-    teacher = teacher.to(device).eval()
+    prec = precision if precision is not None else fp32(device)
+    teacher = prec.prepare(teacher.to(device).eval())
     full = _whole(shards)
     loader = make_eval_loader([full], batch_size, workers=workers, need_comp=False, need_clean=True)
     keys: list[str] = []
@@ -184,8 +198,8 @@ def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: 
         skips.add(batch)
         if batch["label"].numel() == 0:
             continue
-        x = to_input(batch["clean"], device)
-        with amp_context(device, amp):
+        x = to_input(batch["clean"], device, prec.channels_last)
+        with prec.autocast():
             out = teacher(x).float()
         rows.append(out.cpu().numpy().astype(np.float16))
         keys.extend(batch["key"])
@@ -199,7 +213,8 @@ def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: 
         raise CacheError(f"{shards.folder}: duplicate sample keys")
     missing = full.count - len(keys) - skips.count
     meta = {"format": FORMAT, "arch": arch, "weights": None if weights is None else str(weights),
-            "weights_hash": state_dict_hash(teacher), "count": len(keys), "skipped": full.count - len(keys),
+            "weights_hash": state_dict_hash(teacher), "precision": prec.name, "count": len(keys),
+            "skipped": full.count - len(keys),
             "skip_reasons": skips.reasons + ([f"{missing} sample(s) missing against the manifest"] if missing > 0 else []),
             "num_classes": int(logits.shape[1]) if logits.size else 0, "setting": shards.name,
             "plan_id": shards.manifest.get("plan_id"), "identity": full.identity(),
@@ -213,17 +228,20 @@ def build_cache(shards: ShardSet, teacher: torch.nn.Module, arch: str, weights: 
 
 def resolve_caches(sets: list[ShardSet], teacher: torch.nn.Module, arch: str, weights: str | None,
                    mode: str = "auto", fallback_root: str | os.PathLike | None = None, d: Dist | None = None,
-                   batch_size: int = 64, workers: int = 0, device="cpu", amp: bool = False,
+                   batch_size: int = 64, workers: int = 0, device="cpu", precision: Precision | None = None,
                    progress: bool = False, max_skip: float = 0.01) -> dict[str, TeacherCache] | None:
     """setting folder -> TeacherCache, building missing caches (on rank 0) when mode is
     'auto' or a folder; None when mode is 'off'.  mode: auto (beside the clean crops, or under
     ``fallback_root`` when that folder is read-only) | off | PATH (a .npy file for the clean
     crops of the settings, or a folder holding <setting>/teacher-*.npy).  Split-layout
     settings of one split share their reference's cache: it is built once, and their folders
-    and the reference's all map to it."""
+    and the reference's all map to it.  The caches are those of ``precision`` (the training
+    run's; default fp32): auto and a folder build the cache of that precision beside one of
+    another; a FILE.npy computed in another precision is refused (CacheError), not overwritten."""
     if mode in (None, "off", "none"):
         return None
     d = d or Dist()
+    prec = precision if precision is not None else fp32(device)
     wh = state_dict_hash(teacher)
     out: dict[str, TeacherCache] = {}
     built: dict[str, TeacherCache] = {}        # target folder -> its cache
@@ -233,30 +251,42 @@ def resolve_caches(sets: list[ShardSet], teacher: torch.nn.Module, arch: str, we
         key = folder_key(target.folder)
         if key not in built:
             if mode == "auto":
-                p = cache_path(s, arch, wh)
-                if not os.access(target.folder, os.W_OK) and validate(p, s, arch, wh) is not None \
+                p = cache_path(s, arch, wh, precision=prec.name)
+                if not os.access(target.folder, os.W_OK) and validate(p, s, arch, wh, prec.name) is not None \
                         and fallback_root is not None:
-                    p = cache_path(s, arch, wh, fallback_root)
+                    p = cache_path(s, arch, wh, fallback_root, prec.name)
             elif str(mode).endswith(".npy"):
                 if len(targets) != 1:
                     raise CacheError("--teacher-cache FILE.npy needs the settings of one set of clean crops (one "
                                      "pair-layout setting, or split-layout settings of one reference); give a folder")
                 p = Path(mode)
+                _check_file_precision(p, prec.name)
             else:
-                p = cache_path(s, arch, wh, mode)
-            reason = validate(p, s, arch, wh)
+                p = cache_path(s, arch, wh, mode, prec.name)
+            reason = validate(p, s, arch, wh, prec.name)
             if reason is not None:
                 if d.main:
                     log.info("teacher cache %s: %s; building it", p, reason)
-                    build_cache(s, teacher, arch, weights, p, batch_size, workers, device, amp, progress, max_skip)
+                    build_cache(s, teacher, arch, weights, p, batch_size, workers, device, prec, progress, max_skip)
                 barrier(d)
-                reason = validate(p, s, arch, wh)
+                reason = validate(p, s, arch, wh, prec.name)
                 if reason is not None:
                     raise CacheError(f"teacher cache {p} is not valid after building: {reason}")
             built[key] = TeacherCache(p)
         out[folder_key(s.folder)] = built[key]
         out[key] = built[key]    # stability training reads the reference's shards themselves
     return out
+
+
+def _check_file_precision(path: Path, precision: str) -> None:
+    """A cache file the user named, computed in another precision than the run's: refused."""
+    try:
+        had = read_json(path.with_suffix(".json"), "teacher cache description").get("precision")
+    except (OSError, ValueError, AttributeError):
+        return        # absent or unreadable: validate() says why, and it is built
+    if had is not None and had != precision:
+        raise CacheError(f"--teacher-cache {path}: computed in {had}, this run is {precision} (give --precision "
+                         f"{had}, or another file: a cache is only read in the precision that made it)")
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -267,24 +297,25 @@ def cli(**params):
     c = TeacherCacheConfig(**{k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}).resolved()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     dev = torch.device(resolve_device(c.device))
+    prec = resolve_precision(c.precision, dev)
+    log.info("%s", prec.describe())
     sets = group_shards(c.shards)
     n = c.num_classes or sets[0].num_classes
     teacher = build_model(c.arch, c.weights, n).to(dev).eval().requires_grad_(False)
     wh = state_dict_hash(teacher)
     done: set[Path] = set()
     for s in sets:
-        p = cache_path(s, c.arch, wh, c.out)
+        p = cache_path(s, c.arch, wh, c.out, prec.name)
         if p in done:     # split-layout settings of one reference share its cache
             click.echo(f"{p}: shared with the other settings of {cache_target(s).folder}")
             continue
         done.add(p)
-        reason = "forced" if c.force else validate(p, s, c.arch, wh)
+        reason = "forced" if c.force else validate(p, s, c.arch, wh, prec.name)
         if reason is None:
             click.echo(f"{p}: valid, kept")
             continue
         t0 = time.perf_counter()
-        build_cache(s, teacher, c.arch, c.weights, p, c.batch_size, c.workers, dev, dev.type == "cuda", c.progress,
-                    c.max_skip)
+        build_cache(s, teacher, c.arch, c.weights, p, c.batch_size, c.workers, dev, prec, c.progress, c.max_skip)
         click.echo(f"{p}: {cache_target(s).manifest['count']} logits ({reason}; {time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -19,7 +19,7 @@ import torch
 
 from pipeline.atomic import make_folder
 
-from . import checkpoint, labelspace, loop, methods
+from . import checkpoint, labelspace, loop, methods, precision
 from .checkpoint import CheckpointSaver, RESUME_KEYS, trained_on
 from .clitools import UserError
 from .config import TrainConfig, yaml_text
@@ -65,13 +65,19 @@ def train(config: TrainConfig) -> TrainResult:
     # the worker count shapes the epoch plan (which worker reads which shard): args.yaml records
     # the number used, so that --config repeats the run's data order on another machine too
     from_cpus = c.workers is None
-    c = dataclasses.replace(c, workers=default_workers() if from_cpus else c.workers)
+    # the precision likewise: args.yaml records the one used (auto decided here: fp32 or bf16)
+    prec = precision.resolve(c.precision, d.device)
+    c = dataclasses.replace(c, workers=default_workers() if from_cpus else c.workers, precision=prec.name)
+    data.info["precision_choice"] = prec.choice
     if d.main:
         make_folder(run.path, "run folder")
+        log.info("%s", prec.describe())
+        if ckpt is not None and ckpt.get("precision") not in (None, prec.name):
+            log.warning("resuming a run trained in %s at %s", ckpt.get("precision"), prec.name)
         data.announce(c.workers, from_cpus)
     writer = _tensorboard(run) if c.tensorboard and d.main else None
     barrier(d)
-    model, step, caches = _model(c, d, data, run)
+    model, step, caches = _model(c, d, data, run, prec)
     optimizer = make_optimizer(freeze_all_but_head(model) if step.method.head_only else list(model.parameters()), c)
     scheduler = make_scheduler(optimizer, c)
     start_epoch, best = _restore(resume, ckpt, model, optimizer, scheduler, d)
@@ -98,7 +104,7 @@ def train(config: TrainConfig) -> TrainResult:
             saver.save({"model": model.net.state_dict(), "arch": c.arch, "num_classes": data.num_classes,
                         "epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "args": args, "metrics": row, "trained_on": trained_on(data.train, data.weights),
-                        "bn": c.bn}, improved)
+                        "bn": c.bn, "precision": prec.name}, improved)
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                       for k, v in row.items()))
         barrier(d)
@@ -153,7 +159,8 @@ class Shards:
                 f"{k} {v:.1f}%" for k, v in asked_shares([s.name for s in self.train], self.weights).items()))
 
 
-def _model(c: TrainConfig, d: Dist, data: Shards, run: RunDir) -> tuple[Classifier, loop.Step, list | None]:
+def _model(c: TrainConfig, d: Dist, data: Shards, run: RunDir,
+           prec: precision.Precision) -> tuple[Classifier, loop.Step, list | None]:
     """The model on its device, the step (method, frozen teacher: a copy of the initial weights,
     kept outside DDP) and the teacher caches (None: the live teacher, or none needed)."""
     seed_everything(c.seed)
@@ -161,22 +168,18 @@ def _model(c: TrainConfig, d: Dist, data: Shards, run: RunDir) -> tuple[Classifi
     if c.bn == "frozen" and not norm_layers(model):
         log.warning("--bn frozen: %s has no normalisation layers with running statistics; nothing to freeze", c.arch)
     method = methods.create(c)
-    cuda = d.device.type == "cuda"
-    step = loop.Step(method=method, labels=c.labels, device=d.device, amp=c.amp and cuda,
-                     channels_last=c.channels_last and cuda, grad_clip=c.grad_clip)
+    step = loop.Step(method=method, labels=c.labels, device=d.device, precision=prec, grad_clip=c.grad_clip)
     caches = None
     if method.needs(c.labels, cached_teacher=False).teacher:
-        teacher = copy.deepcopy(model).eval().requires_grad_(False).to(d.device)
+        # the teacher runs in the student's precision, live or cached (the cache records it)
+        teacher = prec.prepare(copy.deepcopy(model).eval().requires_grad_(False).to(d.device))
         caches = resolve_caches(data.train, teacher, c.arch, c.weights, c.teacher_cache,
                                 fallback_root=run.path / "teacher-cache", d=d, batch_size=c.val_batch_size,
-                                workers=c.workers, device=d.device, amp=step.amp, progress=c.progress,
+                                workers=c.workers, device=d.device, precision=prec, progress=c.progress,
                                 max_skip=c.max_skip)
         step.teacher = None if caches is not None else teacher
     data.info["teacher_cached"] = caches is not None
-    model.to(d.device)
-    if step.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model, step, caches
+    return prec.prepare(model.to(d.device)), step, caches
 
 
 def _resume_checkpoint(c: TrainConfig, run: RunDir) -> tuple[str | None, dict | None]:

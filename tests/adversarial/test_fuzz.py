@@ -111,7 +111,8 @@ def test_the_results_reader(text):
 
 yaml_texts = st.one_of(
     st.dictionaries(st.sampled_from(["epochs", "betas", "lr", "seed", "device", "out", "shards", "batch_size",
-                                     "num_classes", "workers", "amp", "method", "max_skip", "val_shards"]),
+                                     "num_classes", "workers", "amp", "method", "max_skip", "val_shards",
+                                     "precision", "channels_last"]),
                     values, max_size=5).map(json.dumps),          # JSON is YAML
     st.text(max_size=200),
     st.integers(1, 2000).map(lambda n: "a: " + "[" * n + "]" * n),
@@ -193,9 +194,10 @@ def test_the_label_parser(value):
 
 
 OPTIONS = ["--batch-size", "--epochs", "--seed", "--lr", "--betas", "--workers", "--num-classes", "--device",
-           "--max-skip", "--shuffle-buffer", "--alpha", "--method", "--train-limit", "--threads", "--weight-decay"]
+           "--max-skip", "--shuffle-buffer", "--alpha", "--method", "--train-limit", "--threads", "--weight-decay",
+           "--precision"]
 option_values = st.one_of(st.integers(-2**80, 2**80).map(str), st.integers(2**62, 2**80).map(str), st.floats().map(str), st.text(max_size=12),
-                          st.sampled_from(["nan", "inf", "-1", "0", "1e308", "cuda", "cpu", "auto", "expert"]))
+                          st.sampled_from(["nan", "inf", "-1", "0", "1e308", "cuda", "cpu", "auto", "expert", "bf16", "fp32"]))
 
 
 @FUZZ
