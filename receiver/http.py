@@ -147,7 +147,8 @@ class BoundedProtocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        # the next request's headers are awaited, unless a pipelined one is already in
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._wait_for_headers()
 
     def connection_lost(self, exc) -> None:
