@@ -117,7 +117,7 @@ def evaluate(zoo, traffic: list[Received], device: str, batch: int = 64) -> tupl
             cell[1] += 1
         tops: dict[str, dict[str, np.ndarray]] = {m: {} for m in METRICS}
         for name, e in models.items():
-            _, ranked, _ = classify(e.model, xs, device, 10 ** 6, e.precision)   # every class, best first
+            _, ranked, _, _ = classify(e.model, xs, device, 10 ** 6, e.precision)   # every class, best first
             tops["top1"][name] = ranked[:, 0]
             first_present = np.isin(ranked, present).argmax(axis=1)
             tops["top1_present"][name] = ranked[np.arange(len(ranked)), first_present]
