@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_serve import WEIGHTS, free_port, start_server  # noqa: E402
+from trainer import precision  # noqa: E402
 from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.markdown import table  # noqa: E402
 
@@ -96,7 +97,7 @@ def markdown(points: dict, clients: int, load: float, nbytes: int) -> str:
     text = table(["decodes in", "/health p50 ms", "p99 ms", "max ms", "heavy requests/s"], rows)
     return (f"`GET /health` every 50 ms while {clients} clients send a {SIDE}x{SIDE} JPEG 2000 codestream "
             f"({nbytes:,} bytes) back to back; MobileNetV2 ({'ImageNet' if WEIGHTS.is_file() else 'random'} "
-            f"weights) on a 2-core x86-64 CPU, clients on the same cores; {next(iter(points.values()))['seconds']:.0f} "
+            f"weights) on {precision.cpu_words()}, clients on the same cores; {next(iter(points.values()))['seconds']:.0f} "
             f"s timed per row after warm-up.  The 1-minute load average, read after each row, was {load:.1f} at "
             f"its highest.\n\n{text}\n")
 

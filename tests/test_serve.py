@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +19,7 @@ pytest.importorskip("starlette", reason="the [serve] extra (starlette, uvicorn) 
 pytest.importorskip("uvicorn", reason="the [serve] extra (starlette, uvicorn) is not installed")
 
 from tests.conftest import ROOT, synthetic_rgb  # noqa: E402
-from tests.zoo_helpers import ARCH, entry_of, free_port, write_expert  # noqa: E402
+from tests.zoo_helpers import ARCH, entry_of, free_port, serving, write_expert  # noqa: E402
 from receiver.serve import join_frames  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -31,7 +29,6 @@ pytestmark = pytest.mark.slow
 RSS_BOUND_MB = 1536
 TIMEOUT_S = 3
 #: start-up (imports, four models) on a busy 2-core machine
-START_S = 300
 MAX_INFLIGHT = 20
 
 
@@ -95,30 +92,8 @@ def server(zoo, tmp_path_factory):
            "--default", str(zoo / "default.pth"), "--arch", ARCH, "--host", "127.0.0.1", "--port", str(port),
            "--max-body", str(4 << 20), "--timeout", str(TIMEOUT_S), "--threads", "2",
            "--max-inflight", str(MAX_INFLIGHT)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"m2m-serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if _get(port, "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"m2m-serve did not answer /health within {START_S} s: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
+    with serving(cmd, port, log, ROOT) as proc:
         yield port, proc, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 30):

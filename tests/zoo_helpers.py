@@ -2,8 +2,13 @@
 contract's ``trained_on`` (from a real manifest when there is one) around a small random model."""
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import socket
+import subprocess
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ARCH = "mobilenet_v3_small"
@@ -57,3 +62,45 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: how long a test server may take to load its models and answer /health
+START_S = 300
+
+
+@contextmanager
+def serving(cmd: list[str], port: int, log: Path, cwd: Path, preexec_fn=None):
+    """A ``receiver.serve`` process (``cmd``, its output in ``log``) once it answers ``/health``
+    on ``port``; terminated on exit.  A server that exits or never answers fails the test."""
+    import pytest
+
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=err, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
+    try:
+        deadline = time.monotonic() + START_S
+        while not _healthy(port):
+            if proc.poll() is not None:
+                pytest.fail(f"m2m-serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"m2m-serve did not answer /health within {START_S} s: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _healthy(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()

@@ -11,7 +11,6 @@ import json
 import os
 import resource
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -25,7 +24,7 @@ pytest.importorskip("starlette", reason="the [serve] extra (starlette, uvicorn) 
 pytest.importorskip("uvicorn", reason="the [serve] extra (starlette, uvicorn) is not installed")
 
 from tests.conftest import ROOT, synthetic_rgb  # noqa: E402
-from tests.zoo_helpers import ARCH, entry_of, free_port, write_expert  # noqa: E402
+from tests.zoo_helpers import ARCH, entry_of, free_port, serving, write_expert  # noqa: E402
 
 from .conftest import one_error  # noqa: E402
 
@@ -35,7 +34,6 @@ MiB = 1 << 20
 MAX_CONNECTIONS = 48
 #: the server's open-file limit: what MAX_CONNECTIONS needs, far below the sockets a client opens
 NOFILE = 160
-START_S = 300
 
 
 def _nan_expert(folder: Path) -> None:
@@ -74,31 +72,8 @@ def server(zoo, tmp_path_factory):
            "--default", str(zoo / "default.pth"), "--arch", ARCH, "--port", str(port), "--threads", "1",
            "--max-body", str(MiB), "--max-buffered", str(3 * MiB), "--timeout", "20", "--header-timeout", "2",
            "--max-connections", str(MAX_CONNECTIONS), "--decode-processes", "1", "--decode-threads", "1"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT,
-                                preexec_fn=_limit_files)
-    try:
-        deadline = time.monotonic() + START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"m2m-serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if _request(port, "GET", "/health", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"m2m-serve did not answer /health within {START_S} s: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
+    with serving(cmd, port, log, ROOT, preexec_fn=_limit_files) as proc:
         yield port, proc, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 60):
