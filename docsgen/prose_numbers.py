@@ -22,7 +22,7 @@ code blocks, link targets and comments; numbers that are part of a name (``j2k-2
 equation or step of a paper or page (``Table 1``, ``Fig. 4``, ``§3``); and whole numbers without
 a unit of measurement (counts and settings: "3 seeds", "batch 256", "status 413"), or 0 to 10 with
 one (except a percentage).  A number with decimals, or a whole number with a unit (%, ×, points,
-bytes, bpp, dB, ms, s, minutes, views ...), is a measurement and is checked.
+bytes, bpp, dB, ms, s, minutes ...), is a measurement and is checked.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def _value(token: str) -> tuple[float, int]:
 #: what after a whole number makes it a measurement (a whole number without one is a count or a
 #: setting: "3 seeds", "batch 256", "status 413")
 UNIT = re.compile(r"\s?(%|×|x\b|times\b|points?\b|pp\b|bytes?\b|bpp\b|dB\b|ms\b|s\b|seconds?\b|minutes?\b|"
-                  r"min\b|hours?\b|h\b|views\b|images?/s\b|crops?/s\b|samples?/s\b|steps?/s\b|requests?/s\b)")
+                  r"min\b|hours?\b|h\b|images?/s\b|crops?/s\b|samples?/s\b|steps?/s\b|requests?/s\b)")
 
 
 def _exempt(text: str, start: int, end: int, token: str) -> bool:
