@@ -18,7 +18,8 @@ A number outside the generated blocks is *sourced* when
 Not findings, so not checked (each a rule, not a list of values): numbers in code spans,
 code blocks, link targets and comments; numbers that are part of a name (``j2k-200``,
 ``ResNet-50``, ``H200``, ``top-1``, ``mobilenet_v2``, ``1000-way``); years; versions
-(``3.10.2``, ``v1``, ``Python 3.11``); list markers; settings' values (``σ 1.5``, ``lr 1e-6``, ``default 1%``), dimensions (``10000×2``); references to a table, figure, section,
+(``3.10.2``, ``v1``, ``Python 3.11``); list markers; settings' values (``σ 1.5``, ``lr 1e-6``, ``default 1%``, a value after an option in a code span:
+```--lr-factor`` 0.2``), dimensions (``10000×2``); references to a table, figure, section,
 equation or step of a paper or page (``Table 1``, ``Fig. 4``, ``§3``); and whole numbers without
 a unit of measurement (counts and settings: "3 seeds", "batch 256", "status 413"), or 0 to 10 with
 one (except a percentage).  A number with decimals, or a whole number with a unit (%, ×, points,
@@ -51,15 +52,17 @@ REFERENCE = re.compile(r"(Table|Tables|Fig\.|Figs\.|Figure|Figures|Section|Secti
 
 
 #: what before a number makes it a setting's value (a parameter's symbol or name, a default, a version)
-SETTING = re.compile(r"(σ|α|β|sigma|alpha|lr|betas?|K\d|default|torchvision|Pillow|numpy|torch)\s*\(?"
+OPTION = "¤"
+SETTING = re.compile(r"(¤|σ|α|β|sigma|alpha|lr|betas?|K\d|default|torchvision|Pillow|numpy|torch)\s*\(?"
                      r"(\d+(\.\d+)?,\s*)?$")
 
 
 def _plain(text: str) -> str:
     """The prose of a page: generated blocks, code and comments blanked (line breaks kept)."""
     blank = lambda m: re.sub(r"[^\n]", " ", m.group(0))  # noqa: E731
-    for rx in (BLOCK, FENCE, COMMENT, CODE, URL):
+    for rx in (BLOCK, FENCE, COMMENT, URL):
         text = rx.sub(blank, text)
+    text = CODE.sub(lambda m: OPTION * len(m.group(0)), text)    # a code span: an option, a value, a name
     return LINK_TARGET.sub(lambda m: "](" + " " * (len(m.group(0)) - 3) + ")", text)
 
 
