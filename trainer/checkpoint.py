@@ -162,7 +162,8 @@ def selection_record(sets: list, metric: str) -> dict:
     for s in sets:
         entry = {"setting": s.name, "manifest": manifest_digest(s.manifest),
                  "shards": sorted(os.path.basename(p) for p in s.shards)}
-        ids = selection.image_ids(s.folder, s.shards)
+        folder = getattr(s, "folder", None)
+        ids = selection.image_ids(folder, s.shards) if folder else None
         if ids is not None:
             entry["images"] = sorted(ids)
         folders.append(entry)
@@ -185,7 +186,8 @@ def selected_on_scored(selected_on, s) -> bool | None:
         return True
     chosen = {i for f in folders if isinstance(f, dict) and isinstance(f.get("images"), list)
               for i in f["images"] if isinstance(i, str)}
-    scored = selection.image_ids(s.folder, s.shards) if chosen else None
+    folder = getattr(s, "folder", None)
+    scored = selection.image_ids(folder, s.shards) if chosen and folder else None
     return bool(scored and selection.shared(chosen, scored))
 
 

@@ -82,7 +82,7 @@ def check_selection(rows: list, allow: bool = False, source: str = "") -> list:
     was chosen on, and rows that do not say (``selected_on_scored_data`` missing or null), are
     refused (a one-line error naming the first of them) unless ``allow``; then they are kept,
     and :func:`mark` and ``SELECTED_NOTE`` show them.  Returns ``rows``."""
-    refused = [r for r in rows if not_cleared(r)]
+    refused = sorted((r for r in rows if not_cleared(r)), key=lambda r: not selected_on_scored(r))   # flagged first
     if refused and not allow:
         r = refused[0]
         model = _field(r, "checkpoint") or _field(r, "weights") or f"{_field(r, 'method')} model"
