@@ -122,13 +122,11 @@ bench: install ## Benchmarks: pipeline, BPG codec, trainer, fp32 vs bf16; writes
 
 # make bench-gpu on a machine with a CUDA GPU: about 5 minutes (2 archs x 2 modes x 3 columns x 20 s, plus set-up);
 # BENCH_GPU_MODES=finetune,expert-live,expert-cached adds the live teacher, BENCH_GPU_ARGS=--gpu-decode uses nvJPEG
-bench-gpu: install ## Trainer throughput at steady state on a CUDA GPU (resnet50, mobilenet_v2); refreshes docs/benchmarks.md
-	@mkdir -p $(RESULTS)
+bench-gpu: install ## Trainer throughput at steady state on a CUDA GPU (resnet50, mobilenet_v2); prints the tables
 	$(PY) benchmarks/bench_trainer.py --device cuda --arch resnet50 --batch-size 64 --modes $(BENCH_GPU_MODES) \
-	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS) --json $(RESULTS)/trainer-gpu-resnet50.json
+	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS)
 	$(PY) benchmarks/bench_trainer.py --device cuda --arch mobilenet_v2 --batch-size 64 --modes $(BENCH_GPU_MODES) \
-	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS) --json $(RESULTS)/trainer-gpu-mobilenet_v2.json
-	$(BLOCK) trainer-gpu
+	  --seconds $(BENCH_SECONDS) $(BENCH_GPU_ARGS)
 
 # about 5 minutes: 3 points x 2 precisions x (BENCH_SECONDS + warm-up), the servers' start, the model alone at each mean batch
 bench-serve: install ## m2m-serve at steady state (MobileNetV2, 1/8/32 clients, fp32 and bf16); writes $(RESULTS)/serve.json, refreshes docs/receiver.md

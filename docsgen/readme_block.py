@@ -160,8 +160,6 @@ BLOCKS = [
     _doc("docs/benchmarks.md", "bpg", f"{RESULTS}/bpg.json"),
     _doc("docs/benchmarks.md", "loader", f"{RESULTS}/loader.json"),
     _doc("docs/benchmarks.md", "trainer", f"{RESULTS}/trainer.json"),
-    _doc("docs/benchmarks.md", "trainer-gpu", f"{RESULTS}/trainer-gpu-resnet50.json",
-         f"{RESULTS}/trainer-gpu-mobilenet_v2.json"),
     _doc("docs/benchmarks.md", "precision", f"{RESULTS}/precision.json"),
     _doc("docs/benchmarks.md", "precision-accuracy", "experiments/results/precision-cpu.json"),
     _doc("README.md", "demo", "docs/demo-results.json"),

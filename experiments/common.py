@@ -68,6 +68,16 @@ def options(seeds: str, train_per_class: int, val_per_class: int, shard_size: in
     return decorate
 
 
+def parse_bn_modes(text: str) -> list[str]:
+    """"train frozen" -> the ``--bn`` modes every model is trained with (``trainer.vocab.BN_MODES``)."""
+    from trainer.vocab import BN_MODES
+    modes = text.replace(",", " ").split()
+    bad = [b for b in modes if b not in BN_MODES]
+    if bad or not modes or len(set(modes)) != len(modes):
+        raise UserError(f"BN {text!r}: one or more of {', '.join(BN_MODES)}, each once")
+    return modes
+
+
 def parse_methods(text: str) -> list[tuple[str, str]]:
     """"stability finetune expert expert+teacher" -> [(method, labels)] (``expert-teacher``,
     the old spelling, is accepted)."""

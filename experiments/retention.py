@@ -23,13 +23,16 @@ Steps, each reusing finished work:
 2. Shards: A's train images in every setting (mixed order); the val subset in every setting
    and lossless (B-clean).
 3. Training: fine-tune, expert and label-free expert (``--labels teacher``) on every setting
-   and seed, with the same budget (epochs, samples per epoch, batch: the same number of
-   steps).
+   and seed, each with every ``--bn`` mode (``train``: the paper's; ``frozen``: the pretrained
+   batch-norm statistics kept), with the same budget (epochs, samples per epoch, batch: the
+   same number of steps).  A frozen run's folder is ``<method>-bn-frozen-<setting>-s<seed>``.
 4. Evaluation (``trainer.evaluate`` with class groups A and B): every model on the val
    shards of its own setting and of lossless; the pretrained model on all of them.  The rows
-   (one per model x setting x group, with ``top1`` and ``top1_present``) go to ``--results``.
+   (one per model x setting x group, with ``top1`` and ``top1_present``, and the model's ``bn``
+   mode) go to ``--results``.
 5. The summary (``experiments/summarize.py``): mean ± std over seeds of A-compressed,
-   B-compressed and B-clean.
+   B-compressed and B-clean, 1000-way and over the classes present, one row per method and
+   ``--bn`` mode: what frozen statistics do to classes nobody trained on.
 
 Why A's shards come from a subset source rather than a class filter in the trainer: the
 shards are then exactly what a deployer has (images of their own classes), the manifest's
@@ -38,6 +41,8 @@ away; the trainer stays unchanged.
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,6 +92,9 @@ def prepare(a) -> tuple[dict[str, str], dict[str, str]]:
 @common.options(seeds="0 1 2", train_per_class=300, val_per_class=100, shard_size=500)
 @click.option("--settings", envvar="SETTINGS", default="j2k-200 jpeg-10")
 @click.option("--methods", "methods_", envvar="METHODS", default="finetune expert expert+teacher")
+@click.option("--bn", "bn_modes", envvar="BN", default="train frozen",
+              help="The --bn modes every method is trained with (train: the paper's; frozen: the pretrained "
+                   "batch-norm statistics kept).")
 @click.option("--a-classes", envvar="A_CLASSES", default=A_CLASSES, help="Trained classes (folder names).")
 @click.option("--b-classes", envvar="B_CLASSES", default=B_CLASSES, help="Held-out classes (folder names).")
 @click.option("--out", envvar="OUT", type=click.Path(file_okay=False, path_type=Path),
@@ -111,6 +119,7 @@ def cli(**params):
         raise UserError("SETTINGS: lossless is the clean reference, not a training setting here")
     a.methods = common.parse_methods(a.methods_)
     a.seeds = common.parse_seeds(a.seeds)
+    a.bn = common.parse_bn_modes(a.bn_modes)
     a.a_classes = parse_classes(a.a_classes, "A_CLASSES")
     a.b_classes = parse_classes(a.b_classes, "B_CLASSES")
     if set(a.a_classes) & set(a.b_classes):
@@ -128,13 +137,18 @@ def run(a) -> str:
     a.train_globs = train_globs
     groups = {"A": a.a_classes, "B": a.b_classes}
     checkpoints: dict[str, list[str]] = {}
+    bn_of: dict[str, str] = {}
     for seed in a.seeds:
         for s in a.settings:
             for method, labels in a.methods:
-                run_path = common.run_dir(a.out, methods.key(method, labels), s.name, seed)
-                common.train_run(run_path, train_globs[s.name], method, labels, seed, a.arch, a.weights, a.budget)
-                # no validation: the last epoch is scored (never a checkpoint chosen on the val images)
-                checkpoints.setdefault(s.name, []).append(str(common.scored_checkpoint(run_path, 0)))
+                for bn in a.bn:
+                    run_path = run_dir(a, method, labels, s.name, seed, bn)
+                    common.train_run(run_path, train_globs[s.name], method, labels, seed, a.arch, a.weights,
+                                     a.budget, bn=bn)
+                    # no validation: the last epoch is scored (never a checkpoint chosen on the val images)
+                    scored = str(common.scored_checkpoint(run_path, 0))
+                    checkpoints.setdefault(s.name, []).append(scored)
+                    bn_of[os.path.realpath(scored)] = bn
     if a.train_only:
         return ""
     common.evaluate_pretrained(a.results, a.arch, a.weights, val_globs, a.device, groups=groups, workers=a.workers,
@@ -143,14 +157,37 @@ def run(a) -> str:
         own = {s.name: val_globs[s.name], common.LOSSLESS: val_globs[common.LOSSLESS]}
         common.evaluate_models(a.results, checkpoints[s.name], own, a.device, groups=groups, workers=a.workers,
                                precision=a.precision)
+    tag_bn(a.results, bn_of)
     if a.bn_check:
-        bn_check(a, checkpoints, val_globs, groups)
+        bn_check(a, [c for cs in checkpoints.values() for c in cs
+                            if bn_of[os.path.realpath(c)] == "train"],
+                 val_globs, groups)
     write_meta(a, time.time() - t0)
     from experiments.summarize import load_rows, retention_report
     text = retention_report(load_rows([a.results]))
     click.echo(text)
     atomic_write(a.out / "summary.md", text + "\n")
     return text
+
+
+def run_dir(a, method: str, labels: str, setting: str, seed: int, bn: str) -> Path:
+    """A run's folder: ``common.run_dir``'s, with ``-bn-frozen`` after the method for a frozen run."""
+    key = methods.key(method, labels) + ("" if bn == "train" else f"-bn-{bn}")
+    return common.run_dir(a.out, key, setting, seed)
+
+
+def tag_bn(results: Path, bn_of: dict[str, str]) -> None:
+    """Each trained model's row gets its ``bn`` mode (the retention view shows the modes as separate
+    rows); ``bn_of``: real path of a scored checkpoint -> mode.  Paths in the file are relative to it."""
+    rows = json.loads(results.read_text(encoding="utf-8"))
+    here = results.resolve().parent
+    for r in rows:
+        ckpt = r.get("checkpoint")
+        if isinstance(ckpt, str):
+            mode = bn_of.get(os.path.realpath(ckpt if os.path.isabs(ckpt) else os.path.join(here, ckpt)))
+            if mode is not None:
+                r["bn"] = mode
+    atomic_write(results, json.dumps(rows, indent=1, allow_nan=False) + "\n")
 
 
 def with_pretrained_bn(best: Path, arch: str, weights: str) -> Path:
@@ -175,11 +212,12 @@ def with_pretrained_bn(best: Path, arch: str, weights: str) -> Path:
     return out
 
 
-def bn_check(a, checkpoints: dict[str, list[str]], val_globs: dict[str, str], groups: dict) -> None:
-    """Every trained model with the pretrained batch-norm statistics, and the pretrained model
-    itself, on the clean val images (``--bn-results``)."""
+def bn_check(a, checkpoints: list[str], val_globs: dict[str, str], groups: dict) -> None:
+    """Every model trained with ``--bn train`` given back the pretrained batch-norm statistics,
+    and the pretrained model itself, on the clean val images (``--bn-results``).  A ``--bn
+    frozen`` model already has them."""
     clean = {common.LOSSLESS: val_globs[common.LOSSLESS]}
-    variants = [str(with_pretrained_bn(Path(c), a.arch, a.weights)) for cs in checkpoints.values() for c in cs]
+    variants = [str(with_pretrained_bn(Path(c), a.arch, a.weights)) for c in checkpoints]
     common.evaluate_pretrained(a.bn_results, a.arch, a.weights, clean, a.device, groups=groups, workers=a.workers,
                                precision=a.precision)
     common.evaluate_models(a.bn_results, variants, clean, a.device, groups=groups, workers=a.workers,
@@ -188,12 +226,13 @@ def bn_check(a, checkpoints: dict[str, list[str]], val_globs: dict[str, str], gr
 
 def write_meta(a, seconds: float) -> None:
     """RESULTS.meta.json: what the rows were measured with (the summary prints it)."""
-    runs = [common.run_dir(a.out, methods.key(m, lab), s.name, seed)
-            for seed in a.seeds for s in a.settings for m, lab in a.methods]
+    runs = [run_dir(a, m, lab, s.name, seed, bn)
+            for seed in a.seeds for s in a.settings for m, lab in a.methods for bn in a.bn]
     loader = {f"s{seed}": common.batch_stats(a.train_globs[a.settings[0].name], a.budget, seed) for seed in a.seeds}
     common.write_meta(a.results, {
         "experiment": "retention", "arch": a.arch, "weights": Path(a.weights).name,
         "settings": [s.name for s in a.settings], "methods": [methods.key(m, lab) for m, lab in a.methods],
+        "bn": a.bn,
         "groups": {"A": a.a_classes, "B": a.b_classes}, "seeds": a.seeds,
         "train_per_class": a.train_per_class, "val_per_class": a.val_per_class, "subset_seed": a.subset_seed,
         "order": "mixed", "shard_size": a.shard_size, "loader": loader,

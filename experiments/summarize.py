@@ -43,7 +43,7 @@ from trainer.clitools import UserError, run_click  # noqa: E402
 
 from docsgen.readme_block import BLOCKS, RESULTS_PAGE  # noqa: E402 - the registry of the generated blocks
 from trainer.reports.results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, check_selection,  # noqa: E402
-                               selected_on_scored, selection_unknown)
+                               not_cleared, selection_unknown)
 
 METRIC_NOTES = {"top1": "top1: arg-max over all 1000 ImageNet classes",
                 "top1_present": "top1_present: arg-max over the classes present in the data only, e.g. Imagenette's 10"}
@@ -62,7 +62,7 @@ def _cell(v: list[float]) -> str:
 
 
 def _selected_note(rows: list[dict]) -> str:
-    text = f"\n\n{SELECTED_NOTE}" if any(selected_on_scored(r) for r in rows) else ""
+    text = f"\n\n{SELECTED_NOTE}" if any(not_cleared(r) for r in rows) else ""
     unknown = sum(selection_unknown(r) for r in rows if r.get("group") is None)
     if unknown:
         text += (f"\n\n{unknown} row(s) of checkpoints that do not record what chose them (written before "
@@ -90,7 +90,7 @@ def own_cells(rows: list[dict], metric: str) -> tuple[dict[tuple[str, str], Valu
             continue
         if (r["method"] == "pretrained" or r.get("trained_on") == r["setting"]) and r.get(metric) is not None:
             acc[(r["setting"], column(r))].append(r[metric])
-            acc[(r["setting"], column(r))].marked |= selected_on_scored(r)
+            acc[(r["setting"], column(r))].marked |= not_cleared(r)
             for k, col in (("bytes", "mean_bytes"), ("psnr", "mean_psnr")):
                 if r.get(col) is not None:
                     info[r["setting"]][k] = r[col]

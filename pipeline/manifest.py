@@ -43,7 +43,7 @@ METRICS = ("bytes", "bpp", "psnr", "ssim")
 #: bpp is uncompressed 16-bit RGBA), PSNR in dB, SSIM in [-1, 1]
 METRIC_RANGES = {"bytes": (1e-9, 2.0 ** 40), "bpp": (1e-9, 64.0), "psnr": (0.0, 1000.0), "ssim": (-1.0, 1.0)}
 TIMINGS = ("load_ms", "enc_ms", "dec_ms", "other_ms")
-CSV_FIELDS = ("key", "path", "label", "shard", "bytes", "bpp", "psnr", "ssim") + TIMINGS
+CSV_FIELDS = ("key", "path", "label", "shard", "bytes", "bpp", "psnr", "ssim") + TIMINGS + ("crop_sha256",)
 #: keys that differ between two builds of the same bytes (when and how fast it ran)
 VOLATILE = ("created", "timing_ms_mean")
 

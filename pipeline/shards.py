@@ -185,6 +185,11 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def crop_id(x) -> str:
+    """The content identity of a crop (its pixels): equal for the same photo and crop in any setting or build."""
+    return hashlib.sha256(memoryview(x.tobytes())).hexdigest()[:20]
+
+
 def encode_item(item: Item, x, codec: Codec, target: Target, clean: bytes | None,
                 budget: DecodeBudget = DEFAULT_BUDGET) -> tuple[dict[str, bytes], dict, dict]:
     """One crop and one setting -> (tar members, deterministic record, timings).  Raises on bad input."""
@@ -214,6 +219,10 @@ def encode_item(item: Item, x, codec: Codec, target: Target, clean: bytes | None
             members[f] = json.dumps(record, sort_keys=True).encode()
         else:
             members[f] = bits
+    # the crop's content identity, in the record and manifest.csv but not in the sample's json (the tar
+    # bytes stay those of earlier builds): trainer.selection compares the images a model was chosen on with
+    # those it is scored on by it, whatever shards they were rebuilt into
+    record["crop_sha256"] = crop_id(x)
     t4 = time.perf_counter()
     timings = {"enc_ms": 1e3 * (t2 - t1), "dec_ms": 1e3 * (t3 - t2), "other_ms": 1e3 * (t4 - t3)}
     return members, record, timings

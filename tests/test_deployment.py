@@ -12,7 +12,7 @@ from experiments.deployment import figure, run_name
 def _row(model, setting, top1, bn=None, trained=(), seed=0, codec=None, bpp=1.0):
     return {"method": "pretrained" if model == "pretrained" else "expert", "model": model, "bn": bn, "seed": seed,
             "trained_settings": list(trained), "setting": setting, "codec": codec or setting.split("-")[0],
-            "top1": top1, "mean_bpp": bpp, "group": None}
+            "top1": top1, "mean_bpp": bpp, "group": None, "selected_on_scored_data": False}
 
 
 def rows():
@@ -55,7 +55,8 @@ def test_deployment_view_is_chosen_for_deployment_rows_and_refuses_others(tmp_pa
     p.write_text(json.dumps(rows()))
     assert "Targets" in summarize.generate([p])
     q = tmp_path / "plain.json"
-    q.write_text(json.dumps([{"method": "pretrained", "setting": "lossless", "top1": 1.0}]))
+    q.write_text(json.dumps([{"method": "pretrained", "setting": "lossless", "top1": 1.0,
+                              "selected_on_scored_data": False}]))
     with pytest.raises(summarize.UserError, match="no deployment rows"):
         summarize.generate([q], view="deployment")
 

@@ -15,7 +15,8 @@ def row(setting, top1, nbytes, method="expert", trained_on="same", arch="resnet5
             "weights": "IMAGENET1K_V1", "arch": arch, "method": method,
             "trained_on": None if method == "pretrained" else (setting if trained_on == "same" else trained_on),
             "setting": setting, "codec": codec, "q": int(q), "top1": top1, "top5": 90.0, "count": 10,
-            "mean_bytes": nbytes, "mean_bpp": nbytes * 8 / 224 ** 2, "labels": labels}
+            "mean_bytes": nbytes, "mean_bpp": nbytes * 8 / 224 ** 2, "labels": labels,
+            "selected_on_scored_data": False}
 
 
 # front: A(500, 30) B(800, 50) E(2000, 70) H(10000, 75); dominated: C, D, G, P

@@ -44,7 +44,8 @@ def row(method, trained_on, setting, top1, arch="resnet50", labels="dataset", nb
     return {"checkpoint": None if method == "pretrained" else f"runs/{arch}-{method}-{trained_on}/best.pth",
             "weights": "IMAGENET1K_V1", "arch": arch, "method": method, "trained_on": trained_on,
             "setting": setting, "codec": setting.split("-")[0], "q": q, "top1": top1, "top5": None if top1 is None else min(100.0, top1 + 10),
-            "count": 4, "mean_bytes": mb, "mean_bpp": bpp(mb), "labels": labels}
+            "count": 4, "mean_bytes": mb, "mean_bpp": bpp(mb), "labels": labels,
+            "selected_on_scored_data": False}
 
 
 RESULTS = [

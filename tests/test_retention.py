@@ -26,7 +26,7 @@ def grow(method, trained_on, setting, group, top1, present, labels="dataset", se
             "labels": labels, "setting": setting, "codec": setting.split("-")[0], "q": None, "split": "val",
             "top1": top1, "top5": None, "top1_present": present, "count": 50, "group": group,
             "group_classes": [0, 217] if group == "A" else [482, 491] if group == "B" else None,
-            "mean_bytes": 760.0 if setting == "j2k-200" else 50000.0}
+            "mean_bytes": 760.0 if setting == "j2k-200" else 50000.0, "selected_on_scored_data": False}
 
 
 def rows_of_an_experiment():
@@ -55,6 +55,21 @@ def test_retention_table_cells():
     assert lf.cell("B", OWN, "top1_present").mean == pytest.approx(27.0)
     # whole-setting rows never enter the retention view, and group rows never enter Table 1
     assert all(g in ("A", "B") for r in t.rows for g, _ in r.cells)
+
+
+def test_bn_frozen_models_are_rows_of_their_own():
+    """A --bn frozen run of a method is not averaged with the --bn train runs: its own row, after them."""
+    frozen = [{**grow("finetune", "j2k-200", s, g, v, v + 5, seed=9), "bn": "frozen",
+               "checkpoint": "runs/finetune-bn-frozen-j2k-200-s9/last.pth"}
+              for s, g, v in (("j2k-200", "B", 3.0), ("lossless", "B", 66.0))]
+    (t,) = retention_tables(results_from_rows(rows_of_an_experiment() + frozen))
+    assert [(r.method, r.bn) for r in t.rows] == [("pretrained", "train"), ("finetune", "train"),
+                                                 ("finetune", "frozen"), ("expert+teacher", "train")]
+    ft, fz = t.rows[1], t.rows[2]
+    assert ft.cell("B", "lossless", "top1").values == [40.0, 44.0]
+    assert fz.cell("B", "lossless", "top1").values == [66.0] and fz.cell("B", OWN, "top1_present").values == [8.0]
+    text = summarize.retention_report(rows_of_an_experiment() + frozen)
+    assert text.count("fine-tune (--bn frozen)") == 2      # 1000-way and top1_present tables
 
 
 def test_group_rows_stay_out_of_table1_and_the_report_shows_retention(tmp_path):
@@ -167,7 +182,7 @@ def test_retention_script_end_to_end(tmp_path, capsys):
             "--settings", "jpeg-10", "--seeds", "0", "--train-per-class", "2", "--val-per-class", "2",
             "--a-classes", "n01440764 n02102040", "--b-classes", "n02979186,n03000684", "--batch", "2",
             "--workers", "0", "--jobs", "1", "--out", str(tmp_path / "out"), "--results", str(results),
-            "--bn-results", str(results.parent / "bn.json"),
+            "--bn-results", str(results.parent / "bn.json"), "--bn", "train frozen",
             "--shards", str(tmp_path / "work" / "shards"), "--device", "cpu"]
     assert retention.main(argv) == 0
     rows = json.loads(results.read_text())
@@ -191,6 +206,18 @@ def test_retention_script_end_to_end(tmp_path, capsys):
     assert sorted({r["checkpoint"] for r in bn if r["checkpoint"]}) == sorted(   # relative to the results file
         f"../out/runs/{run}/last-pretrained-bn.pth"
         for run in ("finetune-jpeg-10-s0", "expert-jpeg-10-s0", "expert-teacher-jpeg-10-s0"))
+    # --bn frozen: every method again, its rows tagged, scored on A and B, compressed and clean,
+    # 1000-way and over the classes present, shown as rows of their own
+    for run in ("finetune-bn-frozen-jpeg-10-s0", "expert-bn-frozen-jpeg-10-s0", "expert-teacher-bn-frozen-jpeg-10-s0"):
+        mine = [r for r in rows if r["checkpoint"] == f"../out/runs/{run}/last.pth"]
+        assert {(r["setting"], r["group"]) for r in mine} == {(s, g) for s in ("jpeg-10", "lossless")
+                                                              for g in (None, "A", "B")}
+        assert {r["bn"] for r in mine} == {"frozen"}
+        assert all(r["top1"] is not None and r["top1_present"] is not None for r in mine)
+        assert json.loads((tmp_path / "out" / "runs" / run / "args.json").read_text())["bn"] == "frozen"
+    assert {r["bn"] for r in rows if r["checkpoint"] and "bn-frozen" not in r["checkpoint"]} == {"train"}
+    assert meta["bn"] == ["train", "frozen"]
+    assert "fine-tune (--bn frozen)" in out and "expert (teacher labels) (--bn frozen)" in out
     before = (results.read_text(), (tmp_path / "out" / "runs" / "finetune-jpeg-10-s0" / "metrics.jsonl").read_text())
     assert retention.main(argv) == 0
     assert (results.read_text(), (tmp_path / "out" / "runs" / "finetune-jpeg-10-s0" / "metrics.jsonl")

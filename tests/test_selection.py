@@ -4,6 +4,7 @@ and the report refuse flagged rows unless told, and the experiments choose on a 
 split of train images that is disjoint from the train and val subsets."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.trainer_helpers import CLASSES, build_shards
 from trainer import EvalConfig, TrainConfig, checkpoint, evaluate, train
 from trainer.checkpoint import LAST_EPOCH, TRAIN_LOSS
 from trainer.models import build_model
+from trainer.selection import SelectionLeak, check_disjoint as check_images_disjoint, image_ids
 
 ARCH = "mobilenet_v3_small"
 FLAG = "selected_on_scored_data"
@@ -36,6 +38,9 @@ def trained(tmp_path_factory):
     shards = build_shards(root, codecs=(("jpeg", 10),), per_class=2, shard_size=2, splits=("train", "val"))
     make_image_folder(root / "other-src", classes=CLASSES, per_class=2, size=(260, 240), split="val", seed=500)
     build_setting(src=root / "other-src", split="val", codec="jpeg", q=10, out=root / "other", shard_size=2,
+                  jobs=1, progress=False)
+    # the val photos again, built into shards of another size and another setting (another build)
+    build_setting(src=root / "src", split="val", codec="jpeg", q=50, out=root / "rebuilt", shard_size=1,
                   jobs=1, progress=False)
     torch.manual_seed(0)
     torch.save(build_model(ARCH, None, 1000).net.state_dict(), root / "w.pth")
@@ -65,8 +70,11 @@ def test_every_checkpoint_records_what_chose_it(trained):
     val = trained / "shards" / "val" / "jpeg-10"
     manifest = json.loads((val / "manifest.json").read_text())
     assert best["by"] == "val_top1"
+    with open(val / "manifest.csv", newline="") as f:
+        crops = sorted(row["crop_sha256"] for row in csv.DictReader(f))
+    assert len(set(crops)) == manifest["count"] == 4
     assert best["folders"] == [{"setting": "jpeg-10", "manifest": manifest_digest(manifest),
-                                "shards": sorted(p.name for p in val.glob("*.tar"))}]
+                                "shards": sorted(p.name for p in val.glob("*.tar")), "images": crops}]
     assert checkpoint.load(trained / "val-run" / "last.pth")["selected_on"] == LAST_EPOCH
     assert checkpoint.load(trained / "plain-run" / "best.pth")["selected_on"] == TRAIN_LOSS
     assert checkpoint.load(trained / "plain-run" / "last.pth")["selected_on"] == LAST_EPOCH
@@ -95,6 +103,36 @@ def test_flag_set_on_the_validation_folder_and_clear_elsewhere(trained, tmp_path
     assert {v for (name, _), v in got.items() if name in ("last.pth", "w.pth")} == {False}
     one = score(trained, checkpoints=[best], shards=[str(val / "shard-000000.tar")], cache=False)
     assert [r[FLAG] for r in one] == [True]
+
+
+def test_a_leak_through_rebuilt_shards_is_flagged(trained):
+    """The val photos rebuilt into other shards (another size, another setting) share no shard
+    build with what chose best.pth, yet the same images: flagged by content identity."""
+    rebuilt = trained / "rebuilt" / "val" / "jpeg-50"
+    assert len(list(rebuilt.glob("*.tar"))) == 4
+    rows = score(trained, checkpoints=[trained / "val-run" / "best.pth"], folders=[rebuilt], cache=False)
+    assert [r[FLAG] for r in rows] == [True]
+    one = score(trained, checkpoints=[trained / "val-run" / "best.pth"], shards=[str(rebuilt / "shard-000002.tar")],
+                cache=False)
+    assert [r[FLAG] for r in one] == [True]
+
+
+def test_check_disjoint_compares_image_content(trained):
+    """trainer.selection, the check other selections (a routing table's calibration) call."""
+    val, rebuilt = trained / "shards" / "val" / "jpeg-10", trained / "rebuilt" / "val" / "jpeg-50"
+    other, train_dir = trained / "other" / "val" / "jpeg-10", trained / "shards" / "train" / "jpeg-10"
+    assert image_ids(val) == image_ids(rebuilt) and len(image_ids(val)) == 4
+    with pytest.raises(SelectionLeak, match="routing: 4 image"):
+        check_images_disjoint(image_ids(val), image_ids(rebuilt), "routing")
+    with pytest.raises(SelectionLeak, match="1 image"):
+        check_images_disjoint(image_ids(val) | {"x"}, image_ids(rebuilt, ["shard-000003.tar"]))
+    check_images_disjoint(image_ids(val), image_ids(other))
+    check_images_disjoint(image_ids(val), image_ids(train_dir))
+    # shards whose manifest does not record identities: a leak cannot be ruled out
+    (trained / "old").mkdir(exist_ok=True)
+    assert image_ids(trained / "old") is None
+    with pytest.raises(SelectionLeak, match="do not record"):
+        check_images_disjoint(image_ids(trained / "old"), image_ids(val))
 
 
 def test_old_checkpoints_are_unknown_and_the_cache_keeps_the_flag(trained, tmp_path):
@@ -139,24 +177,43 @@ def test_summary_refuses_flagged_rows_unless_allowed(tmp_path, capsys):
     assert "runs/expert-jpeg-10-s0/best.pth on jpeg-10" in err and "--allow-selected-on-scored" in err
     assert summarize.main([str(res), "--allow-selected-on-scored"]) == 0
     out = capsys.readouterr().out
-    assert "60.00 †" in out and "50.00 †" not in out and "40.00 †" not in out
+    assert "60.00 †" in out and "50.00 †" in out and "40.00 †" not in out
     assert "† the checkpoint was chosen" in out
-    # unknown (an older checkpoint) and clear rows pass without the option, unmarked; the
-    # unknown one is counted under the table
+    # unknown (an older checkpoint: null) is refused like a flagged row, and shown marked when allowed
     res.write_text(json.dumps(ROWS[:2]))
-    assert summarize.main([str(res)]) == 0
+    assert summarize.main([str(res)]) == 1
+    assert "runs/finetune-jpeg-10-s0/best.pth on jpeg-10: the row does not record" in capsys.readouterr().err
+    assert summarize.main([str(res), "--allow-selected-on-scored"]) == 0
     out = capsys.readouterr().out
-    assert "†" not in out and "1 row(s) of checkpoints that do not record what chose them" in out
-    # a results file from before the column: nothing to say
+    assert "50.00 †" in out and "40.00 †" not in out
+    assert "1 row(s) of checkpoints that do not record what chose them" in out
+    # a results file from before the column: unknown too, refused unless allowed
     res.write_text(json.dumps([{k: v for k, v in r.items() if k != FLAG} for r in ROWS]))
+    assert summarize.main([str(res)]) == 1
+    assert "unknown" in capsys.readouterr().err
+    assert summarize.main([str(res), "--allow-selected-on-scored"]) == 0
+    assert "50.00 †" in capsys.readouterr().out
+    # clear rows pass unmarked
+    res.write_text(json.dumps([ROWS[0], {**ROWS[1], FLAG: False}]))
     assert summarize.main([str(res)]) == 0
-    assert "†" not in (out := capsys.readouterr().out) and "do not record" not in out
+    assert "†" not in capsys.readouterr().out
     # --compare reads through the same rule
     other = tmp_path / "o.json"
     other.write_text(json.dumps(ROWS[:2]))
     res.write_text(json.dumps(ROWS))
     assert summarize.main(["--compare", f"a={res}", "--compare", f"b={other}"]) == 1
     assert "expert-jpeg-10-s0" in capsys.readouterr().err
+
+
+def test_the_files_chosen_on_their_scored_images_are_refused(capsys):
+    """The committed results whose runs validated on the images they score carry the flag."""
+    for name in ("imagenette-h200-mixed", "imagenette-h200-3seeds", "imagenette-h200-labelfree-j2k200",
+                 "imagenette-cpu-order-mixed"):
+        path = Path(__file__).resolve().parents[1] / "experiments" / "results" / f"{name}.json"
+        assert summarize.main([str(path)]) == 1, name
+        assert "chosen on the images it is scored on" in capsys.readouterr().err
+        assert summarize.main([str(path), "--allow-selected-on-scored"]) == 0
+        assert "†" in capsys.readouterr().out
 
 
 def test_report_and_recommender_refuse_flagged_rows_unless_allowed(tmp_path, capsys):
@@ -170,7 +227,8 @@ def test_report_and_recommender_refuse_flagged_rows_unless_allowed(tmp_path, cap
     assert dreport.main(["--results", str(res), "--out", str(out), "--allow-selected-on-scored"]) == 0
     table = (out / "table1.md").read_text()
     line = next(ln for ln in table.splitlines() if ln.startswith("| jpeg-10"))
-    assert "60.00 †" in line and "50.00 †" not in line and "† the checkpoint was chosen" in table
+    assert "60.00 †" in line and "50.00 †" in line and "40.00 †" not in line
+    assert "† the checkpoint was chosen" in table
     assert "runs/expert-jpeg-10-s0/best.pth` on jpeg-10" in (out / "report.md").read_text()
     assert recommend.main(["--results", str(res)]) == 1
     assert "expert-jpeg-10-s0" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import summarize  # noqa: E402
 
 def _row(method, setting, top1, trained_on=None, labels="dataset", nbytes=700.0):
     return {"method": method, "setting": setting, "trained_on": trained_on, "labels": labels,
-            "top1": top1, "top1_present": top1 + 10, "mean_bytes": nbytes}
+            "top1": top1, "top1_present": top1 + 10, "mean_bytes": nbytes, "selected_on_scored_data": False}
 
 
 def test_mean_std_own_setting_and_label_free_column():

@@ -28,6 +28,7 @@ import torch
 from pipeline.atomic import RecordingWriter, atomic_output
 from pipeline.limits import FileKindError, open_regular_file
 from pipeline.manifest import digest as manifest_digest
+from trainer import selection
 
 from .clitools import UserError
 from .rundir import RunDir
@@ -155,23 +156,39 @@ def trained_on(sets, weights: list[float]) -> list[dict]:
 # -- what chose a checkpoint -------------------------------------------------------------------------
 def selection_record(sets: list, metric: str) -> dict:
     """What a checkpoint chosen by ``metric`` on the shard sets ``sets`` records as
-    ``selected_on``: per setting folder, its manifest digest and the shard file names."""
-    return {"by": metric, "folders": [{"setting": s.name, "manifest": manifest_digest(s.manifest),
-                                       "shards": sorted(os.path.basename(p) for p in s.shards)} for s in sets]}
+    ``selected_on``: per setting folder, its manifest digest, the shard file names and
+    the content identities of its images (``trainer.selection``; absent for older shards)."""
+    folders = []
+    for s in sets:
+        entry = {"setting": s.name, "manifest": manifest_digest(s.manifest),
+                 "shards": sorted(os.path.basename(p) for p in s.shards)}
+        folder = getattr(s, "folder", None)
+        ids = selection.image_ids(folder, s.shards) if folder else None
+        if ids is not None:
+            entry["images"] = sorted(ids)
+        folders.append(entry)
+    return {"by": metric, "folders": folders}
 
 
 def selected_on_scored(selected_on, s) -> bool | None:
-    """Whether a checkpoint's ``selected_on`` record shares images with the shard set ``s``:
-    the same manifest content and at least one shard file in common.  None: the record is
-    missing or unreadable (a checkpoint written before the record existed)."""
+    """Whether a checkpoint's ``selected_on`` record shares images with the shard set ``s``: the
+    same manifest content and at least one shard file in common, or (whatever the shards) one
+    image of the same content identity (``trainer.selection``: the same photos rebuilt into other
+    shards).  None: the record is missing or unreadable (a checkpoint written before the record existed)."""
     if selected_on in (LAST_EPOCH, TRAIN_LOSS):
         return False
     folders = selected_on.get("folders") if isinstance(selected_on, dict) else None
     if not isinstance(folders, list):
         return None
     digest, names = manifest_digest(s.manifest), {os.path.basename(p) for p in s.shards}
-    return any(isinstance(f, dict) and f.get("manifest") == digest and names & set(f.get("shards") or ())
-               for f in folders)
+    if any(isinstance(f, dict) and f.get("manifest") == digest and names & set(f.get("shards") or ())
+           for f in folders):
+        return True
+    chosen = {i for f in folders if isinstance(f, dict) and isinstance(f.get("images"), list)
+              for i in f["images"] if isinstance(i, str)}
+    folder = getattr(s, "folder", None)
+    scored = selection.image_ids(folder, s.shards) if chosen and folder else None
+    return bool(scored and selection.shared(chosen, scored))
 
 
 #: the epoch row's column of each ``metric`` a saver chooses on

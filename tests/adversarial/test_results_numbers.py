@@ -12,7 +12,8 @@ from tests.adversarial.conftest import one_error
 
 def _row(**kw) -> dict:
     return {"arch": "resnet50", "method": "pretrained", "setting": "jpeg-10", "codec": "jpeg", "q": 10,
-            "top1": 50.0, "top5": 70.0, "count": 10, "mean_bytes": 1200.0, "mean_bpp": 0.19, "split": "val", **kw}
+            "top1": 50.0, "top5": 70.0, "count": 10, "mean_bytes": 1200.0, "mean_bpp": 0.19, "split": "val",
+            "selected_on_scored_data": False, **kw}
 
 
 GOOD = [_row(), _row(setting="jpeg-75", q=75, top1=70.0, mean_bytes=5000.0, mean_bpp=0.8)]

@@ -47,7 +47,7 @@ from .figures import (FIG4_HEADER, cross_eval, default_caption, fig4_rows, fig5_
                       plot_rate_accuracy, rate_accuracy_series, rate_accuracy_table)
 from .results import (ALLOW_SELECTED, SELECTED_MARK, SELECTED_NOTE, Result, ResultsError, SettingStats,
                       best_per_cell, check_selection, difference, eval_value, finite, load_manifests, load_results,
-                      load_runs, mark, selected_on_scored, setting_order, single_split, unevaluated_runs)
+                      load_runs, mark, not_cleared, setting_order, single_split, unevaluated_runs)
 
 #: the paper's method columns, in its order
 METHODS = vocab.names()
@@ -274,10 +274,10 @@ def _duplicates_note(results: list[Result], arch: str | None) -> str:
 
 def _selected_note(results: list[Result]) -> str:
     """The rows let through with ALLOW_SELECTED, by name (figures and group tables carry no mark)."""
-    flagged = sorted({f"`{r.checkpoint or r.weights}` on {r.setting}" for r in results if selected_on_scored(r)})
+    flagged = sorted({f"`{r.checkpoint or r.weights}` on {r.setting}" for r in results if not_cleared(r)})
     if not flagged:
         return ""
-    return f"## Chosen on the scored images\n\n{SELECTED_NOTE}\n\n" + "\n".join(f"- {f}" for f in flagged) + "\n"
+    return f"## Chosen on the scored images, or not recorded\n\n{SELECTED_NOTE}\n\n" + "\n".join(f"- {f}" for f in flagged) + "\n"
 
 
 def _missing_note(results: list[Result], stats: dict[str, SettingStats], runs: list) -> str:

@@ -48,46 +48,56 @@ SELECTED = "selected_on_scored_data"
 #: the option that lets such rows through, marked
 ALLOW_SELECTED = "--allow-selected-on-scored"
 SELECTED_MARK = "†"
-SELECTED_NOTE = (f"{SELECTED_MARK} the checkpoint was chosen (best epoch) on the images it is scored on "
-                 f"({ALLOW_SELECTED}): an optimistic score.")
+SELECTED_NOTE = (f"{SELECTED_MARK} the checkpoint was chosen (best epoch) on the images it is scored on, or the "
+                 f"row does not record what chose it ({ALLOW_SELECTED}): an optimistic or unchecked score.")
 
 
 def _field(row, key: str, attr: str | None = None):
     return row.get(key) if isinstance(row, dict) else getattr(row, attr or key, None)
 
 
+def _flag(row):
+    return row.get(SELECTED) if isinstance(row, dict) else row.selected_on_scored
+
+
 def selected_on_scored(row) -> bool:
     """True for a row (a results dict or a :class:`Result`) whose checkpoint was chosen on the
-    images it scores; False when it was not, or when that is unknown (older results files)."""
-    flag = row.get(SELECTED) if isinstance(row, dict) else row.selected_on_scored
-    return flag is True
+    images it scores."""
+    return _flag(row) is True
 
 
-def selection_unknown(row: dict) -> bool:
-    """A results row of a checkpoint that does not record what chose it (an older checkpoint):
-    the column is there and null.  A row without the column (an older results file) is not
-    counted: nothing was asked."""
-    return SELECTED in row and row[SELECTED] is None and row.get("checkpoint") is not None
+def selection_unknown(row) -> bool:
+    """A row that does not say what chose its checkpoint: the column is missing (an older results
+    file) or null (a checkpoint that does not record it).  Refused like a flagged row."""
+    return not isinstance(_flag(row), bool)
+
+
+def not_cleared(row) -> bool:
+    """A row the reports refuse unless allowed: flagged, or its selection unknown."""
+    return _flag(row) is not False
 
 
 def check_selection(rows: list, allow: bool = False, source: str = "") -> list:
     """The rule every summary and report applies: rows scored on the images their checkpoint
-    was chosen on are refused (a one-line error naming the first of them) unless ``allow``;
-    then they are kept, and :func:`mark` and ``SELECTED_NOTE`` show them.  Returns ``rows``."""
-    flagged = [r for r in rows if selected_on_scored(r)]
-    if flagged and not allow:
-        r = flagged[0]
+    was chosen on, and rows that do not say (``selected_on_scored_data`` missing or null), are
+    refused (a one-line error naming the first of them) unless ``allow``; then they are kept,
+    and :func:`mark` and ``SELECTED_NOTE`` show them.  Returns ``rows``."""
+    refused = sorted((r for r in rows if not_cleared(r)), key=lambda r: not selected_on_scored(r))   # flagged first
+    if refused and not allow:
+        r = refused[0]
         model = _field(r, "checkpoint") or _field(r, "weights") or f"{_field(r, 'method')} model"
-        more = f" (and {len(flagged) - 1} other row(s))" if len(flagged) > 1 else ""
-        raise ResultsError(f"{source + ': ' if source else ''}{model} on {_field(r, 'setting')}: the checkpoint "
-                           f"was chosen on the images it is scored on ({SELECTED}){more}; choose it on another "
-                           f"split, or give {ALLOW_SELECTED} to show such rows marked {SELECTED_MARK}")
+        more = f" (and {len(refused) - 1} other row(s))" if len(refused) > 1 else ""
+        why = ("the checkpoint was chosen on the images it is scored on" if selected_on_scored(r)
+               else "the row does not record what chose the checkpoint (unknown)")
+        raise ResultsError(f"{source + ': ' if source else ''}{model} on {_field(r, 'setting')}: {why} "
+                           f"({SELECTED}){more}; choose it on another split, or give {ALLOW_SELECTED} to show "
+                           f"such rows marked {SELECTED_MARK}")
     return rows
 
 
 def mark(rows: Iterable) -> str:
-    """SELECTED_MARK when one of ``rows`` is scored on the images its checkpoint was chosen on."""
-    return SELECTED_MARK if any(selected_on_scored(r) for r in rows) else ""
+    """SELECTED_MARK when one of ``rows`` is flagged or of unknown selection."""
+    return SELECTED_MARK if any(not_cleared(r) for r in rows) else ""
 
 
 # --------------------------------------------------------------------------- settings

@@ -4,7 +4,8 @@ It reads the rows of class groups (``trainer.evaluation --group A=... --group B=
 (arch, trained setting, method) the top-1 of each group on the setting the model was trained
 on ("own setting") and on every other evaluated setting (lossless: the clean images), beside
 the pretrained model on the same sets.  Several runs of one cell (seeds) give mean ± sample
-std and their count.  ``trainer.reports.report`` shows it beside Table 1 when group rows exist;
+std and their count.  Models trained with ``--bn frozen`` (a row's ``bn``, written by
+``experiments/retention.py``) are rows of their own beside the ``--bn train`` ones.  ``trainer.reports.report`` shows it beside Table 1 when group rows exist;
 ``experiments/summarize.py`` writes the tables of docs/results.md from the same function.
 """
 from __future__ import annotations
@@ -42,7 +43,12 @@ class Cell:
 class RetentionRow:
     trained_on: str
     method: str                                   # method key (pretrained, finetune, expert+teacher ...)
+    bn: str = "train"                             # the --bn mode it trained with
     cells: dict[tuple[str, str], dict[str, Cell]] = field(default_factory=dict)   # (group, where) -> metric -> Cell
+
+    @property
+    def title(self) -> str:
+        return vocab.title(self.method) + ("" if self.bn == "train" else f" (--bn {self.bn})")
 
     def cell(self, group: str, where: str, metric: str) -> Cell:
         return self.cells.get((group, where), {}).get(metric, Cell([]))
@@ -79,12 +85,12 @@ def retention_tables(results: list[Result]) -> list[RetentionTable]:
         where = ([OWN] if trained != [None] else []) + others
         table_rows = []
         for t in trained:
-            keys = ["pretrained"] + sorted({r.mkey for r in mine if r.trained_on == t and t is not None},
-                                           key=vocab.rank)
-            for mkey in keys:
-                row = RetentionRow(t or "—", mkey)
+            keys = [("pretrained", "train")] + sorted({(r.mkey, bn_of(r)) for r in mine if r.trained_on == t
+                                                       and t is not None}, key=lambda k: (vocab.rank(k[0]), k[1] != "train"))
+            for mkey, bn in keys:
+                row = RetentionRow(t or "—", mkey, bn)
                 for r in mine:
-                    if r.mkey != mkey or (mkey != "pretrained" and r.trained_on != t):
+                    if r.mkey != mkey or (mkey != "pretrained" and (r.trained_on != t or bn_of(r) != bn)):
                         continue
                     w = OWN if r.setting == t else r.setting
                     if w not in where:
@@ -100,13 +106,18 @@ def retention_tables(results: list[Result]) -> list[RetentionTable]:
     return out
 
 
+def bn_of(r: Result) -> str:
+    """A result's --bn mode (``train`` when the row does not say: every run before the option)."""
+    return "frozen" if r.extra.get("bn") == "frozen" else "train"
+
+
 def column_title(group: str, where: str) -> str:
     return f"{group} ({where})"
 
 
 def markdown(t: RetentionTable, metric: str = "top1", digits: int = 2) -> str:
     header = ["trained on", "method", *(column_title(g, w) for g, w in t.columns)]
-    body = [[r.trained_on, vocab.title(r.method), *(r.cell(g, w, metric).text(digits) for g, w in t.columns)]
+    body = [[r.trained_on, r.title, *(r.cell(g, w, metric).text(digits) for g, w in t.columns)]
             for r in t.rows]
     return md_table(header, body, "ll" + "r" * len(t.columns))
 
@@ -119,7 +130,7 @@ def csv_rows(tables: list[RetentionTable]) -> list[dict]:
                 c1, cp = r.cell(g, w, "top1"), r.cell(g, w, "top1_present")
                 if not c1.values and not cp.values:
                     continue
-                out.append({"arch": t.arch, "trained_on": r.trained_on, "method": vocab.title(r.method),
+                out.append({"arch": t.arch, "trained_on": r.trained_on, "method": r.title,
                             "group": g, "evaluated_on": r.trained_on if w == OWN else w,
                             "top1_mean": c1.mean, "top1_std": c1.std, "top1_present_mean": cp.mean,
                             "top1_present_std": cp.std, "n": len(c1.values)})
