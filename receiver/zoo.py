@@ -33,7 +33,7 @@ from pipeline.codecs import Probe
 from trainer.clitools import UserError
 from trainer.rundir import RunDir
 
-from .route import DEFAULT, ExpertCard, Route, RouteError, Router, TrainedSetting
+from .route import DEFAULT, ExpertCard, Route, RouteError, Router, TrainedSetting, check_unique, trained_settings
 
 #: a list of experts is typed by hand: anything bigger is not one
 MAX_YAML_BYTES = 1 << 20
@@ -165,8 +165,9 @@ def card_of(entry: Entry, trained_on: list[dict]) -> ExpertCard:
     without them, given) by the entry's ``settings``."""
     where = f"{entry.checkpoint}"
     try:
-        settings = [TrainedSetting.from_entry(e, where) for e in trained_on]
+        settings = list(trained_settings(trained_on, where))
         if entry.settings is not None:
+            check_unique(list(entry.settings), f"{where}: settings of the list entry")
             if settings:
                 known = {s.setting: s for s in settings}
                 missing = [n for n in entry.settings if n not in known]
@@ -193,7 +194,14 @@ def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch
     prec = resolve(precision, device)
 
     loaded: dict[str, Expert] = {}
+    files: dict[str, Entry] = {}     # one file under two spellings (sub/a.pth, ./sub/a.pth) is one expert
     for entry in expert_entries(experts, select) if experts is not None else []:
+        real = os.path.realpath(entry.checkpoint)
+        if real in files:
+            if files[real].settings != entry.settings:
+                raise ZooError(f"{entry.checkpoint}: listed twice (also as {files[real].name!r}) with other settings")
+            continue
+        files[real] = entry
         ckpt = checkpoint.load(entry.checkpoint)
         card = card_of(entry, checkpoint.training_settings(ckpt) if isinstance(ckpt, dict) else [])
         if not card.settings:
