@@ -157,6 +157,7 @@ class Route:
     expert: str
     reason: str
     setting: str | None = None      # the training setting the bitstream was matched to
+    cell: str | None = None         # a calibrated routing table's cell (receiver.routing_table)
 
 
 def _bpp(x: float) -> str:

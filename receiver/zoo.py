@@ -65,9 +65,21 @@ class Zoo:
     default: Expert | None
     routed: bool = True
     router: Router = field(init=False)
+    table: str | None = None         # the routing table file routing goes by (None: the fixed rule)
 
     def __post_init__(self) -> None:
         self.router = Router([e.card for e in self.experts.values()])
+
+    def use_table(self, path: str | os.PathLike) -> None:
+        """Route by a calibrated routing table (:mod:`receiver.routing_table`), checked against
+        these experts and the default now, so that a bad table is one line at start."""
+        from trainer.labelspace import of_model
+
+        from . import routing_table as rt
+        table = rt.read(path)
+        rt.check_zoo(table, str(path), self.experts, self.default, lambda e: of_model(e.meta))
+        self.router = rt.TableRouter(table, Router([e.card for e in self.experts.values()]), str(path))
+        self.table = str(path)
 
     @classmethod
     def single(cls, model, meta: dict, name: str, precision=None) -> "Zoo":
@@ -183,10 +195,12 @@ def card_of(entry: Entry, trained_on: list[dict]) -> ExpertCard:
 
 
 def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch: str | None = None,
-             device: str = "cpu", select: str | None = None, precision="auto") -> Zoo:
+             device: str = "cpu", select: str | None = None, precision="auto",
+             routing: str | os.PathLike | None = None) -> Zoo:
     """Load every expert (``select``: see :func:`expert_entries`) and the default once, in eval
     mode on ``device``, to run in ``precision`` (a choice, auto | fp32 | bf16, or a resolved
-    ``trainer.precision.Precision``)."""
+    ``trainer.precision.Precision``); ``routing``: a calibrated routing table to route by
+    (None: the fixed rule of :mod:`receiver.route`)."""
     from trainer import checkpoint
     from trainer.models import load_model
     from trainer.precision import resolve
@@ -222,7 +236,13 @@ def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch
         default_expert = Expert(ExpertCard(DEFAULT), prec.prepare(model.to(device).eval()), meta, default, prec)
     if not loaded and default_expert is None:
         raise ZooError("no model: give --experts, --default, or both")
-    return Zoo(loaded, default_expert)
+    zoo = Zoo(loaded, default_expert)
+    if routing is not None:
+        try:
+            zoo.use_table(routing)
+        except RouteError as exc:
+            raise ZooError(str(exc)) from None
+    return zoo
 
 
 def load_single(source: str, arch: str | None = None, device: str = "cpu", precision="auto") -> Zoo:
