@@ -25,7 +25,6 @@ calibration source, for a reader that knows the sources).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -96,11 +95,8 @@ def choose(scores: dict[str, tuple[int, int]], cost: dict[str, int]) -> str | No
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from pipeline.shards import file_sha256
+    return file_sha256(Path(path))
 
 
 # --------------------------------------------------------------------------- the file

@@ -201,11 +201,26 @@ def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch
     mode on ``device``, to run in ``precision`` (a choice, auto | fp32 | bf16, or a resolved
     ``trainer.precision.Precision``); ``routing``: a calibrated routing table to route by
     (None: the fixed rule of :mod:`receiver.route`)."""
-    from trainer import checkpoint
+    from trainer import adapt_bn, checkpoint
     from trainer.models import load_model
     from trainer.precision import resolve
 
     prec = resolve(precision, device)
+
+    # experts of BN statistics (trainer.adapt_bn) share their base's weights: one copy per base,
+    # the default's own when it is their base
+    bases: dict = {}
+    default_expert = None
+    if default is not None:
+        if default == PRETRAINED:
+            if arch is None:
+                raise ZooError("--default pretrained needs --arch (the architecture whose torchvision weights to use)")
+            model, meta = load_model("DEFAULT", arch=arch)
+        else:
+            model, meta = load_model(default, arch=arch)
+            if meta.get("method") != adapt_bn.KIND and os.path.isfile(default):
+                bases[(os.path.realpath(default), meta["arch"], meta["num_classes"])] = model
+        default_expert = Expert(ExpertCard(DEFAULT), prec.prepare(model.to(device).eval()), meta, default, prec)
 
     loaded: dict[str, Expert] = {}
     files: dict[str, Entry] = {}     # one file under two spellings (sub/a.pth, ./sub/a.pth) is one expert
@@ -223,17 +238,11 @@ def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch
                            "give it as --default, or name its settings in a YAML list")
         if entry.name in loaded:
             raise ZooError(f"{entry.checkpoint}: expert {entry.name!r} listed twice")
-        model, meta = load_model(entry.checkpoint)
-        loaded[entry.name] = Expert(card, prec.prepare(model.to(device).eval()), meta, str(entry.checkpoint), prec)
-    default_expert = None
-    if default is not None:
-        if default == PRETRAINED:
-            if arch is None:
-                raise ZooError("--default pretrained needs --arch (the architecture whose torchvision weights to use)")
-            model, meta = load_model("DEFAULT", arch=arch)
+        if adapt_bn.is_stats_checkpoint(ckpt):
+            model, meta = adapt_bn.load(entry.checkpoint, ckpt, bases)
         else:
-            model, meta = load_model(default, arch=arch)
-        default_expert = Expert(ExpertCard(DEFAULT), prec.prepare(model.to(device).eval()), meta, default, prec)
+            model, meta = load_model(entry.checkpoint)
+        loaded[entry.name] = Expert(card, prec.prepare(model.to(device).eval()), meta, str(entry.checkpoint), prec)
     if not loaded and default_expert is None:
         raise ZooError("no model: give --experts, --default, or both")
     zoo = Zoo(loaded, default_expert)
