@@ -117,6 +117,17 @@ def _base_source(path: Path, obj: dict) -> tuple[str, str | None, bool]:
     return str(candidate), digest, True
 
 
+def load_any(source, arch: str | None = None, num_classes: int | None = None):
+    """:func:`trainer.models.load_model`, and stats-only checkpoints (:func:`load`) too."""
+    from .models import is_weights_file, load_model
+    if is_weights_file(source) and os.path.isfile(source):
+        from .checkpoint import load as load_checkpoint
+        obj = load_checkpoint(source)
+        if is_stats_checkpoint(obj):
+            return load(source, obj)
+    return load_model(source, arch=arch, num_classes=num_classes)
+
+
 def load(path: str | os.PathLike, obj: dict | None = None, bases: dict | None = None):
     """(model, meta) of a stats-only checkpoint: the base's weights (shared with every other
     expert of the same base loaded through the same ``bases`` dict) and this file's statistics."""

@@ -222,9 +222,6 @@ def load_model(path_or_weights: str | os.PathLike, arch: str | None = None,
     what chose it: ``trainer.checkpoint.selected_on_scored``; None if it has none)."""
     if is_weights_file(path_or_weights):
         sd, ckpt = load_state_dict_file(path_or_weights)
-        if sd.get("kind") == "bn-stats":    # statistics over a base's shared weights (trainer.adapt_bn)
-            from .adapt_bn import load as load_bn_stats
-            return load_bn_stats(path_or_weights, sd)
         if ckpt is not None:
             a = architecture(ckpt["arch"], str(path_or_weights))
             if arch is not None and arch != a.name:
