@@ -152,6 +152,7 @@ class Scored:
     setting: list[str]
     codec: list[str]
     bpp: list[float]
+    probe: list
     right: dict[str, list[bool]]
     routed: list[str]              # the model the zoo's router chose for each image
     cell: list[str | None]         # ... and the table cell, when it routes by a table
@@ -163,7 +164,7 @@ def score(zoo, stream: list[Received], device: str, batch: int = 64, budget=None
     from .core import InputError, classify, decode_input, probe_input
 
     models = models_of(zoo)
-    out = Scored([], [], [], {m: [] for m in models}, [], [])
+    out = Scored([], [], [], [], {m: [] for m in models}, [], [])
     for start in range(0, len(stream), batch):
         chunk = stream[start:start + batch]
         xs = []
@@ -179,6 +180,7 @@ def score(zoo, stream: list[Received], device: str, batch: int = 64, budget=None
                                              else f"{probed.codec}-{probed.quality:g}"))
             out.codec.append(probed.codec)
             out.bpp.append(probed.bpp)
+            out.probe.append(probed)
             out.routed.append(DEFAULT if expert is zoo.default else expert.name)
             out.cell.append(getattr(route, "cell", None) if route is not None else None)
         for name, e in models.items():
@@ -210,16 +212,23 @@ def own_bytes(zoo) -> dict[str, dict[str, int]]:
 
 def calibrate(zoo, stream: list[Received], info: dict, source: str, device: str, batch: int = 64) -> dict:
     """The routing table of ``zoo`` from a calibration ``stream`` (:func:`read_calibration`)."""
+    return table_of(zoo, score(zoo, stream, device, batch), stream, info, source)
+
+
+def table_of(zoo, scored: Scored, stream: list[Received], info: dict, source: str) -> dict:
+    """The routing table of ``zoo``'s models from their calibration scores (``scored`` may hold
+    more models: only the zoo's count)."""
     import statistics
 
     from . import routing_table as rt
 
-    scored = score(zoo, stream, device, batch)
     models = models_of(zoo)
     cost = {n: b["own"] for n, b in own_bytes(zoo).items()}
     trained: dict[str, list[float]] = {}
+    trained_names = set()
     for e in zoo.experts.values():
         for s in e.card.settings:
+            trained_names.add(s.setting)
             if s.bpp is not None:
                 trained.setdefault(s.codec, []).append(s.bpp)
     groups: dict[tuple[str, str], list[float]] = {}
@@ -227,7 +236,9 @@ def calibrate(zoo, stream: list[Received], info: dict, source: str, device: str,
         groups.setdefault((c, g), []).append(b)
     cells, scores = [], {}
     for codec in sorted({c for c, _ in groups}):
-        calib_rates = [statistics.fmean(v) for (c, _), v in groups.items() if c == codec]
+        # the settings no expert was trained on open the cell above every expert (a trained
+        # setting's calibration images sit around its training rate, on either side)
+        calib_rates = [statistics.fmean(v) for (c, g), v in groups.items() if c == codec and g not in trained_names]
         for lo, hi, kind in rt.bins(codec, trained.get(codec, []), calib_rates):
             inside = [i for i, (c, b) in enumerate(zip(scored.codec, scored.bpp)) if c == codec and lo <= b < hi]
             cell_scores = {m: (sum(scored.right[m][i] for i in inside), len(inside)) for m in models}

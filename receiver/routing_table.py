@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.codecs import CodecError, Probe, get
+from trainer.clitools import UserError
 
 from .route import DEFAULT, Route, RouteError, Router
 
@@ -42,7 +43,7 @@ LOSSLESS_CELL, ABOVE, RATE, ALL = "lossless", "above every expert", "rate", "all
 KINDS = (LOSSLESS_CELL, ABOVE, RATE, ALL)
 
 
-class TableError(RouteError):
+class TableError(RouteError, UserError):
     """A routing table that cannot be used (one line naming the file and the reason)."""
 
 
@@ -126,7 +127,12 @@ def read(path: str | os.PathLike) -> dict:
         data = read_json(path, "routing table", max_bytes=MAX_TABLE_BYTES)
     except BoundedReadError as exc:
         raise TableError(str(exc)) from None
-    where = str(path)
+    return parse(data, str(path))
+
+
+def parse(data, where: str) -> dict:
+    """A table's structure checked (cells of registered codecs, bins that do not overlap, models
+    the table lists); the cells by codec in ``_cells``."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise TableError(f"{where}: not a routing table (no \"format\": \"{FORMAT}\"); make one with receiver.calibrate")
     if data.get("version") != VERSION:
@@ -145,8 +151,7 @@ def read(path: str | os.PathLike) -> dict:
         for a, b in zip(cs, cs[1:]):
             if b.lo < a.hi:
                 raise TableError(f"{where}: cells {a.name!r} and {b.name!r} overlap")
-    data["_cells"] = by_codec
-    return data
+    return {**data, "_cells": by_codec}
 
 
 def _cell(c, where: str) -> Cell:
