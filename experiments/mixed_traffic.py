@@ -178,7 +178,7 @@ def run(a) -> tuple[list[dict], str, dict]:
     prec = resolve(a.precision, device)
     val, info = cal.read_shard_stream(a.val_root, a.settings, a.per_setting, a.stream_seed)
     calib, cal_info = cal.read_shard_stream(a.calibration, a.settings, a.calibration_per_setting, a.stream_seed)
-    per_seed, tables = {}, {}
+    per_seed, tables, memory = {}, {}, {}
     for seed in a.seeds:
         trained, bn_zoo = seed_zoo(a.runs, seed, a.bn, a.pretrained, a.arch, device, prec)
         cal.check_label_space(trained, cal_info, str(a.calibration))
@@ -187,13 +187,46 @@ def run(a) -> tuple[list[dict], str, dict]:
         table = cal.table_of(trained, scored_cal, calib, cal_info, a.calibration.name)
         rt.check_disjoint(table, cal.stream_ids(val), "the calibrated table")     # the selection guard
         scored_val = cal.score(everything, val, device)
+        if not memory:
+            memory.update(memory_of(everything, bn_zoo))
         rows, best = rows_of_seed(trained, bn_zoo, scored_cal, scored_val, table)
         per_seed[seed] = {"rows": rows, "best": best, "settings": scored_val.setting}
         tables[seed] = [{k: c[k] for k in ("cell", "model", "images")} for c in table["cells"]]
         click.echo(f"seed {seed}: scored {len(val)} stream and {len(calib)} calibration images", err=True)
     rows, text = summarize(per_seed, a.settings, len(val))
     text = f"Zoo: `--bn {a.bn}` runs.  " + text
-    return rows, text, {"tables": tables, "images": len(val), "calibration_images": len(calib)}
+    if memory:
+        text += "\n\n" + memory_text(memory)
+    return rows, text, {"tables": tables, "images": len(val), "calibration_images": len(calib), "memory": memory}
+
+
+def memory_of(zoo, bn_zoo) -> dict:
+    """The receiver's memory per expert (bytes of parameters and buffers, each storage counted once):
+    a trained expert is a full copy; a BN-statistics expert owns its statistics and shares the
+    pretrained model's weights."""
+    from receiver.calibrate import own_bytes
+    mem = own_bytes(zoo)
+    bn = set(bn_zoo.experts) if bn_zoo is not None else set()
+    trained = [m for n, m in mem.items() if n not in bn and n != "default"]
+    stats = [m for n, m in mem.items() if n in bn]
+    out = {"default_bytes": mem.get("default", {}).get("own", 0) + mem.get("default", {}).get("shared", 0)}
+    if trained:
+        out["trained_expert_bytes"] = statistics.fmean(m["own"] for m in trained)
+    if stats:
+        out["bn_stats_expert_own_bytes"] = statistics.fmean(m["own"] for m in stats)
+        out["bn_stats_expert_shared_bytes"] = statistics.fmean(m["shared"] for m in stats)
+    return out
+
+
+def memory_text(mem: dict) -> str:
+    mb = 2 ** 20
+    lines = [f"Receiver memory (parameters and buffers): the pretrained model {mem['default_bytes'] / mb:.2f} MiB"]
+    if "trained_expert_bytes" in mem:
+        lines.append(f"a trained expert (a full copy) {mem['trained_expert_bytes'] / mb:.2f} MiB each")
+    if "bn_stats_expert_own_bytes" in mem:
+        lines.append(f"a BN-statistics expert {mem['bn_stats_expert_own_bytes'] / 1024:.1f} KiB of its own each, "
+                     f"sharing {mem['bn_stats_expert_shared_bytes'] / mb:.2f} MiB of weights with the pretrained model")
+    return "; ".join(lines) + "."
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
