@@ -212,3 +212,38 @@ def test_a_folder_of_received_files_calibrates(world, tmp_path, capsys):
     table = json.loads((tmp_path / "t.json").read_text())
     [cell] = [c for c in table["cells"] if c["images"]]
     assert cell["codec"] == "jpeg" and cell["images"] == 9 and cell["top1"][cell["model"]] == pytest.approx(1 / 3)
+
+
+def _table(**cell):
+    base = {"codec": "jpeg", "lo": 0.0, "hi": 1.0, "kind": "rate", "model": "a", "images": 3}
+    return {"format": "m2m-routing-table", "version": 1, "models": {"a": {}}, "calibration": {},
+            "cells": [{**base, **cell}]}
+
+
+@pytest.mark.parametrize("cell, expected", [
+    ({"lo": float("inf")}, "finite rate"),
+    ({"lo": float("nan")}, "finite rate"),
+    ({"lo": -1}, "finite rate"),
+    ({"hi": "2"}, "finite rate"),
+    ({"lo": 2.0, "hi": 1.0}, "empty bin"),
+    ({"lo": True}, "finite rate"),
+    ({"codec": None}, "unknown codec"),
+    ({"codec": "../etc"}, "unknown codec"),
+    ({"kind": "anything"}, "kind must be"),
+    ({"model": 7}, "model must be"),
+    ({"model": "b"}, "do not list"),
+])
+def test_hostile_cells_are_refused(cell, expected):
+    from receiver import routing_table as rt
+    with pytest.raises(rt.TableError, match=expected):
+        rt.parse(_table(**cell), "t.json")
+
+
+def test_a_sound_cell_parses_and_routes():
+    from receiver import routing_table as rt
+    from receiver.route import Router
+    table = rt.parse(_table(), "t.json")
+    router = rt.TableRouter(table, Router([]), "t.json")
+    assert router.route(Probe("jpeg", 224, 224, 3000)).expert == "a"            # 0.48 bpp: in [0, 1)
+    assert router.route(Probe("jpeg", 224, 224, 30000)).expert == "default"     # 4.8 bpp: no cell, fixed rule
+    assert router.route(Probe("jpeg", 224, 224, 30000)).reason.startswith("not in the routing table")
