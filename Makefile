@@ -134,7 +134,8 @@ bench-gpu: install ## Trainer throughput at steady state on a CUDA GPU (resnet50
 bench-serve: install ## m2m-serve at steady state (MobileNetV2, 1/8/32 clients, fp32 and bf16); writes $(RESULTS)/serve.json, refreshes docs/receiver.md
 	@mkdir -p $(RESULTS)
 	$(PY) benchmarks/bench_serve.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/serve.json
-	$(BLOCK) serve
+	$(PY) benchmarks/bench_serve_stall.py --seconds $(BENCH_SECONDS) --json $(RESULTS)/serve-stall.json
+	$(BLOCK) serve serve-stall
 
 demo: install ## The whole flow on the embedded default (or DATA=... WEIGHTS=... ARCH=...)
 	$(PY) -m demo $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(ARCH),--arch $(ARCH)) $(DEMO_ARGS)

@@ -166,6 +166,7 @@ BLOCKS = [
     _doc("docs/benchmarks.md", "precision-accuracy", "experiments/results/precision-cpu.json"),
     _doc("README.md", "demo", "docs/demo-results.json"),
     _doc("docs/receiver.md", "serve", f"{RESULTS}/serve.json"),
+    _doc("docs/receiver.md", "serve-stall", f"{RESULTS}/serve-stall.json"),
     _doc("docs/receiver.md", "mixed-traffic", "experiments/results/mixed-traffic-cpu.json",
          "experiments/results/mixed-traffic-cpu-bn-frozen.json"),
     _summary("imagenette", "experiments/results/imagenette-cpu.json"),

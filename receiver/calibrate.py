@@ -184,8 +184,9 @@ def score(zoo, stream: list[Received], device: str, batch: int = 64, budget=None
             out.routed.append(DEFAULT if expert is zoo.default else expert.name)
             out.cell.append(getattr(route, "cell", None) if route is not None else None)
         for name, e in models.items():
-            _, top, _ = classify(e.model, xs, device, 1, e.precision)
-            out.right[name] += [int(t[0]) == r.label for t, r in zip(top, chunk)]
+            _, top, _, finite = classify(e.model, xs, device, 1, e.precision)
+            # a model whose logits are not finite for an image answers nothing right there
+            out.right[name] += [bool(ok) and int(t[0]) == r.label for t, r, ok in zip(top, chunk, finite)]
     return out
 
 

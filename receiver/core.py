@@ -169,9 +169,10 @@ def class_names(meta: dict, n: int) -> list[str]:
 
 
 def classify(model, batch: list[np.ndarray], device: str, k: int,
-             precision=None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(top-k probabilities, top-k indices, number of classes) of a batch of HxWx3 uint8, the
-    forward in ``precision`` (a resolved ``trainer.precision.Precision``; None: float32 as is)."""
+             precision=None) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """(top-k probabilities, top-k indices, number of classes, which rows had finite logits)
+    of a batch of HxWx3 uint8, the forward in ``precision`` (a resolved
+    ``trainer.precision.Precision``; None: float32 as is)."""
     from contextlib import nullcontext
 
     import torch
@@ -180,9 +181,16 @@ def classify(model, batch: list[np.ndarray], device: str, k: int,
     if precision is not None:
         x = precision.layout(x)
     with torch.inference_mode(), (precision.autocast() if precision is not None else nullcontext()):
-        probs = model(x).float().softmax(dim=1)
+        logits = model(x).float()
+        finite = torch.isfinite(logits).all(dim=1)
+        probs = logits.softmax(dim=1)
     top = probs.topk(min(k, probs.shape[1]), dim=1)
-    return top.values.cpu().numpy(), top.indices.cpu().numpy(), int(probs.shape[1])
+    return top.values.cpu().numpy(), top.indices.cpu().numpy(), int(probs.shape[1]), finite.cpu().numpy()
+
+
+#: the answer of a picture whose logits are not all finite (a broken model or a picture that
+#: overflows it): no class is named, since NaN has no order and JSON no NaN
+NOT_FINITE = "the model's output for this picture is not finite (NaN or infinite logits); no answer"
 
 
 # --------------------------------------------------------------------------- the receiver
@@ -197,21 +205,34 @@ class Receiver:
     def receive(self, data: bytes, name: str):
         """(model, 224² input, prediction so far) of one received bitstream: headers first (the
         route and the decode budget), then the decode.  InputError naming the reason."""
+        probed, expert, route = self.choose(data)
+        x, pred = decode_input(data, probed, name, self.budget)
+        return expert, x, self.routed(pred, expert, route)
+
+    def choose(self, data: bytes):
+        """The first step alone, from the headers (nothing decoded): (probe, model, route)."""
         probed = probe_input(data, self.budget)
         try:
             expert, route = self.zoo.choose(probed)
         except RouteError as exc:
             raise InputError(str(exc)) from None
-        x, pred = decode_input(data, probed, name, self.budget)
+        return probed, expert, route
+
+    @staticmethod
+    def routed(pred: Prediction, expert, route) -> Prediction:
         if route is not None:
             pred.expert, pred.route = expert.name, route.reason
-        return expert, x, pred
+        return pred
 
     def answer(self, expert, batch: list[np.ndarray], preds: list[Prediction]) -> None:
-        """Fill ``top`` of each prediction with one forward of ``expert`` over the batch."""
-        values, indices, n = classify(expert.model, batch, self.device, self.k, expert.precision)
+        """Fill ``top`` of each prediction with one forward of ``expert`` over the batch; a
+        picture whose logits are not finite gets ``error`` instead (the others are answered)."""
+        values, indices, n, finite = classify(expert.model, batch, self.device, self.k, expert.precision)
         names = class_names(expert.meta, n)
-        for pred, vals, idxs in zip(preds, values, indices):
+        for pred, vals, idxs, ok in zip(preds, values, indices, finite):
+            if not ok:
+                pred.error, pred.top = NOT_FINITE, []
+                continue
             pred.top = [{"index": int(i), "name": names[int(i)], "prob": float(v)} for v, i in zip(vals, idxs)]
 
     def predict_files(self, files: list[Path], batch_size: int = 16, on_error=None,
@@ -223,6 +244,9 @@ class Receiver:
         def flush(name: str) -> None:
             expert, xs, ps = pending.pop(name)
             self.answer(expert, xs, ps)
+            for p in ps:
+                if p.error is not None and on_error:
+                    on_error(p)
 
         for path in files:
             try:

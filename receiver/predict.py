@@ -93,7 +93,7 @@ def cli(files, model_path, experts, default, routing, arch, weights, k, batch_si
     preds = Receiver(zoo, device, k, budget).predict_files(list(files), batch_size, on_error=report_error,
                                                           max_bytes=max_bytes)
     if as_json:
-        click.echo(json.dumps([asdict(p) for p in preds], indent=2))
+        click.echo(json.dumps([asdict(p) for p in preds], indent=2, allow_nan=False))   # a NaN is an error, never a token
     else:
         click.echo("\n".join(format_prediction(p) for p in preds if p.error is None))
     failed = sum(p.error is not None for p in preds)

@@ -119,13 +119,13 @@ def test_demo_docs_write_the_results_file_and_render_the_block(tmp_path, monkeyp
     table = "## Rate-accuracy\n\n| setting | bytes/image | pretrained top-1 |\n|---|---:|---:|\n| jpeg-10 | 2795 | 45.14 |"
     steps = [("data", 13.0, 20.0), ("train", 192.0, 380.0)]
     demo_main.update_readme(plot, table, 205.0, steps, SimpleNamespace(epochs=3, lr=1e-4, alpha=1e-2),
-                            "efficientnet_lite0", "teacher", "j2k-200")
+                            "efficientnet_lite0", "teacher", "j2k-200", "bf16")
     data = json.loads((tmp_path / "docs" / "demo-results.json").read_text())
     assert data["command"].startswith("python -m demo") and data["environment"]["cpu_cores"] >= 1
     assert {"table": {"header": ["setting", "bytes/image", "pretrained top-1"], "align": "lrr",
                       "rows": [["jpeg-10", "2795", "45.14"]]}} in data["parts"]
     block = rb.read_block((tmp_path / "README.md").read_text(encoding="utf-8"), "demo")
     assert block.strip() == rb.render_documents(["docs/demo-results.json"], tmp_path).strip()
-    assert "wall time 3.4 min" in block and "data 13 s, train 192 s" in block
+    assert "precision bf16" in block and "wall time 3.4 min" in block and "data 13 s, train 192 s" in block
     assert (tmp_path / "docs" / "demo_rate_accuracy.png").read_bytes() == plot.read_bytes()
     assert (ROOT / "docs" / "demo-results.json").read_text() != (tmp_path / "docs" / "demo-results.json").read_text()

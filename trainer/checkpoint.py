@@ -138,9 +138,12 @@ def bn_mode(ckpt: dict) -> str:
 
 def trained_on(sets, weights: list[float]) -> list[dict]:
     """A run checkpoint's ``trained_on``: per training setting folder (a ``ShardSet``), in the
-    order trained on, its setting, rate and asked weight (read back with :func:`training_settings`)."""
+    order trained on, its setting, rate and asked weight (read back with :func:`training_settings`).
+    A setting of weight 0 was read but never drawn: it is not one the model was trained on."""
     out = []
     for s, w in zip(sets, weights):
+        if not w > 0:
+            continue
         crop = (s.manifest.get("crop") or {}).get("center_crop")
         side = crop if isinstance(crop, int) else None
         out.append({"setting": s.name, "codec": s.codec, "q": s.q, "bytes_per_image": s.manifest.mean("bytes"),

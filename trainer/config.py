@@ -15,6 +15,7 @@ override the file) and as ``args.json`` (with what the run learnt: ``trained_on`
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,8 @@ class TrainConfig:
     # run
     out: str | None = opt(None, help="Run folder.")
     resume: str | None = opt(None, help="'auto' (OUT/last.pth when present) or a checkpoint path.")
+    resume_changed: bool = opt(False, help="Resume although what the run trains on changed (its settings and their "
+                                           "weights, --method, --alpha, --bn ...): refused without it.")
     seed: int = O.seed()
     device: str = O.device()
     precision: str = O.precision()
@@ -99,8 +102,9 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A checked copy with the method's defaults filled in (per architecture)."""
-        c = dataclasses.replace(self, shards=_paths(self.shards, "shards"),
-                                val_shards=_paths(self.val_shards, "val_shards") if self.val_shards else None,
+        c = dataclasses.replace(self, shards=_paths(self.shards, "shards", twice="refuse"),
+                                val_shards=(_paths(self.val_shards, "val_shards", twice="refuse")
+                                            if self.val_shards else None),
                                 betas=tuple(self.betas))
         cls = get_method(c.method)
         if not cls.trainable:
@@ -176,8 +180,8 @@ class EvalConfig:
         """A checked copy; the groups of ``classes`` files are merged into ``groups``."""
         from .groups import normalise
         c = dataclasses.replace(self, shards=_paths(self.shards, "shards"),
-                                checkpoints=_paths(self.checkpoints, "checkpoints"),
-                                weights=_paths(self.weights, "weights"),
+                                checkpoints=_paths(self.checkpoints, "checkpoints", twice="drop"),
+                                weights=_paths(self.weights, "weights", twice="drop"),
                                 groups=normalise(self.groups, _paths(self.classes, "classes")), classes=[])
         if not c.shards:
             raise ConfigError("no shards to evaluate on: give --shards")
@@ -220,14 +224,35 @@ class TeacherCacheConfig:
 
 
 # -- checks -------------------------------------------------------------------------------------
-def _paths(value, name: str) -> list[str]:
+def _paths(value, name: str, twice: str | None = None) -> list[str]:
+    """The paths of a list option.  ``twice``: what a path given twice (under any spelling:
+    ``sub/a``, ``./sub/a``, ``sub/a/``) gets: ``"refuse"`` (a setting trained on twice is a
+    mistake, not a weight), ``"drop"`` (the later ones, said in the log: a checkpoint scored
+    twice would be two rows), or None (kept)."""
     if value is None:
         return []
     if isinstance(value, (str, Path)):
         return [str(value)]
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{flag(name)}: expected a list of paths, got {value!r}")
-    return [str(v) for v in value]
+    paths = [str(v) for v in value]
+    if twice is None:
+        return paths
+    seen: dict[str, str] = {}
+    out = []
+    for p in paths:
+        key = os.path.realpath(p) if os.path.exists(p) else os.path.normpath(os.path.abspath(p))
+        if key not in seen:
+            seen[key] = p
+            out.append(p)
+        elif twice == "refuse":
+            raise ConfigError(f"{flag(name)}: {p} is listed twice ({seen[key]} and {p}); give each setting once "
+                              "(--setting-weights weighs them)")
+        else:
+            import logging
+            logging.getLogger("trainer").warning("%s: %s is %s, given already: evaluated once", flag(name), p,
+                                                 seen[key])
+    return out
 
 
 def _device(c) -> None:

@@ -48,7 +48,7 @@ from pipeline.atomic import atomic_output, atomic_write
 from pipeline.bounded import BoundedReadError, read_json
 from pipeline.provenance import portable_path
 
-from . import labelspace, loop
+from . import checkpoint, labelspace, loop
 from .checkpoint import selected_on_scored
 from .clitools import UserError, run_click
 from .config import EvalConfig
@@ -179,6 +179,16 @@ def write_results(path: str | os.PathLike, rows: list[dict], merge: bool = True)
     return path, csv_path
 
 
+def check_checkpoint_classes(path: str, num_classes: int) -> None:
+    """``--num-classes`` sets plain weights' outputs; a run checkpoint records its own, and one
+    that disagrees is an error rather than an option silently ignored."""
+    ckpt = checkpoint.load(path)
+    n = ckpt.get("num_classes", 1000) if isinstance(ckpt, dict) else None
+    if n != num_classes:
+        raise UserError(f"{path}: a checkpoint of {n} classes, not --num-classes {num_classes} (the option is for "
+                          "plain --weights; a checkpoint's class count is its own)")
+
+
 def evaluate(config: EvalConfig, summary: Summary | None = None) -> list[dict]:
     """Evaluate every checkpoint and plain weights of ``config`` on every setting of its
     shards; write the results file when ``config.out`` is set (rank 0).  Returns the rows.
@@ -199,6 +209,9 @@ def evaluate(config: EvalConfig, summary: Summary | None = None) -> list[dict]:
         log.info("%s", prec.describe())
     rows: list[dict] = []
     failures: list[str] = []
+    if c.num_classes is not None:
+        for ck in c.checkpoints:
+            check_checkpoint_classes(ck, c.num_classes)
     models = [(ck, None) for ck in c.checkpoints] + [(w, c.arch) for w in c.weights]
     for source, arch in models:
         n_classes = c.num_classes if arch else None

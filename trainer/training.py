@@ -60,6 +60,8 @@ def train(config: TrainConfig) -> TrainResult:
     run = RunDir(c.out)
     resume, ckpt = _resume_checkpoint(c, run)
     data = Shards.read(c, d, resume, ckpt)
+    if ckpt is not None:
+        check_same_training(resume, ckpt, c, data)
     # the worker count shapes the epoch plan (which worker reads which shard): args.yaml records
     # the number used, so that --config repeats the run's data order on another machine too
     from_cpus = c.workers is None
@@ -137,7 +139,8 @@ class Shards:
         n_classes = c.num_classes or train_sets[0].num_classes
         check_classes(train_sets + val_sets, n_classes)
         classes = train_sets[0].manifest.get("classes")
-        info = {"num_classes": n_classes, "trained_on": ",".join(sorted({s.name for s in train_sets})),
+        info = {"num_classes": n_classes,
+                "trained_on": ",".join(sorted({s.name for s, w in zip(train_sets, weights) if w > 0})),
                 "classes": classes if (n_classes != 1000 and isinstance(classes, list) and len(classes) == n_classes)
                 else None, "world_size": d.world, "label_space": space}
         return cls(train_sets, weights, val_sets, n_classes, info)
@@ -194,6 +197,35 @@ def _resume_checkpoint(c: TrainConfig, run: RunDir) -> tuple[str | None, dict | 
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise checkpoint.CheckpointError(f"{resume}: epoch {epoch!r} is not a whole number")
     return resume, ckpt
+
+
+#: the options that say what a run trains on and how; a resumed run must keep them (its
+#: settings and their weights are compared from ``trained_on``)
+TRAINS_ON = ("arch", "weights", "num_classes", "method", "alpha", "kl_reduction", "labels", "bn", "sigma",
+             "stability_input", "stability_detach_clean", "stability_full")
+
+
+def check_same_training(resume: str, ckpt: dict, c: TrainConfig, data: "Shards") -> None:
+    """Refuse to resume a checkpoint trained on something else than this run would train on
+    (one line naming each difference), unless ``--resume-changed``: the checkpoint would then
+    say it was trained on the new settings alone."""
+    was = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    now = {**c.to_dict(), "num_classes": data.num_classes}
+    changed = [f"--{k.replace('_', '-')} {was[k]!r} -> {now[k]!r}" for k in TRAINS_ON
+               if k in was and was[k] != now[k]]
+    before = {e["setting"]: e.get("weight") for e in checkpoint.training_settings(ckpt)}
+    after = {e["setting"]: e["weight"] for e in trained_on(data.train, data.weights)}
+    if before and before != after:
+        def shown(m):
+            return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else k for k, v in m.items())
+        changed.append(f"settings {shown(before)} -> {shown(after)}")
+    if not changed:
+        return
+    if c.resume_changed:
+        log.warning("--resume-changed: resuming %s although %s", resume, "; ".join(changed))
+        return
+    raise checkpoint.CheckpointError(f"{resume}: this run would train on something else than the checkpoint "
+                                     f"({'; '.join(changed)}); start a new --out, or give --resume-changed")
 
 
 def _restore(resume: str | None, ckpt: dict | None, model, optimizer, scheduler, d: Dist) -> tuple[int, float | None]:
