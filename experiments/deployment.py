@@ -249,7 +249,8 @@ def figure(results: Path, out: Path) -> Path:
                 ax.plot([x for x, _, _ in xs], [y for _, y, _ in xs], style, label=label)
         curve(lambda r: r["model"] == PRETRAINED, "pretrained", "k-o")
         for bn, style in (("train", "C0-s"), ("frozen", "C1-^")):
-            curve(lambda r, bn=bn: r["model"] == GENERALIST and r["bn"] == bn, f"generalist (bn {bn})", style)
+            curve(lambda r, bn=bn: r["model"] == GENERALIST and r["bn"] == bn                 # the original one
+                  and r.get("variant") in (None, "equal-steps"), f"generalist (bn {bn})", style)
         for bn, marker in (("train", "C2*"), ("frozen", "C3x")):
             pts = [(r["mean_bpp"], r["top1"]) for r in rows if r["model"] == SPECIALIST and r["bn"] == bn
                    and r["codec"] == codec and r["trained_settings"] == [r["setting"]]]
