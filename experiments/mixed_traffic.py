@@ -178,17 +178,24 @@ def run(a) -> tuple[list[dict], str, dict]:
     prec = resolve(a.precision, device)
     val, info = cal.read_shard_stream(a.val_root, a.settings, a.per_setting, a.stream_seed)
     calib, cal_info = cal.read_shard_stream(a.calibration, a.settings, a.calibration_per_setting, a.stream_seed)
-    per_seed, tables, memory = {}, {}, {}
+    from receiver.zoo import Zoo
+
+    per_seed, tables, memory, shared = {}, {}, {}, None
     for seed in a.seeds:
         trained, bn_zoo = seed_zoo(a.runs, seed, a.bn, a.pretrained, a.arch, device, prec)
         cal.check_label_space(trained, cal_info, str(a.calibration))
-        everything = type(trained)({**trained.experts, **(bn_zoo.experts if bn_zoo else {})}, trained.default)
-        scored_cal = cal.score(everything, calib, device)
+        if shared is None:   # the pretrained model and the BN-statistics experts have no seed: scored once
+            common = Zoo(bn_zoo.experts if bn_zoo else {}, trained.default)
+            cal.check_label_space(common, cal_info, str(a.calibration))
+            shared = [cal.score(common, calib, device), None]
+            memory.update(memory_of(Zoo({**trained.experts, **common.experts}, trained.default), bn_zoo))
+        own = Zoo(trained.experts, None)
+        scored_cal = shared[0].plus(cal.score(own, calib, device))
         table = cal.table_of(trained, scored_cal, calib, cal_info, a.calibration.name)
         rt.check_disjoint(table, cal.stream_ids(val), "the calibrated table")     # the selection guard
-        scored_val = cal.score(everything, val, device)
-        if not memory:
-            memory.update(memory_of(everything, bn_zoo))
+        if shared[1] is None:
+            shared[1] = cal.score(common, val, device)
+        scored_val = shared[1].plus(cal.score(own, val, device))
         rows, best = rows_of_seed(trained, bn_zoo, scored_cal, scored_val, table)
         per_seed[seed] = {"rows": rows, "best": best, "settings": scored_val.setting}
         tables[seed] = [{k: c[k] for k in ("cell", "model", "images")} for c in table["cells"]]

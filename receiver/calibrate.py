@@ -148,30 +148,34 @@ def models_of(zoo) -> dict:
 @dataclass
 class Scored:
     """The calibration (or scored) stream as a receiver sees it: per image, its group, codec,
-    rate and, per model, whether its top-1 is right; and what the zoo's router chose."""
+    rate, probe (what routing reads) and, per model, whether its top-1 is right."""
     setting: list[str]
     codec: list[str]
     bpp: list[float]
     probe: list
     right: dict[str, list[bool]]
-    routed: list[str]              # the model the zoo's router chose for each image
-    cell: list[str | None]         # ... and the table cell, when it routes by a table
+
+    def plus(self, other: "Scored") -> "Scored":
+        """The same stream with the models of ``other`` (scored on it too) added."""
+        if other.bpp != self.bpp:
+            raise ValueError("not the same stream")
+        return Scored(self.setting, self.codec, self.bpp, self.probe, {**self.right, **other.right})
 
 
 def score(zoo, stream: list[Received], device: str, batch: int = 64, budget=None) -> Scored:
     """Decode each bitstream once (probed like a receiver: codec and rate from its headers) and
-    show it to every model; raises CalibrationError for an image that cannot be read."""
+    show it to every model of ``zoo`` (its experts and its default, if any); raises
+    CalibrationError for an image that cannot be read."""
     from .core import InputError, classify, decode_input, probe_input
 
     models = models_of(zoo)
-    out = Scored([], [], [], [], {m: [] for m in models}, [], [])
+    out = Scored([], [], [], [], {m: [] for m in models})
     for start in range(0, len(stream), batch):
         chunk = stream[start:start + batch]
         xs = []
         for r in chunk:
             try:
                 probed = probe_input(r.data, budget)
-                expert, route = zoo.choose(probed)
                 x, _ = decode_input(r.data, probed, r.key, budget)
             except (InputError, ValueError) as exc:
                 raise CalibrationError(f"{r.setting or 'image'} {r.key}: cannot be read: {exc}") from None
@@ -181,8 +185,6 @@ def score(zoo, stream: list[Received], device: str, batch: int = 64, budget=None
             out.codec.append(probed.codec)
             out.bpp.append(probed.bpp)
             out.probe.append(probed)
-            out.routed.append(DEFAULT if expert is zoo.default else expert.name)
-            out.cell.append(getattr(route, "cell", None) if route is not None else None)
         for name, e in models.items():
             _, top, _, finite = classify(e.model, xs, device, 1, e.precision)
             # a model whose logits are not finite for an image answers nothing right there
