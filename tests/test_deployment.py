@@ -87,3 +87,15 @@ def test_variants_and_bn_statistics_experts_get_their_own_runs(tmp_path):
     assert "expert-generalist-bn-frozen-s0" in runs and "expert-generalist-exposure-bn-frozen-s1" in runs
     assert harsh_weights(["jpeg-10", "j2k-200"]) == "lossless=1,jpeg-10=3,j2k-200=3"
     assert GENERALISTS["equal-exposure"].exposure and not GENERALISTS["equal-steps"].exposure
+
+
+def test_generalist_variants_and_bn_statistics_are_rows_of_their_own():
+    extra = []
+    for seed, v in enumerate((50.0, 54.0)):
+        r = _row("generalist", "jpeg-10", v, "frozen", ["lossless", "jpeg-10"], seed, bpp=0.3)
+        extra.append({**r, "variant": "equal-exposure"})
+    extra.append(_row("bn-stats", "jpeg-10", 45.0, None, ["jpeg-10"], None, bpp=0.3))
+    text = summarize.deployment_report(rows() + extra)
+    assert cells(text, "generalist (bn frozen)")["jpeg-10"] == "69.00 ± 1.41"          # not averaged with the variant
+    assert cells(text, "generalist (bn frozen), equal-exposure")["jpeg-10"] == "52.00 ± 2.83"
+    assert cells(text, "BN statistics of jpeg-10")["jpeg-10"] == "45.00"
