@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -43,7 +44,26 @@ from trainer.vocab import BN_MODES  # noqa: E402
 from experiments import common  # noqa: E402
 
 #: the model kinds of a deployment results file (its rows' ``model``)
-PRETRAINED, SPECIALIST, GENERALIST = "pretrained", "specialist", "generalist"
+PRETRAINED, SPECIALIST, GENERALIST, BN_STATS = "pretrained", "specialist", "generalist", "bn-stats"
+
+
+@dataclass(frozen=True)
+class Generalist:
+    """One way of training the generalist (``--generalists``): how many optimisation steps an
+    epoch has, as a multiple of one specialist's, and its setting weights."""
+    name: str
+    suffix: str            # in the run folder's name ("" for the original, equal-steps one)
+    exposure: bool         # True: each setting gets as many steps as its specialist (steps x settings)
+    harsh: bool            # True: weighted by --harsh-weights, else by --setting-weights
+    help: str
+
+
+GENERALISTS = {g.name: g for g in (
+    Generalist("equal-steps", "", False, False, "as many steps in all as one specialist"),
+    Generalist("equal-exposure", "-exposure", True, False,
+               "as many steps per setting as its specialist (steps x settings)"),
+    Generalist("harsh", "-harsh", True, True, "equal exposure, the compressed settings weighted by --harsh-weights"),
+)}
 
 
 def run_name(kind: str, bn: str, seed: int) -> str:
@@ -51,21 +71,34 @@ def run_name(kind: str, bn: str, seed: int) -> str:
     return f"expert-{kind}-bn-{bn}-s{seed}"
 
 
+def bn_stats_name(setting: str) -> str:
+    """``bn-stats-jpeg-10``: the pretrained weights with that setting's BN statistics (AdaBN: no
+    gradient step, so no seed)."""
+    return f"bn-stats-{setting}"
+
+
 def prepare(a, build: bool = True) -> tuple[dict[str, str], dict[str, str]]:
     """Subsets and split-layout shards (``build``: made when missing); ({train setting: glob},
-    {val setting: glob})."""
+    {val setting: glob}).  With ``--select-per-class``, also the calibration split (train images
+    outside the train subset, every setting of the paper) in ``a.select_root``."""
     train_name = common.subset_name(a.src, "train", a.train_per_class, a.subset_seed)
     val_name = common.subset_name(a.src, "val", a.val_per_class, a.subset_seed)
     train_root, a.val_root = a.shards / train_name / "mixed", a.shards / val_name
+    a.select_root = (a.shards / common.subset_name(a.src, "select", a.select_per_class, a.subset_seed,
+                                                   tag=f"not-{train_name}")) if a.select_per_class else None
     trained = [common.LOSSLESS] + [s for s in a.specialists if s != common.LOSSLESS]
     globs = ({s: common.shard_glob(train_root, "train", s) for s in trained},
              {s: common.shard_glob(a.val_root, "val", s) for s in PAPER_SETTINGS})
     if not build:
         common.check_prebuilt({**globs[0], **{f"val {k}": v for k, v in globs[1].items()}})
         return globs
-    train_src, val_src, _, jobs = common.source_subsets(a, train_name, val_name)
+    train_src, val_src, subsets, jobs = common.source_subsets(a, train_name, val_name)
     common.build_shards(val_src, "val", list(PAPER_SETTINGS), a.val_root, a.val_shard_size, jobs, layout="split")
     common.build_shards(train_src, "train", trained, train_root, a.shard_size, jobs, layout="split")
+    if a.select_root is not None:
+        select_src = common.select_subset(a.src, subsets, train_src, a.select_per_class, a.subset_seed, val_src)
+        common.build_shards(select_src, "train", list(PAPER_SETTINGS), a.select_root, a.val_shard_size, jobs,
+                            layout="split")
     return globs
 
 
@@ -78,15 +111,18 @@ def specialist_steps(train_globs: dict[str, str], specialists: list[str], budget
 
 
 def models(a) -> list[dict]:
-    """Every trained model of the experiment: kind, setting (specialists), --bn, seed, run folder."""
-    out = []
+    """Every trained model of the experiment: kind, setting (specialists), --bn, seed, run folder
+    (the BN-statistics experts first: they take seconds and have no seed)."""
+    out = [{"model": BN_STATS, "setting": s, "bn": None, "seed": None, "variant": None,
+            "run": a.out / "runs" / bn_stats_name(s)} for s in (a.specialists if a.bn_stats else [])]
     for seed in a.seeds:
         for bn in a.bn:
-            # the generalist first: it alone serves every rate, so a run cut short should have it
-            out.append({"model": GENERALIST, "setting": None, "bn": bn, "seed": seed,
-                        "run": a.out / "runs" / run_name(GENERALIST, bn, seed)})
+            # the generalists first: they alone serve every rate, so a run cut short should have one
+            for g in a.generalists:
+                out.append({"model": GENERALIST, "setting": None, "bn": bn, "seed": seed, "variant": g.name,
+                            "run": a.out / "runs" / run_name(GENERALIST + g.suffix, bn, seed)})
             for s in a.specialists:
-                out.append({"model": SPECIALIST, "setting": s, "bn": bn, "seed": seed,
+                out.append({"model": SPECIALIST, "setting": s, "bn": bn, "seed": seed, "variant": None,
                             "run": a.out / "runs" / run_name(s, bn, seed)})
     return out
 
@@ -94,15 +130,27 @@ def models(a) -> list[dict]:
 def train_one(a, m: dict, train_globs: dict[str, str]) -> None:
     """Train one model of :func:`models` (or reuse it when complete)."""
     t0 = time.time()
-    if m["model"] == SPECIALIST:
+    if m["model"] == BN_STATS:
+        if not RunDir(m["run"]).last.is_file():
+            from trainer import adapt_bn
+            adapt_bn.run(a.weights, a.arch, [train_globs[m["setting"]]], m["run"], a.budget.batch,
+                         a.budget.train_limit, device=a.device)
+    elif m["model"] == SPECIALIST:
         common.train_run(m["run"], train_globs[m["setting"]], "expert", "dataset", m["seed"], a.arch, a.weights,
                          a.budget, bn=m["bn"])
     else:
+        g = GENERALISTS[m["variant"]]
         mixed = [train_globs[common.LOSSLESS]] + [train_globs[s] for s in a.specialists]
+        steps = specialist_steps(train_globs, a.specialists, a.budget) * (len(mixed) if g.exposure else 1)
+        weights = (a.harsh_weights or harsh_weights(a.specialists)) if g.harsh else (a.setting_weights or None)
         common.train_run(m["run"], mixed, "expert", "dataset", m["seed"], a.arch, a.weights, a.budget, bn=m["bn"],
-                         steps_per_epoch=specialist_steps(train_globs, a.specialists, a.budget),
-                         setting_weights=a.setting_weights or None)
+                         steps_per_epoch=steps, setting_weights=weights)
     click.echo(f"{m['run'].name}: trained in {time.time() - t0:.0f} s", err=True)
+
+
+def harsh_weights(specialists: list[str]) -> str:
+    """The harsh generalist's default shares: each compressed setting three times lossless."""
+    return ",".join([f"{common.LOSSLESS}=1"] + [f"{s}=3" for s in specialists])
 
 
 def publish(a, val_globs: dict[str, str]) -> Path:
@@ -125,7 +173,8 @@ def publish(a, val_globs: dict[str, str]) -> Path:
             continue
         c = ck.load(path)
         by_ckpt[os.path.realpath(path)] = {
-            "model": m["model"], "bn": ck.bn_mode(c), "seed": m["seed"],
+            "model": m["model"], "bn": None if m["model"] == BN_STATS else ck.bn_mode(c), "seed": m["seed"],
+            **({"variant": m["variant"]} if m["variant"] else {}),
             "trained_settings": [e["setting"] for e in ck.training_settings(c)]}
     out = []
     for r in rows:
@@ -155,6 +204,11 @@ def write_meta(a, seconds: dict | None) -> None:
         "seeds": [s for s in a.seeds if any(RunDir(m["run"]).last.is_file() for m in models(a) if m["seed"] == s)],
         "models_trained": [m["run"].name for m in models(a) if RunDir(m["run"]).last.is_file()],
         "specialists": a.specialists, "generalist": [common.LOSSLESS] + a.specialists,
+        "generalists": {g.name: {"steps_per_epoch": steps * (1 + len(a.specialists) if g.exposure else 1),
+                                 "setting_weights": ((a.harsh_weights or harsh_weights(a.specialists)) if g.harsh
+                                                     else a.setting_weights or "equal")} for g in a.generalists},
+        "bn_stats": [bn_stats_name(s) for s in a.specialists] if a.bn_stats else [],
+        "select_per_class": a.select_per_class,
         "setting_weights": a.setting_weights or "equal", "generalist_steps_per_epoch": steps,
         "train_per_class": a.train_per_class, "val_per_class": a.val_per_class, "subset_seed": a.subset_seed,
         "order": "mixed", "layout": "split", "shard_size": a.shard_size, "selection": "last epoch",
@@ -195,7 +249,8 @@ def figure(results: Path, out: Path) -> Path:
                 ax.plot([x for x, _, _ in xs], [y for _, y, _ in xs], style, label=label)
         curve(lambda r: r["model"] == PRETRAINED, "pretrained", "k-o")
         for bn, style in (("train", "C0-s"), ("frozen", "C1-^")):
-            curve(lambda r, bn=bn: r["model"] == GENERALIST and r["bn"] == bn, f"generalist (bn {bn})", style)
+            curve(lambda r, bn=bn: r["model"] == GENERALIST and r["bn"] == bn                 # the original one
+                  and r.get("variant") in (None, "equal-steps"), f"generalist (bn {bn})", style)
         for bn, marker in (("train", "C2*"), ("frozen", "C3x")):
             pts = [(r["mean_bpp"], r["top1"]) for r in rows if r["model"] == SPECIALIST and r["bn"] == bn
                    and r["codec"] == codec and r["trained_settings"] == [r["setting"]]]
@@ -230,7 +285,16 @@ def figure(results: Path, out: Path) -> Path:
               help="One specialist per setting; the generalist trains on lossless + these.")
 @click.option("--bn", "bn_modes", envvar="BN", default="train frozen", help="The --bn modes every model is trained with.")
 @click.option("--setting-weights", envvar="SETTING_WEIGHTS", default="",
-              help="The generalist's shares (SETTING=W,...; default equal).")
+              help="The equal-steps and equal-exposure generalists' shares (SETTING=W,...; default equal).")
+@click.option("--generalists", envvar="GENERALISTS", default="equal-steps",
+              help=f"The generalists to train: {', '.join(f'{n} ({g.help})' for n, g in GENERALISTS.items())}.")
+@click.option("--harsh-weights", envvar="HARSH_WEIGHTS", default="",
+              help="The harsh generalist's shares (default: lossless=1, each specialist setting 3).")
+@click.option("--bn-stats/--no-bn-stats", envvar="BN_STATS", default=False,
+              help="Also one BN-statistics expert per specialist setting (trainer.adapt_bn on the pretrained weights).")
+@click.option("--select-per-class", envvar="SELECT_PER_CLASS", type=click.IntRange(min=0), default=0,
+              help="Also build a calibration split of this many train images per class outside the train subset "
+                   "(every setting), for receiver.calibrate and experiments/mixed_traffic.py; 0: none.")
 @click.option("--val-shard-size", envvar="VAL_SHARD_SIZE", type=click.IntRange(min=1), default=100)
 @click.option("--out", envvar="OUT", type=click.Path(file_okay=False, path_type=Path),
               default=Path("runs/experiments/deployment"))
@@ -261,6 +325,11 @@ def cli(**params):
     if bad or not a.bn:
         raise UserError(f"BN {a.bn_modes!r}: one or more of {', '.join(BN_MODES)}")
     a.seeds = common.parse_seeds(a.seeds)
+    names = a.generalists.replace(",", " ").split()
+    unknown = [n for n in names if n not in GENERALISTS]
+    if unknown or not names:
+        raise UserError(f"GENERALISTS {a.generalists!r}: one or more of {', '.join(GENERALISTS)}")
+    a.generalists = [GENERALISTS[n] for n in names]
     a.shards = a.shards or a.out / "shards"
     a.results = a.out / "results.json"
     a.budget = common.Budget.of(a)

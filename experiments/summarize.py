@@ -157,6 +157,10 @@ def _deployment_cells(rows: list[dict], metric: str) -> dict[tuple, list[float]]
             label = ("pretrained",)
         elif kind == "specialist":
             label = ("specialist", ",".join(r.get("trained_settings") or []), r.get("bn"))
+        elif kind == "bn-stats":
+            label = ("bn-stats", ",".join(r.get("trained_settings") or []))
+        elif r.get("variant") not in (None, "equal-steps"):
+            label = ("generalist", r.get("bn"), r["variant"])
         else:
             label = ("generalist", r.get("bn"))
         acc[(label, r["setting"])].append(r[metric])
@@ -168,7 +172,9 @@ def _label_text(label: tuple) -> str:
         return "pretrained"
     if label[0] == "specialist":
         return f"specialist {label[1]} (bn {label[2]})"
-    return f"generalist (bn {label[1]})"
+    if label[0] == "bn-stats":
+        return f"BN statistics of {label[1]}"
+    return f"generalist (bn {label[1]})" + (f", {label[2]}" if len(label) > 2 else "")
 
 
 def deployment_report(rows: list[dict], metric: str = "top1") -> str:
@@ -182,7 +188,7 @@ def deployment_report(rows: list[dict], metric: str = "top1") -> str:
         raise UserError("no deployment rows (rows with a 'model' field: experiments/deployment.py --publish)")
     present = {s for _, s in acc}
     settings = [s for s in PAPER_SETTINGS if s in present] + sorted(present - set(PAPER_SETTINGS))
-    rank = {"pretrained": 0, "specialist": 1, "generalist": 2}
+    rank = {"pretrained": 0, "specialist": 1, "generalist": 2, "bn-stats": 3}
     labels = sorted({lab for lab, _ in acc}, key=lambda lab: (rank[lab[0]], lab[-1] or "", settings.index(lab[1])
                                                              if lab[0] == "specialist" and lab[1] in settings else 0))
     bpp = {}

@@ -54,6 +54,9 @@ def format_prediction(p: Prediction) -> str:
 @click.option("--default", "default", default=None,
               help="With --experts: the model when no expert fits: a checkpoint, a weights file (with --arch), "
                    "or 'pretrained' (the torchvision weights of --arch).")
+@click.option("--routing", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="With --experts: route by this calibrated routing table (receiver.calibrate) instead of the "
+                   "fixed rule.")
 @click.option("--arch", default=None, help="Architecture of plain weights (e.g. resnet50, mnasnet1_0).")
 @click.option("--weights", default=None,
               help="Torchvision weights name (e.g. IMAGENET1K_V1) with --arch, instead of --model.")
@@ -65,13 +68,15 @@ def format_prediction(p: Prediction) -> str:
 @click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_BYTES, show_default=True,
               help="Largest received file read.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list (errors included) to stdout.")
-def cli(files, model_path, experts, default, arch, weights, k, batch_size, device, precision, budget, max_bytes,
+def cli(files, model_path, experts, default, routing, arch, weights, k, batch_size, device, precision, budget, max_bytes,
         as_json):
     routed = experts is not None or default is not None
     if routed and (model_path is not None or weights is not None):
         raise click.UsageError("--experts/--default route between models: give them without --model or --weights")
     if not routed and (model_path is None) == (weights is None):
         raise click.UsageError("give --model PATH, or --arch with --weights NAME, or --experts DIR")
+    if routing is not None and not routed:
+        raise click.UsageError("--routing routes between the models of --experts/--default")
     if weights is not None and arch is None:
         raise click.UsageError("--weights needs --arch")
     from trainer.distributed import resolve_device
@@ -79,7 +84,7 @@ def cli(files, model_path, experts, default, arch, weights, k, batch_size, devic
     device = resolve_device(device or "auto")
     prec = resolve(precision, device)        # bf16 where the device has none: one line, exit status 2
     click.echo(prec.describe(), err=True)
-    zoo = (load_zoo(experts, default, arch, device, precision=prec) if routed   # a bad file: one line (UserError)
+    zoo = (load_zoo(experts, default, arch, device, precision=prec, routing=routing) if routed   # a bad file: one line (UserError)
            else load_single(model_path if model_path is not None else weights, arch, device, prec))
 
     def report_error(p: Prediction) -> None:

@@ -46,12 +46,22 @@ class TrainedSetting:
 
     @classmethod
     def from_entry(cls, entry: dict, where: str) -> "TrainedSetting":
-        """Validate a ``trained_on`` entry (untrusted: it comes from a file)."""
+        """Validate a ``trained_on`` entry (untrusted: it comes from a file): a setting of a
+        registered codec, its quality within the codec's range, and a rate that is either absent
+        or a sane number of bits per pixel (checked on the value computed, not only its parts)."""
+        from pipeline.codecs import CodecError, get
+
         try:
             s = Setting.parse(entry.get("setting"))
         except SettingError as exc:
             raise RouteError(f"{where}: trained_on: {exc}") from None
-        return cls(s.name, s.codec, s.q, _rate(entry))
+        try:
+            codec = get(s.codec)
+            if s.q is not None or codec.q_range is not None:
+                codec.validate_q(s.q)
+        except CodecError as exc:
+            raise RouteError(f"{where}: trained_on: setting {s.name}: {exc}") from None
+        return cls(s.name, s.codec, s.q, _rate(entry, f"{where}: trained_on: {s.name}"))
 
     @classmethod
     def named(cls, name: str, where: str) -> "TrainedSetting":
@@ -59,17 +69,67 @@ class TrainedSetting:
         return cls.from_entry({"setting": name}, where)
 
 
-def _rate(entry: dict) -> float | None:
-    """Bits per pixel of an entry: ``bpp``, else 8 * bytes_per_image / pixels_per_image."""
+#: the rates a trained setting may claim: a 224² crop at a few bytes up to 16-bit RGB with room
+#: to spare.  Anything outside is not a rate but a corrupt or hostile file.
+MIN_BPP, MAX_BPP = 1e-4, 64.0
+
+
+def _rate(entry: dict, where: str) -> float | None:
+    """Bits per pixel of an entry: ``bpp``, else 8 * bytes_per_image / pixels_per_image; None
+    when the entry gives neither; RouteError for a rate that is not a number in
+    [MIN_BPP, MAX_BPP] (inf, NaN, 0, 10**400, or a ratio of such parts)."""
     bpp = entry.get("bpp")
-    if _positive(bpp):
-        return float(bpp)
-    b, px = entry.get("bytes_per_image"), entry.get("pixels_per_image")
-    return 8.0 * b / px if _positive(b) and _positive(px) else None
+    if bpp is None:
+        b, px = entry.get("bytes_per_image"), entry.get("pixels_per_image")
+        if b is None or px is None:
+            return None
+        b, px = _number(b, "bytes_per_image", where), _number(px, "pixels_per_image", where)
+        try:
+            bpp = 8.0 * b / px
+        except (ZeroDivisionError, OverflowError):
+            raise RouteError(f"{where}: bytes_per_image {b!r} / pixels_per_image {px!r} is not a rate") from None
+    else:
+        bpp = _number(bpp, "bpp", where)
+    if not (math.isfinite(bpp) and MIN_BPP <= bpp <= MAX_BPP):
+        raise RouteError(f"{where}: a rate of {bpp!r} bits per pixel is outside [{MIN_BPP:g}, {MAX_BPP:g}]")
+    return float(bpp)
 
 
-def _positive(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+def _number(x, key: str, where: str) -> float:
+    """A finite float of a number read from a file (10**400 and bools refused, not raised on)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise RouteError(f"{where}: {key} must be a number, got {type(x).__name__}")
+    try:
+        value = float(x)
+    except OverflowError:
+        raise RouteError(f"{where}: {key} is too large to be a number of this kind") from None
+    if not math.isfinite(value):
+        raise RouteError(f"{where}: {key} must be finite, got {value!r}")
+    return value
+
+
+def trained_settings(entries: list[dict], where: str) -> tuple[TrainedSetting, ...]:
+    """The settings a checkpoint's ``trained_on`` says it was trained on: those of weight > 0
+    (a setting weighted 0 was never sampled), each once (a repeat is refused: it would turn a
+    specialist into a "generalist" and win the most-settings rule by repetition)."""
+    out: list[TrainedSetting] = []
+    for e in entries:
+        w = e.get("weight")
+        if w is not None:
+            w = _number(w, "weight", f"{where}: trained_on: {e.get('setting')}")
+            if w < 0:
+                raise RouteError(f"{where}: trained_on: {e.get('setting')}: a negative weight ({w:g})")
+            if w == 0:
+                continue
+        out.append(TrainedSetting.from_entry(e, where))
+    check_unique([s.setting for s in out], f"{where}: trained_on")
+    return tuple(out)
+
+
+def check_unique(names: list[str], where: str) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise RouteError(f"{where}: setting(s) listed more than once: {', '.join(dup)}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +157,7 @@ class Route:
     expert: str
     reason: str
     setting: str | None = None      # the training setting the bitstream was matched to
+    cell: str | None = None         # a calibrated routing table's cell (receiver.routing_table)
 
 
 def _bpp(x: float) -> str:

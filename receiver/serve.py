@@ -503,6 +503,7 @@ def make_app(service: Service):
               help="The model when no expert fits: a checkpoint, a weights file (with --arch), or 'pretrained' "
                    "(the torchvision weights of --arch).")
 @click.option("--arch", default=None, help="Architecture of a plain weights file or of 'pretrained'.")
+@click.option("--routing", default=None, help="Route by this calibrated routing table (receiver.calibrate).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device of every model.")
@@ -534,7 +535,7 @@ def make_app(service: Service):
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads of a forward (default: torch's, the core count).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
-def cli(experts, default, arch, host, port, device, precision, k, max_body, budget, max_inflight, timeout,
+def cli(experts, default, arch, routing, host, port, device, precision, k, max_body, budget, max_inflight, timeout,
         max_frames, batch_wait_ms, max_batch, decode_threads, decode_processes, max_buffered, max_connections,
         header_timeout, threads, log_level):
     """Serve the receiver over HTTP: each bitstream answered by the expert of its codec and rate."""
@@ -556,7 +557,7 @@ def cli(experts, default, arch, host, port, device, precision, k, max_body, budg
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     log.info("%s", prec.describe())
     t0 = time.perf_counter()
-    zoo = load_zoo(experts, default, arch, device, precision=prec)
+    zoo = load_zoo(experts, default, arch, device, precision=prec, routing=routing)
     log.info("loaded %d expert(s)%s in %.1f s", len(zoo.experts), " and a default" if zoo.default else "",
              time.perf_counter() - t0)
     service = Service(Receiver(zoo, device, k, budget),

@@ -33,7 +33,7 @@ from pipeline.codecs import Probe
 from trainer.clitools import UserError
 from trainer.rundir import RunDir
 
-from .route import DEFAULT, ExpertCard, Route, RouteError, Router, TrainedSetting
+from .route import DEFAULT, ExpertCard, Route, RouteError, Router, TrainedSetting, check_unique, trained_settings
 
 #: a list of experts is typed by hand: anything bigger is not one
 MAX_YAML_BYTES = 1 << 20
@@ -65,9 +65,21 @@ class Zoo:
     default: Expert | None
     routed: bool = True
     router: Router = field(init=False)
+    table: str | None = None         # the routing table file routing goes by (None: the fixed rule)
 
     def __post_init__(self) -> None:
         self.router = Router([e.card for e in self.experts.values()])
+
+    def use_table(self, path: str | os.PathLike) -> None:
+        """Route by a calibrated routing table (:mod:`receiver.routing_table`), checked against
+        these experts and the default now, so that a bad table is one line at start."""
+        from trainer.labelspace import of_model
+
+        from . import routing_table as rt
+        table = rt.read(path)
+        rt.check_zoo(table, str(path), self.experts, self.default, lambda e: of_model(e.meta))
+        self.router = rt.TableRouter(table, Router([e.card for e in self.experts.values()]), str(path))
+        self.table = str(path)
 
     @classmethod
     def single(cls, model, meta: dict, name: str, precision=None) -> "Zoo":
@@ -165,8 +177,9 @@ def card_of(entry: Entry, trained_on: list[dict]) -> ExpertCard:
     without them, given) by the entry's ``settings``."""
     where = f"{entry.checkpoint}"
     try:
-        settings = [TrainedSetting.from_entry(e, where) for e in trained_on]
+        settings = list(trained_settings(trained_on, where))
         if entry.settings is not None:
+            check_unique(list(entry.settings), f"{where}: settings of the list entry")
             if settings:
                 known = {s.setting: s for s in settings}
                 missing = [n for n in entry.settings if n not in known]
@@ -182,27 +195,21 @@ def card_of(entry: Entry, trained_on: list[dict]) -> ExpertCard:
 
 
 def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch: str | None = None,
-             device: str = "cpu", select: str | None = None, precision="auto") -> Zoo:
+             device: str = "cpu", select: str | None = None, precision="auto",
+             routing: str | os.PathLike | None = None) -> Zoo:
     """Load every expert (``select``: see :func:`expert_entries`) and the default once, in eval
     mode on ``device``, to run in ``precision`` (a choice, auto | fp32 | bf16, or a resolved
-    ``trainer.precision.Precision``)."""
-    from trainer import checkpoint
+    ``trainer.precision.Precision``); ``routing``: a calibrated routing table to route by
+    (None: the fixed rule of :mod:`receiver.route`)."""
+    from trainer import adapt_bn, checkpoint
     from trainer.models import load_model
     from trainer.precision import resolve
 
     prec = resolve(precision, device)
 
-    loaded: dict[str, Expert] = {}
-    for entry in expert_entries(experts, select) if experts is not None else []:
-        ckpt = checkpoint.load(entry.checkpoint)
-        card = card_of(entry, checkpoint.training_settings(ckpt) if isinstance(ckpt, dict) else [])
-        if not card.settings:
-            raise ZooError(f"{entry.checkpoint}: the checkpoint does not say what it was trained on (no trained_on); "
-                           "give it as --default, or name its settings in a YAML list")
-        if entry.name in loaded:
-            raise ZooError(f"{entry.checkpoint}: expert {entry.name!r} listed twice")
-        model, meta = load_model(entry.checkpoint)
-        loaded[entry.name] = Expert(card, prec.prepare(model.to(device).eval()), meta, str(entry.checkpoint), prec)
+    # experts of BN statistics (trainer.adapt_bn) share their base's weights: one copy per base,
+    # the default's own when it is their base
+    bases: dict = {}
     default_expert = None
     if default is not None:
         if default == PRETRAINED:
@@ -211,10 +218,40 @@ def load_zoo(experts: str | os.PathLike | None, default: str | None = None, arch
             model, meta = load_model("DEFAULT", arch=arch)
         else:
             model, meta = load_model(default, arch=arch)
+            if meta.get("method") != adapt_bn.KIND and os.path.isfile(default):
+                bases[(os.path.realpath(default), meta["arch"], meta["num_classes"])] = model
         default_expert = Expert(ExpertCard(DEFAULT), prec.prepare(model.to(device).eval()), meta, default, prec)
+
+    loaded: dict[str, Expert] = {}
+    files: dict[str, Entry] = {}     # one file under two spellings (sub/a.pth, ./sub/a.pth) is one expert
+    for entry in expert_entries(experts, select) if experts is not None else []:
+        real = os.path.realpath(entry.checkpoint)
+        if real in files:
+            if files[real].settings != entry.settings:
+                raise ZooError(f"{entry.checkpoint}: listed twice (also as {files[real].name!r}) with other settings")
+            continue
+        files[real] = entry
+        ckpt = checkpoint.load(entry.checkpoint)
+        card = card_of(entry, checkpoint.training_settings(ckpt) if isinstance(ckpt, dict) else [])
+        if not card.settings:
+            raise ZooError(f"{entry.checkpoint}: the checkpoint does not say what it was trained on (no trained_on); "
+                           "give it as --default, or name its settings in a YAML list")
+        if entry.name in loaded:
+            raise ZooError(f"{entry.checkpoint}: expert {entry.name!r} listed twice")
+        if adapt_bn.is_stats_checkpoint(ckpt):
+            model, meta = adapt_bn.load(entry.checkpoint, ckpt, bases)
+        else:
+            model, meta = load_model(entry.checkpoint)
+        loaded[entry.name] = Expert(card, prec.prepare(model.to(device).eval()), meta, str(entry.checkpoint), prec)
     if not loaded and default_expert is None:
         raise ZooError("no model: give --experts, --default, or both")
-    return Zoo(loaded, default_expert)
+    zoo = Zoo(loaded, default_expert)
+    if routing is not None:
+        try:
+            zoo.use_table(routing)
+        except RouteError as exc:
+            raise ZooError(str(exc)) from None
+    return zoo
 
 
 def load_single(source: str, arch: str | None = None, device: str = "cpu", precision="auto") -> Zoo:

@@ -71,3 +71,32 @@ def test_figure_from_results(tmp_path):
 def test_run_names_tell_the_models_apart():
     names = {run_name(k, bn, s) for k in ("jpeg-10", "generalist") for bn in ("train", "frozen") for s in (0, 1)}
     assert len(names) == 8
+
+
+def test_variants_and_bn_statistics_experts_get_their_own_runs(tmp_path):
+    from types import SimpleNamespace
+
+    from experiments.deployment import BN_STATS, GENERALIST, GENERALISTS, harsh_weights, models
+    a = SimpleNamespace(seeds=[0, 1], bn=["frozen"], specialists=["jpeg-10", "j2k-200"], bn_stats=True,
+                        generalists=list(GENERALISTS.values()), out=tmp_path)
+    ms = models(a)
+    runs = [m["run"].name for m in ms]
+    assert len(runs) == len(set(runs)) == 2 + 2 * (3 + 2)
+    assert [m["run"].name for m in ms if m["model"] == BN_STATS] == ["bn-stats-jpeg-10", "bn-stats-j2k-200"]
+    assert {m["variant"] for m in ms if m["model"] == GENERALIST} == {"equal-steps", "equal-exposure", "harsh"}
+    # the original generalist keeps its run folder, so finished runs are reused
+    assert "expert-generalist-bn-frozen-s0" in runs and "expert-generalist-exposure-bn-frozen-s1" in runs
+    assert harsh_weights(["jpeg-10", "j2k-200"]) == "lossless=1,jpeg-10=3,j2k-200=3"
+    assert GENERALISTS["equal-exposure"].exposure and not GENERALISTS["equal-steps"].exposure
+
+
+def test_generalist_variants_and_bn_statistics_are_rows_of_their_own():
+    extra = []
+    for seed, v in enumerate((50.0, 54.0)):
+        r = _row("generalist", "jpeg-10", v, "frozen", ["lossless", "jpeg-10"], seed, bpp=0.3)
+        extra.append({**r, "variant": "equal-exposure"})
+    extra.append(_row("bn-stats", "jpeg-10", 45.0, None, ["jpeg-10"], None, bpp=0.3))
+    text = summarize.deployment_report(rows() + extra)
+    assert cells(text, "generalist (bn frozen)")["jpeg-10"] == "69.00 ± 1.41"          # not averaged with the variant
+    assert cells(text, "generalist (bn frozen), equal-exposure")["jpeg-10"] == "52.00 ± 2.83"
+    assert cells(text, "BN statistics of jpeg-10")["jpeg-10"] == "45.00"

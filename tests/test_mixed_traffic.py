@@ -1,5 +1,6 @@
-"""experiments/mixed_traffic.py on a tiny synthetic zoo: every model sees the whole shuffled
-stream, and the routed zoo's score is its experts' scores on the settings routed to them."""
+"""experiments/mixed_traffic.py on a tiny synthetic zoo of two seeds: every row's top-1 follows
+from what each model answers (constant answers on an unbalanced stream), the calibrated table
+is refused when calibrated on the stream, and rankings are stated only where every seed agrees."""
 from __future__ import annotations
 
 import json
@@ -12,83 +13,108 @@ from tests.zoo_helpers import ARCH, trained_on_entry, write_expert
 SETTINGS = ["jpeg-10", "j2k-200", "lossless"]
 
 
-@pytest.mark.slow
-def test_mixed_traffic_on_a_tiny_zoo(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
     import torch
 
-    from experiments import mixed_traffic
     from pipeline.build import build
+    from trainer import adapt_bn
     from trainer.models import build_model
 
-    make_image_folder(tmp_path / "src", classes=("n01440764", "n02102040", "n02979186"), per_class=4, split="val")
-    manifests = build(tmp_path / "src", "val", SETTINGS, tmp_path / "shards", shard_size=5, jobs=1,
-                      progress=False, layout="split")
-    runs = tmp_path / "runs"
-    # answers that tell the models apart: the jpeg expert always says class 0 (a third of the
-    # images), the j2k one never a class present, the generalist always class 217 (a third)
-    write_expert(runs / "expert-jpeg-10", [trained_on_entry(manifests["jpeg-10"])], seed=0, num_classes=1000,
-                 favour=0)
-    write_expert(runs / "expert-j2k-200", [trained_on_entry(manifests["j2k-200"])], seed=1, num_classes=1000,
-                 favour=999)
-    write_expert(runs / "expert-generalist", [trained_on_entry(manifests[s]) for s in SETTINGS], seed=7,
-                 num_classes=1000, favour=217)
-    write_expert(runs / "ignored-run", [trained_on_entry(manifests["jpeg-10"])], seed=8, num_classes=1000)
+    root = tmp_path_factory.mktemp("mixed")
+    for split, seed in (("val", 0), ("select", 50)):
+        # class 0 twice as frequent as class 217: a model that always answers 0 is right on 2/3
+        make_image_folder(root / "src", classes=("n01440764",), per_class=4, split=split, seed=seed)
+        make_image_folder(root / "src", classes=("n02102040",), per_class=2, split=split, seed=seed + 20)
+    m = {}
+    for split in ("val", "select"):
+        m[split] = build(root / "src", split, SETTINGS, root / "shards", shard_size=4, jobs=1, progress=False,
+                         layout="split")
+    runs = root / "runs"
+    for seed in (0, 1):
+        write_expert(runs / f"expert-jpeg-10-bn-frozen-s{seed}", [trained_on_entry(m["val"]["jpeg-10"])], seed=seed,
+                     num_classes=1000, favour=0)
+        write_expert(runs / f"expert-j2k-200-bn-frozen-s{seed}", [trained_on_entry(m["val"]["j2k-200"])],
+                     seed=seed, num_classes=1000, favour=999)
+        write_expert(runs / f"expert-generalist-bn-frozen-s{seed}", [trained_on_entry(m["val"][s]) for s in SETTINGS],
+                     seed=seed, num_classes=1000, favour=217)
+    write_expert(runs / "expert-jpeg-10-bn-train-s0", [trained_on_entry(m["val"]["jpeg-10"])], seed=5,
+                 num_classes=1000, favour=217)     # another --bn mode: not in the zoo
     torch.manual_seed(3)
     pre = build_model(ARCH, None, 1000)
-    # a head of some spread: a fresh one is near uniform, and near ties would decide top-1
-    # (its features are near zero: the bias makes the spread)
-    head = [m for m in pre.modules() if isinstance(m, torch.nn.Linear)][-1]
-    torch.nn.init.normal_(head.weight, std=0.5)
-    torch.nn.init.normal_(head.bias, std=0.5)
-    torch.save(pre.net.state_dict(), tmp_path / "pre.pth")
+    head = [x for x in pre.modules() if isinstance(x, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias[999] += 100.0
+    (root / "weights").mkdir()
+    torch.save(pre.net.state_dict(), root / "weights" / "pre.pth")
+    assert adapt_bn.main(["--base", str(root / "weights" / "pre.pth"), "--arch", ARCH,
+                          "--shards", str(root / "shards" / "select" / "jpeg-10" / "shard-*.tar"),
+                          "--out", str(runs / "bn-stats-jpeg-10")]) == 0
+    return root
 
-    rc = mixed_traffic.main(["--zoo", str(runs), "--select", "expert-*", "--val", str(tmp_path / "shards" / "val"),
-                             "--settings", ",".join(SETTINGS), "--pretrained", str(tmp_path / "pre.pth"),
-                             "--arch", ARCH, "--device", "cpu", "--markdown", str(tmp_path / "t.md")])
+
+def _args(root, calibration="select"):
+    return ["--runs", str(root / "runs"), "--seeds", "0 1", "--bn", "frozen", "--val", str(root / "shards" / "val"),
+            "--calibration", str(root / "shards" / calibration), "--settings", ",".join(SETTINGS),
+            "--pretrained", str(root / "weights" / "pre.pth"), "--arch", ARCH, "--device", "cpu",
+            "--precision", "fp32"]
+
+
+@pytest.mark.slow
+def test_rows_over_seeds(world, tmp_path, capsys):
+    from experiments import mixed_traffic as mt
+    rc = mt.main([*_args(world), "--json", str(tmp_path / "r.json")])
     assert rc == 0, capsys.readouterr().err
-    text = (tmp_path / "t.md").read_text()
-    assert text.startswith("Zoo: the run folders matching `expert-*`.  Mixed traffic: 36 val images, 12 per setting")
-    assert "sent 66.7% of the images to the specialist of their own setting" in text   # lossless has none
-    top1_table, present_table = text.split("top1 (")[1].split("top1_present (")
-    assert "| routed zoo (3 experts) | 22.2 | 33.3 | 0.0 | 33.3 |" in top1_table
-    assert "| best specialist (expert-jpeg-10) | 33.3 | 33.3 | 33.3 | 33.3 |" in top1_table
-    assert "| generalist (expert-generalist) | 33.3 |" in top1_table
-    # the generalist's favourite (217) is a present class: the same answers among the present ones
-    assert "| generalist (expert-generalist) | 33.3 |" in present_table
-
-    # the same numbers computed here: each model alone, and the zoo as its routes say
-    from receiver.zoo import load_zoo
-    zoo = load_zoo(runs, str(tmp_path / "pre.pth"), ARCH, select="expert-*")
-    assert sorted(e.rsplit("/", 1)[-1] for e in zoo.experts) == ["expert-generalist", "expert-j2k-200",
-                                                                  "expert-jpeg-10"]
-    traffic = mixed_traffic.read_traffic(tmp_path / "shards" / "val", SETTINGS, None, 0)
-    assert sorted(r.setting for r in traffic) == sorted(SETTINGS * 12)
-    assert [r.setting for r in traffic[:12]] != [r.setting for r in sorted(traffic, key=lambda r: r.setting)][:12]
-    scores, routed = mixed_traffic.evaluate(zoo, traffic, "cpu", batch=5)
-    by_setting_expert = {"jpeg-10": "expert-jpeg-10", "j2k-200": "expert-j2k-200", "lossless": "expert-generalist"}
-    for metric in mixed_traffic.METRICS:
-        for s, e in by_setting_expert.items():
-            name = next(n for n in zoo.experts if n.endswith(e))
-            assert scores[metric][mixed_traffic.ZOO][s] == scores[metric][name][s]
-    assert routed == {"jpeg-10": [12, 12], "j2k-200": [12, 12], "lossless": [0, 12]}
-    rows, _ = mixed_traffic.summarize(zoo, scores, routed, SETTINGS)
-    for metric_rows in rows.values():
-        assert [r["model"] for r in metric_rows] == ["routed zoo", "best specialist", "generalist", "pretrained"]
-        assert all(sum(c[1] for c in r["scores"].values()) == 36 for r in metric_rows)
-    # top1_present by hand for the pretrained model: its first-ranked class among the present ones
-    present = sorted({r.label for r in traffic})
-    zoo.default.model.eval()
-    with torch.inference_mode():
-        import numpy as np
-        xs = [mixed_traffic_input(zoo, r) for r in traffic]
-        # in the batches of evaluate()
-        logits = torch.cat([zoo.default.model(torch.from_numpy(np.stack(xs[i:i + 5])).permute(0, 3, 1, 2)
-                                              .float().div(255)) for i in range(0, len(xs), 5)])
-    want = (logits[:, present].argmax(1).numpy() == np.searchsorted(present, [r.label for r in traffic])).sum()
-    got = sum(c[0] for c in scores["top1_present"][mixed_traffic.PRETRAINED].values())
-    assert got == want
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    rows = {r["row"]: r for r in results["rows"]}
+    two, third, zero = 200 / 3, 100 / 3, 0.0
+    expected = {
+        # jpeg-10 to its specialist (2/3), j2k-200 to its (never right), lossless to the generalist (1/3)
+        mt.FIXED: {"jpeg-10": two, "j2k-200": zero, "lossless": third},
+        # calibration: the jpeg-10 specialist is best in every cell
+        mt.TABLE: {"jpeg-10": two, "j2k-200": two, "lossless": two},
+        mt.BEST: {"jpeg-10": two, "j2k-200": two, "lossless": two},
+        "generalist": None,
+        mt.BN_ZOO: {"jpeg-10": zero, "j2k-200": zero, "lossless": zero},
+        mt.PRETRAINED: {"jpeg-10": zero, "j2k-200": zero, "lossless": zero},
+        mt.ORACLE: {"jpeg-10": two, "j2k-200": two, "lossless": two},
+    }
+    assert rows[mt.BEST]["seeds"]["0"]["model"] == "expert-jpeg-10-bn-frozen-s0"
+    for name, per_setting in expected.items():
+        if per_setting is None:
+            continue
+        r = rows[name]
+        assert set(r["seeds"]) == {"0", "1"}
+        for s, v in per_setting.items():
+            assert r["per_setting"][s]["mean"] == pytest.approx(v), (name, s)
+            assert r["per_setting"][s]["sd"] == pytest.approx(0)
+        assert r["top1"]["mean"] == pytest.approx(sum(per_setting.values()) / 3)
+    assert rows["generalist"]["top1"]["mean"] == pytest.approx(third)
+    text = capsys.readouterr().out
+    assert f"- {mt.TABLE} ≥ {mt.BEST} on every seed" in text
+    assert f"- {mt.TABLE} ≥ {mt.FIXED} on every seed" in text
+    assert "calibrated table within 1 point of the oracle: met" in text
+    # the target is not to fall more than 0.5 below pretrained, which this zoo (pretrained never right) meets
+    assert "calibrated table on lossless within 0.5 of pretrained: met (pretrained minus table -66.67" in text
+    assert all(c["model"].endswith("expert-jpeg-10-bn-frozen-s0") for c in results["tables"]["0"])
+    assert all(c["model"].endswith("expert-jpeg-10-bn-frozen-s1") for c in results["tables"]["1"])
 
 
-def mixed_traffic_input(zoo, r):
-    from receiver.core import Receiver
-    return Receiver(zoo).receive(r.data, r.setting)[1]
+def test_rankings_only_where_every_seed_agrees():
+    from experiments import mixed_traffic as mt
+    rows = [{"row": mt.TABLE, "seeds": {0: {"top1": 80.0}, 1: {"top1": 70.0}}},
+            {"row": mt.BEST, "seeds": {0: {"top1": 79.0}, 1: {"top1": 71.0}}},
+            {"row": mt.FIXED, "seeds": {0: {"top1": 60.0}, 1: {"top1": 61.0}}}]
+    text = mt.rankings(rows, [0, 1])
+    assert f"no order between {mt.TABLE} and {mt.BEST} holds on every seed" in text
+    assert f"{mt.TABLE} ≥ {mt.FIXED} on every seed" in text
+    assert f"{mt.FIXED} < {mt.BEST} on every seed" in text
+
+
+@pytest.mark.slow
+def test_a_table_calibrated_on_the_stream_is_refused(world, capsys):
+    from experiments import mixed_traffic as mt
+    from tests.adversarial.conftest import one_error
+    rc = mt.main(_args(world, calibration="val"))
+    assert rc == 1
+    assert "calibrated on 18 of the images being scored" in one_error(capsys.readouterr().err)

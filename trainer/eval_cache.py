@@ -34,7 +34,8 @@ from pathlib import Path
 from pipeline.atomic import AtomicWriteError, atomic_write_json
 from pipeline.bounded import read_json
 
-from .models import load_model, model_identity
+from .adapt_bn import load_any as load_model
+from .models import model_identity
 
 log = logging.getLogger("trainer.eval")
 
