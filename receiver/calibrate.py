@@ -41,11 +41,13 @@ class CalibrationError(UserError, ValueError):
 @dataclass
 class Received:
     """One bitstream of a labelled stream: its group (the setting folder, or codec-quality for
-    loose files), bytes, label and identity (sample key)."""
+    loose files), bytes, label and identity (sample key; and the clean crop's content identity,
+    ``crop_sha256``, where the shards' manifest records it: the selection guard's identity)."""
     setting: str
     data: bytes
     label: int
     key: str
+    crop: str | None = None
 
 
 def _digest(data: bytes) -> str:
@@ -59,6 +61,7 @@ def read_shard_stream(root: Path, settings: list[str] | None = None, per_setting
     with ``seed``; and {"label_space", "num_classes"} of their manifests (one, or an error)."""
     from pipeline.manifest import Manifest
     from trainer.data.tarstream import tar_samples
+    from trainer.selection import ids_by_key
 
     if not root.is_dir():
         raise CalibrationError(f"{root}: no such folder")
@@ -77,11 +80,12 @@ def read_shard_stream(root: Path, settings: list[str] | None = None, per_setting
         field = m.get("bitstream") or next((f for f in m.get("sample_fields", []) if f.startswith("clean.")), None)
         if not field:
             raise CalibrationError(f"{folder}: the manifest names no bitstream field")
-        got = []
+        got, crops = [], ids_by_key(folder) or {}
         for tar in sorted(folder.glob("shard-*.tar")):
             for s in tar_samples(str(tar), fields={field.split(".")[0], "cls"}):
                 if field in s and "cls" in s:
-                    got.append(Received(name, s[field], int(s["cls"]), str(s["__key__"])))
+                    key = str(s["__key__"])
+                    got.append(Received(name, s[field], int(s["cls"]), key, crops.get(key)))
                 if per_setting is not None and len(got) >= per_setting:
                     break
             if per_setting is not None and len(got) >= per_setting:
@@ -253,13 +257,19 @@ def table_of(zoo, scored: Scored, stream: list[Received], info: dict, source: st
                       "own_bytes": cost[n]} for n, e in models.items()}
     calibration = {"source": source, "images": len(stream), **info,
                    "keys": sorted({r.key for r in stream}),
-                   "content_sha256": sorted({_digest(r.data) for r in stream})}
+                   **{k: sorted(v) if v is not None else None for k, v in _identities(stream).items()}}
     return rt.build(cells, scores, model_info, calibration)
 
 
-def stream_ids(stream: list[Received]) -> dict[str, set[str]]:
+def _identities(stream: list[Received]) -> dict[str, set[str] | None]:
+    crops = {r.crop for r in stream}
+    return {"content_sha256": {_digest(r.data) for r in stream},
+            "crop_sha256": None if None in crops else crops}
+
+
+def stream_ids(stream: list[Received]) -> dict[str, set[str] | None]:
     """The identities :func:`receiver.routing_table.check_disjoint` compares."""
-    return {"keys": {r.key for r in stream}, "content_sha256": {_digest(r.data) for r in stream}}
+    return {"keys": {r.key for r in stream}, **_identities(stream)}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

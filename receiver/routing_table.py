@@ -19,8 +19,9 @@ bytes of its own), then by name.  A cell without calibration images says so and 
 by the fixed rule (:mod:`receiver.route`), as is a codec the table does not know.
 
 The table records each model's checkpoint digest and the calibration images' identities: the
-digest of every calibration bitstream (compared by :func:`check_disjoint`, so that a table made
-on the images being scored is refused) and their sample keys (the crop's source path within the
+clean crop's ``crop_sha256`` where the shards record it and the digest of every calibration
+bitstream (compared by :func:`check_disjoint`, so that a table made on the images being scored
+is refused) and their sample keys (the crop's source path within the
 calibration source, for a reader that knows the sources).
 """
 from __future__ import annotations
@@ -231,11 +232,24 @@ def check_zoo(table: dict, where: str, experts: dict, default, label_space_of) -
 
 
 def check_disjoint(table: dict, scored: dict, where: str = "routing table") -> None:
-    """The selection guard: a table calibrated on any image being scored is refused.  Images are
-    compared by content (the digest of each bitstream: one crop encoded by one codec setting
-    gives the same bytes), not by sample key, which names a file within its split folder only."""
-    ids = set(table.get("calibration", {}).get("content_sha256") or ())
-    common = ids & set(scored.get("content_sha256", ()))
+    """The selection guard (:mod:`trainer.selection`, the one the results use): a table calibrated
+    on any image being scored is refused.  Images are compared by content: the clean crop's
+    identity where both sides' shards record it (one photo's crop under any codec setting), and
+    always the digest of each bitstream (one crop encoded by one setting gives the same bytes);
+    never by sample key, which names a file within its split folder only."""
+    from trainer import selection
+
+    cal = table.get("calibration")
+    cal = cal if isinstance(cal, dict) else {}
+
+    def ids(d: dict, field: str) -> set[str]:
+        v = d.get(field)
+        return {x for x in v if isinstance(x, str)} if isinstance(v, (list, tuple, set)) else set()
+
+    crops, scored_crops = ids(cal, "crop_sha256"), ids(scored, "crop_sha256")
+    if crops and scored_crops:
+        selection.check_disjoint(crops, scored_crops, where)
+    common = selection.shared(ids(cal, "content_sha256"), ids(scored, "content_sha256"))
     if common:
         raise TableError(f"{where}: calibrated on {len(common)} of the images being scored "
                          f"(bitstream digest {sorted(common)[0]}): calibrate on a split disjoint from them")

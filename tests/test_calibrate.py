@@ -11,6 +11,7 @@ import pytest
 from fixtures.synthetic import make_image_folder
 from pipeline.codecs import Probe
 from tests.zoo_helpers import ARCH, trained_on_entry, write_expert
+from trainer.selection import SelectionLeak
 
 CLASSES = ("n01440764", "n02102040", "n02979186")      # ImageNet indices 0, 217, 482
 SETTINGS = ["jpeg-10", "jpeg-75", "j2k-200", "lossless"]
@@ -188,10 +189,30 @@ def test_a_table_made_on_the_scored_images_is_refused(world, tmp_path):
     assert _calibrate(world, tmp_path / "t.json") == 0
     table = rt.read(tmp_path / "t.json")
     select, _ = calibrate.read_shard_stream(root / "shards" / "select", ["jpeg-10"])
-    with pytest.raises(rt.TableError, match="calibrated on 9 of the images being scored"):
+    assert all(r.crop for r in select) and table["calibration"]["crop_sha256"]
+    with pytest.raises(SelectionLeak, match="9 image.s. chosen on are also scored"):
         rt.check_disjoint(table, calibrate.stream_ids(select))
+    # the results' guard compares crops: the same photos under one setting only are found too
+    table_jpeg = {**table, "calibration": {**table["calibration"], "crop_sha256": None}}
+    with pytest.raises(rt.TableError, match="calibrated on 9 of the images being scored"):
+        rt.check_disjoint(table_jpeg, calibrate.stream_ids(select))    # bitstream digests alone
     val, _ = calibrate.read_shard_stream(root / "shards" / "val")
     rt.check_disjoint(table, calibrate.stream_ids(val))      # other images: accepted
+
+
+def test_the_same_photos_under_another_setting_are_a_leak(world, tmp_path):
+    """Identity is the clean crop's, not the bitstream's: calibrating on the select split's
+    jpeg-10 bitstreams and scoring its j2k bitstreams shares no byte string, but every photo."""
+    from receiver import calibrate, routing_table as rt
+    root, _ = world
+    assert _calibrate(world, tmp_path / "t.json", "wrong", "--settings", "jpeg-10") == 0
+    table = rt.read(tmp_path / "t.json")
+    other = [s for s in SETTINGS if s not in ("jpeg-10", "lossless")][0]
+    stream, _ = calibrate.read_shard_stream(root / "shards" / "select", [other])
+    ids = calibrate.stream_ids(stream)
+    assert not set(table["calibration"]["content_sha256"]) & ids["content_sha256"]
+    with pytest.raises(SelectionLeak, match="chosen on are also scored"):
+        rt.check_disjoint(table, ids)
 
 
 def test_a_folder_of_received_files_calibrates(world, tmp_path, capsys):

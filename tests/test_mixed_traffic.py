@@ -117,4 +117,4 @@ def test_a_table_calibrated_on_the_stream_is_refused(world, capsys):
     from tests.adversarial.conftest import one_error
     rc = mt.main(_args(world, calibration="val"))
     assert rc == 1
-    assert "calibrated on 18 of the images being scored" in one_error(capsys.readouterr().err)
+    assert "6 image(s) chosen on are also scored" in one_error(capsys.readouterr().err)   # 6 photos, 18 bitstreams

@@ -33,10 +33,10 @@ class SelectionLeak(UserError, ValueError):
     """The images something was chosen on share photos with the images it is scored on."""
 
 
-def image_ids(folder: str | os.PathLike, shards: Iterable[str] | None = None) -> set[str] | None:
-    """The content identities of a setting folder's images (of the shard files ``shards`` only,
-    by base name, when given); None when its manifest.csv does not record them (shards built
-    before the pipeline wrote ``crop_sha256``) or is missing."""
+def ids_by_key(folder: str | os.PathLike, shards: Iterable[str] | None = None) -> dict[str, str] | None:
+    """Sample key -> content identity of a setting folder's images (of the shard files ``shards``
+    only, by base name, when given); None when its manifest.csv does not record them (shards
+    built before the pipeline wrote ``crop_sha256``) or is missing."""
     path = Path(folder) / "manifest.csv"
     try:
         text = read_text(path, "manifest.csv", max_bytes=256 << 20)
@@ -46,8 +46,14 @@ def image_ids(folder: str | os.PathLike, shards: Iterable[str] | None = None) ->
     if IDENTITY not in (reader.fieldnames or ()):
         return None
     names = None if shards is None else {os.path.basename(str(s)) for s in shards}
-    return {row[IDENTITY] for row in reader
+    return {row.get("key", ""): row[IDENTITY] for row in reader
             if row.get(IDENTITY) and (names is None or row.get("shard") in names)}
+
+
+def image_ids(folder: str | os.PathLike, shards: Iterable[str] | None = None) -> set[str] | None:
+    """The content identities of a setting folder's images (see :func:`ids_by_key`)."""
+    ids = ids_by_key(folder, shards)
+    return None if ids is None else set(ids.values())
 
 
 def shared(selection_ids: Iterable[str], scored_ids: Iterable[str]) -> set[str]:
