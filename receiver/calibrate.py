@@ -32,6 +32,7 @@ from trainer.clitools import UserError, run_click
 from trainer.precision import click_option as precision_option
 
 from .route import DEFAULT
+from .zoo import click_options as zoo_options
 
 
 class CalibrationError(UserError, ValueError):
@@ -273,10 +274,8 @@ def stream_ids(stream: list[Received]) -> dict[str, set[str] | None]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--experts", required=True, help="The experts: a folder of run folders, or a YAML list of checkpoints.")
+@zoo_options(required=True, routing=False)
 @click.option("--select", default=None, help="Only the run folders whose name matches this glob.")
-@click.option("--default", "default", default=None,
-              help="The default model: a checkpoint, a weights file (with --arch), or 'pretrained'.")
 @click.option("--arch", default=None, help="Architecture of a plain weights file or of 'pretrained'.")
 @click.option("--calibration", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Setting folders of shards, or class folders of received bitstreams; disjoint from any "

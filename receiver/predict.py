@@ -31,6 +31,7 @@ from trainer.clitools import run_click
 from trainer.precision import click_option as precision_option
 
 from .core import DEFAULT_MAX_BYTES, Prediction, Receiver
+from .zoo import click_options as zoo_options
 from .zoo import load_single, load_zoo
 
 
@@ -49,14 +50,7 @@ def format_prediction(p: Prediction) -> str:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", default=None,
               help="Run checkpoint (best.pth / last.pth) or a plain weights file (then give --arch).")
-@click.option("--experts", default=None,
-              help="Route each file to its expert: a folder of run folders, or a YAML list of checkpoints.")
-@click.option("--default", "default", default=None,
-              help="With --experts: the model when no expert fits: a checkpoint, a weights file (with --arch), "
-                   "or 'pretrained' (the torchvision weights of --arch).")
-@click.option("--routing", default=None, type=click.Path(dir_okay=False, path_type=Path),
-              help="With --experts: route by this calibrated routing table (receiver.calibrate) instead of the "
-                   "fixed rule.")
+@zoo_options()
 @click.option("--arch", default=None, help="Architecture of plain weights (e.g. resnet50, mnasnet1_0).")
 @click.option("--weights", default=None,
               help="Torchvision weights name (e.g. IMAGENET1K_V1) with --arch, instead of --model.")

@@ -46,6 +46,7 @@ from trainer.precision import click_option as precision_option
 
 from .core import InputError, InputTooLargeError, Prediction, Receiver, decode_input
 from .http import ConnectionLimits, protocol_class
+from .zoo import click_options as zoo_options
 from .zoo import load_zoo
 
 log = logging.getLogger("m2m.serve")
@@ -497,13 +498,8 @@ def make_app(service: Service):
 # --------------------------------------------------------------------------- command line
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--experts", default=None,
-              help="A folder of run folders, or a YAML list of checkpoints ({path: ..., settings: [...]}).")
-@click.option("--default", "default", default=None,
-              help="The model when no expert fits: a checkpoint, a weights file (with --arch), or 'pretrained' "
-                   "(the torchvision weights of --arch).")
+@zoo_options()
 @click.option("--arch", default=None, help="Architecture of a plain weights file or of 'pretrained'.")
-@click.option("--routing", default=None, help="Route by this calibrated routing table (receiver.calibrate).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device of every model.")

@@ -264,3 +264,26 @@ def load_single(source: str, arch: str | None = None, device: str = "cpu", preci
     prec = resolve(precision, device)
     model, meta = load_model(source, arch=arch)
     return Zoo.single(prec.prepare(model.to(device).eval()), meta, "model", prec)
+
+
+def click_options(required: bool = False, routing: bool = True):
+    """The options that name a zoo (``--experts``, ``--default``, ``--routing``), declared once
+    for every command that loads one (predict, serve, calibrate)."""
+    import click
+
+    opts = [click.option("--experts", required=required, default=None,
+                         help="The experts: a folder of run folders, or a YAML list of checkpoints "
+                              "({path: ..., settings: [...]})."),
+            click.option("--default", "default", default=None,
+                         help="The model when no expert fits: a checkpoint, a weights file (with --arch), "
+                              "or 'pretrained' (the torchvision weights of --arch).")]
+    if routing:
+        opts.append(click.option("--routing", default=None, type=click.Path(dir_okay=False, path_type=Path),
+                                 help="Route by this calibrated routing table (receiver.calibrate) instead "
+                                      "of the fixed rule."))
+
+    def decorate(f):
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+    return decorate
