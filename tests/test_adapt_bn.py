@@ -53,7 +53,7 @@ def adapted(tmp_path_factory):
     for s in ("jpeg-10", "j2k-200"):
         rc = adapt_bn.main(["--base", str(root / "weights" / "base.pth"), "--arch", ARCH,
                             "--shards", str(root / "shards" / "train" / s / "shard-*.tar"),
-                            "--out", str(root / "runs" / f"bn-{s}"), "--batch-size", "3"])
+                            "--out", str(root / "runs" / f"bn-{s}"), "--batch-size", "3", "--device", "auto"])
         assert rc == 0
         runs[s] = root / "runs" / f"bn-{s}"
     return root, runs

@@ -200,6 +200,7 @@ def run(base: str, arch: str | None, shards: list[str], out: Path, batch_size: i
 
     from . import checkpoint as ck
     from .data import group_shards, make_eval_loader
+    from .distributed import resolve_device
     from .models import is_weights_file, load_model
     from .rundir import RunDir
 
@@ -210,7 +211,7 @@ def run(base: str, arch: str | None, shards: list[str], out: Path, batch_size: i
     if s.setting.lossless:
         raise AdaptError(f"{s.folder}: lossless crops: the base's own statistics are those of clean images")
     model, meta = load_model(base, arch=arch)
-    dev = torch.device(device)
+    dev = torch.device(resolve_device(device))     # "auto" as every command takes it
     model.to(dev)
     loader = make_eval_loader([s], batch_size, workers=workers, limit=limit)
     seen = adapt(model, (b["comp"] for b in loader), dev)
@@ -239,7 +240,7 @@ def run(base: str, arch: str | None, shards: list[str], out: Path, batch_size: i
 @click.option("--batch-size", type=click.IntRange(min=2), default=64)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many crops.")
 @click.option("--workers", type=click.IntRange(min=0), default=0)
-@click.option("--device", default="cpu")
+@click.option("--device", default="auto", help="auto | cpu | cuda (or cuda:N)")
 def cli(base, arch, shards, out, batch_size, limit, workers, device):
     """Re-estimate a model's batch-norm statistics on one setting's compressed crops (AdaBN)."""
     path = run(base, arch, list(shards), out, batch_size, limit, workers, device)
