@@ -128,3 +128,14 @@ def test_lossless_and_several_settings_are_refused(adapted, tmp_path, capsys):
             args += ["--shards", str(root / "shards" / "train" / s / "shard-*.tar")]
         assert adapt_bn.main(args) == 1
         one_error(capsys.readouterr().err)
+
+
+def test_a_stats_expert_was_chosen_on_no_images(adapted, tmp_path):
+    """Nothing chose a BN-statistics checkpoint: its rows say selected_on_scored_data false, so
+    the results' selection guard takes them (an unknown row would be refused)."""
+    from trainer import EvalConfig, evaluate
+    root, runs = adapted
+    rows = evaluate(EvalConfig(shards=[str(root / "shards" / "train" / "jpeg-10" / "shard-*.tar")],
+                               checkpoints=[str(runs["jpeg-10"] / "last.pth")], device="cpu", batch_size=3,
+                               workers=0, progress=False, cache=False, out=str(tmp_path / "r.json")))
+    assert rows and [r["selected_on_scored_data"] for r in rows] == [False] * len(rows)

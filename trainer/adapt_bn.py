@@ -131,6 +131,7 @@ def load_any(source, arch: str | None = None, num_classes: int | None = None):
 def load(path: str | os.PathLike, obj: dict | None = None, bases: dict | None = None):
     """(model, meta) of a stats-only checkpoint: the base's weights (shared with every other
     expert of the same base loaded through the same ``bases`` dict) and this file's statistics."""
+    from .checkpoint import LAST_EPOCH
     from .checkpoint import load as load_checkpoint
     from .models import build_model, load_model
 
@@ -158,7 +159,8 @@ def load(path: str | os.PathLike, obj: dict | None = None, bases: dict | None = 
     args = obj.get("args") if isinstance(obj.get("args"), dict) else {}
     meta = {"checkpoint": str(path), "weights": args.get("weights"), "arch": arch, "num_classes": n,
             "method": KIND, "trained_on": args.get("trained_on"), "labels": "dataset", "epoch": 0, "args": args,
-            "selected_on": None, "base": source}
+            # one pass over the training crops, no epoch or checkpoint chosen on any images
+            "selected_on": LAST_EPOCH, "base": source}
     return model.eval(), meta
 
 
