@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -159,18 +159,32 @@ class Scored:
     bpp: list[float]
     probe: list
     right: dict[str, list[bool]]
+    #: the same over the classes present only (``score(present=...)``; empty otherwise)
+    right_present: dict[str, list[bool]] = field(default_factory=dict)
 
     def plus(self, other: "Scored") -> "Scored":
         """The same stream with the models of ``other`` (scored on it too) added."""
         if other.bpp != self.bpp:
             raise ValueError("not the same stream")
-        return Scored(self.setting, self.codec, self.bpp, self.probe, {**self.right, **other.right})
+        return Scored(self.setting, self.codec, self.bpp, self.probe, {**self.right, **other.right},
+                      {**self.right_present, **other.right_present})
+
+    def metric(self, name: str) -> "Scored":
+        """This stream with ``right`` read as ``name`` says: ``top1`` (arg-max over every class of
+        the model) or ``top1_present`` (arg-max over the classes present only)."""
+        if name == "top1":
+            return self
+        if name != "top1_present" or not self.right_present:
+            raise ValueError(f"no scores for {name}")
+        return replace(self, right=self.right_present, right_present={})
 
 
-def score(zoo, stream: list[Received], device: str, batch: int = 64, budget=None) -> Scored:
+def score(zoo, stream: list[Received], device: str, batch: int = 64, budget=None,
+          present: frozenset[int] | None = None) -> Scored:
     """Decode each bitstream once (probed like a receiver: codec and rate from its headers) and
     show it to every model of ``zoo`` (its experts and its default, if any); raises
-    CalibrationError for an image that cannot be read."""
+    CalibrationError for an image that cannot be read.  ``present``: also score the arg-max over
+    these classes only (``Scored.right_present``: a deployment that knows its label space)."""
     from .core import InputError, classify, decode_input, probe_input
 
     models = models_of(zoo)
@@ -191,9 +205,14 @@ def score(zoo, stream: list[Received], device: str, batch: int = 64, budget=None
             out.bpp.append(probed.bpp)
             out.probe.append(probed)
         for name, e in models.items():
-            _, top, _, finite = classify(e.model, xs, device, 1, e.precision)
+            # every class in order when the present ones are asked for: the first present one is their arg-max
+            _, top, _, finite = classify(e.model, xs, device, 1 if present is None else 1 << 20, e.precision)
             # a model whose logits are not finite for an image answers nothing right there
             out.right[name] += [bool(ok) and int(t[0]) == r.label for t, r, ok in zip(top, chunk, finite)]
+            if present is not None:
+                out.right_present.setdefault(name, []).extend(
+                    bool(ok) and next((int(c) for c in t if int(c) in present), None) == r.label
+                    for t, r, ok in zip(top, chunk, finite))
     return out
 
 

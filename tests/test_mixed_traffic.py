@@ -96,6 +96,15 @@ def test_rows_over_seeds(world, tmp_path, capsys):
     assert "calibrated table within 1 point of the oracle: met" in text
     # the target is not to fall more than 0.5 below pretrained, which this zoo (pretrained never right) meets
     assert "calibrated table on lossless within 0.5 of pretrained: met (pretrained minus table -66.67" in text
+    # over the classes present only, a model is right wherever it was 1000-way (a subset holding the label
+    # can only keep the arg-max on it), and at least as often; the best single model is chosen per metric
+    present = {r["row"]: r for r in results["rows_top1_present"]}
+    assert set(present) == set(rows)
+    for name in set(rows) - {mt.BEST}:
+        for s in SETTINGS:
+            assert present[name]["per_setting"][s]["mean"] >= rows[name]["per_setting"][s]["mean"] - 1e-9, (name, s)
+    assert present[mt.PRETRAINED]["top1"]["mean"] > 0      # 1000-way it always answers class 999
+    assert "**top1_present** (over the classes present in the stream)" in text
     assert all(c["model"].endswith("expert-jpeg-10-bn-frozen-s0") for c in results["tables"]["0"])
     assert all(c["model"].endswith("expert-jpeg-10-bn-frozen-s1") for c in results["tables"]["1"])
 
