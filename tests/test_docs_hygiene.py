@@ -131,3 +131,30 @@ def test_portable_path(tmp_path):
     assert portable_path("/srv-elsewhere/w.pth", results.parent) == "w.pth"
     assert portable_path("DEFAULT", results.parent) == "DEFAULT" and portable_path(None, results.parent) is None
     assert resolve_path("/old/absolute/best.pth", results.parent) == "/old/absolute/best.pth"
+
+
+#: a results file is written by the command that measured it; one copied from printed output says so
+TRANSCRIBED = re.compile(r"transcri(bed|ption)|copied from (the )?(markdown|output)|typed in", re.I)
+
+
+def transcribed(path: Path) -> list[str]:
+    """The lines of a results file that say its numbers were copied rather than written by its run."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [f"{path.name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}" for m in TRANSCRIBED.finditer(text)]
+
+
+def test_no_results_file_was_transcribed():
+    files = [f for f in scanned_files() if f.suffix in (".json", ".md")]
+    assert any(f.parent.name == "results" and f.parent.parent.name == "benchmarks" for f in files)
+    assert [hit for f in files for hit in transcribed(f)] == []
+
+
+@pytest.mark.parametrize("text, hits", [
+    ('{"note": "numbers transcribed from the Markdown the benchmark printed"}', 1),
+    ('{"note": "copied from the output"}', 1),
+    ('{"command": "benchmarks/bench_serve.py --json x", "environment": {"cpu": "Intel Xeon"}}', 0),
+])
+def test_the_transcription_rule_can_fail(tmp_path, text, hits):
+    f = tmp_path / "r.json"
+    f.write_text(text)
+    assert len(transcribed(f)) == hits
