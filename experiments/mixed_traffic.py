@@ -16,9 +16,9 @@ per seed of the deployment experiment and as mean ± standard deviation over the
 
     python experiments/mixed_traffic.py --runs runs/experiments/deployment/runs --seeds "0 1 2" --bn frozen \\
         --val runs/experiments/deployment/shards/imagenette-val30-seed0/val \\
-        --calibration runs/experiments/deployment/shards/imagenette-select10-seed0-not-imagenette-train100-seed0/train \\
+        --calibration runs/experiments/deployment/shards/imagenette-select30-seed0-not-imagenette-train100-seed0/train \\
         --pretrained ../shared/weights/mobilenet_v2_imagenet.pth --arch mobilenet_v2 \\
-        --json experiments/results/mixed-traffic-cpu.json
+        --json experiments/results/mixed-traffic-cpu-bn-frozen.json
 
 The stream: every image of the val setting folders under ``--val`` (the paper's nine settings
 and lossless by default; ``--per-setting`` caps each), in one seeded shuffle, each read as the
