@@ -174,6 +174,8 @@ BLOCKS = [
     _summary("retention-bn", "experiments/results/retention-cpu-pretrained-bn.json"),
     Block("docs/deployment.md", "deployment", "summary",
           ("--view", "deployment", "experiments/results/deployment-cpu.json")),
+    Block("docs/deployment.md", "deployment-variants", "summary",
+          ("--view", "deployment", "experiments/results/deployment-variants-cpu.json")),
     _doc("tools/bpg/README.md", "bpg-tuning", f"{RESULTS}/bpg-tune.json"),
     _doc("tools/bpg/README.md", "bpg-bench", f"{RESULTS}/bpg.json"),
     Block("docs/codecs.md", "extended-settings", "extended", ("docs/results/extended-settings.json",)),

@@ -34,6 +34,7 @@ IMAGENETTE = "experiments/results/imagenette-cpu.json"
 EXTENDED = "experiments/results/imagenette-cpu-extended.json"
 RETENTION = "experiments/results/retention-cpu.json"
 DEPLOYMENT = "experiments/results/deployment-cpu.json"
+DEPLOYMENT_VARIANTS = "experiments/results/deployment-variants-cpu.json"
 PIPELINE = "benchmarks/results/pipeline.json"
 LOADER = "benchmarks/results/loader.json"
 TRAINER = "benchmarks/results/trainer.json"
@@ -174,6 +175,11 @@ def deployment(root: Path, out: Path) -> Path:
     return figure(root / DEPLOYMENT, out)
 
 
+def deployment_variants(root: Path, out: Path) -> Path:
+    from experiments.deployment import figure
+    return figure(root / DEPLOYMENT_VARIANTS, out)
+
+
 def _number(text: str) -> float | None:
     text = text.strip().removesuffix("x")
     try:
@@ -238,6 +244,7 @@ FIGURES = {
     "imagenette.png": (imagenette, (IMAGENETTE,)),
     "retention.png": (retention, (RETENTION,)),
     "deployment.png": (deployment, (DEPLOYMENT,)),
+    "deployment-variants.png": (deployment_variants, (DEPLOYMENT_VARIANTS,)),
     "codecs-rate-accuracy.png": (codecs, (IMAGENETTE, EXTENDED)),
     "pipeline-throughput.png": (pipeline_throughput, (PIPELINE,)),
     "loader-step.png": (loader_step, (LOADER, TRAINER)),
