@@ -171,6 +171,7 @@ BLOCKS = [
              "--compare", "mixed=experiments/results/imagenette-cpu.json", "--setting", "j2k-200"),
     _summary("retention", "experiments/results/retention-cpu.json"),
     _summary("retention-bn", "experiments/results/retention-cpu-pretrained-bn.json"),
+    _summary("retention-bn-frozen", "experiments/results/retention-bn-frozen-cpu.json"),
     Block("docs/deployment.md", "deployment", "summary",
           ("--view", "deployment", "experiments/results/deployment-cpu.json")),
     Block("docs/deployment.md", "deployment-variants", "summary",
