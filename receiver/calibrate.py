@@ -237,12 +237,22 @@ def own_bytes(zoo) -> dict[str, dict[str, int]]:
     return out
 
 
-def calibrate(zoo, stream: list[Received], info: dict, source: str, device: str, batch: int = 64) -> dict:
-    """The routing table of ``zoo`` from a calibration ``stream`` (:func:`read_calibration`)."""
-    return table_of(zoo, score(zoo, stream, device, batch), stream, info, source)
+#: what a cell's model is chosen by: the arg-max over every class of the models (what the receiver
+#: answers), or over the classes present in the calibration images only (a deployment that
+#: answers over its own label space)
+METRICS = ("top1", "top1_present")
 
 
-def table_of(zoo, scored: Scored, stream: list[Received], info: dict, source: str) -> dict:
+def calibrate(zoo, stream: list[Received], info: dict, source: str, device: str, batch: int = 64,
+              metric: str = "top1") -> dict:
+    """The routing table of ``zoo`` from a calibration ``stream`` (:func:`read_calibration`),
+    each cell's model chosen by ``metric`` (one of :data:`METRICS`)."""
+    present = frozenset(r.label for r in stream) if metric == "top1_present" else None
+    scored = score(zoo, stream, device, batch, present=present).metric(metric)
+    return table_of(zoo, scored, stream, info, source, metric)
+
+
+def table_of(zoo, scored: Scored, stream: list[Received], info: dict, source: str, metric: str = "top1") -> dict:
     """The routing table of ``zoo``'s models from their calibration scores (``scored`` may hold
     more models: only the zoo's count)."""
     import statistics
@@ -278,7 +288,7 @@ def table_of(zoo, scored: Scored, stream: list[Received], info: dict, source: st
     calibration = {"source": source, "images": len(stream), **info,
                    "keys": sorted({r.key for r in stream}),
                    **{k: sorted(v) if v is not None else None for k, v in _identities(stream).items()}}
-    return rt.build(cells, scores, model_info, calibration)
+    return rt.build(cells, scores, model_info, calibration, metric)
 
 
 def _identities(stream: list[Received]) -> dict[str, set[str] | None]:
@@ -308,8 +318,11 @@ def stream_ids(stream: list[Received]) -> dict[str, set[str] | None]:
 @click.option("--max-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
 @precision_option()
+@click.option("--metric", type=click.Choice(METRICS), default="top1", show_default=True,
+              help="Choose each cell's model by top-1 over every class (what the receiver answers), or over "
+                   "the classes present in the calibration images (a deployment that knows its label space).")
 def cli(experts, select, default, arch, calibration, settings, per_setting, seed, out, batch_size, max_bytes,
-        device, precision):
+        device, precision, metric):
     """Score every model of a zoo on a calibration split; write the routing table."""
     from pipeline.setting import Setting
     from trainer.distributed import resolve_device
@@ -324,7 +337,7 @@ def cli(experts, select, default, arch, calibration, settings, per_setting, seed
     zoo = load_zoo(experts, default, arch, device, select=select, precision=prec)
     stream, info = read_calibration(calibration, names, per_setting, seed, max_bytes)
     check_label_space(zoo, info, str(calibration))
-    table = calibrate(zoo, stream, info, calibration.name, device, batch_size)
+    table = calibrate(zoo, stream, info, calibration.name, device, batch_size, metric)
     rt.write(out, table)
     for c in table["cells"]:
         click.echo(f"{c['cell']}: {c['model'] or 'fixed rule (no calibration image)'} ({c['images']} images)")

@@ -104,10 +104,11 @@ def file_digest(path: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- the file
 
 def build(cells: list[Cell], scores: dict[str, dict[str, tuple[int, int]]], models: dict[str, dict],
-          calibration: dict) -> dict:
+          calibration: dict, metric: str = "top1") -> dict:
     """The table as written: ``scores``: {cell name: {model: (right, total)}}; ``models``:
-    {name: {"source", "sha256", "cost"}}; ``calibration``: source, label space, image identities."""
-    return {"format": FORMAT, "version": VERSION, "metric": "top1", "models": models,
+    {name: {"source", "sha256", "cost"}}; ``calibration``: source, label space, image identities;
+    ``metric``: what the cells' scores (``top1``) count (``receiver.calibrate.METRICS``)."""
+    return {"format": FORMAT, "version": VERSION, "metric": metric, "models": models,
             "calibration": calibration,
             "cells": [{"cell": c.name, "codec": c.codec, "lo": c.lo, "hi": None if math.isinf(c.hi) else c.hi,
                        "kind": c.kind, "model": c.model, "images": c.images,

@@ -268,3 +268,22 @@ def test_a_sound_cell_parses_and_routes():
     assert router.route(Probe("jpeg", 224, 224, 3000)).expert == "a"            # 0.48 bpp: in [0, 1)
     assert router.route(Probe("jpeg", 224, 224, 30000)).expert == "default"     # 4.8 bpp: no cell, fixed rule
     assert router.route(Probe("jpeg", 224, 224, 30000)).reason.startswith("not in the routing table")
+
+
+def test_calibrating_over_the_classes_present(world, tmp_path):
+    """--metric top1_present chooses each cell on the arg-max over the calibration's own classes:
+    a model is right there wherever it is right 1000-way, and the models that always answer class
+    999 (absent) are right only there; the table says which metric it was made on."""
+    from receiver import routing_table as rt
+    assert _calibrate(world, tmp_path / "all.json") == 0
+    assert _calibrate(world, tmp_path / "present.json", "wrong", "--metric", "top1_present") == 0
+    every, present = rt.read(tmp_path / "all.json"), rt.read(tmp_path / "present.json")
+    assert (every["metric"], present["metric"]) == ("top1", "top1_present")
+    assert [c["cell"] for c in every["cells"]] == [c["cell"] for c in present["cells"]]
+    for a, b in zip(every["cells"], present["cells"]):
+        assert set(a["top1"]) == set(b["top1"])
+        assert all(b["top1"][m] >= a["top1"][m] for m in a["top1"]), a["cell"]
+        if b["top1"]:
+            assert b["top1"][b["model"]] == max(b["top1"].values())
+    assert sum(v for c in present["cells"] for v in c["top1"].values()) > \
+        sum(v for c in every["cells"] for v in c["top1"].values())
