@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from pipeline.atomic import atomic_write  # noqa: E402
 from pipeline.markdown import table  # noqa: E402
 from pipeline.setting import LOSSLESS, PAPER_SETTINGS  # noqa: E402
+from receiver.calibrate import METRICS  # noqa: E402  what a row's top-1 counts (the names' one owner)
 from trainer.clitools import UserError, run_click  # noqa: E402
 from trainer.precision import click_option as precision_option  # noqa: E402
 
@@ -109,9 +110,6 @@ def top1(right: list[bool], settings: list[str], setting: str | None = None) -> 
     return 100.0 * sum(picked) / len(picked)
 
 
-#: what a row's top-1 counts: the arg-max over the model's 1000 classes, or over the classes
-#: present in the stream (Imagenette's 10: a deployment that knows its label space)
-METRICS = {"top1": "1000-way", "top1_present": "over the classes present in the stream"}
 
 
 def summarize(per_seed: dict[int, dict], settings: list[str], images: int,

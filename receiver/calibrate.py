@@ -240,7 +240,7 @@ def own_bytes(zoo) -> dict[str, dict[str, int]]:
 #: what a cell's model is chosen by: the arg-max over every class of the models (what the receiver
 #: answers), or over the classes present in the calibration images only (a deployment that
 #: answers over its own label space)
-METRICS = ("top1", "top1_present")
+METRICS = {"top1": "1000-way", "top1_present": "over the classes present"}
 
 
 def calibrate(zoo, stream: list[Received], info: dict, source: str, device: str, batch: int = 64,
@@ -318,7 +318,7 @@ def stream_ids(stream: list[Received]) -> dict[str, set[str] | None]:
 @click.option("--max-bytes", type=click.IntRange(min=1), default=64 << 20, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
 @precision_option()
-@click.option("--metric", type=click.Choice(METRICS), default="top1", show_default=True,
+@click.option("--metric", type=click.Choice(list(METRICS)), default="top1", show_default=True,
               help="Choose each cell's model by top-1 over every class (what the receiver answers), or over "
                    "the classes present in the calibration images (a deployment that knows its label space).")
 def cli(experts, select, default, arch, calibration, settings, per_setting, seed, out, batch_size, max_bytes,
